@@ -1,0 +1,5 @@
+import sys
+
+from ckptwatch.cli import main
+
+sys.exit(main())

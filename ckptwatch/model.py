@@ -1,0 +1,156 @@
+"""Domain types shared by every part of ckptwatch.
+
+Findings are data, not exceptions: a validator that sees a truncated file returns a ``Problem``; it does
+not raise. Everything here is frozen so a verdict can be cached, compared across scans and stored.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Status(enum.StrEnum):
+    """The verdict on one checkpoint (a stable part of the ``--json`` contract)."""
+
+    COMPLETE = "complete"
+    INCOMPLETE = "incomplete"
+    CORRUPT = "corrupt"
+    IN_PROGRESS = "in_progress"
+
+
+class Severity(enum.StrEnum):
+    """What a problem does to the verdict.
+
+    ``corrupt`` and ``incomplete`` decide the status; ``transient`` means "being written, deleted or
+    otherwise in flux": the checkpoint is ``in_progress`` until it settles; ``warning`` is reported but
+    leaves a complete checkpoint complete.
+    """
+
+    CORRUPT = "corrupt"
+    INCOMPLETE = "incomplete"
+    TRANSIENT = "transient"
+    WARNING = "warning"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with one file (or a whole checkpoint, when ``file`` is its directory).
+
+    ``kind`` is from the stable vocabulary in ``ckptwatch.vocabulary``; ``message`` says what is wrong
+    and where; the advice (what to do) is added from the vocabulary by ``full_message``.
+    """
+
+    kind: str
+    file: str
+    message: str
+
+    @property
+    def severity(self) -> Severity:
+        from ckptwatch.vocabulary import severity_of
+
+        return severity_of(self.kind)
+
+    @property
+    def full_message(self) -> str:
+        from ckptwatch.vocabulary import advice_for
+
+        advice = advice_for(self.kind)
+        return f"{self.message}. {advice}" if advice else self.message
+
+
+@dataclass(frozen=True)
+class Hazard:
+    """A checkpoint that is structurally fine but would resume wrongly (e.g. a stub beside an adapter)."""
+
+    kind: str
+    file: str
+    message: str
+
+    @property
+    def full_message(self) -> str:
+        from ckptwatch.vocabulary import advice_for
+
+        advice = advice_for(self.kind)
+        return f"{self.message}. {advice}" if advice else self.message
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    """What a format reader found in one file: its problems and the facts later checks cross-check.
+
+    ``facts`` is format specific (tensor table of a safetensors header, storage table and scalar
+    metadata of a pickle, ...) and documented by the reader that fills it.
+    """
+
+    path: str
+    problems: tuple[Problem, ...] = ()
+    facts: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def ok(self) -> bool:
+        return not any(p.severity in (Severity.CORRUPT, Severity.INCOMPLETE, Severity.TRANSIENT)
+                       for p in self.problems)
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """Which ranks (processes, or shards per the layout's own unit) a checkpoint expects and has."""
+
+    expected: int | None
+    present: tuple[int, ...]
+    source: str = ""  # where ``expected`` came from: "metadata", "siblings", "config", "files"
+
+    @property
+    def missing(self) -> tuple[int, ...]:
+        if self.expected is None:
+            return ()
+        have = set(self.present)
+        return tuple(r for r in range(self.expected) if r not in have)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The judgement on one checkpoint."""
+
+    path: str
+    step: int | None
+    layout: str
+    status: Status
+    ranks: Ranks | None = None
+    problems: tuple[Problem, ...] = ()
+    hazards: tuple[Hazard, ...] = ()
+    newest_mtime: float = 0.0
+
+    @property
+    def resumable(self) -> bool:
+        return self.status is Status.COMPLETE
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """Every checkpoint of one training run, and which one a resume should use."""
+
+    root: str
+    layout: str
+    checkpoints: tuple[Verdict, ...]
+    latest_resumable: str | None
+    problems: tuple[Problem, ...] = ()  # run-level findings (e.g. a pointer file that does not parse)
+    hazards: tuple[Hazard, ...] = ()  # run-level hazards (a `latest` naming an incomplete step)
+
+
+def status_from(problems: tuple[Problem, ...] | list[Problem]) -> Status:
+    """The verdict a set of problems implies: transient beats corrupt beats incomplete beats complete.
+
+    Why transient wins: a file still being written looks truncated; judging it corrupt would alert on
+    every healthy save (DESIGN.md invariant 2).
+    """
+    severities = {p.severity for p in problems}
+    if Severity.TRANSIENT in severities:
+        return Status.IN_PROGRESS
+    if Severity.CORRUPT in severities:
+        return Status.CORRUPT
+    if Severity.INCOMPLETE in severities:
+        return Status.INCOMPLETE
+    return Status.COMPLETE

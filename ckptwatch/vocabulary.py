@@ -1,0 +1,143 @@
+"""The stable vocabulary of problem and hazard kinds: severity and what to do.
+
+This table is part of the ``--json`` contract (README "Problem and hazard kinds"): add kinds, never
+rename them. Messages built by validators say *what* is wrong and *where*; the advice here says *what to
+do*, so every message read at 3 a.m. ends with an action.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ckptwatch.model import Severity
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    severity: Severity
+    meaning: str
+    advice: str
+
+
+_NOT_THIS = "Do not resume from this checkpoint; `ckptwatch latest RUN_DIR` names the newest complete one"
+
+PROBLEM_KINDS: dict[str, Kind] = {
+    k.name: k
+    for k in [
+        # --- corruption: bytes on disk are wrong ---
+        Kind("empty_file", Severity.CORRUPT, "a file that must hold data is 0 bytes", _NOT_THIS),
+        Kind("truncated", Severity.CORRUPT, "a file is shorter than its own header says", _NOT_THIS),
+        Kind("trailing_data", Severity.CORRUPT, "a file is longer than its own header says", _NOT_THIS),
+        Kind("bad_header", Severity.CORRUPT, "a file's header is malformed (garbage length, wrong magic)",
+             _NOT_THIS),
+        Kind("bad_json", Severity.CORRUPT, "a JSON file does not parse or lacks required fields", _NOT_THIS),
+        Kind("bad_zip", Severity.CORRUPT, "a torch.save zip has no valid central directory or records",
+             _NOT_THIS),
+        Kind("bad_pickle", Severity.CORRUPT, "a pickle stream is malformed or exceeds the safety caps",
+             _NOT_THIS),
+        Kind("bad_protobuf", Severity.CORRUPT, "a MindSpore protobuf checkpoint does not parse", _NOT_THIS),
+        Kind("size_mismatch", Severity.CORRUPT,
+             "a tensor or storage has fewer bytes than its dtype x shape needs", _NOT_THIS),
+        Kind("missing_record", Severity.CORRUPT, "a storage the pickle references is absent from the zip",
+             _NOT_THIS),
+        Kind("missing_tensor", Severity.CORRUPT, "an index lists a tensor its shard does not hold", _NOT_THIS),
+        Kind("crc_mismatch", Severity.CORRUPT, "a checksum stored in the file does not match its bytes (--deep)",
+             _NOT_THIS),
+        Kind("hash_mismatch", Severity.CORRUPT, "a file's SHA-256 differs from its integrity manifest (--deep)",
+             _NOT_THIS),
+        Kind("step_mismatch", Severity.CORRUPT, "metadata inside the checkpoint names another step than its name",
+             "Check which step this directory really holds before resuming from it"),
+        Kind("zero_filled", Severity.CORRUPT,
+             "the tail of a file is an unwritten (sparse, all-zero) region: the writer died after preallocating",
+             _NOT_THIS),
+        Kind("nan_inf", Severity.WARNING, "a tensor holds NaN or Inf values (--deep --scan-values)",
+             "The run may have diverged before this save; compare with an earlier checkpoint"),
+        Kind("all_zero_tensor", Severity.WARNING, "a weight tensor is all zeros (--deep --scan-values)",
+             "Check that the model was really trained before this save"),
+        Kind("read_error", Severity.CORRUPT, "the disk returned an I/O error while reading",
+             "Check the disk (dmesg, SMART) and restore this checkpoint from a backup"),
+        # --- incompleteness: something that must be there is not ---
+        Kind("missing_file", Severity.INCOMPLETE, "a file every complete checkpoint of this layout has is absent",
+             _NOT_THIS),
+        Kind("missing_rank", Severity.INCOMPLETE, "a rank's files are absent", _NOT_THIS),
+        Kind("missing_shard", Severity.INCOMPLETE, "a shard named by an index or metadata file is absent",
+             _NOT_THIS),
+        Kind("no_commit_marker", Severity.INCOMPLETE,
+             "the file the framework writes last (its commit marker) is absent", _NOT_THIS),
+        Kind("stale_commit_marker", Severity.INCOMPLETE,
+             "the commit marker is older than files it covers: a newer save overwrote them and did not finish",
+             _NOT_THIS),
+        Kind("abandoned_temp", Severity.INCOMPLETE,
+             "a temp/staging file or marker older than stale_after: a save was killed half-way", _NOT_THIS),
+        Kind("unreadable", Severity.INCOMPLETE,
+             "a file cannot be read by ckptwatch (permissions); this is not corruption",
+             "Give the ckptwatch user read access (group or ACL) so it can verify this checkpoint"),
+        Kind("no_weights", Severity.INCOMPLETE, "a checkpoint holds no model weights in any known form",
+             _NOT_THIS),
+        Kind("unsafe_path", Severity.INCOMPLETE,
+             "metadata names a file outside the checkpoint (absolute path or ..)", _NOT_THIS),
+        # --- transient: being written or deleted; judged again once settled ---
+        Kind("in_progress", Severity.TRANSIENT,
+             "files were modified within settle_seconds, or a temp/staging marker is present",
+             "Nothing to do yet; ckptwatch judges it once writes settle"),
+        Kind("deleted", Severity.TRANSIENT, "a file or directory vanished during the scan (rotation?)",
+             "Nothing to do if the trainer rotates checkpoints; it is re-checked on the next scan"),
+        # --- warnings: reported, do not change the verdict ---
+        Kind("unreferenced_file", Severity.WARNING, "a data file no metadata refers to (stale or empty bucket)",
+             "Usually harmless; if it is a leftover of an older, larger save, remove it by hand"),
+        Kind("size_total_mismatch", Severity.WARNING, "an index's total_size differs from the shards' data",
+             "Usually harmless (shared storages); re-save if loading fails"),
+        Kind("symlink_outside_root", Severity.WARNING, "a symlink points outside the watched root; not followed",
+             "Point the watch at the real location, or keep checkpoints inside the root"),
+        Kind("symlink_loop", Severity.WARNING, "a symlink loop; not followed", "Remove or fix the link"),
+        Kind("dangling_symlink", Severity.INCOMPLETE, "a symlink whose target does not exist", _NOT_THIS),
+        Kind("bad_name", Severity.WARNING, "a file or directory name is not valid UTF-8",
+             "Rename it; some tools cannot open it"),
+        Kind("unknown_world_size", Severity.WARNING,
+             "the number of ranks could not be inferred; rank completeness was not checked",
+             "Set expected_ranks for this watch (or --expected-ranks)"),
+        Kind("pointer_unreadable", Severity.WARNING, "a framework `latest` pointer file does not parse",
+             "Fix or rewrite the pointer before resuming"),
+    ]
+}
+
+HAZARD_KINDS: dict[str, Kind] = {
+    k.name: k
+    for k in [
+        Kind("stub_weights_shadow_adapter", Severity.WARNING,
+             "a full-weights file beside a PEFT adapter: the Trainer loads it first (non-strict) and never "
+             "loads the adapter (transformers#24551)",
+             "Move the full-weights file out of the checkpoint before resuming, or resume the adapter explicitly"),
+        Kind("empty_adapter", Severity.WARNING, "an adapter weights file of about 1 KB or less holds no LoRA weights",
+             "Check the PEFT save; resuming from it trains a fresh adapter"),
+        Kind("adapter_config_drift", Severity.WARNING,
+             "r, lora_alpha or target_modules changed between checkpoints of one run",
+             "Resume with the adapter_config.json the run was trained with"),
+        Kind("adapter_unchanged", Severity.WARNING,
+             "adapter weights are byte-identical to the previous checkpoint's: the adapter is not training",
+             "Check that the adapter parameters are trainable and reach the optimizer"),
+        Kind("adapter_b_zero", Severity.WARNING,
+             "every LoRA B matrix is zero past step 0: the adapter was never trained or was re-initialised",
+             "Check the resume path: a fresh add_adapter() before loading discards the trained weights"),
+        Kind("latest_points_to_incomplete", Severity.WARNING,
+             "the framework's latest pointer names a checkpoint that is not complete",
+             "Resume from the checkpoint ckptwatch names instead (pass it explicitly to the trainer)"),
+        Kind("latest_points_to_missing", Severity.WARNING,
+             "the framework's latest pointer names a checkpoint that does not exist",
+             "Resume from the checkpoint ckptwatch names instead (pass it explicitly to the trainer)"),
+        Kind("newest_not_resumable", Severity.WARNING,
+             "the newest checkpoint is not complete; a trainer that picks the highest step will fail or load garbage",
+             "Resume from the checkpoint ckptwatch names instead (pass it explicitly to the trainer)"),
+    ]
+}
+
+
+def severity_of(kind: str) -> Severity:
+    k = PROBLEM_KINDS.get(kind)
+    return k.severity if k else Severity.CORRUPT
+
+
+def advice_for(kind: str) -> str:
+    k = PROBLEM_KINDS.get(kind) or HAZARD_KINDS.get(kind)
+    return k.advice if k else ""
