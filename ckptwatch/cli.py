@@ -1,0 +1,180 @@
+"""Command line: argument parsing and one function per command returning an exit code.
+
+Exit codes: 0 all good, 1 problems found, 2 usage or config error, 3 internal error (a bug: the
+message says how to get the traceback). Bad *checkpoints* are findings, never exceptions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Sequence
+
+from ckptwatch import __version__
+from ckptwatch.errors import CkptwatchError, UsageError
+from ckptwatch.layouts.base import CheckOptions
+from ckptwatch.layouts.registry import NAMES
+from ckptwatch.settle import parse_duration
+
+EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse exits 2 itself; keep our wording and code
+        raise UsageError(f"{self.prog}: {message} (see --help)")
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
+    return value
+
+
+def _check_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the versioned JSON report (see README)")
+    p.add_argument("--deep", action="store_true",
+                   help="also read every byte: zip CRCs, full safetensors reads, MindSpore CRC, Megatron hashes")
+    p.add_argument("--scan-values", action="store_true",
+                   help="with --deep: flag NaN/Inf and all-zero tensors in safetensors files")
+    p.add_argument("--settle", type=float, default=60.0, metavar="SECONDS",
+                   help="anything modified within this many seconds is in_progress (default 60)")
+    p.add_argument("--stale-after", type=_duration, default=1800.0, metavar="DURATION",
+                   help="a temp/staging marker older than this means a killed save (default 30m)")
+    p.add_argument("--expected-ranks", type=_positive_int, metavar="N",
+                   help="ranks to expect when neither metadata nor sibling checkpoints tell")
+    p.add_argument("--layout", default="auto", choices=("auto", *NAMES), help="force one layout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ckptwatch", description="Checkpoint watchdog: completeness across ranks, resume "
+                     "hazards, the newest resumable checkpoint.")
+    parser.add_argument("--version", action="version", version=f"ckptwatch {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    once = sub.add_parser("once", help="judge every checkpoint under the given output dirs and exit")
+    once.add_argument("paths", nargs="+", metavar="PATH")
+    _check_args(once)
+    verify = sub.add_parser("verify", help="judge one checkpoint (a directory or a single file)")
+    verify.add_argument("path", metavar="PATH")
+    _check_args(verify)
+    latest = sub.add_parser("latest", help="print the newest resumable checkpoint of the run(s) at PATH")
+    latest.add_argument("path", metavar="PATH")
+    _check_args(latest)
+    return parser
+
+
+def _options(args: argparse.Namespace) -> CheckOptions:
+    if args.settle < 0:
+        raise UsageError(f"--settle must be 0 or more, not {args.settle:g}")
+    if args.scan_values and not args.deep:
+        raise UsageError("--scan-values reads every tensor; it needs --deep")
+    return CheckOptions(deep=args.deep, scan_values=args.scan_values, settle_seconds=args.settle,
+                        stale_after=args.stale_after, expected_ranks=args.expected_ranks)
+
+
+def _existing(path: str) -> str:
+    if not os.path.lexists(path):
+        raise UsageError(f"{path}: no such file or directory")
+    if not os.path.exists(path):
+        raise UsageError(f"{path}: a symlink whose target does not exist")
+    return os.path.abspath(path)
+
+
+def cmd_once(args: argparse.Namespace) -> int:
+    from ckptwatch.engine import check_root, has_problems
+    from ckptwatch.report import write_json, write_table
+
+    opts = _options(args)
+    roots = [_existing(p) for p in args.paths]
+    now = time.time()
+    reports = [check_root(root, opts, now, layout=args.layout) for root in roots]
+    if args.json:
+        write_json(reports)
+    else:
+        write_table(reports)
+    return EXIT_PROBLEMS if has_problems(reports) else EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from ckptwatch.report import verdict_json, write_table
+    from ckptwatch.verify import verify_path
+
+    opts = _options(args)
+    path = _existing(args.path)
+    result = verify_path(path, opts, time.time(), layout=args.layout)
+    if args.json:
+        import json
+
+        json.dump({"version": 1, "checkpoint": verdict_json(result.verdict),
+                   "run_root": result.run.root if result.run else None}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        write_table([result.as_root_report()])
+    v = result.verdict
+    return EXIT_OK if v.status.value == "complete" and not v.hazards else EXIT_PROBLEMS
+
+
+def cmd_latest(args: argparse.Namespace) -> int:
+    from ckptwatch.engine import check_root
+
+    opts = _options(args)
+    root = _existing(args.path)
+    report = check_root(root, opts, time.time(), layout=args.layout)
+    if not report.runs:
+        print(f"ckptwatch: no checkpoints found under {root}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    code = EXIT_OK
+    for run in report.runs:
+        if run.latest_resumable is None:
+            print(f"ckptwatch: {run.root}: no complete checkpoint to resume from", file=sys.stderr)
+            code = EXIT_PROBLEMS
+            continue
+        if args.json:
+            import json
+
+            chosen = next(v for v in run.checkpoints if v.path == run.latest_resumable)
+            print(json.dumps({"root": run.root, "path": chosen.path, "step": chosen.step, "layout": run.layout}))
+        else:
+            print(run.latest_resumable)
+        chosen = next(v for v in run.checkpoints if v.path == run.latest_resumable)
+        for h in chosen.hazards:
+            print(f"ckptwatch: warning: {h.kind}: {h.full_message}", file=sys.stderr)
+        skipped = [v for v in run.checkpoints if v.path > "" and (v.step or -1) > (chosen.step or -1)
+                   and v.status.value in ("incomplete", "corrupt")]
+        for v in skipped:
+            print(f"ckptwatch: note: skipped newer {v.path} ({v.status.value})", file=sys.stderr)
+    return code
+
+
+COMMANDS = {"once": cmd_once, "verify": cmd_verify, "latest": cmd_latest}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except CkptwatchError as exc:
+        print(f"ckptwatch: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+    except Exception as exc:  # a bug in ckptwatch, not bad input: say so, keep the traceback opt-in
+        if os.environ.get("CKPTWATCH_DEBUG"):
+            raise
+        print(f"ckptwatch: internal error: {type(exc).__name__}: {exc}. This is a bug in ckptwatch; "
+              f"rerun with CKPTWATCH_DEBUG=1 for the traceback and report it.", file=sys.stderr)
+        return EXIT_INTERNAL

@@ -1,0 +1,183 @@
+"""The one place that sequences discovery, validation and the generic verdict rules.
+
+``ckptwatch once``, ``verify`` and ``latest`` call ``check_root``; the service (a later issue) calls the
+same function for each run whose writes settled, so both drivers give the same verdicts (STYLE.md
+convention 6). ``now`` is a parameter: nothing below reads the clock.
+
+Generic rules applied here, identically for every layout:
+- settle: anything modified within ``settle_seconds`` is ``in_progress`` and its other findings are
+  withheld (a file being written looks truncated; DESIGN.md invariant 2);
+- a temp/staging marker untouched for ``stale_after`` becomes ``abandoned_temp`` (a killed save);
+- expected ranks: the checkpoint's own metadata, else the widest sibling in the run, else config;
+  each missing rank is a ``missing_rank`` problem (MindSpore's rule, generalised);
+- the newest resumable checkpoint is the newest ``complete`` one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from ckptwatch.discover import discover
+from ckptwatch.hazards import CheckpointFacts, checkpoint_hazards, run_hazards
+from ckptwatch.layouts.base import Candidate, CheckOptions, Judgement, RunFound
+from ckptwatch.model import Hazard, Problem, Ranks, RunReport, Severity, Status, Verdict, status_from
+from ckptwatch.scan import TreeStat, display, tree
+from ckptwatch.settle import Settle, is_abandoned, settle_state
+
+
+@dataclass
+class RootReport:
+    root: str
+    runs: list[RunReport]
+    problems: list[Problem]
+
+
+def check_root(root: str, opts: CheckOptions, now: float, *, layout: str = "auto") -> RootReport:
+    """Every run below ``root``, judged."""
+    found = discover(root, layout=layout)
+    runs = [judge_run(run, opts, now) for run in found.runs]
+    return RootReport(root, runs, found.problems)
+
+
+TEMP_NAME = re.compile(r"^\.tmp[A-Za-z0-9_]{6,}$|^.+\.(safetensors|pt|pth|bin|ckpt|json)\.tmp[A-Za-z0-9_]*$")
+
+
+def _stat_candidate(run: RunFound, cand: Candidate) -> TreeStat:
+    if not cand.members:
+        return tree(cand.path, run.root)
+    parts = [tree(m, run.root) for m in cand.members]
+    return TreeStat(tuple(f for p in parts for f in p.files), tuple(x for p in parts for x in p.problems),
+                    max((p.newest_dir_mtime for p in parts), default=0.0))
+
+
+def _temp_files(stat: TreeStat) -> list[Problem]:
+    """Writer temp files (safetensors 0.8's ``.tmpXXXXXX``, ``name.json.tmp``...) mean a save in flight."""
+    return [Problem("in_progress", display(e.path), f"{display(e.path)} is a writer's temp file: a save is in "
+                    "progress (or was killed)") for e in stat.files if TEMP_NAME.match(e.name)]
+
+
+def _judge_candidate(run: RunFound, cand: Candidate, opts: CheckOptions) -> tuple[Judgement, TreeStat]:
+    stat = _stat_candidate(run, cand)
+    try:
+        judgement = run.layout.judge(cand, opts)
+    except FileNotFoundError as exc:  # the whole checkpoint vanished between listing and judging
+        judgement = Judgement([Problem("deleted", display(cand.path), f"{display(cand.path)} vanished during "
+                                       f"the scan ({exc.strerror})")])
+    return judgement, stat
+
+
+def _rank_facts(cand: Candidate, j: Judgement, widest: int, opts: CheckOptions) -> tuple[Ranks | None, list[Problem]]:
+    if j.present_ranks is None:
+        return None, []
+    if j.expected_ranks:
+        expected, source = j.expected_ranks, "metadata"
+    elif widest:
+        expected, source = widest, "siblings"
+    elif opts.expected_ranks:
+        expected, source = opts.expected_ranks, "config"
+    else:
+        expected, source = None, ""
+    ranks = Ranks(expected, tuple(sorted(j.present_ranks)), source)
+    describe = j.facts.get("describe_rank") or (lambda r: f"files of rank {r}")
+    why = {"metadata": "as its own metadata records",
+           "siblings": "as the widest checkpoint of this run has",
+           "config": "as expected_ranks says"}.get(source, "")
+    problems = [Problem("missing_rank", display(os.path.join(cand.path, describe(r))) if os.path.isdir(cand.path)
+                        else display(cand.path),
+                        f"{display(cand.path)}: rank {r} of {expected} ({why}) is missing: no {describe(r)}")
+                for r in ranks.missing]
+    return ranks, problems
+
+
+def _apply_time_rules(cand: Candidate, problems: list[Problem], stat: TreeStat, opts: CheckOptions,
+                      now: float) -> list[Problem]:
+    out = []
+    for p in problems:
+        if p.kind == "in_progress" and p.file:
+            try:
+                mtime = os.stat(p.file).st_mtime
+            except OSError:
+                mtime = None
+            if mtime is not None and is_abandoned(mtime, now, opts.stale_after):
+                age = (now - mtime) / 60
+                p = Problem("abandoned_temp", p.file, f"{p.message}; untouched for {age:.0f} min "
+                            f"(stale_after {opts.stale_after / 60:.0f} min): the save was killed half-way")
+        out.append(p)
+    if stat.files or stat.newest_dir_mtime:
+        if settle_state(stat.newest_mtime, now, opts.settle_seconds) is Settle.SETTLING:
+            age = max(0.0, now - stat.newest_mtime)
+            out.append(Problem("in_progress", display(cand.path), f"{display(cand.path)} was modified {age:.0f} s "
+                               f"ago (settle_seconds {opts.settle_seconds:g})"))
+    if any(p.severity is Severity.TRANSIENT for p in out):
+        # Unsettled: withhold the findings a half-written file would produce.
+        out = [p for p in out if p.severity in (Severity.TRANSIENT, Severity.WARNING)]
+    return out
+
+
+def judge_run(run: RunFound, opts: CheckOptions, now: float) -> RunReport:
+    """Judge every candidate of one run, then the run-level rules."""
+    cands = sorted(run.candidates, key=lambda c: c.sort_key())
+    judged = [(c, *_judge_candidate(run, c, opts)) for c in cands]
+    widest = max((j.expected_ranks or (max(j.present_ranks) + 1 if j.present_ranks else 0)
+                  for _, j, _ in judged if j.present_ranks is not None), default=0)
+
+    verdicts: list[Verdict] = []
+    facts: list[CheckpointFacts] = []
+    for cand, j, stat in judged:
+        ranks, rank_problems = _rank_facts(cand, j, widest, opts)
+        problems = _apply_time_rules(cand, [*j.problems, *stat.problems, *_temp_files(stat), *rank_problems],
+                                     stat, opts, now)
+        step = j.step if cand.step is None else cand.step
+        cf = CheckpointFacts(cand.path, step, j.facts.get("adapters") or {}, j.facts.get("full_weights") or [])
+        facts.append(cf)
+        verdicts.append(Verdict(display(cand.path), step, cand.layout, status_from(problems), ranks,
+                                tuple(_dedupe(problems)), tuple(checkpoint_hazards(cf)), stat.newest_mtime))
+
+    across = run_hazards(facts)
+    verdicts = [_with_hazards(v, across.get(f.path, [])) for v, f in zip(verdicts, facts)]
+    resumable = [v for v in verdicts if v.status is Status.COMPLETE]
+    latest = resumable[-1] if resumable else None
+    run_problems, run_hazards_ = run.layout.run_findings(run, verdicts, latest)
+    newest = verdicts[-1] if verdicts else None
+    if newest is not None and newest.status in (Status.INCOMPLETE, Status.CORRUPT):
+        use = f"resume from {latest.path}" if latest else "no complete checkpoint exists in this run"
+        run_hazards_.append(Hazard("newest_not_resumable", newest.path,
+                                   f"the newest checkpoint {newest.path} is {newest.status.value}; a trainer that "
+                                   f"resumes from the highest step will fail or load garbage; {use}"))
+    return RunReport(display(run.root), run.layout.name, tuple(verdicts), latest.path if latest else None,
+                     tuple(_dedupe([*run.problems, *run_problems])), tuple(run_hazards_))
+
+
+def _with_hazards(v: Verdict, extra: list[Hazard]) -> Verdict:
+    if not extra:
+        return v
+    from dataclasses import replace
+
+    return replace(v, hazards=(*v.hazards, *extra))
+
+
+def _dedupe(problems: list[Problem]) -> list[Problem]:
+    seen: set[tuple[str, str, str]] = set()
+    out = []
+    for p in problems:
+        key = (p.kind, p.file, p.message)
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
+
+
+def has_problems(reports: list[RootReport]) -> bool:
+    """Exit-code rule of ``once``: any incomplete/corrupt checkpoint, hazard, or non-warning run finding."""
+    for rr in reports:
+        if any(p.severity is not Severity.WARNING for p in rr.problems):
+            return True
+        for run in rr.runs:
+            if run.hazards or any(p.severity is not Severity.WARNING for p in run.problems):
+                return True
+            for v in run.checkpoints:
+                if v.status in (Status.INCOMPLETE, Status.CORRUPT) or v.hazards:
+                    return True
+    return False

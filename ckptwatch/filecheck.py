@@ -1,0 +1,77 @@
+"""Pick the format reader for one file, by magic bytes first and name second.
+
+Layouts know which files a checkpoint needs; this module knows how to judge any one of them. Magic
+bytes win over names because frameworks reuse extensions freely (``.ckpt`` is a torch zip for
+Lightning and a protobuf stream for MindSpore; ``.bin`` may be a zip or a legacy torch file).
+"""
+
+from __future__ import annotations
+
+import os
+
+from ckptwatch.formats._io import problem_from_oserror
+from ckptwatch.formats.jsonfile import read_json
+from ckptwatch.layouts.base import CheckOptions
+from ckptwatch.model import FileCheck, Problem
+from ckptwatch.scan import display
+
+ZIP_MAGIC = b"PK\x03\x04"
+LEGACY_TORCH_MAGIC = bytes.fromhex("80028a0a6cfc9c46f9206aa85019")
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
+
+
+def sniff(path: str) -> tuple[str, Problem | None]:
+    """The format of ``path``: safetensors | torch | mindspore | json | empty | unknown."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        return "unknown", problem_from_oserror(display(path), exc)
+    if not head:
+        return "empty", None
+    if head.startswith(ZIP_MAGIC) or head.startswith(LEGACY_TORCH_MAGIC):
+        return "torch", None
+    if path.endswith(".json"):
+        return "json", None
+    if path.endswith(".safetensors"):
+        return "safetensors", None
+    if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
+        return "safetensors", None
+    if path.endswith(".ckpt") and head[:1] == b"\x0a":
+        return "mindspore", None
+    if path.endswith(TORCH_SUFFIXES):
+        return "torch", None  # the torch reader says precisely why it is not a valid torch file
+    return "unknown", None
+
+
+def check_file(path: str, opts: CheckOptions) -> FileCheck:
+    """Judge one file with the reader its content calls for."""
+    kind, problem = sniff(path)
+    shown = display(path)
+    if problem:
+        return FileCheck(shown, (problem,))
+    if kind == "empty":
+        return FileCheck(shown, (Problem("empty_file", shown, f"{shown} is empty (0 bytes)"),))
+    if kind == "safetensors":
+        from ckptwatch.formats.safetensors import check_safetensors
+
+        return check_safetensors(path, deep=opts.deep, scan_values=opts.scan_values)
+    if kind == "torch":
+        from ckptwatch.formats.torchzip import check_torch_file
+
+        return check_torch_file(path, deep=opts.deep)
+    if kind == "mindspore":
+        from ckptwatch.formats.mindspore import check_ms_ckpt
+
+        return check_ms_ckpt(path, deep=opts.deep)
+    if kind == "json":
+        value, problem = read_json(path)
+        return FileCheck(shown, (problem,) if problem else (), {"json": value})
+    return FileCheck(shown, (), {"format": "unknown"})
+
+
+def file_size(path: str) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None

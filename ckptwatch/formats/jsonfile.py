@@ -1,0 +1,55 @@
+"""JSON side files (trainer_state.json, meta.json, index and adapter configs), read with findings.
+
+Python's ``json`` is used on purpose: the Trainer writes ``trainer_state.json`` with
+``allow_nan=True``, so a diverged run's file holds bare ``NaN``/``Infinity`` tokens that strict
+RFC 8259 parsers reject (layouts.md §3.1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from ckptwatch.formats._io import problem_from_oserror
+from ckptwatch.model import Problem
+
+MAX_JSON_BYTES = 64 * 1024 * 1024  # trainer_state.json of a very long run is a few MB
+
+
+def read_json(path: str, *, what: str = "") -> tuple[Any, Problem | None]:
+    """Parse ``path``; return (value, None) or (None, problem). Never raises for bad input."""
+    label = what or os.path.basename(path)
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_JSON_BYTES:
+                return None, Problem("bad_json", path, f"{label} is {size} bytes, more than the "
+                                     f"{MAX_JSON_BYTES} a JSON side file may have")
+            raw = f.read()
+    except OSError as exc:
+        return None, problem_from_oserror(path, exc)
+    if not raw.strip():
+        return None, Problem("empty_file", path, f"{label} is empty ({len(raw)} bytes)")
+    try:
+        return json.loads(raw.decode("utf-8")), None
+    except UnicodeDecodeError as exc:
+        return None, Problem("bad_json", path, f"{label} is not UTF-8 (byte {exc.start})")
+    except json.JSONDecodeError as exc:
+        return None, Problem("bad_json", path, f"{label} is not valid JSON: {exc.msg} at line {exc.lineno} "
+                             f"column {exc.colno} (file is {len(raw)} bytes; a save cut short?)")
+
+
+def read_text(path: str, *, limit: int = 4096) -> tuple[str | None, Problem | None]:
+    """A small text pointer file (DeepSpeed ``latest``, Megatron tracker), stripped."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(limit + 1)
+    except OSError as exc:
+        return None, problem_from_oserror(path, exc)
+    if len(raw) > limit:
+        return None, Problem("pointer_unreadable", path, f"{path} is larger than {limit} bytes; not a pointer")
+    try:
+        return raw.decode("utf-8").strip(), None
+    except UnicodeDecodeError:
+        return None, Problem("pointer_unreadable", path, f"{path} is not UTF-8 text")

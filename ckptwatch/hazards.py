@@ -1,0 +1,91 @@
+"""Resume hazards: checkpoints that are whole but would resume the wrong model. Pure functions.
+
+The failures behind the project (seeds 1 and 4): a stub ``pytorch_model.bin`` beside a LoRA adapter
+that the Trainer loads first, non-strictly, so the trained adapter is silently ignored; and adapters
+that never change or are all-zero B matrices (never trained, or re-initialised by a fresh
+``add_adapter`` before loading). These take the per-checkpoint facts the layout gathered and return
+hazards; they never touch the disk.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from ckptwatch.model import Hazard
+from ckptwatch.scan import display
+
+EMPTY_ADAPTER_BYTES = 1024
+DRIFT_KEYS = ("r", "lora_alpha", "target_modules")
+
+
+@dataclass(frozen=True)
+class CheckpointFacts:
+    """What the hazard rules need to know about one checkpoint of a run, in step order."""
+
+    path: str
+    step: int | None
+    adapters: dict[str, dict[str, Any]]
+    full_weights: list[tuple[str, int]]
+
+
+def checkpoint_hazards(facts: CheckpointFacts) -> list[Hazard]:
+    """Hazards visible inside one checkpoint."""
+    hazards: list[Hazard] = []
+    if facts.adapters:
+        adapter = next(iter(facts.adapters.values()))
+        adapter_file = adapter.get("weights") or os.path.join(adapter["dir"], "adapter_config.json")
+        for path, size in facts.full_weights:
+            hazards.append(Hazard(
+                "stub_weights_shadow_adapter", display(path),
+                f"{display(path)} ({size} bytes) sits beside the PEFT adapter {display(adapter_file)}; "
+                f"Trainer(resume_from_checkpoint=...) loads {os.path.basename(path)} first, non-strictly, and "
+                f"never loads the adapter, so the resumed run continues from untrained LoRA weights"))
+    for label, info in facts.adapters.items():
+        size, tensors, weights = info.get("size"), info.get("tensors"), info.get("weights")
+        if weights is None:
+            continue
+        if (size is not None and size <= EMPTY_ADAPTER_BYTES) or tensors == {}:
+            hazards.append(Hazard("empty_adapter", display(weights),
+                                  f"{display(weights)} is {size} bytes with {len(tensors or {})} tensors: "
+                                  f"no LoRA weights were saved"))
+        if info.get("b_all_zero") is True and (facts.step or 0) > 0:
+            hazards.append(Hazard("adapter_b_zero", display(weights),
+                                  f"every LoRA B matrix in {display(weights)} is zero at step {facts.step}: "
+                                  f"the adapter output is still exactly zero, as at initialisation"))
+    return hazards
+
+
+def _drift_view(config: Any) -> dict[str, Any] | None:
+    if not isinstance(config, dict):
+        return None
+    view = {}
+    for key in DRIFT_KEYS:
+        value = config.get(key)
+        view[key] = sorted(value) if isinstance(value, list) else value
+    return view
+
+
+def run_hazards(ordered: list[CheckpointFacts]) -> dict[str, list[Hazard]]:
+    """Hazards that compare successive checkpoints of one run; keyed by checkpoint path."""
+    out: dict[str, list[Hazard]] = {}
+    for prev, cur in zip(ordered, ordered[1:]):
+        for label, info in cur.adapters.items():
+            before = prev.adapters.get(label)
+            if not before:
+                continue
+            old, new = _drift_view(before.get("config")), _drift_view(info.get("config"))
+            if old and new and old != new:
+                changed = ", ".join(f"{k} {old[k]!r} -> {new[k]!r}" for k in DRIFT_KEYS if old[k] != new[k])
+                where = info.get("dir", cur.path)
+                out.setdefault(cur.path, []).append(Hazard(
+                    "adapter_config_drift", display(os.path.join(where, "adapter_config.json")),
+                    f"adapter config changed between {display(prev.path)} and {display(cur.path)}: {changed}"))
+            d_old, d_new = before.get("digest"), info.get("digest")
+            if d_old and d_new and d_old == d_new and info.get("weights"):
+                out.setdefault(cur.path, []).append(Hazard(
+                    "adapter_unchanged", display(info["weights"]),
+                    f"{display(info['weights'])} holds exactly the same tensor bytes as in {display(prev.path)}: "
+                    f"the adapter did not change between step {prev.step} and step {cur.step}"))
+    return out

@@ -1,0 +1,120 @@
+"""What every layout module provides, and the small helpers they share.
+
+A layout owns "where" and "when complete" for one framework (STYLE.md convention 4): it recognises a
+run directory, lists its checkpoint candidates, and judges one candidate into problems plus the rank
+facts. It never decides the final status: the engine applies the generic rules (settle, expected ranks
+from siblings, stale temp markers) the same way for every layout.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ckptwatch.formats._io import problem_from_oserror
+from ckptwatch.model import Hazard, Problem, Verdict
+from ckptwatch.scan import Entry, display
+
+
+@dataclass(frozen=True)
+class CheckOptions:
+    """How deep to look. Time is not here: the engine passes ``now`` explicitly."""
+
+    deep: bool = False
+    scan_values: bool = False
+    settle_seconds: float = 60.0
+    stale_after: float = 1800.0
+    expected_ranks: int | None = None
+
+
+@dataclass
+class Candidate:
+    """A checkpoint found on disk, not yet judged."""
+
+    path: str
+    step: int | None
+    layout: str
+    order: tuple[Any, ...] = ()  # sort key within the run; defaults to (step,)
+    data: dict[str, Any] = field(default_factory=dict)
+    members: tuple[str, ...] = ()  # the files, when a checkpoint is not one path (one file per rank dir)
+
+    def sort_key(self) -> tuple[Any, ...]:
+        return self.order or (self.step if self.step is not None else -1,)
+
+
+@dataclass
+class Judgement:
+    """A layout's findings on one candidate."""
+
+    problems: list[Problem] = field(default_factory=list)
+    present_ranks: tuple[int, ...] | None = None  # None: this layout has no notion of ranks here
+    expected_ranks: int | None = None  # from the checkpoint's own metadata, when it records it
+    step: int | None = None  # learned from content (e.g. Lightning's pickled global_step)
+    facts: dict[str, Any] = field(default_factory=dict)  # for hazards (adapters, weights files)
+
+
+@dataclass
+class RunFound:
+    """A training run: one directory whose checkpoints share a layout."""
+
+    root: str
+    layout: "Layout"
+    candidates: list[Candidate]
+    consumed: set[str] = field(default_factory=set)  # paths the walker must not descend into
+    problems: list[Problem] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)  # layout specific (pointer links, caches)
+
+
+class Layout(Protocol):
+    name: str
+
+    def find(self, directory: str, entries: list[Entry]) -> RunFound | None:
+        """If ``directory`` is a run root of this layout, the run and its candidates."""
+
+    def judge(self, cand: Candidate, opts: CheckOptions) -> Judgement:
+        """Findings on one candidate (files, metadata cross-checks, ranks)."""
+
+    def run_findings(self, run: RunFound, verdicts: list[Verdict],
+                     latest_resumable: Verdict | None) -> tuple[list[Problem], list[Hazard]]:
+        """Run-level findings, e.g. a framework pointer that names an incomplete checkpoint."""
+
+
+class NoRunFindings:
+    """Mixin for layouts without pointer files."""
+
+    def run_findings(self, run: RunFound, verdicts: list[Verdict],
+                     latest_resumable: Verdict | None) -> tuple[list[Problem], list[Hazard]]:
+        return [], []
+
+
+def step_of(name: str, pattern: re.Pattern[str]) -> int | None:
+    m = pattern.match(name)
+    return int(m.group(1)) if m else None
+
+
+def listdir_names(path: str) -> tuple[list[str], Problem | None]:
+    try:
+        return sorted(os.listdir(path)), None
+    except OSError as exc:
+        return [], problem_from_oserror(display(path), exc)
+
+
+def missing(path: str, what: str) -> Problem:
+    return Problem("missing_file", display(path), f"{display(path)} is missing ({what})")
+
+
+def pointer_hazard(pointer_path: str, named: str, target: Verdict | None,
+                   latest_resumable: Verdict | None) -> Hazard | None:
+    """The hazard of a framework pointer (DeepSpeed ``latest``, Megatron tracker) naming a bad checkpoint."""
+    use = (f"resume from {display(latest_resumable.path)} instead" if latest_resumable
+           else "no complete checkpoint exists in this run")
+    if target is None:
+        return Hazard("latest_points_to_missing", display(pointer_path),
+                      f"{display(pointer_path)} names {named!r}, which does not exist; {use}")
+    if target.status.value in ("incomplete", "corrupt"):
+        return Hazard("latest_points_to_incomplete", display(pointer_path),
+                      f"{display(pointer_path)} names {display(target.path)}, which is {target.status.value}; "
+                      f"a resume through this pointer will fail or load garbage; {use}")
+    return None

@@ -1,0 +1,163 @@
+"""Megatron-LM ``iter_<7 digits>/`` under a save dir with ``latest_checkpointed_iteration.txt`` (§3.3).
+
+Two formats: legacy ``torch`` (one ``mp_rank_XX[_YYY]/model_optim_rng.pt`` per tensor x pipeline
+rank) and ``torch_dist`` (a DCP dir plus ``metadata.json``, written by rank 0 after every rank saved:
+the commit marker). The tracker is written after a barrier, so it is a reliable pointer; naming an
+incomplete iteration is still a hazard we report with the iteration to use instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+
+from ckptwatch.filecheck import check_file
+from ckptwatch.formats.jsonfile import read_json, read_text
+from ckptwatch.layouts.base import (CheckOptions, Candidate, Judgement, RunFound, listdir_names, missing,
+                                    pointer_hazard)
+from ckptwatch.model import Hazard, Problem, Verdict
+from ckptwatch.scan import Entry, display
+
+ITER = re.compile(r"^iter_(\d{7})$")
+MP_DIR = re.compile(r"^mp_rank_(\d{2})(?:_(\d{3}))?(?:_(\d{3}))?$")
+TRACKER = "latest_checkpointed_iteration.txt"
+
+
+class Megatron:
+    name = "megatron"
+
+    def find(self, directory: str, entries: list[Entry]) -> RunFound | None:
+        cands = [Candidate(e.path, int(m.group(1)), self.name) for e in entries
+                 if e.is_dir and not e.is_symlink and (m := ITER.match(e.name))]
+        if not cands:
+            return None  # (MindFormers' new iteration_XXXXXXXX format shares the tracker name: not judged yet)
+        dist_runs = any(os.path.exists(os.path.join(c.path, "metadata.json")) for c in cands)
+        for c in cands:
+            c.data["run_uses_torch_dist"] = dist_runs
+        return RunFound(directory, self, cands, consumed={c.path for c in cands})
+
+    def judge(self, cand: Candidate, opts: CheckOptions) -> Judgement:
+        names, problem = listdir_names(cand.path)
+        if problem:
+            return Judgement([problem])
+        if any(n.endswith(".distcp") for n in names) or ".metadata" in names or "metadata.json" in names:
+            return self._judge_dist(cand, names, opts)
+        return self._judge_legacy(cand, names, opts)
+
+    def _judge_dist(self, cand: Candidate, names: list[str], opts: CheckOptions) -> Judgement:
+        from ckptwatch.formats.dcp import check_dcp_dir
+        from ckptwatch.formats.pickle_stub import get
+
+        j = Judgement(list(check_dcp_dir(cand.path, deep=opts.deep).problems))
+        meta = os.path.join(cand.path, "metadata.json")
+        if "metadata.json" in names:
+            value, problem = read_json(meta)
+            if problem:
+                j.problems.append(problem)
+            elif not isinstance(value, dict) or "sharded_backend" not in value:
+                j.problems.append(Problem("bad_json", display(meta), f"{display(meta)} lacks sharded_backend"))
+        elif cand.data.get("run_uses_torch_dist"):
+            j.problems.append(Problem("no_commit_marker", display(meta), f"{display(meta)} is missing: Megatron's "
+                                      "rank 0 writes it after all ranks saved, so this save did not finish"))
+        if "common.pt" in names:
+            fc = check_file(os.path.join(cand.path, "common.pt"), opts)
+            j.problems.extend(fc.problems)
+            world = get(fc.facts.get("object"), "args", "world_size")
+            if isinstance(world, int) and not isinstance(world, bool):
+                j.facts["world_size"] = world
+        if "integrity.json" in names:
+            j.problems.extend(_integrity(cand.path, deep=opts.deep))
+        return j
+
+    def _judge_legacy(self, cand: Candidate, names: list[str], opts: CheckOptions) -> Judgement:
+        from ckptwatch.formats.pickle_stub import get
+
+        j = Judgement()
+        grid: dict[int, tuple[int, int]] = {}
+        tp_size = pp_size = None
+        present_cells: set[tuple[int, int]] = set()
+        for n in names:
+            m = MP_DIR.match(n)
+            if not m:
+                continue
+            tp, pp = int(m.group(1)), int(m.group(2) or 0)
+            f = os.path.join(cand.path, n, "model_optim_rng.pt")
+            if not os.path.exists(f):
+                j.problems.append(missing(f, f"model state of tensor rank {tp}, pipeline rank {pp}"))
+                continue
+            fc = check_file(f, opts)
+            j.problems.extend(fc.problems)
+            if not fc.ok:
+                continue
+            present_cells.add((tp, pp))
+            obj = fc.facts.get("object")
+            if tp_size is None:
+                t, p = get(obj, "args", "tensor_model_parallel_size"), get(obj, "args", "pipeline_model_parallel_size")
+                if isinstance(t, int) and isinstance(p, int):
+                    tp_size, pp_size = t, p
+                it = get(obj, "iteration")
+                if isinstance(it, int) and cand.step is not None and it != cand.step:
+                    j.problems.append(Problem("step_mismatch", display(f), f"{display(f)} holds iteration {it} "
+                                              f"but lives in iter_{cand.step:07d}"))
+        if not present_cells and not j.problems:
+            j.problems.append(Problem("no_weights", display(cand.path), f"{display(cand.path)} has no "
+                                      "mp_rank_XX/model_optim_rng.pt"))
+        width = tp_size or 1 + max((tp for tp, _ in present_cells), default=0)
+        j.present_ranks = tuple(sorted(tp + pp * width for tp, pp in present_cells))
+        j.expected_ranks = tp_size * pp_size if tp_size and pp_size else None
+        pp_known = (pp_size or 1) > 1 or any(pp for _, pp in present_cells)
+        j.facts["describe_rank"] = (lambda r, w=width, p=pp_known:
+                                    f"mp_rank_{r % w:02d}" + (f"_{r // w:03d}" if p else "") + "/model_optim_rng.pt")
+        return j
+
+    def run_findings(self, run: RunFound, verdicts: list[Verdict],
+                     latest_resumable: Verdict | None) -> tuple[list[Problem], list[Hazard]]:
+        tracker = os.path.join(run.root, TRACKER)
+        if not os.path.isfile(tracker):
+            return [], []
+        text, problem = read_text(tracker)
+        if problem:
+            return [problem], []
+        if text == "release":
+            return [], []
+        if not text or not text.isdigit():
+            return [Problem("pointer_unreadable", display(tracker), f"{display(tracker)} holds {text!r}, "
+                            "not an iteration number")], []
+        it = int(text)
+        target = next((v for v in verdicts if v.step == it), None)
+        h = pointer_hazard(tracker, f"iter_{it:07d}", target, latest_resumable)
+        return [], [h] if h else []
+
+
+def _integrity(directory: str, *, deep: bool) -> list[Problem]:
+    """Megatron ``integrity.json``: every listed file exists; with --deep, its SHA-256 matches."""
+    path = os.path.join(directory, "integrity.json")
+    value, problem = read_json(path)
+    if problem:
+        return [problem]
+    files = value.get("files") if isinstance(value, dict) else None
+    if not isinstance(files, dict):
+        return [Problem("bad_json", display(path), f"{display(path)} has no files table")]
+    problems = []
+    for name, digest in sorted(files.items()):
+        f = os.path.join(directory, name)
+        if "/" in name or name.startswith(".."):
+            problems.append(Problem("unsafe_path", display(path), f"{display(path)} lists {name!r}"))
+        elif not os.path.exists(f):
+            problems.append(Problem("missing_file", display(f), f"{display(f)} is listed in integrity.json but absent"))
+        elif deep:
+            h = hashlib.sha256()
+            try:
+                with open(f, "rb") as fh:
+                    while block := fh.read(4 * 1024 * 1024):
+                        h.update(block)
+            except OSError as exc:
+                from ckptwatch.formats._io import problem_from_oserror
+
+                problems.append(problem_from_oserror(display(f), exc))
+                continue
+            if h.hexdigest() != digest:
+                problems.append(Problem("hash_mismatch", display(f), f"{display(f)} SHA-256 {h.hexdigest()[:16]}... "
+                                        f"differs from integrity.json's {str(digest)[:16]}..."))
+    return problems

@@ -1,0 +1,97 @@
+"""Output: the versioned ``--json`` contract and a table a person can read at 3 a.m.
+
+JSON follows DESIGN.md ``version: 1``; additions (``severity``, ``ranks.source``, run- and top-level
+``problems``/``hazards``, ``newest_mtime``) are extensions, never renames. Keys of later features
+(``loss``, ``retention``, ``mirror``) appear only once those features exist.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, TextIO
+
+from ckptwatch.engine import RootReport
+from ckptwatch.model import Hazard, Problem, RunReport, Status, Verdict
+
+JSON_VERSION = 1
+
+
+def _problem(p: Problem) -> dict[str, Any]:
+    return {"kind": p.kind, "file": p.file, "message": p.full_message, "severity": p.severity.value}
+
+
+def _hazard(h: Hazard) -> dict[str, Any]:
+    return {"kind": h.kind, "file": h.file, "message": h.full_message}
+
+
+def verdict_json(v: Verdict) -> dict[str, Any]:
+    ranks = None
+    if v.ranks is not None:
+        ranks = {"expected": v.ranks.expected, "present": list(v.ranks.present), "missing": list(v.ranks.missing),
+                 "source": v.ranks.source or None}
+    return {"path": v.path, "step": v.step, "layout": v.layout, "status": v.status.value, "ranks": ranks,
+            "problems": [_problem(p) for p in v.problems], "hazards": [_hazard(h) for h in v.hazards],
+            "newest_mtime": v.newest_mtime}
+
+
+def run_json(r: RunReport) -> dict[str, Any]:
+    return {"root": r.root, "layout": r.layout, "latest_resumable": r.latest_resumable,
+            "checkpoints": [verdict_json(v) for v in r.checkpoints],
+            "problems": [_problem(p) for p in r.problems], "hazards": [_hazard(h) for h in r.hazards]}
+
+
+def to_json(reports: list[RootReport]) -> dict[str, Any]:
+    return {"version": JSON_VERSION,
+            "runs": [run_json(r) for rr in reports for r in rr.runs],
+            "problems": [_problem(p) for rr in reports for p in rr.problems]}
+
+
+def write_json(reports: list[RootReport], out: TextIO = sys.stdout) -> None:
+    json.dump(to_json(reports), out, indent=2)
+    out.write("\n")
+
+
+_COLOURS = {Status.COMPLETE: "32", Status.INCOMPLETE: "31", Status.CORRUPT: "31;1", Status.IN_PROGRESS: "33"}
+
+
+def _status(v: Verdict, colour: bool) -> str:
+    text = v.status.value
+    return f"\x1b[{_COLOURS[v.status]}m{text}\x1b[0m" if colour else text
+
+
+def write_table(reports: list[RootReport], out: TextIO = sys.stdout, *, colour: bool | None = None) -> None:
+    """One block per run: a line per checkpoint, then every problem and hazard spelled out."""
+    if colour is None:
+        colour = out.isatty()
+    runs = [r for rr in reports for r in rr.runs]
+    if not runs:
+        out.write("no checkpoints found\n")
+    for r in runs:
+        out.write(f"\n{r.root}  [{r.layout}]  {len(r.checkpoints)} checkpoints\n")
+        width = max((len(_short(v.path, r.root)) for v in r.checkpoints), default=10)
+        for v in r.checkpoints:
+            ranks = ""
+            if v.ranks and v.ranks.expected:
+                ranks = f"ranks {len(v.ranks.present)}/{v.ranks.expected}"
+            flag = "  <- resume here" if v.path == r.latest_resumable else ""
+            step = "" if v.step is None else str(v.step)
+            out.write(f"  {_short(v.path, r.root):<{width}}  step {step:>8}  {_status(v, colour):<11}  "
+                      f"{ranks}{flag}\n")
+            for p in v.problems:
+                out.write(f"      {p.kind}: {p.full_message}\n")
+            for h in v.hazards:
+                out.write(f"      HAZARD {h.kind}: {h.full_message}\n")
+        for p in r.problems:
+            out.write(f"  run {p.kind}: {p.full_message}\n")
+        for h in r.hazards:
+            out.write(f"  HAZARD {h.kind}: {h.full_message}\n")
+        latest = r.latest_resumable or "none: no complete checkpoint"
+        out.write(f"  newest resumable: {latest}\n")
+    for rr in reports:
+        for p in rr.problems:
+            out.write(f"{p.kind}: {p.full_message}\n")
+
+
+def _short(path: str, root: str) -> str:
+    return path[len(root) + 1:] if path.startswith(root + "/") else path

@@ -1,0 +1,128 @@
+"""Directory listing that never raises: the first rung of the validation ladder (names and stat).
+
+Why not ``os.walk``: a watched tree changes under us (rotation deletes checkpoints mid-scan), holds
+symlinks that may loop or leave the watched root, and may hold names that are not UTF-8. Each of
+those is a finding here, not an exception, and the scan always finishes.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+
+from ckptwatch.formats._io import problem_from_oserror
+from ckptwatch.model import Problem
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One directory entry, stat'ed once. For a symlink, size/mtime/kind are the target's."""
+
+    name: str
+    path: str
+    is_dir: bool
+    is_file: bool
+    is_symlink: bool
+    size: int
+    mtime: float
+    mode: int
+
+
+def display(path: str) -> str:
+    """A path safe to print and to put in JSON (non-UTF-8 bytes shown as \\xNN escapes)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def list_dir(path: str) -> tuple[list[Entry], list[Problem]]:
+    """Entries of ``path`` sorted by name; problems for entries that cannot be stat'ed."""
+    entries: list[Entry] = []
+    problems: list[Problem] = []
+    try:
+        with os.scandir(path) as it:
+            raw = list(it)
+    except OSError as exc:
+        return [], [problem_from_oserror(path, exc)]
+    for de in raw:
+        try:
+            de.name.encode("utf-8")
+        except UnicodeEncodeError:
+            problems.append(Problem("bad_name", display(de.path), f"{display(de.path)}: name is not valid UTF-8"))
+        try:
+            is_link = de.is_symlink()
+            st = de.stat(follow_symlinks=True)
+        except OSError as exc:
+            if is_link and exc.errno == 2:  # ENOENT through a link: dangling
+                problems.append(Problem("dangling_symlink", display(de.path),
+                                        f"{display(de.path)} points to {_readlink(de.path)}, which does not exist"))
+            elif is_link:
+                problems.append(problem_from_oserror(display(de.path), exc))
+            else:
+                problems.append(problem_from_oserror(display(de.path), exc))
+            continue
+        entries.append(Entry(de.name, de.path, stat.S_ISDIR(st.st_mode), stat.S_ISREG(st.st_mode), is_link,
+                             st.st_size, st.st_mtime, st.st_mode))
+    entries.sort(key=lambda e: e.name)
+    return entries, problems
+
+
+def _readlink(path: str) -> str:
+    try:
+        return display(os.readlink(path))
+    except OSError:
+        return "?"
+
+
+def inside(path: str, root: str) -> bool:
+    """Is the real location of ``path`` inside the real location of ``root``?"""
+    real, real_root = os.path.realpath(path), os.path.realpath(root)
+    return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
+@dataclass(frozen=True)
+class TreeStat:
+    """Every regular file below a checkpoint path, for the settle rule and the file-set checks."""
+
+    files: tuple[Entry, ...]
+    problems: tuple[Problem, ...]
+    newest_dir_mtime: float = 0.0  # a rename or delete inside changes only the directory's mtime
+
+    @property
+    def newest_mtime(self) -> float:
+        return max(max((e.mtime for e in self.files), default=0.0), self.newest_dir_mtime)
+
+
+def tree(path: str, root: str) -> TreeStat:
+    """Regular files below ``path`` (or ``path`` itself when it is a file), not following links out of root.
+
+    A symlinked directory inside the root is not descended into (its target is judged where it lives);
+    a symlinked file is stat'ed through (Lightning's ``last.ckpt``).
+    """
+    files: list[Entry] = []
+    problems: list[Problem] = []
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return TreeStat((), (problem_from_oserror(display(path), exc),))
+    if not stat.S_ISDIR(st.st_mode):
+        return TreeStat((Entry(os.path.basename(path), path, False, stat.S_ISREG(st.st_mode),
+                               os.path.islink(path), st.st_size, st.st_mtime, st.st_mode),), ())
+    stack = [path]
+    newest_dir = st.st_mtime
+    while stack:
+        d = stack.pop()
+        entries, probs = list_dir(d)
+        problems.extend(probs)
+        for e in entries:
+            if e.is_symlink and not inside(e.path, root):
+                problems.append(Problem("symlink_outside_root", display(e.path),
+                                        f"{display(e.path)} points outside {display(root)}"))
+                continue
+            if e.is_dir:
+                if not e.is_symlink:
+                    stack.append(e.path)
+                    newest_dir = max(newest_dir, e.mtime)
+            elif e.is_file:
+                files.append(e)
+    files.sort(key=lambda e: e.path)
+    return TreeStat(tuple(files), tuple(problems), newest_dir)
