@@ -12,11 +12,16 @@ import sys
 import time
 from typing import Sequence
 
+from typing import TYPE_CHECKING
+
 from ckptwatch import __version__
-from ckptwatch.errors import CkptwatchError, UsageError
+from ckptwatch.errors import CkptwatchError, ConfigError, UsageError
 from ckptwatch.layouts.base import CheckOptions
 from ckptwatch.layouts.registry import NAMES
 from ckptwatch.settle import parse_duration
+
+if TYPE_CHECKING:
+    from ckptwatch.config import Config, WatchConfig
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
@@ -49,9 +54,9 @@ def _check_args(p: argparse.ArgumentParser) -> None:
                    help="also read every byte: zip CRCs, full safetensors reads, MindSpore CRC, Megatron hashes")
     p.add_argument("--scan-values", action="store_true",
                    help="with --deep: flag NaN/Inf and all-zero tensors in safetensors files")
-    p.add_argument("--settle", type=float, default=60.0, metavar="SECONDS",
+    p.add_argument("--settle", type=float, default=None, metavar="SECONDS",
                    help="anything modified within this many seconds is in_progress (default 60)")
-    p.add_argument("--stale-after", type=_duration, default=1800.0, metavar="DURATION",
+    p.add_argument("--stale-after", type=_duration, default=None, metavar="DURATION",
                    help="a temp/staging marker older than this means a killed save (default 30m)")
     p.add_argument("--expected-ranks", type=_positive_int, metavar="N",
                    help="ranks to expect when neither metadata nor sibling checkpoints tell")
@@ -64,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ckptwatch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     once = sub.add_parser("once", help="judge every checkpoint under the given output dirs and exit")
-    once.add_argument("paths", nargs="+", metavar="PATH")
+    once.add_argument("paths", nargs="*", metavar="PATH")
+    once.add_argument("--config", metavar="FILE", help="judge every [[watch]] path of this config file")
     _check_args(once)
     verify = sub.add_parser("verify", help="judge one checkpoint (a directory or a single file)")
     verify.add_argument("path", metavar="PATH")
@@ -75,13 +81,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _options(args: argparse.Namespace) -> CheckOptions:
-    if args.settle < 0:
+def _options(args: argparse.Namespace, config: "Config | None" = None,
+             watch: "WatchConfig | None" = None) -> CheckOptions:
+    """Command-line flags win over the config file, which wins over the defaults."""
+    if args.settle is not None and args.settle < 0:
         raise UsageError(f"--settle must be 0 or more, not {args.settle:g}")
     if args.scan_values and not args.deep:
         raise UsageError("--scan-values reads every tensor; it needs --deep")
-    return CheckOptions(deep=args.deep, scan_values=args.scan_values, settle_seconds=args.settle,
-                        stale_after=args.stale_after, expected_ranks=args.expected_ranks)
+    service = config.service if config else None
+    settle = args.settle if args.settle is not None else (service.settle_seconds if service else 60.0)
+    stale = args.stale_after if args.stale_after is not None else (service.stale_after if service else 1800.0)
+    ranks = args.expected_ranks or (watch.expected_ranks if watch else None)
+    return CheckOptions(deep=args.deep, scan_values=args.scan_values, settle_seconds=settle,
+                        stale_after=stale, expected_ranks=ranks)
 
 
 def _existing(path: str) -> str:
@@ -96,10 +108,19 @@ def cmd_once(args: argparse.Namespace) -> int:
     from ckptwatch.engine import check_root, has_problems
     from ckptwatch.report import write_json, write_table
 
-    opts = _options(args)
-    roots = [_existing(p) for p in args.paths]
+    from ckptwatch.config import WatchConfig, load_config
+
+    config = load_config(args.config) if args.config else None
+    targets = [(WatchConfig(p, args.layout, args.expected_ranks)) for p in args.paths]
+    if config:
+        for i, w in enumerate(config.watches):
+            if not os.path.exists(w.path):
+                raise ConfigError(f"{config.source}: watch[{i}].path: {w.path} does not exist")
+            targets.append(w if args.layout == "auto" else WatchConfig(w.path, args.layout, w.expected_ranks))
+    if not targets:
+        raise UsageError("once needs at least one PATH (or --config FILE with [[watch]] paths)")
     now = time.time()
-    reports = [check_root(root, opts, now, layout=args.layout) for root in roots]
+    reports = [check_root(_existing(w.path), _options(args, config, w), now, layout=w.layout) for w in targets]
     if args.json:
         write_json(reports)
     else:

@@ -1,0 +1,104 @@
+"""TOML config -> frozen, validated settings. Every error names the file and the dotted key.
+
+Only keys that something reads are accepted: an unknown key is an error, never silently ignored, so
+a config can not promise a behaviour ckptwatch does not have. Key names follow DESIGN.md (a contract:
+add keys, never rename). Keys of features still to come (retention, mirror, alerts, loss) are added
+with those features.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from typing import Any
+
+from ckptwatch.errors import ConfigError
+from ckptwatch.layouts.registry import NAMES
+from ckptwatch.settle import parse_duration
+
+DEFAULT_SETTLE_SECONDS = 60.0
+DEFAULT_STALE_AFTER = 1800.0
+
+
+@dataclass(frozen=True)
+class WatchConfig:
+    path: str
+    layout: str = "auto"
+    expected_ranks: int | None = None
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    settle_seconds: float = DEFAULT_SETTLE_SECONDS
+    stale_after: float = DEFAULT_STALE_AFTER
+
+
+@dataclass(frozen=True)
+class Config:
+    source: str
+    service: ServiceConfig
+    watches: tuple[WatchConfig, ...]
+
+
+_SERVICE_KEYS = {"settle_seconds", "stale_after"}
+_WATCH_KEYS = {"path", "layout", "expected_ranks"}
+
+
+def load_config(path: str) -> Config:
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_config(raw, path)
+
+
+def parse_config(raw: dict[str, Any], source: str) -> Config:
+    def fail(key: str, why: str) -> ConfigError:
+        return ConfigError(f"{source}: {key}: {why}")
+
+    unknown = set(raw) - {"service", "watch"}
+    if unknown:
+        raise fail(sorted(unknown)[0], "unknown key (known: service, watch)")
+    service_raw = raw.get("service", {})
+    if not isinstance(service_raw, dict):
+        raise fail("service", "must be a table")
+    for key in service_raw:
+        if key not in _SERVICE_KEYS:
+            raise fail(f"service.{key}", f"unknown key (known: {', '.join(sorted(_SERVICE_KEYS))})")
+    settle = service_raw.get("settle_seconds", DEFAULT_SETTLE_SECONDS)
+    if isinstance(settle, bool) or not isinstance(settle, (int, float)) or settle < 0:
+        raise fail("service.settle_seconds", f"must be a number of seconds >= 0, not {settle!r}")
+    stale = service_raw.get("stale_after", DEFAULT_STALE_AFTER)
+    try:
+        stale_s = parse_duration(str(stale)) if not isinstance(stale, bool) else -1
+    except ValueError as exc:
+        raise fail("service.stale_after", str(exc)) from None
+    if stale_s < 0:
+        raise fail("service.stale_after", f"must be a duration such as \"30m\", not {stale!r}")
+
+    watches_raw = raw.get("watch", [])
+    if not isinstance(watches_raw, list) or not all(isinstance(w, dict) for w in watches_raw):
+        raise fail("watch", "must be [[watch]] tables")
+    watches = []
+    for i, w in enumerate(watches_raw):
+        where = f"watch[{i}]"
+        for key in w:
+            if key not in _WATCH_KEYS:
+                raise fail(f"{where}.{key}", f"unknown key (known: {', '.join(sorted(_WATCH_KEYS))})")
+        path = w.get("path")
+        if not isinstance(path, str) or not path:
+            raise fail(f"{where}.path", "is required: the output dir to watch")
+        layout = w.get("layout", "auto")
+        if layout not in ("auto", *NAMES):
+            raise fail(f"{where}.layout", f"{layout!r} is not one of auto, {', '.join(NAMES)}")
+        ranks = w.get("expected_ranks")
+        if ranks is not None and (isinstance(ranks, bool) or not isinstance(ranks, int) or ranks < 1):
+            raise fail(f"{where}.expected_ranks", f"must be a whole number >= 1, not {ranks!r}")
+        watches.append(WatchConfig(os.path.expanduser(path), layout, ranks))
+    return Config(source, ServiceConfig(float(settle), stale_s), tuple(watches))
