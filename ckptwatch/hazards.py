@@ -5,6 +5,9 @@ that the Trainer loads first, non-strictly, so the trained adapter is silently i
 that never change or are all-zero B matrices (never trained, or re-initialised by a fresh
 ``add_adapter`` before loading). These take the per-checkpoint facts the layout gathered and return
 hazards; they never touch the disk.
+
+"Never trained" is judged on the default adapter only (the one at the checkpoint's top level): extra
+named adapters (``<name>/`` sub-dirs) are often frozen on purpose, and flagging them would be noise.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ def checkpoint_hazards(facts: CheckpointFacts) -> list[Hazard]:
             hazards.append(Hazard("empty_adapter", display(weights),
                                   f"{display(weights)} is {size} bytes with {len(tensors or {})} tensors: "
                                   f"no LoRA weights were saved"))
-        if info.get("b_all_zero") is True and (facts.step or 0) > 0:
+        if label == "" and info.get("b_all_zero") is True and (facts.step or 0) > 0:
             hazards.append(Hazard("adapter_b_zero", display(weights),
                                   f"every LoRA B matrix in {display(weights)} is zero at step {facts.step}: "
                                   f"the adapter output is still exactly zero, as at initialisation"))
@@ -83,7 +86,7 @@ def run_hazards(ordered: list[CheckpointFacts]) -> dict[str, list[Hazard]]:
                     "adapter_config_drift", display(os.path.join(where, "adapter_config.json")),
                     f"adapter config changed between {display(prev.path)} and {display(cur.path)}: {changed}"))
             d_old, d_new = before.get("digest"), info.get("digest")
-            if d_old and d_new and d_old == d_new and info.get("weights"):
+            if label == "" and d_old and d_new and d_old == d_new and info.get("weights"):
                 out.setdefault(cur.path, []).append(Hazard(
                     "adapter_unchanged", display(info["weights"]),
                     f"{display(info['weights'])} holds exactly the same tensor bytes as in {display(prev.path)}: "
