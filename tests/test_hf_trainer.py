@@ -91,8 +91,8 @@ def test_stale_commit_marker(artefact) -> None:
     """A weights file rewritten after trainer_state.json (an unfinished overwrite) is flagged."""
     root = artefact("hf_full")
     ck = root / "checkpoint-4"
-    t = (ck / "trainer_state.json").stat().st_mtime
-    os.utime(ck / "model.safetensors", (t + 60, t + 60))
+    t = (ck / "model.safetensors").stat().st_mtime
+    os.utime(ck / "trainer_state.json", (t - 60, t - 60))
     v = verdicts_by_name(_judge(root))["checkpoint-4"]
     assert v.status is Status.INCOMPLETE and "stale_commit_marker" in kinds_of(v)
 
@@ -242,6 +242,7 @@ def test_deep_pass_catches_bit_flip_in_optimizer(artefact) -> None:
     with zipfile.ZipFile(opt) as z:
         info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
         # Local header: 30 bytes + name + extra, then data.
+    mtime = opt.stat().st_mtime
     with open(opt, "r+b") as f:
         f.seek(info.header_offset + 26)
         name_len = int.from_bytes(f.read(2), "little")
@@ -251,6 +252,7 @@ def test_deep_pass_catches_bit_flip_in_optimizer(artefact) -> None:
         b = f.read(1)
         f.seek(pos)
         f.write(bytes([b[0] ^ 0xFF]))
+    os.utime(opt, (mtime, mtime))  # silent bit rot: same size, same mtime
     assert verdicts_by_name(_judge(root))["checkpoint-4"].status is Status.COMPLETE
     v = verdicts_by_name(_judge(root, CheckOptions(settle_seconds=0, deep=True)))["checkpoint-4"]
     assert v.status is Status.CORRUPT and "crc_mismatch" in kinds_of(v)
