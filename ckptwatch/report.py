@@ -13,6 +13,7 @@ from typing import Any, TextIO
 
 from ckptwatch.engine import RootReport
 from ckptwatch.model import Hazard, Problem, RunReport, Status, Verdict
+from ckptwatch.vocabulary import advice_for
 
 JSON_VERSION = 1
 
@@ -72,16 +73,19 @@ def write_table(reports: list[RootReport], out: TextIO = sys.stdout, *, colour: 
         width = max((len(_short(v.path, r.root)) for v in r.checkpoints), default=10)
         for v in r.checkpoints:
             ranks = ""
-            if v.ranks and v.ranks.expected:
+            if v.ranks and v.ranks.expected and (v.ranks.expected > 1 or v.ranks.missing):
                 ranks = f"ranks {len(v.ranks.present)}/{v.ranks.expected}"
             flag = "  <- resume here" if v.path == r.latest_resumable else ""
             step = "" if v.step is None else str(v.step)
             out.write(f"  {_short(v.path, r.root):<{width}}  step {step:>8}  {_status(v, colour):<11}  "
                       f"{ranks}{flag}\n")
             for p in v.problems:
-                out.write(f"      {p.kind}: {p.full_message}\n")
+                out.write(f"      {p.kind}: {p.message}\n")
             for h in v.hazards:
-                out.write(f"      HAZARD {h.kind}: {h.full_message}\n")
+                out.write(f"      HAZARD {h.kind}: {h.message}\n")
+            for advice in dict.fromkeys(advice_for(x.kind) for x in [*v.problems, *v.hazards]):
+                if advice:
+                    out.write(f"      -> {advice}\n")
         for p in r.problems:
             out.write(f"  run {p.kind}: {p.full_message}\n")
         for h in r.hazards:

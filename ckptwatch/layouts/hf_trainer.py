@@ -214,8 +214,6 @@ class HfTrainer(NoRunFindings):
             j.expected_ranks = world
             j.facts["describe_rank"] = (lambda r, single=(world == 1): "rng_state.pth" if single
                                         else f"rng_state_{r}.pth")
-            if world == 1 and "rng_state.pth" not in rng and not rng:
-                j.problems.append(missing(os.path.join(ckpt, "rng_state.pth"), "RNG state of the only process"))
             if world is not None and world > 1 and "rng_state.pth" in rng:
                 j.problems.append(Problem("step_mismatch", display(os.path.join(ckpt, "rng_state.pth")),
                                           f"{shown} has rng_state.pth (one process) but training_args.bin says "
