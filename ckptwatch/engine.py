@@ -71,19 +71,23 @@ def _judge_candidate(run: RunFound, cand: Candidate, opts: CheckOptions) -> tupl
 def _rank_facts(cand: Candidate, j: Judgement, widest: int, opts: CheckOptions) -> tuple[Ranks | None, list[Problem]]:
     if j.present_ranks is None:
         return None, []
+    own = max(j.present_ranks) + 1 if j.present_ranks else 0
     if j.expected_ranks:
         expected, source = j.expected_ranks, "metadata"
-    elif widest:
+    elif widest > own:
         expected, source = widest, "siblings"
     elif opts.expected_ranks:
         expected, source = opts.expected_ranks, "config"
+    elif own:
+        expected, source = own, "files"  # a lower bound: the highest rank that wrote anything
     else:
         expected, source = None, ""
     ranks = Ranks(expected, tuple(sorted(j.present_ranks)), source)
     describe = j.facts.get("describe_rank") or (lambda r: f"files of rank {r}")
     why = {"metadata": "as its own metadata records",
            "siblings": "as the widest checkpoint of this run has",
-           "config": "as expected_ranks says"}.get(source, "")
+           "config": "as expected_ranks says",
+           "files": "as the files present imply"}.get(source, "")
     problems = [Problem("missing_rank", display(os.path.join(cand.path, describe(r))) if os.path.isdir(cand.path)
                         else display(cand.path),
                         f"{display(cand.path)}: rank {r} of {expected} ({why}) is missing: no {describe(r)}")

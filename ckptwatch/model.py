@@ -100,7 +100,7 @@ class Ranks:
 
     expected: int | None
     present: tuple[int, ...]
-    source: str = ""  # where ``expected`` came from: "metadata", "siblings", "config", "files"
+    source: str = ""  # where ``expected`` came from: "metadata", "siblings", "config", or "files" (lower bound)
 
     @property
     def missing(self) -> tuple[int, ...]:

@@ -49,7 +49,13 @@ class Megatron:
         from ckptwatch.formats.dcp import check_dcp_dir
         from ckptwatch.formats.pickle_stub import get
 
-        j = Judgement(list(check_dcp_dir(cand.path, deep=opts.deep).problems))
+        fc = check_dcp_dir(cand.path, deep=opts.deep)
+        j = Judgement(list(fc.problems))
+        ranks = fc.facts.get("ranks_in_names")
+        if ranks:
+            # Megatron's async writer skips empty buckets, so file names give a lower bound only.
+            j.present_ranks = tuple(ranks)
+            j.facts["describe_rank"] = lambda r: f"__{r}_0.distcp"
         meta = os.path.join(cand.path, "metadata.json")
         if "metadata.json" in names:
             value, problem = read_json(meta)
@@ -64,8 +70,8 @@ class Megatron:
             fc = check_file(os.path.join(cand.path, "common.pt"), opts)
             j.problems.extend(fc.problems)
             world = get(fc.facts.get("object"), "args", "world_size")
-            if isinstance(world, int) and not isinstance(world, bool):
-                j.facts["world_size"] = world
+            if isinstance(world, int) and not isinstance(world, bool) and j.present_ranks is not None:
+                j.expected_ranks = world
         if "integrity.json" in names:
             j.problems.extend(_integrity(cand.path, deep=opts.deep))
         return j
