@@ -182,8 +182,14 @@ class HfTrainer(NoRunFindings):
             j.problems.extend(check_dcp_dir(os.path.join(ckpt, n), deep=opts.deep).problems)
         fsdp_rank_files = {int(m.group(1)) for n in names if (m := FSDP_RANK.match(n))}
         ds_judgements = {t: judge_tag_dir(os.path.join(ckpt, t), opts) for t in sorted(ds_tags)}
-        for dj in ds_judgements.values():
+        for tag, dj in ds_judgements.items():
             j.problems.extend(dj.problems)
+            if dj.expected_ranks and dj.present_ranks is not None:
+                describe = dj.facts.get("describe_rank", lambda r: f"rank {r}")
+                for r in sorted(set(range(dj.expected_ranks)) - set(dj.present_ranks)):
+                    f = os.path.join(ckpt, tag, describe(r))
+                    j.problems.append(Problem("missing_rank", display(f), f"{display(f)} is missing: DeepSpeed "
+                                              f"data-parallel rank {r} of {dj.expected_ranks} did not save"))
         has_weights = bool(full or indexes or adapters or fsdp_dirs or fsdp_rank_files or ds_tags
                            or "pytorch_model_fsdp.bin" in nameset)
         if not has_weights:
