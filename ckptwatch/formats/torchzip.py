@@ -1,0 +1,604 @@
+"""Structural checks of ``torch.save`` files: the zip format (§2.1) and the legacy format (§2.2).
+
+Why not ``torch.load``: it needs torch (seconds to import), executes pickled callables unless
+``weights_only``, and even then loads a zip whose tensor bytes were bit-flipped (no CRC check, layouts
+Appendix B E8). Here the cheap check reads only the zip central directory and ``data.pkl`` (walked with
+the stub unpickler, never executed) and proves every storage the pickle references has a record big
+enough for it; ``deep=True`` adds the CRC-32 of every record, streamed through a page-aligned buffer.
+
+The zip reader works on a byte window of a file so DCP can check the torch zips embedded in its
+``.distcp`` files (``check_torch_window``). Files that start with a pickle are the legacy format
+(magic-number pickle, protocol, sys_info, object, storage keys, then raw storages; the size formula is
+exact), or, when the first pickle is not torch's magic number, a plain pickle that must end at EOF.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import stat
+import zipfile
+from typing import Any
+
+from ckptwatch.formats._io import FormatError, read_exact_at
+from ckptwatch.formats._stream import crc32_ranges, display, oserror_problem, read_all
+from ckptwatch.formats.pickle_stub import (
+    MAX_PICKLE_BYTES,
+    PickleTruncated,
+    PickleWalk,
+    StorageRef,
+    TensorRef,
+    walk_pickle,
+)
+from ckptwatch.model import FileCheck, Problem
+
+ZIP_MAGIC = b"PK\x03\x04"
+EOCD_SIG = b"PK\x05\x06"
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+LEGACY_PROTOCOL = 1001
+MAX_REPORTED = 5  # per-kind problems listed one by one; the rest are counted in the last message
+MAX_SINGLE_READ = MAX_PICKLE_BYTES + (1 << 20)  # central directory or data.pkl in one read
+
+
+# --------------------------------------------------------------------------------------------------
+# A byte window of a file, as the file object zipfile wants
+
+
+class _BadSeek(OSError):
+    """A seek before the window start: a format fault (zipfile probing a too-short file), not an I/O error."""
+
+
+class _Window(io.RawIOBase):
+    """Bytes ``[base, base+length)`` of ``fd`` as a seekable read-only file, read with pread."""
+
+    def __init__(self, fd: int, base: int, length: int, label: str) -> None:
+        super().__init__()
+        self.fd, self.base, self.length, self.pos, self.label = fd, base, length, 0, label
+        self.error: OSError | None = None  # zipfile turns read errors into BadZipFile; keep the real one
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        new = offset if whence == 0 else self.pos + offset if whence == 1 else self.length + offset
+        if new < 0:
+            raise _BadSeek(errno.EINVAL, "seek before the start of the data")
+        self.pos = new
+        return new
+
+    def read(self, size: int = -1) -> bytes:
+        # zipfile reads the whole central directory in one call, sized by the end record: a corrupt
+        # record must not make us read a multi-GB file into memory.
+        if size < 0 or size > MAX_SINGLE_READ:
+            want = self.length - self.pos if size < 0 else size
+            if want > MAX_SINGLE_READ:
+                raise FormatError(
+                    "bad_zip",
+                    f"{self.label}: the zip asks to read {want} bytes at once (more than the "
+                    f"{MAX_SINGLE_READ >> 20} MiB cap): its end record is corrupt",
+                )
+        return super().read(size)  # type: ignore[no-any-return]
+
+    def readinto(self, b: Any) -> int:
+        n = min(len(b), self.length - self.pos)
+        if n <= 0:
+            return 0
+        try:
+            got = os.preadv(self.fd, [memoryview(b)[:n]], self.base + self.pos)
+        except OSError as exc:
+            exc.ckptwatch_where = f"bytes {self.base + self.pos}..{self.base + self.pos + n}"  # type: ignore[attr-defined]
+            self.error = exc
+            raise
+        self.pos += got
+        return got
+
+
+# --------------------------------------------------------------------------------------------------
+# Public API
+
+
+def check_torch_file(path: str, *, deep: bool = False) -> FileCheck:
+    """Judge one ``torch.save`` file (zip or legacy) without torch and without executing its pickle.
+
+    facts: ``format`` ("zip" | "legacy" | "pickle"), ``prefix`` (zip top-level folder, "" otherwise),
+    ``object`` (the walked object graph, for ``pickle_stub.get``), ``storages`` ({key: StorageRef}),
+    ``globals`` (frozenset of "module.name"), ``size``.
+    """
+    shown = display(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        return FileCheck(shown, (oserror_problem(path, exc),))
+    facts: dict[str, Any] = {}
+    problems: list[Problem] = []
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise FormatError("bad_header", f"{shown} is not a regular file")
+        size = st.st_size
+        facts["size"] = size
+        if size == 0:
+            raise FormatError("empty_file", f"{shown} is empty (0 bytes)")
+        head = os.pread(fd, 4, 0)
+        if head.startswith(ZIP_MAGIC):
+            _check_zip(fd, path, shown, 0, size, deep, problems, facts)
+        elif head[:1] == b"\x80":
+            _check_legacy(fd, path, shown, size, deep, problems, facts)
+        elif len(head) < 4 and ZIP_MAGIC.startswith(head):
+            raise FormatError("truncated", f"{shown} is {size} bytes, too short for a torch.save zip")
+        else:
+            raise FormatError(
+                "bad_header",
+                f"{shown} starts with {head!r}: neither a torch.save zip (PK\\x03\\x04) nor a pickle",
+            )
+    except FormatError as exc:
+        problems.append(Problem(exc.kind, shown, exc.message))
+    except OSError as exc:
+        problems.append(oserror_problem(path, exc))
+    finally:
+        os.close(fd)
+    return FileCheck(shown, tuple(problems), facts)
+
+
+def check_torch_window(
+    path: str, offset: int, length: int, *, deep: bool = False, label: str | None = None
+) -> FileCheck:
+    """Judge the torch zip held in bytes ``[offset, offset+length)`` of ``path`` (a DCP byte item).
+
+    ``label`` names the window in messages (default "path[offset:offset+length]"). Problems name
+    ``path`` as their file. Same facts as ``check_torch_file`` (format is always "zip").
+    """
+    shown = display(path)
+    label = label or f"{shown}[{offset}:{offset + length}]"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        return FileCheck(shown, (oserror_problem(path, exc),))
+    facts: dict[str, Any] = {}
+    problems: list[Problem] = []
+    try:
+        head = os.pread(fd, 4, offset) if length >= 4 else b""
+        if head != ZIP_MAGIC:
+            raise FormatError(
+                "bad_zip", f"{label} does not start with a zip record (PK\\x03\\x04); it starts with {head!r}"
+            )
+        _check_zip(fd, path, label, offset, length, deep, problems, facts, file_label=shown)
+    except FormatError as exc:
+        problems.append(Problem(exc.kind, shown, exc.message))
+    except OSError as exc:
+        problems.append(oserror_problem(path, exc))
+    finally:
+        os.close(fd)
+    return FileCheck(shown, tuple(problems), facts)
+
+
+# --------------------------------------------------------------------------------------------------
+# Zip format
+
+
+def _check_zip(
+    fd: int,
+    path: str,
+    label: str,
+    base: int,
+    length: int,
+    deep: bool,
+    problems: list[Problem],
+    facts: dict[str, Any],
+    file_label: str | None = None,
+) -> None:
+    shown = file_label or label
+    facts["format"] = "zip"
+    _check_eocd(fd, path, label, base, length, problems, shown)
+    window = _Window(fd, base, length, label)
+    try:
+        zf = zipfile.ZipFile(window)
+    except _BadSeek:
+        raise FormatError("truncated", f"{label} is {length} bytes, too short for a zip") from None
+    except zipfile.BadZipFile as exc:
+        if window.error is not None:
+            raise window.error from None
+        raise FormatError("bad_zip", f"{label}: unreadable zip central directory ({exc})") from None
+    except (
+        ValueError,
+        OverflowError,
+        EOFError,
+        NotImplementedError,
+        zipfile.LargeZipFile,
+        UnicodeError,
+    ) as exc:
+        raise FormatError(
+            "bad_zip", f"{label}: unreadable zip central directory ({type(exc).__name__}: {exc})"
+        ) from None
+    infos = zf.infolist()
+    if not infos:
+        raise FormatError("bad_zip", f"{label} is a zip with no records")
+    first = infos[0].filename
+    if "/" not in first:
+        raise FormatError("bad_zip", f"{label}: first record {first!r} is not inside a top-level folder")
+    prefix = first.split("/", 1)[0]
+    facts["prefix"] = prefix
+    outside = [i.filename for i in infos if not i.filename.startswith(prefix + "/")]
+    if outside:
+        raise FormatError(
+            "bad_zip",
+            f"{label}: {len(outside)} records lie outside the top-level folder "
+            f"{prefix}/ (e.g. {outside[0]!r})",
+        )
+    for i in infos:
+        name_len = len(i.orig_filename.encode("utf-8" if i.flag_bits & 0x800 else "cp437", "replace"))
+        end = i.header_offset + 30 + name_len + i.compress_size
+        if i.header_offset < 0 or end > zf.start_dir:
+            raise FormatError(
+                "bad_zip",
+                f"{label}: record {i.filename} (at byte {i.header_offset}, "
+                f"{i.compress_size} bytes) overlaps the central directory at byte {zf.start_dir}",
+            )
+    names = {i.filename: i for i in infos}
+    pkl_name = f"{prefix}/data.pkl"
+    if pkl_name not in names:
+        raise FormatError("bad_zip", f"{label} has no {pkl_name} record")
+
+    bo = names.get(f"{prefix}/byteorder")
+    if bo is not None:
+        value = _read_member(zf, bo, 64, label)
+        if value not in (b"little", b"big"):
+            problems.append(
+                Problem(
+                    "bad_zip", shown, f"{label}: {bo.filename} says {value[:20]!r}, not 'little' or 'big'"
+                )
+            )
+
+    pkl = names[pkl_name]
+    if pkl.file_size > MAX_PICKLE_BYTES:
+        raise FormatError(
+            "bad_pickle",
+            f"{label}: {pkl_name} is {pkl.file_size} bytes, more than the "
+            f"{MAX_PICKLE_BYTES >> 20} MiB safety cap",
+        )
+    data = _read_member(zf, pkl, MAX_PICKLE_BYTES, label)
+    walk = walk_pickle(data, what=f"{label}: {pkl_name}")
+    if walk.end != len(data):
+        problems.append(
+            Problem(
+                "bad_pickle",
+                shown,
+                f"{label}: {pkl_name} has {len(data) - walk.end} bytes after its pickle STOP opcode",
+            )
+        )
+    _facts_from_walk(walk, facts)
+
+    short: list[str] = []
+    absent: list[str] = []
+    for key, ref in sorted(walk.storages.items(), key=lambda kv: _key_order(kv[0])):
+        rec = names.get(f"{prefix}/data/{key}")
+        if rec is None:
+            absent.append(key)
+        elif ref.nbytes is not None and rec.file_size < ref.nbytes:
+            short.append(
+                f"{rec.filename} holds {rec.file_size} bytes but its {ref.storage_type} of {ref.numel} "
+                f"elements needs {ref.nbytes}"
+            )
+    if absent:
+        problems.append(
+            Problem(
+                "missing_record",
+                shown,
+                f"{label}: {len(absent)} storages referenced by "
+                f"{pkl_name} have no record: "
+                + ", ".join(f"{prefix}/data/{k}" for k in absent[:MAX_REPORTED])
+                + (" ..." if len(absent) > MAX_REPORTED else ""),
+            )
+        )
+    if short:
+        problems.append(
+            Problem(
+                "size_mismatch",
+                shown,
+                f"{label}: "
+                + "; ".join(short[:MAX_REPORTED])
+                + (f" (and {len(short) - MAX_REPORTED} more)" if len(short) > MAX_REPORTED else ""),
+            )
+        )
+    problems.extend(_view_problems(walk.tensors, shown, label))
+
+    if deep:
+        _crc_all(fd, path, zf, infos, base, label, shown, problems)
+
+
+def _check_eocd(
+    fd: int, path: str, label: str, base: int, length: int, problems: list[Problem], shown: str
+) -> None:
+    """Find the end-of-central-directory record; say "truncated" when it is absent or cut."""
+    if length < 22:
+        raise FormatError("truncated", f"{label} is {length} bytes, too short for a zip (22-byte end record)")
+    tail_len = min(length, 22 + 65535)
+    tail = read_exact_at(fd, base + length - tail_len, tail_len, path)
+    idx = tail.rfind(EOCD_SIG)
+    if idx < 0 or idx + 22 > len(tail):
+        raise FormatError(
+            "truncated",
+            f"{label} ({length} bytes) has no zip end-of-central-directory record: "
+            "the file was cut short or is still being written",
+        )
+    comment_len = int.from_bytes(tail[idx + 20 : idx + 22], "little")
+    end = idx + 22 + comment_len
+    if end > len(tail):
+        raise FormatError(
+            "truncated",
+            f"{label}: the zip end record at byte {length - tail_len + idx} announces a "
+            f"{comment_len}-byte comment past the end of the data",
+        )
+    if end < len(tail):
+        problems.append(
+            Problem(
+                "trailing_data",
+                shown,
+                f"{label}: {len(tail) - end} bytes follow the zip "
+                f"end-of-central-directory record (torch.load ignores them)",
+            )
+        )
+
+
+def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int, label: str) -> bytes:
+    """Read one small member; zipfile checks its local header and CRC-32 on the way."""
+    try:
+        with zf.open(info) as f:
+            return f.read(cap + 1)
+    except zipfile.BadZipFile as exc:
+        kind = "crc_mismatch" if "CRC" in str(exc) else "bad_zip"
+        raise FormatError(kind, f"{label}: record {info.filename}: {exc}") from None
+    except _BadSeek:
+        raise FormatError(
+            "bad_zip", f"{label}: record {info.filename} lies before the start of the data"
+        ) from None
+    except OSError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - zlib.error, encrypted members (RuntimeError), bad sizes
+        raise FormatError(
+            "bad_zip", f"{label}: record {info.filename}: {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def _crc_all(
+    fd: int,
+    path: str,
+    zf: zipfile.ZipFile,
+    infos: list[zipfile.ZipInfo],
+    base: int,
+    label: str,
+    shown: str,
+    problems: list[Problem],
+) -> None:
+    """CRC-32 of every record: stored records streamed from disk, compressed ones through zipfile."""
+    stored: list[tuple[zipfile.ZipInfo, int, int]] = []
+    bad: list[str] = []
+    for i in sorted(infos, key=lambda z: z.header_offset):
+        hdr = read_exact_at(fd, base + i.header_offset, 30, path)
+        if hdr[:4] != ZIP_MAGIC:
+            raise FormatError(
+                "bad_zip", f"{label}: record {i.filename} has no local header at byte {i.header_offset}"
+            )
+        name_len = int.from_bytes(hdr[26:28], "little")
+        local_name = read_exact_at(fd, base + i.header_offset + 30, name_len, path)
+        cd_name = i.orig_filename.encode("utf-8" if i.flag_bits & 0x800 else "cp437", "replace")
+        if local_name != cd_name:
+            bad.append(
+                f"{i.filename} (its local header at byte {i.header_offset} names it {local_name[:80]!r})"
+            )
+            continue
+        start = i.header_offset + 30 + name_len + int.from_bytes(hdr[28:30], "little")
+        if i.compress_type == zipfile.ZIP_STORED:
+            if i.compress_size != i.file_size:
+                raise FormatError(
+                    "bad_zip",
+                    f"{label}: stored record {i.filename} has compressed size "
+                    f"{i.compress_size} but size {i.file_size}",
+                )
+            if start + i.compress_size > zf.start_dir:
+                raise FormatError("bad_zip", f"{label}: record {i.filename} runs into the central directory")
+            stored.append((i, base + start, base + start + i.compress_size))
+        else:
+            try:
+                with zf.open(i) as f:
+                    while f.read(1 << 20):
+                        pass
+            except zipfile.BadZipFile as exc:
+                bad.append(f"{i.filename} ({exc})")
+            except OSError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - zlib.error etc. on hostile bytes
+                bad.append(f"{i.filename} ({type(exc).__name__}: {exc})")
+    crcs = crc32_ranges(fd, [(s, e) for _, s, e in stored], path)
+    for (i, s, e), crc in zip(stored, crcs, strict=True):
+        if crc != i.CRC:
+            bad.append(
+                f"{i.filename} (bytes {s}..{e}: CRC-32 {crc:08x}, the central directory says {i.CRC:08x})"
+            )
+    if bad:
+        problems.append(
+            Problem(
+                "crc_mismatch",
+                shown,
+                f"{label}: {len(bad)} records fail their CRC-32 or name check: "
+                + "; ".join(bad[:MAX_REPORTED])
+                + (" ..." if len(bad) > MAX_REPORTED else ""),
+            )
+        )
+
+
+def _key_order(key: str) -> tuple[int, int | str]:
+    return (0, int(key)) if key.isdigit() else (1, key)
+
+
+def _facts_from_walk(walk: PickleWalk, facts: dict[str, Any]) -> None:
+    facts["object"] = walk.obj
+    facts["storages"] = walk.storages
+    facts["globals"] = walk.globals
+
+
+def _view_problems(tensors: tuple[TensorRef, ...], shown: str, label: str) -> list[Problem]:
+    """Tensors whose (offset, size, stride) reach past their storage: torch.load would refuse them."""
+    out: list[str] = []
+    for t in tensors:
+        s = t.storage
+        if not isinstance(s, StorageRef) or any(x < 0 for x in t.size) or any(x < 0 for x in t.stride):
+            continue
+        need = t.storage_elements_needed()
+        if t.dtype is not None:  # v3: UntypedStorage counts bytes, the view counts dtype elements
+            need *= t.dtype.itemsize
+        if need > s.numel:
+            out.append(
+                f"a tensor of shape {list(t.size)} at offset {t.offset} needs {need} elements of storage "
+                f"{s.key}, which holds {s.numel}"
+            )
+    if not out:
+        return []
+    return [
+        Problem(
+            "size_mismatch",
+            shown,
+            f"{label}: "
+            + "; ".join(out[:MAX_REPORTED])
+            + (f" (and {len(out) - MAX_REPORTED} more)" if len(out) > MAX_REPORTED else ""),
+        )
+    ]
+
+
+# --------------------------------------------------------------------------------------------------
+# Legacy format and plain pickles
+
+
+def _walk_prefix(fd: int, path: str, shown: str, size: int) -> tuple[list[PickleWalk], bool]:
+    """Walk the leading pickles, reading a growing prefix of the file; (walks, is_legacy_torch)."""
+    limit = min(size, MAX_PICKLE_BYTES + (1 << 20))
+    have = min(limit, 1 << 20)
+    while True:
+        data = read_exact_at(fd, 0, have, path)
+        walks: list[PickleWalk] = []
+        pos = 0
+        try:
+            first = walk_pickle(data, what=f"{shown}: pickle #1")
+            walks.append(first)
+            legacy = type(first.obj) is int and first.obj == LEGACY_MAGIC
+            count = 5 if legacy else 1
+            pos = first.end
+            for k in range(2, count + 1):
+                w = walk_pickle(data, what=f"{shown}: pickle #{k}", start=pos)
+                walks.append(w)
+                pos = w.end
+            return walks, legacy
+        except PickleTruncated as exc:
+            if have < limit:
+                have = min(limit, have * 4)
+                continue
+            if have >= size:
+                raise FormatError(
+                    "truncated",
+                    f"{shown} ends at byte {size} inside pickle #{len(walks) + 1} (begun at byte {pos})",
+                ) from None
+            raise FormatError(
+                "bad_pickle",
+                f"{exc.message}: the leading pickles exceed the {MAX_PICKLE_BYTES >> 20} MiB safety cap",
+            ) from None
+
+
+def _check_legacy(
+    fd: int, path: str, shown: str, size: int, deep: bool, problems: list[Problem], facts: dict[str, Any]
+) -> None:
+    walks, legacy = _walk_prefix(fd, path, shown, size)
+    facts["prefix"] = ""
+    if not legacy:
+        facts["format"] = "pickle"
+        _facts_from_walk(walks[0], facts)
+        if walks[0].end < size:
+            problems.append(
+                Problem(
+                    "trailing_data",
+                    shown,
+                    f"{shown} is a plain pickle that ends at byte "
+                    f"{walks[0].end}, but the file has {size} bytes",
+                )
+            )
+        if deep:
+            read_all(fd, 0, size, path)
+        return
+    facts["format"] = "legacy"
+    _magic, proto, sys_info, obj, keys = walks
+    if type(proto.obj) is not int or proto.obj != LEGACY_PROTOCOL:
+        raise FormatError(
+            "bad_header",
+            f"{shown}: legacy torch protocol version is {str(proto.obj)[:40]}, not {LEGACY_PROTOCOL}",
+        )
+    little = True
+    if isinstance(sys_info.obj, dict):
+        little = sys_info.obj.get("little_endian", True) is not False
+    _facts_from_walk(obj, facts)
+    facts["globals"] = frozenset().union(*(w.globals for w in walks))
+    key_list = keys.obj
+    if not isinstance(key_list, list) or not all(isinstance(k, str) for k in key_list):
+        raise FormatError("bad_pickle", f"{shown}: pickle #5 (storage keys) is not a list of strings")
+    storages = obj.storages
+    unknown = [k for k in key_list if k not in storages]
+    if unknown:
+        raise FormatError(
+            "bad_pickle",
+            f"{shown}: the storage key list names {len(unknown)} storages the object "
+            f"never references (e.g. {unknown[0]!r})",
+        )
+    unlisted = sorted(set(storages) - set(key_list), key=_key_order)
+    if unlisted:
+        problems.append(
+            Problem(
+                "missing_record",
+                shown,
+                f"{shown}: {len(unlisted)} referenced storages are not "
+                f"in the storage key list (e.g. {unlisted[0]!r})",
+            )
+        )
+    problems.extend(_view_problems(obj.tensors, shown, shown))
+
+    if deep:
+        read_all(fd, keys.end, size, path)
+    unsized = [k for k in key_list if storages[k].nbytes is None]
+    if unsized:
+        facts["size_unchecked"] = f"storage {unsized[0]} has unknown type {storages[unsized[0]].storage_type}"
+        return
+    pos = keys.end
+    mismatched: list[str] = []
+    for key in key_list:
+        ref = storages[key]
+        assert ref.nbytes is not None
+        if pos + 8 <= size and len(mismatched) < MAX_REPORTED:
+            count = int.from_bytes(os.pread(fd, 8, pos), "little" if little else "big")
+            if count != ref.numel:
+                mismatched.append(
+                    f"storage {key} at byte {pos} records {count} elements, the pickle says {ref.numel}"
+                )
+        pos += 8 + ref.nbytes
+    if mismatched:
+        problems.append(Problem("size_mismatch", shown, f"{shown}: " + "; ".join(mismatched)))
+    if pos > size:
+        problems.append(
+            Problem(
+                "truncated",
+                shown,
+                f"{shown} is {size} bytes, but its {len(key_list)} storages end at byte {pos}",
+            )
+        )
+    elif pos < size:
+        problems.append(
+            Problem(
+                "trailing_data",
+                shown,
+                f"{shown} is {size} bytes, but its {len(key_list)} "
+                f"storages end at byte {pos} ({size - pos} extra bytes)",
+            )
+        )
