@@ -11,7 +11,7 @@ import os
 import stat
 from dataclasses import dataclass
 
-from ckptwatch.formats._io import problem_from_oserror
+from ckptwatch.formats._io import display, problem_from_oserror
 from ckptwatch.model import Problem
 
 
@@ -27,11 +27,6 @@ class Entry:
     size: int
     mtime: float
     mode: int
-
-
-def display(path: str) -> str:
-    """A path safe to print and to put in JSON (non-UTF-8 bytes shown as \\xNN escapes)."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def list_dir(path: str) -> tuple[list[Entry], list[Problem]]:

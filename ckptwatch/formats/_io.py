@@ -14,6 +14,11 @@ import os
 from ckptwatch.model import Problem
 
 
+def display(path: str) -> str:
+    """A path safe to print and to put in JSON (non-UTF-8 bytes shown as \\xNN escapes)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 class FormatError(Exception):
     """Raised inside a reader to stop at the first structural fault; ``check_*`` turns it into a Problem."""
 

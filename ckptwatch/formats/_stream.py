@@ -21,9 +21,10 @@ import os
 import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
-from ckptwatch.formats._io import FormatError, problem_from_oserror
-from ckptwatch.model import Problem
+from ckptwatch.formats._io import FormatError, display, problem_from_oserror
+from ckptwatch.model import FileCheck, Problem
 
 PAGE = mmap.PAGESIZE
 CHUNK = 4 << 20  # 4 MiB: fastest measured size that stays in cache (perf-baselines §3-4)
@@ -52,9 +53,28 @@ def _pick_crc() -> tuple[str, Callable[..., int], Callable[[int, int, int], int]
 CRC_IMPL, crc32, _crc32_combine, _CRC_RELEASES_GIL = _pick_crc()
 
 
-def display(path: str) -> str:
-    """A path safe to print and to put in JSON (non-UTF-8 bytes shown as \\xNN escapes)."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+def run_check(path: str, body: Callable[[int, str, list[Problem], dict[str, Any]], None]) -> FileCheck:
+    """Open ``path``, run ``body(fd, shown, problems, facts)``, and close it again.
+
+    The one place where a reader's structural fault (``FormatError``) or an OS error (the file vanished,
+    permission denied, EIO) becomes a finding, so no reader lets an exception escape for bad input.
+    """
+    shown = display(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        return FileCheck(shown, (oserror_problem(path, exc),))
+    facts: dict[str, Any] = {}
+    problems: list[Problem] = []
+    try:
+        body(fd, shown, problems, facts)
+    except FormatError as exc:
+        problems.append(Problem(exc.kind, shown, exc.message))
+    except OSError as exc:
+        problems.append(oserror_problem(path, exc))
+    finally:
+        os.close(fd)
+    return FileCheck(shown, tuple(problems), facts)
 
 
 def oserror_problem(path: str, exc: OSError, where: str = "") -> Problem:

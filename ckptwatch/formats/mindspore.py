@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckptwatch.formats._io import FormatError
-from ckptwatch.formats._stream import crc32_concat, display, oserror_problem, read_all
+from ckptwatch.formats._stream import crc32_concat, run_check, read_all
 from ckptwatch.model import FileCheck, Problem
 
 CRC_TRAILER = b"crc_num"
@@ -245,22 +245,7 @@ def check_ms_ckpt(path: str, *, deep: bool = False) -> FileCheck:
     file ends with MindFormers' epoch_num/step_num/global_step/loss_scale tags), ``step`` (global_step or
     step_num value when stored as a small integer tensor, else None), ``size``.
     """
-    shown = display(path)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        return FileCheck(shown, (oserror_problem(path, exc),))
-    facts: dict[str, Any] = {}
-    problems: list[Problem] = []
-    try:
-        _check(fd, path, shown, deep, problems, facts)
-    except FormatError as exc:
-        problems.append(Problem(exc.kind, shown, exc.message))
-    except OSError as exc:
-        problems.append(oserror_problem(path, exc))
-    finally:
-        os.close(fd)
-    return FileCheck(shown, tuple(problems), facts)
+    return run_check(path, lambda fd, shown, problems, facts: _check(fd, path, shown, deep, problems, facts))
 
 
 def _check(

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ckptwatch.formats._io import FormatError, read_exact_at
-from ckptwatch.formats._stream import display, oserror_problem, read_all
+from ckptwatch.formats._stream import run_check, read_all
 from ckptwatch.model import FileCheck, Problem
 
 MAX_HEADER_SIZE = 100_000_000
@@ -237,22 +237,8 @@ def check_safetensors(path: str, *, deep: bool = False, scan_values: bool = Fals
     facts: ``tensors`` ({name: TensorInfo}), ``metadata`` (the ``__metadata__`` dict or None),
     ``header_len`` (N), ``data_start`` (8 + N), ``size`` (file size).
     """
-    shown = display(path)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        return FileCheck(shown, (oserror_problem(path, exc),))
-    facts: dict[str, Any] = {}
-    problems: list[Problem] = []
-    try:
-        _check(fd, path, shown, deep or scan_values, scan_values, problems, facts)
-    except FormatError as exc:
-        problems.append(Problem(exc.kind, shown, exc.message))
-    except OSError as exc:
-        problems.append(oserror_problem(path, exc))
-    finally:
-        os.close(fd)
-    return FileCheck(shown, tuple(problems), facts)
+    return run_check(path, lambda fd, shown, problems, facts: _check(
+        fd, path, shown, deep or scan_values, scan_values, problems, facts))
 
 
 def _check(

@@ -22,7 +22,7 @@ import zipfile
 from typing import Any
 
 from ckptwatch.formats._io import FormatError, read_exact_at
-from ckptwatch.formats._stream import crc32_ranges, display, oserror_problem, read_all
+from ckptwatch.formats._stream import crc32_ranges, display, run_check, read_all
 from ckptwatch.formats.pickle_stub import (
     MAX_PICKLE_BYTES,
     PickleTruncated,
@@ -111,14 +111,7 @@ def check_torch_file(path: str, *, deep: bool = False) -> FileCheck:
     ``object`` (the walked object graph, for ``pickle_stub.get``), ``storages`` ({key: StorageRef}),
     ``globals`` (frozenset of "module.name"), ``size``.
     """
-    shown = display(path)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        return FileCheck(shown, (oserror_problem(path, exc),))
-    facts: dict[str, Any] = {}
-    problems: list[Problem] = []
-    try:
+    def body(fd: int, shown: str, problems: list[Problem], facts: dict[str, Any]) -> None:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise FormatError("bad_header", f"{shown} is not a regular file")
@@ -138,13 +131,8 @@ def check_torch_file(path: str, *, deep: bool = False) -> FileCheck:
                 "bad_header",
                 f"{shown} starts with {head!r}: neither a torch.save zip (PK\\x03\\x04) nor a pickle",
             )
-    except FormatError as exc:
-        problems.append(Problem(exc.kind, shown, exc.message))
-    except OSError as exc:
-        problems.append(oserror_problem(path, exc))
-    finally:
-        os.close(fd)
-    return FileCheck(shown, tuple(problems), facts)
+
+    return run_check(path, body)
 
 
 def check_torch_window(
@@ -155,28 +143,17 @@ def check_torch_window(
     ``label`` names the window in messages (default "path[offset:offset+length]"). Problems name
     ``path`` as their file. Same facts as ``check_torch_file`` (format is always "zip").
     """
-    shown = display(path)
-    label = label or f"{shown}[{offset}:{offset + length}]"
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        return FileCheck(shown, (oserror_problem(path, exc),))
-    facts: dict[str, Any] = {}
-    problems: list[Problem] = []
-    try:
+    label = label or f"{display(path)}[{offset}:{offset + length}]"
+
+    def body(fd: int, shown: str, problems: list[Problem], facts: dict[str, Any]) -> None:
         head = os.pread(fd, 4, offset) if length >= 4 else b""
         if head != ZIP_MAGIC:
             raise FormatError(
                 "bad_zip", f"{label} does not start with a zip record (PK\\x03\\x04); it starts with {head!r}"
             )
         _check_zip(fd, path, label, offset, length, deep, problems, facts, file_label=shown)
-    except FormatError as exc:
-        problems.append(Problem(exc.kind, shown, exc.message))
-    except OSError as exc:
-        problems.append(oserror_problem(path, exc))
-    finally:
-        os.close(fd)
-    return FileCheck(shown, tuple(problems), facts)
+
+    return run_check(path, body)
 
 
 # --------------------------------------------------------------------------------------------------

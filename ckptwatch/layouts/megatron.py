@@ -80,7 +80,6 @@ class Megatron:
         from ckptwatch.formats.pickle_stub import get
 
         j = Judgement()
-        grid: dict[int, tuple[int, int]] = {}
         tp_size = pp_size = None
         present_cells: set[tuple[int, int]] = set()
         for n in names:
