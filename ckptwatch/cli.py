@@ -162,19 +162,17 @@ def cmd_latest(args: argparse.Namespace) -> int:
             print(f"ckptwatch: {run.root}: no complete checkpoint to resume from", file=sys.stderr)
             code = EXIT_PROBLEMS
             continue
+        index = next(i for i, v in enumerate(run.checkpoints) if v.path == run.latest_resumable)
+        chosen = run.checkpoints[index]
         if args.json:
             import json
 
-            chosen = next(v for v in run.checkpoints if v.path == run.latest_resumable)
             print(json.dumps({"root": run.root, "path": chosen.path, "step": chosen.step, "layout": run.layout}))
         else:
-            print(run.latest_resumable)
-        chosen = next(v for v in run.checkpoints if v.path == run.latest_resumable)
+            print(chosen.path)
         for h in chosen.hazards:
             print(f"ckptwatch: warning: {h.kind}: {h.full_message}", file=sys.stderr)
-        skipped = [v for v in run.checkpoints if v.path > "" and (v.step or -1) > (chosen.step or -1)
-                   and v.status.value in ("incomplete", "corrupt")]
-        for v in skipped:
+        for v in run.checkpoints[index + 1:]:  # newer than the one chosen (checkpoints are in step order)
             print(f"ckptwatch: note: skipped newer {v.path} ({v.status.value})", file=sys.stderr)
     return code
 
