@@ -87,9 +87,12 @@ def write_table(reports: list[RootReport], out: TextIO = sys.stdout, *, colour: 
                 if advice:
                     out.write(f"      -> {advice}\n")
         for p in r.problems:
-            out.write(f"  run {p.kind}: {p.full_message}\n")
+            out.write(f"  run {p.kind}: {p.message}\n")
         for h in r.hazards:
-            out.write(f"  HAZARD {h.kind}: {h.full_message}\n")
+            out.write(f"  HAZARD {h.kind}: {h.message}\n")
+        for advice in dict.fromkeys(advice_for(x.kind) for x in [*r.problems, *r.hazards]):
+            if advice:
+                out.write(f"  -> {advice}\n")
         latest = r.latest_resumable or "none: no complete checkpoint"
         out.write(f"  newest resumable: {latest}\n")
     for rr in reports:
