@@ -1,0 +1,1 @@
+"""Benchmarks of ckptwatch (see bench/README.md); run with ``python -m bench.run``."""

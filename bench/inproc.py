@@ -1,0 +1,215 @@
+"""Child process: the in-process measurements, one fresh interpreter per benchmark.
+
+``bench/run.py`` runs ``python -m bench.inproc MODE ARGS... --out RESULT.json``; the result goes to a
+file (never stdout) so that ckptwatch's own output can be sent to /dev/null. A fresh interpreter per
+mode keeps one benchmark's heap, imports and caches out of the next one, and lets the ``header`` mode
+prove that the ckptwatch path never imports torch.
+
+Timing method (perf-baselines.md section 2): ``time.perf_counter`` around the call, one warm-up, then
+the median of ``--repeat`` runs, with min and max. Interpreter start-up and imports are not included
+(they are measured separately, as whole processes, by run.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import statistics
+import sys
+import time
+
+HEAVY = ("torch", "numpy", "safetensors", "transformers", "pandas")
+
+
+def _timed(fn, repeat: int, warmup: int = 1) -> tuple[list[float], object]:
+    result = None
+    for _ in range(warmup):
+        result = fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t)
+    return times, result
+
+
+def _stats(times: list[float]) -> dict:
+    return {"median": statistics.median(times), "min": min(times), "max": max(times), "n": len(times),
+            "all": times}
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Send fd 1 (and sys.stdout) to /dev/null: ckptwatch's report goes nowhere, as with ``> /dev/null``."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _profile(fn, top: int, sort: str) -> str:
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    fn()
+    prof.disable()
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).strip_dirs().sort_stats(sort).print_stats(top)
+    return buf.getvalue().strip()
+
+
+# --------------------------------------------------------------------------------------------------
+# 1. structural pass over a tree of Trainer checkpoints
+
+
+def mode_tree(args: argparse.Namespace) -> dict:
+    t0 = time.perf_counter()
+    from ckptwatch.engine import check_root
+    from ckptwatch.filecheck import check_file
+    from ckptwatch.layouts.base import CheckOptions
+
+    import_s = time.perf_counter() - t0
+    opts = CheckOptions(settle_seconds=0, deep=False)
+    times, report = _timed(lambda: check_root(args.path, opts, now=time.time()), args.repeat)
+    runs = report.runs
+    verdicts = [v for r in runs for v in r.checkpoints]
+    statuses: dict[str, int] = {}
+    for v in verdicts:
+        statuses[v.status.value] = statuses.get(v.status.value, 0) + 1
+    problems = sorted({p.kind for v in verdicts for p in v.problems})
+    out = {
+        "import_s": import_s,
+        "check_root_s": _stats(times),
+        "runs": len(runs),
+        "checkpoints": len(verdicts),
+        "statuses": statuses,
+        "problem_kinds": problems,
+        "latest_resumable": runs[0].latest_resumable if runs else None,
+        "heavy_modules": [m for m in HEAVY if m in sys.modules],
+    }
+    del report, runs, verdicts
+    if args.profile:
+        out["profile_cumtime"] = _profile(lambda: check_root(args.path, opts, now=time.time()), 15, "cumulative")
+        out["profile_tottime"] = _profile(lambda: check_root(args.path, opts, now=time.time()), 15, "tottime")
+    # Cost of each file of one checkpoint, checked alone (median of 30, warm): where the time goes.
+    first = args.sample
+    per_file = []
+    for name in sorted(os.listdir(first)):
+        p = os.path.join(first, name)
+        ts, _ = _timed(lambda p=p: check_file(p, opts), 30, warmup=2)
+        per_file.append({"file": name, "bytes": os.path.getsize(p), "us": statistics.median(ts) * 1e6})
+    out["per_file_us"] = per_file
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. header check of one big safetensors file
+
+
+def mode_header(args: argparse.Namespace) -> dict:
+    t0 = time.perf_counter()
+    from ckptwatch import cli
+    from ckptwatch.formats.safetensors import check_safetensors
+
+    import_s = time.perf_counter() - t0
+    times, fc = _timed(lambda: check_safetensors(args.path), args.repeat)
+    # The whole `verify` command in-process (argument parsing, discovery, judging, report to /dev/null).
+    codes = []
+
+    def verify() -> None:
+        with _quiet():
+            codes.append(cli.main(["verify", "--settle", "0", args.path]))
+
+    vtimes, _ = _timed(verify, args.repeat)
+    out = {
+        "import_s": import_s,
+        "check_safetensors_s": _stats(times),
+        "cli_main_verify_s": _stats(vtimes),
+        "cli_exit_codes": sorted(set(codes)),
+        "problems": [{"kind": p.kind, "message": p.message} for p in fc.problems],
+        "tensors": len(fc.facts.get("tensors") or {}),
+        "heavy_modules": [m for m in HEAVY if m in sys.modules],
+        "torch_imported": "torch" in sys.modules,
+    }
+    if args.profile:
+        out["profile_tottime"] = _profile(lambda: check_safetensors(args.path), 12, "tottime")
+    return out
+
+
+def mode_safe_open(args: argparse.Namespace) -> dict:
+    """Yardstick: the safetensors library's own header parse (numpy framework: no torch)."""
+    t0 = time.perf_counter()
+    from safetensors import safe_open
+
+    import_s = time.perf_counter() - t0
+
+    def parse() -> int:
+        with safe_open(args.path, framework="numpy") as f:
+            n = 0
+            for k in f.keys():  # noqa: SIM118 - a safe_open handle is not a dict
+                s = f.get_slice(k)
+                s.get_shape()
+                s.get_dtype()
+                n += 1
+            return n
+
+    times, n = _timed(parse, args.repeat)
+    return {"import_s": import_s, "safe_open_s": _stats(times), "tensors": n,
+            "heavy_modules": [m for m in HEAVY if m in sys.modules]}
+
+
+# --------------------------------------------------------------------------------------------------
+# 3. --deep pass over big real files
+
+
+def mode_deep(args: argparse.Namespace) -> dict:
+    from ckptwatch.formats import _stream
+    from ckptwatch.formats.safetensors import check_safetensors
+    from ckptwatch.formats.torchzip import check_torch_file
+
+    fn = check_safetensors if args.kind == "safetensors" else check_torch_file
+    times, fc = _timed(lambda: fn(args.path, deep=True), args.repeat)
+    size = os.path.getsize(args.path)
+    out = {
+        "bytes": size,
+        "deep_s": _stats(times),
+        "mb_per_s": size / statistics.median(times) / 1e6,
+        "problems": [p.kind for p in fc.problems],
+        "crc_impl": _stream.CRC_IMPL,
+        "heavy_modules": [m for m in HEAVY if m in sys.modules],
+    }
+    if args.profile:
+        out["profile_tottime"] = _profile(lambda: fn(args.path, deep=True), 8, "tottime")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench.inproc")
+    ap.add_argument("mode", choices=("tree", "header", "safe_open", "deep"))
+    ap.add_argument("path")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--sample", help="tree: one checkpoint dir for the per-file breakdown")
+    ap.add_argument("--kind", choices=("safetensors", "torch"), help="deep: which checker")
+    args = ap.parse_args()
+    result = {"tree": mode_tree, "header": mode_header, "safe_open": mode_safe_open, "deep": mode_deep}[args.mode](args)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

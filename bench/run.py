@@ -1,0 +1,540 @@
+"""ckptwatch benchmarks: each target as a ratio against a standard tool timed in the same run.
+
+    python -m bench.run                 # all three benchmarks at full size (about 3-4 minutes)
+    python -m bench.run --quick         # small sizes, 3 repeats: a smoke test (under a minute)
+    python -m bench.run --only tree     # one benchmark (tree | header | deep; repeat --only for more)
+
+Prints a table (ours, the yardstick, ours / yardstick, the target) and writes ``bench/out/latest.json``
+plus the profiles in ``bench/out/``. See bench/README.md for what each benchmark measures and why.
+
+This process imports neither torch nor numpy: files that need them are written by child processes
+(``bench.make_hf``, ``bench.make_files``) and in-process timings run in a fresh child interpreter
+(``bench.inproc``). Generated data lives in ``--workdir`` (default /tmp/ckptwatch-bench); the big files
+and the checkpoint tree are deleted at the end unless ``--keep`` (the 20-file Trainer template, 0.4 MB,
+is kept so the next run does not train again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "bench" / "out"
+PROF = OUT  # profiles go beside the --json file
+PY = sys.executable
+TREE_TEMPLATE_SHARD = "3KB"  # tiny GPT-2 split so the checkpoint holds 20 files (12 shards)
+OLD = 3600.0  # generated files are dated an hour back: no checkpoint is "settling" even at the default 60 s
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# Measuring whole processes
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1",
+               TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    env.pop("CKPTWATCH_DEBUG", None)
+    return env
+
+
+def run_once(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int, int]:
+    """(wall seconds, peak RSS in KiB, exit code) of one process; stdout and stderr go to /dev/null."""
+    t = time.perf_counter()
+    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO,
+                         env=env or child_env())
+    _, status, usage = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t
+    p.returncode = os.waitstatus_to_exitcode(status)
+    return wall, usage.ru_maxrss, p.returncode
+
+
+def measure(argv: list[str], repeat: int, warmup: int = 1) -> dict:
+    """Median wall time (and peak RSS) of ``repeat`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        run_once(argv)
+    walls, rss, codes = [], [], []
+    for _ in range(repeat):
+        w, r, c = run_once(argv)
+        walls.append(w)
+        rss.append(r)
+        codes.append(c)
+    return {"argv": " ".join(argv), "median": statistics.median(walls), "min": min(walls), "max": max(walls),
+            "n": repeat, "all": walls, "peak_rss_kib": max(rss), "exit_codes": sorted(set(codes))}
+
+
+def check_call(argv: list[str], what: str, timeout: float = 600) -> str:
+    r = subprocess.run(argv, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=timeout,
+                       check=False)
+    if r.returncode != 0:
+        raise RuntimeError(f"{what} failed ({r.returncode}): {' '.join(argv)}\n{r.stderr[-3000:]}")
+    return r.stdout
+
+
+def inproc(mode: str, path: str, repeat: int, *extra: str) -> dict:
+    """Run ``bench.inproc`` in a fresh interpreter and return its JSON result."""
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tf:
+        out = tf.name
+    try:
+        check_call([PY, "-m", "bench.inproc", mode, path, "--out", out, "--repeat", str(repeat), *extra],
+                   f"in-process {mode}")
+        with open(out) as f:
+            return json.load(f)
+    finally:
+        os.unlink(out)
+
+
+def code_fingerprint() -> str:
+    """Hash of ckptwatch/**/*.py: a benchmark whose code changed while it ran is flagged (shared repo)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in sorted((REPO / "ckptwatch").rglob("*.py")):
+        h.update(str(p.relative_to(REPO)).encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def loadavg() -> list[float]:
+    try:
+        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return []
+
+
+def drop(d: dict) -> dict:
+    """A stats dict without the list of every run (kept in latest.json, too long for the table)."""
+    return {k: v for k, v in d.items() if k != "all"}
+
+
+# --------------------------------------------------------------------------------------------------
+# Benchmark 1: structural pass over N Trainer checkpoints
+
+
+def hf_template(work: Path) -> Path:
+    """One real Trainer checkpoint (20 files), trained once and kept in the workdir."""
+    ckpt = work / "hf-template" / "checkpoint-2"
+    if (ckpt / "trainer_state.json").is_file() and (ckpt / "model.safetensors.index.json").is_file():
+        return ckpt
+    log("training a tiny GPT-2 with the transformers Trainer for the checkpoint template (~15 s)")
+    tmp = work / "hf-template.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    check_call([PY, "-m", "bench.make_hf", str(tmp), TREE_TEMPLATE_SHARD], "HF Trainer template", timeout=300)
+    shutil.rmtree(work / "hf-template", ignore_errors=True)
+    os.replace(tmp, work / "hf-template")
+    return ckpt
+
+
+def build_tree(template: Path, root: Path, n: int, copy: bool) -> Path:
+    """``root/run/checkpoint-1..n``: hard links (or copies) of the template, each with its own
+    ``trainer_state.json`` whose ``global_step`` matches the directory name; every mtime an hour old."""
+    shutil.rmtree(root, ignore_errors=True)
+    run = root / "run"
+    run.mkdir(parents=True)
+    stamp = time.time() - OLD
+    names = sorted(os.listdir(template))
+    for name in names:
+        os.utime(template / name, (stamp, stamp))
+    state = json.loads((template / "trainer_state.json").read_text())
+    for i in range(1, n + 1):
+        d = run / f"checkpoint-{i}"
+        d.mkdir()
+        for name in names:
+            if name == "trainer_state.json":
+                state["global_step"] = i
+                p = d / name
+                p.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+                os.utime(p, (stamp, stamp))
+            elif copy:
+                shutil.copy2(template / name, d / name)
+            else:
+                os.link(template / name, d / name)
+        os.utime(d, (stamp, stamp))
+    os.utime(run, (stamp, stamp))
+    os.utime(root, (stamp, stamp))
+    return root
+
+
+def bench_tree(args: argparse.Namespace, work: Path) -> dict:
+    n = args.checkpoints
+    template = hf_template(work)
+    files_per = len(os.listdir(template))
+    t = time.perf_counter()
+    root = build_tree(template, work / "tree", n, args.tree_copy)
+    log(f"tree: {n} checkpoints x {files_per} files built in {time.perf_counter() - t:.1f} s "
+        f"({'copies' if args.tree_copy else 'hard links'})")
+    r = args.repeat
+    res: dict = {"checkpoints": n, "files_per_checkpoint": files_per, "files": n * files_per,
+                 "tree_mode": "copy" if args.tree_copy else "hardlink", "root": str(root),
+                 "template_files": sorted(os.listdir(template)), "loadavg_before": loadavg()}
+    find_argv = ["find", str(root), "-type", "f", "-printf", "%s %T@\n"]
+    log("tree: yardstick find -printf")
+    res["find"] = measure(find_argv, r)
+    log("tree: check_root in-process")
+    res["inproc"] = inproc("tree", str(root), r, "--profile", "--sample", str(root / "run" / "checkpoint-1"))
+    log("tree: CLI once --json")
+    res["cli"] = measure([PY, "-m", "ckptwatch", "once", "--settle", "0", "--json", str(root)], r)
+    res["find_after"] = measure(find_argv, r)
+    # `verify` of ONE checkpoint of the run: it should cost about one checkpoint, not the whole run.
+    newest = str(root / "run" / f"checkpoint-{n}")
+    log("tree: CLI verify of the newest checkpoint only")
+    res["cli_verify_one"] = measure([PY, "-m", "ckptwatch", "verify", "--settle", "0", newest], min(r, 3), warmup=0)
+    res["find_one"] = measure(["find", newest, "-type", "f", "-printf", "%s %T@\n"], r)
+    res["loadavg_after"] = loadavg()
+    ip = res["inproc"]
+    ok = (ip["checkpoints"] == n and ip["statuses"] == {"complete": n}
+          and ip["latest_resumable"] == str(root / "run" / f"checkpoint-{n}") and res["cli"]["exit_codes"] == [0])
+    res["valid"] = ok
+    if not ok:
+        log(f"tree: WARNING unexpected verdicts {ip['statuses']} {ip['problem_kinds']} cli exit {res['cli']['exit_codes']}")
+    (PROF / "profile-tree.txt").write_text(ip.get("profile_cumtime", "") + "\n\n" + ip.get("profile_tottime", "") + "\n")
+    return res
+
+
+# --------------------------------------------------------------------------------------------------
+# Benchmark 2: header check of a 10 GB, 1,000-tensor safetensors file
+
+
+def make_sparse_safetensors(path: Path, data_bytes: int, tensors: int, write_tail: bool) -> dict:
+    """A valid safetensors header for ``tensors`` F32 tensors covering ``data_bytes``; the data is a hole
+    (``truncate``). With ``write_tail`` the last 4 KiB are real (random) bytes, so the file does not end in
+    an unwritten region, which is what a completely written file looks like to the sparse-tail check."""
+    per = (data_bytes // tensors) // 4096 * 4096  # bytes per tensor, whole 4 KiB pages
+    elems = per // 4
+    header: dict = {"__metadata__": {"format": "pt"}}
+    for i in range(tensors):
+        header[f"model.layers.{i // 10}.block.{i % 10}.weight"] = {
+            "dtype": "F32", "shape": [elems // 1024, 1024], "data_offsets": [i * per, (i + 1) * per]}
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    size = 8 + len(raw) + per * tensors
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little"))
+        f.write(raw)
+        f.truncate(size)
+        if write_tail:
+            os.pwrite(f.fileno(), os.urandom(4096), size - 4096)
+    stamp = time.time() - OLD
+    os.utime(path, (stamp, stamp))
+    st = os.stat(path)
+    return {"path": str(path), "bytes": size, "header_bytes": len(raw), "tensors": tensors,
+            "allocated_bytes": st.st_blocks * 512, "tail_written": write_tail}
+
+
+def verify_json(path: str) -> dict:
+    r = subprocess.run([PY, "-m", "ckptwatch", "verify", "--settle", "0", "--json", path], cwd=REPO,
+                       env=child_env(), capture_output=True, text=True, check=False)
+    try:
+        cp = json.loads(r.stdout)["checkpoint"]
+        return {"exit": r.returncode, "status": cp["status"],
+                "problems": [{"kind": p["kind"], "message": p["message"]} for p in cp["problems"]]}
+    except (ValueError, KeyError):
+        return {"exit": r.returncode, "stderr": r.stderr[-2000:]}
+
+
+def importtime_top(argv: list[str], top: int = 15) -> dict:
+    """``python -X importtime``: the modules with the largest self time, and the total."""
+    r = subprocess.run([PY, "-X", "importtime", *argv], cwd=REPO, env=child_env(), capture_output=True, text=True,
+                       check=False)
+    rows = []
+    for line in r.stderr.splitlines():
+        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)", line)
+        if m:
+            rows.append((int(m.group(1)), int(m.group(2)), len(m.group(3)), m.group(4)))
+    total = sum(cum for _, cum, depth, _ in rows if depth == 1)
+    own = sum(s for s, _, _, name in rows if name.startswith("ckptwatch"))
+    return {"total_import_us": total, "ckptwatch_self_us": own, "modules": len(rows),
+            "top_self_us": [{"module": name, "self_us": s, "cumulative_us": c}
+                            for s, c, _, name in sorted(rows, reverse=True)[:top]]}
+
+
+def bench_header(args: argparse.Namespace, work: Path) -> dict:
+    r = max(args.repeat, 10)  # cheap: more runs for a steadier median
+    data_bytes = int(args.header_gb * 1e9)
+    base = work / "header"
+    shutil.rmtree(base, ignore_errors=True)
+    # One file per directory: `verify FILE` discovers FILE's parent and judges every loose weight file there.
+    full = make_sparse_safetensors(base / "tail-written" / "model.safetensors", data_bytes, args.header_tensors, True)
+    hole = make_sparse_safetensors(base / "all-hole" / "model.safetensors", data_bytes, args.header_tensors, False)
+    log(f"header: {full['bytes'] / 1e9:.1f} GB sparse safetensors, {args.header_tensors} tensors, "
+        f"header {full['header_bytes']} bytes")
+    res: dict = {"file": full, "file_all_hole": hole, "loadavg_before": loadavg()}
+    res["verdict"] = verify_json(full["path"])
+    res["verdict_all_hole"] = verify_json(hole["path"])
+    log("header: yardsticks python -c pass, safe_open(numpy)")
+    res["python_pass"] = measure([PY, "-c", "pass"], r)
+    safe_open_src = ("import sys; from safetensors import safe_open\n"
+                     "with safe_open(sys.argv[1], framework='numpy') as f:\n"
+                     "    [(f.get_slice(k).get_shape(), f.get_slice(k).get_dtype()) for k in f.keys()]")
+    res["safe_open_proc"] = measure([PY, "-c", safe_open_src, full["path"]], r)
+    log("header: CLI verify")
+    res["cli"] = measure([PY, "-m", "ckptwatch", "verify", "--settle", "0", full["path"]], r)
+    res["cli_all_hole"] = measure([PY, "-m", "ckptwatch", "verify", "--settle", "0", hole["path"]], r)
+    log("header: in-process check_safetensors and safe_open")
+    res["inproc"] = inproc("header", full["path"], 20, "--profile")
+    res["safe_open_inproc"] = inproc("safe_open", full["path"], 20)
+    res["importtime"] = importtime_top(["-m", "ckptwatch", "verify", "--settle", "0", full["path"]])
+    res["loadavg_after"] = loadavg()
+    res["valid"] = res["verdict"].get("status") == "complete" and res["cli"]["exit_codes"] == [0]
+    prof = (res["inproc"].get("profile_tottime", "") + "\n\n-X importtime, largest self times (us):\n"
+            + "\n".join(f"{m['self_us']:8d} {m['cumulative_us']:8d}  {m['module']}" for m in res["importtime"]["top_self_us"]))
+    (PROF / "profile-header.txt").write_text(prof + "\n")
+    return res
+
+
+# --------------------------------------------------------------------------------------------------
+# Benchmark 3: --deep throughput against cat
+
+
+def deep_file(work: Path, kind: str, mib: int) -> Path:
+    d = work / "deep" / kind
+    path = d / ("model.safetensors" if kind == "safetensors" else "model.pt")
+    marker = d / ".mib"
+    if path.is_file() and marker.is_file() and marker.read_text() == str(mib):
+        return path
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    log(f"deep: writing a {mib} MiB {kind} file with the real library (child process)")
+    t = time.perf_counter()
+    check_call([PY, "-m", "bench.make_files", kind, str(path), str(mib)], f"make {kind}", timeout=600)
+    log(f"deep: {path} written in {time.perf_counter() - t:.1f} s")
+    stamp = time.time() - OLD
+    os.utime(path, (stamp, stamp))
+    marker.write_text(str(mib))
+    return path
+
+
+def bench_deep(args: argparse.Namespace, work: Path) -> dict:
+    need = (args.deep_st_mib + args.deep_pt_mib) * (1 << 20) + (1 << 30)
+    free = shutil.disk_usage(work).free
+    res: dict = {"disk_free_before": free, "loadavg_before": loadavg()}
+    if free < need:
+        res["error"] = f"only {free / 2**30:.1f} GiB free in {work}; need {need / 2**30:.1f} GiB"
+        log(f"deep: SKIPPED: {res['error']}")
+        return res
+    r = args.repeat
+    files = {"safetensors": deep_file(work, "safetensors", args.deep_st_mib),
+             "torch": deep_file(work, "torch", args.deep_pt_mib)}
+    for kind, path in files.items():
+        size = path.stat().st_size
+        log(f"deep: {kind} {size / 2**30:.2f} GiB: warming the page cache")
+        for _ in range(2):
+            run_once(["cat", str(path)])
+        one: dict = {"path": str(path), "bytes": size}
+        one["cat"] = measure(["cat", str(path)], r)
+        log(f"deep: {kind}: in-process deep check")
+        one["inproc"] = inproc("deep", str(path), r, "--kind", kind, "--profile")
+        log(f"deep: {kind}: CLI verify --deep")
+        one["cli"] = measure([PY, "-m", "ckptwatch", "verify", "--deep", "--settle", "0", str(path)], r)
+        one["cat_after"] = measure(["cat", str(path)], r)
+        for key in ("cat", "cli", "cat_after"):
+            one[key]["mb_per_s"] = size / one[key]["median"] / 1e6
+        one["valid"] = one["inproc"]["problems"] == [] and one["cli"]["exit_codes"] == [0]
+        res[kind] = one
+    res["loadavg_after"] = loadavg()
+    res["valid"] = all(res[k]["valid"] for k in files)
+    (PROF / "profile-deep.txt").write_text("\n\n".join(
+        f"{k}: {res[k]['inproc'].get('profile_tottime', '')}" for k in files) + "\n")
+    return res
+
+
+# --------------------------------------------------------------------------------------------------
+# Summary table
+
+
+def rows(results: dict) -> list[dict]:
+    out = []
+
+    def add(bench, what, ours, ours_txt, yard, yard_txt, ratio, target_txt, met, note=""):
+        out.append({"bench": bench, "measure": what, "ours": ours, "ours_text": ours_txt, "yardstick": yard,
+                    "yardstick_text": yard_txt, "ratio": ratio, "target": target_txt, "met": met, "note": note})
+
+    t = results.get("tree")
+    if t:
+        n, fp = t["checkpoints"], t["files_per_checkpoint"]
+        find = t["find"]["median"]
+        ip = t["inproc"]["check_root_s"]["median"]
+        cli = t["cli"]["median"]
+        scale = 1000 / n  # the target is for 1,000 checkpoints
+        add("1 tree", f"check_root in-process, {n} ckpts x {fp} files", ip, f"{ip:.2f} s ({ip / n * 1e3:.2f} ms/ckpt)",
+            find, f"find -printf {find:.3f} s", ip / find, "< 2 s per 1,000 ckpts", ip * scale < 2.0)
+        add("1 tree", "CLI once --json (whole process)", cli, f"{cli:.2f} s (rss {t['cli']['peak_rss_kib'] / 1024:.0f} MiB)",
+            find, f"find -printf {find:.3f} s", cli / find, "< 2 s per 1,000 ckpts", cli * scale < 2.0)
+        if "cli_verify_one" in t:
+            v1, f1 = t["cli_verify_one"]["median"], t["find_one"]["median"]
+            add("1 tree", f"CLI verify of 1 checkpoint in the {n}-ckpt run", v1, f"{v1:.2f} s", f1,
+                f"find -printf {f1 * 1e3:.1f} ms", v1 / f1, "(context)", None)
+    h = results.get("header")
+    if h:
+        cli, pas, so = h["cli"]["median"], h["python_pass"]["median"], h["safe_open_proc"]["median"]
+        rss = h["cli"]["peak_rss_kib"] / 1024
+        gb = h["file"]["bytes"] / 1e9
+        add("2 header", f"CLI verify, {gb:.0f} GB / {h['file']['tensors']} tensors", cli, f"{cli * 1e3:.0f} ms",
+            pas, f"python -c pass {pas * 1e3:.0f} ms", cli / pas, "< 50 ms", cli < 0.050)
+        add("2 header", "CLI verify vs safe_open(numpy) process", cli, f"{cli * 1e3:.0f} ms",
+            so, f"safe_open proc {so * 1e3:.0f} ms", cli / so, "(context)", None)
+        add("2 header", "CLI verify peak RSS", rss, f"{rss:.0f} MiB", h["python_pass"]["peak_rss_kib"] / 1024,
+            f"python -c pass {h['python_pass']['peak_rss_kib'] / 1024:.0f} MiB",
+            rss / (h["python_pass"]["peak_rss_kib"] / 1024), "< 200 MB", rss * 2**20 < 200e6)
+        ip = h["inproc"]["check_safetensors_s"]["median"]
+        sop = h["safe_open_inproc"]["safe_open_s"]["median"]
+        add("2 header", "check_safetensors in-process", ip, f"{ip * 1e3:.2f} ms", sop,
+            f"safe_open in-proc {sop * 1e3:.2f} ms", ip / sop, "< 50 ms", ip < 0.050)
+        torch = h["inproc"]["torch_imported"]
+        add("2 header", "torch imported by the verify path", torch, "yes" if torch else "no", None, "-", None,
+            "no", not torch, ", ".join(h["inproc"]["heavy_modules"]))
+    d = results.get("deep")
+    if d and "error" not in d:
+        for kind in ("safetensors", "torch"):
+            one = d.get(kind)
+            if not one:
+                continue
+            cat = one["cat"]["mb_per_s"]
+            gib = one["bytes"] / 2**30
+            label = "check_safetensors(deep)" if kind == "safetensors" else "check_torch_file(deep)"
+            ipm = one["inproc"]["mb_per_s"]
+            add("3 deep", f"{label} in-process, {gib:.2f} GiB", ipm, f"{ipm:,.0f} MB/s", cat,
+                f"cat {cat:,.0f} MB/s", ipm / cat, ">= 0.8 x cat", ipm / cat >= 0.8,
+                f"CRC-32 by {one['inproc']['crc_impl']}" if kind == "torch" else "")
+            cm = one["cli"]["mb_per_s"]
+            add("3 deep", f"CLI verify --deep {kind}, {gib:.2f} GiB", cm, f"{cm:,.0f} MB/s", cat,
+                f"cat {cat:,.0f} MB/s", cm / cat, ">= 0.8 x cat", cm / cat >= 0.8)
+    return out
+
+
+def print_table(table: list[dict]) -> None:
+    head = ("bench", "measure", "ours", "yardstick (same run)", "ours/tool", "target", "met")
+    body = [(r["bench"], r["measure"] + (f" [{r['note']}]" if r["note"] else ""), r["ours_text"], r["yardstick_text"],
+             "-" if r["ratio"] is None else f"{r['ratio']:.2f}", r["target"],
+             "-" if r["met"] is None else ("yes" if r["met"] else "NO")) for r in table]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
+    print(line.format(*head))
+    print(line.format(*("-" * w for w in widths)))
+    for b in body:
+        print(line.format(*b))
+
+
+def machine() -> dict:
+    info: dict = {"python": platform.python_version(), "kernel": platform.release(), "nproc": os.cpu_count()}
+    try:
+        cpu = Path("/proc/cpuinfo").read_text()
+        m = re.search(r"model name\s*:\s*(.+)", cpu)
+        info["cpu"] = m.group(1).strip() if m else None
+        mem = re.search(r"MemTotal:\s*(\d+)", Path("/proc/meminfo").read_text())
+        info["mem_gib"] = round(int(mem.group(1)) / 2**20, 1) if mem else None
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                check=False).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "ckptwatch"], cwd=REPO, capture_output=True,
+                               text=True, check=False).stdout
+        info["git"] = commit + ("+dirty ckptwatch/" if dirty.strip() else "")
+        info["ckptwatch_code_sha256"] = code_fingerprint()
+    except OSError:
+        pass
+    crc = subprocess.run([PY, "-c", "from ckptwatch.formats._stream import CRC_IMPL; print(CRC_IMPL)"], cwd=REPO,
+                         env=child_env(), capture_output=True, text=True, check=False).stdout.strip()
+    info["ckptwatch_crc_impl"] = crc
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", action="append", choices=("tree", "header", "deep"),
+                    help="run only this benchmark (repeatable); default: all three")
+    ap.add_argument("--quick", action="store_true",
+                    help="small sizes and 3 repeats (100 checkpoints, 1 GB header file, 256 MiB deep files)")
+    ap.add_argument("--repeat", type=int, help="timed runs per measurement after 1 warm-up (default 5; --quick 3)")
+    ap.add_argument("--checkpoints", type=int, help="tree: number of checkpoints (default 1000)")
+    ap.add_argument("--tree-copy", action="store_true", help="tree: copy the files instead of hard-linking them")
+    ap.add_argument("--header-gb", type=float, help="header: data size in GB (10^9 bytes; default 10)")
+    ap.add_argument("--header-tensors", type=int, default=1000, help="header: tensor count (default 1000)")
+    ap.add_argument("--deep-st-mib", type=int, help="deep: safetensors file size in MiB (default 2048)")
+    ap.add_argument("--deep-pt-mib", type=int, help="deep: torch.save file size in MiB (default 1536)")
+    ap.add_argument("--workdir", default="/tmp/ckptwatch-bench", help="where generated data goes")
+    ap.add_argument("--keep", action="store_true", help="keep the generated tree and big files")
+    ap.add_argument("--json", default=str(OUT / "latest.json"), help="where to write the results")
+    args = ap.parse_args(argv)
+    q = args.quick
+    args.repeat = args.repeat or (3 if q else 5)
+    args.checkpoints = args.checkpoints or (100 if q else 1000)
+    args.header_gb = args.header_gb or (1.0 if q else 10.0)
+    args.deep_st_mib = args.deep_st_mib or (256 if q else 2048)
+    args.deep_pt_mib = args.deep_pt_mib or (256 if q else 1536)
+    which = args.only or ["tree", "header", "deep"]
+
+    global PROF
+    PROF = Path(args.json).resolve().parent
+    PROF.mkdir(parents=True, exist_ok=True)
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    results: dict = {
+        "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "config": {k: v for k, v in vars(args).items() if k != "json"},
+        "note": "shared, noisy 2-vCPU VM: medians with min/max; compare ratios, not absolute numbers",
+    }
+    log(f"running {', '.join(which)} (repeat {args.repeat}) in {work}; load {loadavg()}")
+    funcs = {"tree": bench_tree, "header": bench_header, "deep": bench_deep}
+    try:
+        for name in which:
+            t = time.perf_counter()
+            before = code_fingerprint()
+            try:
+                results[name] = funcs[name](args, work)
+            except Exception as exc:  # noqa: BLE001 - one failing benchmark must not lose the others' numbers
+                log(f"{name}: FAILED: {type(exc).__name__}: {exc}")
+                results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+            after = code_fingerprint()
+            results[name]["code"] = before if before == after else f"{before}->{after}"
+            if before != after:
+                log(f"{name}: WARNING: ckptwatch/ changed while this benchmark ran; rerun it")
+            results.setdefault("elapsed_s", {})[name] = round(time.perf_counter() - t, 1)
+    finally:
+        if not args.keep:
+            for sub in ("tree", "header", "deep"):
+                shutil.rmtree(work / sub, ignore_errors=True)
+    ok = {k: v for k, v in results.items() if k in funcs and "error" not in v}
+    results["summary"] = rows(ok)
+    results["total_s"] = round(time.time() - started, 1)
+    with open(args.json, "w") as f:
+        json.dump(results, f, indent=1, default=str)
+    print()
+    print_table(results["summary"])
+    print(f"\n{results['date']}  {results['machine'].get('cpu')} x{results['machine'].get('nproc')}  "
+          f"python {results['machine']['python']}  crc {results['machine']['ckptwatch_crc_impl']}  "
+          f"total {results['total_s']} s  -> {args.json}")
+    for name in which:
+        v = results.get(name, {})
+        if "error" in v:
+            print(f"{name}: ERROR {v['error']}")
+        elif v.get("valid") is False:
+            print(f"{name}: WARNING: the verdicts were not the expected ones; see {args.json}")
+        if "->" in str(v.get("code", "")):
+            print(f"{name}: WARNING: ckptwatch/ changed while it ran ({v['code']}); rerun it")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
