@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ckptwatch.discover import discover
 from ckptwatch.hazards import CheckpointFacts, checkpoint_hazards, run_hazards
@@ -60,6 +60,7 @@ def _temp_files(stat: TreeStat) -> list[Problem]:
 
 def _judge_candidate(run: RunFound, cand: Candidate, opts: CheckOptions) -> tuple[Judgement, TreeStat]:
     stat = _stat_candidate(run, cand)
+    cand.data["tree"] = stat  # layouts that list every file reuse it instead of walking again
     try:
         judgement = run.layout.judge(cand, opts)
     except FileNotFoundError as exc:  # the whole checkpoint vanished between listing and judging
@@ -120,10 +121,18 @@ def _apply_time_rules(cand: Candidate, problems: list[Problem], stat: TreeStat, 
     return out
 
 
-def judge_run(run: RunFound, opts: CheckOptions, now: float) -> RunReport:
-    """Judge every candidate of one run, then the run-level rules."""
+def judge_run(run: RunFound, opts: CheckOptions, now: float, *, only: str | None = None) -> RunReport:
+    """Judge every candidate of one run, then the run-level rules.
+
+    ``only`` (``ckptwatch verify``): judge that candidate with ``opts``, and of its siblings only what
+    its verdict needs, structurally: the previous checkpoint (hazards compare successive
+    checkpoints) and, when its own metadata does not record the world size, all of them (ranks).
+    """
     cands = sorted(run.candidates, key=lambda c: c.sort_key())
-    judged = [(c, *_judge_candidate(run, c, opts)) for c in cands]
+    if only is None:
+        judged = [(c, *_judge_candidate(run, c, opts)) for c in cands]
+    else:
+        judged = _judge_for_one(run, cands, only, opts)
     widest = max((j.expected_ranks or (max(j.present_ranks) + 1 if j.present_ranks else 0)
                   for _, j, _ in judged if j.present_ranks is not None), default=0)
 
@@ -154,11 +163,23 @@ def judge_run(run: RunFound, opts: CheckOptions, now: float) -> RunReport:
                      tuple(_dedupe([*run.problems, *run_problems])), tuple(run_hazards_))
 
 
+def _judge_for_one(run: RunFound, cands: list[Candidate], only: str,
+                   opts: CheckOptions) -> list[tuple[Candidate, Judgement, TreeStat]]:
+    index = next(i for i, c in enumerate(cands) if os.path.normpath(c.path) == os.path.normpath(only))
+    target = (cands[index], *_judge_candidate(run, cands[index], opts))
+    shallow = replace(opts, deep=False, scan_values=False)
+    needs_siblings = target[1].present_ranks is not None and not target[1].expected_ranks
+    keep = range(len(cands)) if needs_siblings else [i for i in (index - 1,) if i >= 0]
+    judged = {index: target}
+    for i in keep:
+        if i != index:
+            judged[i] = (cands[i], *_judge_candidate(run, cands[i], shallow))
+    return [judged[i] for i in sorted(judged)]
+
+
 def _with_hazards(v: Verdict, extra: list[Hazard]) -> Verdict:
     if not extra:
         return v
-    from dataclasses import replace
-
     return replace(v, hazards=(*v.hazards, *extra))
 
 

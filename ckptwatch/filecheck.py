@@ -44,8 +44,12 @@ def sniff(path: str) -> tuple[str, Problem | None]:
     return "unknown", None
 
 
-def check_file(path: str, opts: CheckOptions) -> FileCheck:
-    """Judge one file with the reader its content calls for."""
+def check_file(path: str, opts: CheckOptions, *, need_object: bool = False) -> FileCheck:
+    """Judge one file with the reader its content calls for.
+
+    ``need_object``: the caller reads metadata from a torch file's pickle (``facts["object"]``); other
+    torch zips get the structural check only (see ``check_torch_file``), unless ``--deep``.
+    """
     kind, problem = sniff(path)
     shown = display(path)
     if problem:
@@ -59,7 +63,7 @@ def check_file(path: str, opts: CheckOptions) -> FileCheck:
     if kind == "torch":
         from ckptwatch.formats.torchzip import check_torch_file
 
-        return check_torch_file(path, deep=opts.deep)
+        return check_torch_file(path, deep=opts.deep, read_pickle=need_object)
     if kind == "mindspore":
         from ckptwatch.formats.mindspore import check_ms_ckpt
 

@@ -36,7 +36,7 @@ def verify_path(path: str, opts: CheckOptions, now: float, *, layout: str = "aut
     parent = os.path.dirname(path)
     for run in discover(parent, layout=layout).runs:
         if any(os.path.normpath(c.path) == path for c in run.candidates):
-            report = judge_run(run, opts, now)
+            report = judge_run(run, opts, now, only=path)
             verdict = next(v for v in report.checkpoints if os.path.normpath(v.path) == display(path))
             return VerifyResult(verdict, report)
     # Not a checkpoint of any run seen from its parent: let the layouts look inside it.

@@ -48,9 +48,11 @@ PROBLEM_KINDS: dict[str, Kind] = {
              _NOT_THIS),
         Kind("step_mismatch", Severity.CORRUPT, "metadata inside the checkpoint names another step than its name",
              "Check which step this directory really holds before resuming from it"),
-        Kind("zero_filled", Severity.CORRUPT,
-             "the tail of a file is an unwritten (sparse, all-zero) region: the writer died after preallocating",
-             _NOT_THIS),
+        Kind("zero_filled", Severity.WARNING,
+             "the tail of a file is a sparse hole: either a writer that preallocated the file died (safetensors "
+             "0.8.0-rc builds), or a sparse copy (cp --sparse, rsync -S) of a legitimately all-zero tail",
+             "If this file was not copied sparsely, re-save it: the tail was never written. Verify with a "
+             "load test before resuming"),
         Kind("nan_inf", Severity.WARNING, "a tensor holds NaN or Inf values (--deep --scan-values)",
              "The run may have diverged before this save; compare with an earlier checkpoint"),
         Kind("all_zero_tensor", Severity.WARNING, "a weight tensor is all zeros (--deep --scan-values)",
@@ -131,6 +133,15 @@ HAZARD_KINDS: dict[str, Kind] = {
              "Resume from the checkpoint ckptwatch names instead (pass it explicitly to the trainer)"),
     ]
 }
+
+
+def markdown_table() -> str:
+    """The README's table of kinds (a test keeps the README equal to this)."""
+    rows = ["| problem kind | severity | meaning | what to do |", "|---|---|---|---|"]
+    rows += [f"| `{k.name}` | {k.severity.value} | {k.meaning} | {k.advice} |" for k in PROBLEM_KINDS.values()]
+    rows += ["", "| hazard kind | meaning | what to do |", "|---|---|---|"]
+    rows += [f"| `{k.name}` | {k.meaning} | {k.advice} |" for k in HAZARD_KINDS.values()]
+    return "\n".join(rows)
 
 
 def severity_of(kind: str) -> Severity:

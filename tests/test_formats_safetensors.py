@@ -273,12 +273,13 @@ def test_fully_written_file_is_not_zero_filled(tmp_path):
 
 
 def test_header_never_written(tmp_path):
-    """A preallocated file whose header is still a hole (length 0) is zero_filled."""
+    """A preallocated file whose header is still a hole (length 0) is a corrupt bad_header, naming the hole."""
     p = tmp_path / "blank.safetensors"
     with open(p, "wb") as f:
         f.truncate(64 << 20)
     fc = check_safetensors(str(p))
-    assert kinds(fc) == ["zero_filled"] and "header was never written" in fc.problems[0].message
+    assert kinds(fc) == ["bad_header"] and "header was never written" in fc.problems[0].message
+    assert not fc.ok
 
 
 # --------------------------------------------------------------------------------------------------

@@ -16,8 +16,9 @@ more cheap hint comes from the filesystem: safetensors builds between commits 98
 v0.8.0-rc.0) set the final size before writing, so a crashed writer leaves a file that passes every
 size rule but whose tail was never written. Such a tail is a sparse hole; when ``st_blocks`` shows the
 file is not fully allocated we ask ``SEEK_DATA``/``SEEK_HOLE`` whether the data region ends in a hole
-(``zero_filled``). Caveat: filesystems that store all-zero blocks as holes (ZFS with compression) can
-make a genuinely all-zero final tensor look like that; ext4/XFS never do.
+(``zero_filled``, a warning). It cannot be an error: a sparse copy (``cp --sparse=always``, ``rsync -S``)
+of a file whose last tensor is legitimately all zeros (a LoRA B matrix at initialisation) looks the
+same, as do filesystems that store zero blocks as holes (ZFS with compression).
 
 ``deep=True`` reads every byte (page-aligned 4 MiB buffer) so I/O errors surface; ``scan_values=True``
 also flags NaN/Inf in F16/BF16/F32/F64 tensors and all-zero float tensors, without numpy: strided byte
@@ -274,7 +275,7 @@ def _check(
         )
     if n == 0 and _unwritten_from(fd, st, 0, size) == 0:
         raise FormatError(
-            "zero_filled",
+            "bad_header",
             f"{shown} ({size} bytes) is an unwritten sparse hole from byte 0: the header was never written",
         )
     header = read_exact_at(fd, 8, n, path)

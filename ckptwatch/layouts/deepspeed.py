@@ -62,7 +62,9 @@ def judge_tag_dir(tag_dir: str, opts: CheckOptions) -> Judgement:
         path = os.path.join(tag_dir, name)
         if not name.endswith(".pt"):
             continue
-        fc = check_file(path, opts)
+        wants = (("dp_world_size" not in facts and bool(MODEL_MP.match(name) or MODEL_ZERO3.match(name)))
+                 or ("partition_count" not in facts and bool(OPTIM.match(name))))
+        fc = check_file(path, opts, need_object=wants)
         j.problems.extend(fc.problems)
         obj = fc.facts.get("object")
         if obj is None:

@@ -125,14 +125,15 @@ class HfTrainer(NoRunFindings):
         ds_tags = {n for n in sub_dirs if is_tag_dir(listdir_names(os.path.join(ckpt, n))[0])}
 
         # Every file we can read, once: JSON parses, torch zips and safetensors are structurally sound.
-        files = tree(ckpt, ckpt).files
+        stat = cand.data.get("tree")
+        files = stat.files if stat is not None else tree(ckpt, ckpt).files
         for entry in files:
             rel = os.path.relpath(entry.path, ckpt)
             top = rel.split(os.sep)[0]
             if top in dcp_dirs or top in ds_tags:
                 continue  # judged by their own rules below
             if entry.name.endswith((".json", ".safetensors", ".pt", ".pth", ".bin")):
-                fc = check_file(entry.path, opts)
+                fc = check_file(entry.path, opts, need_object=entry.name == "training_args.bin")
                 checked[entry.path] = fc
                 j.problems.extend(fc.problems)
 

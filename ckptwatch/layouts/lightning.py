@@ -44,7 +44,7 @@ class Lightning:
     def judge(self, cand: Candidate, opts: CheckOptions) -> Judgement:
         from ckptwatch.formats.pickle_stub import get
 
-        fc = check_file(cand.path, opts)
+        fc = check_file(cand.path, opts, need_object=True)
         j = Judgement(list(fc.problems))
         obj = fc.facts.get("object")
         if obj is None or not fc.ok:

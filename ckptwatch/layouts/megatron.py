@@ -67,7 +67,7 @@ class Megatron:
             j.problems.append(Problem("no_commit_marker", display(meta), f"{display(meta)} is missing: Megatron's "
                                       "rank 0 writes it after all ranks saved, so this save did not finish"))
         if "common.pt" in names:
-            fc = check_file(os.path.join(cand.path, "common.pt"), opts)
+            fc = check_file(os.path.join(cand.path, "common.pt"), opts, need_object=True)
             j.problems.extend(fc.problems)
             world = get(fc.facts.get("object"), "args", "world_size")
             if isinstance(world, int) and not isinstance(world, bool) and j.present_ranks is not None:
@@ -91,7 +91,7 @@ class Megatron:
             if not os.path.exists(f):
                 j.problems.append(missing(f, f"model state of tensor rank {tp}, pipeline rank {pp}"))
                 continue
-            fc = check_file(f, opts)
+            fc = check_file(f, opts, need_object=tp_size is None)
             j.problems.extend(fc.problems)
             if not fc.ok:
                 continue
