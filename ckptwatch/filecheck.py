@@ -23,8 +23,11 @@ TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
 def sniff(path: str) -> tuple[str, Problem | None]:
     """The format of ``path``: safetensors | torch | mindspore | json | empty | unknown."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(16)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            head = os.pread(fd, 16, 0)
+        finally:
+            os.close(fd)
     except OSError as exc:
         return "unknown", problem_from_oserror(display(path), exc)
     if not head:

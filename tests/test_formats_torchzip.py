@@ -496,3 +496,49 @@ def test_crc_ranges_threaded_and_combine_fallback(tmp_path, monkeypatch):
         assert _stream.crc32_concat(fd, ranges[1:], str(p), threads=2) == zlib.crc32(data[5:])
     finally:
         os.close(fd)
+
+
+# --------------------------------------------------------------------------------------------------
+# the directory-only fast path (read_pickle=False), used for torch files whose pickle no check needs
+
+
+def _real_zip(tmp_path, name="optimizer.pt"):
+    import torch
+
+    p = tmp_path / name
+    torch.save({"state": {i: {"exp_avg": torch.randn(64)} for i in range(40)}, "param_groups": [{"lr": 1e-3}]}, p)
+    return p
+
+
+def test_fast_path_accepts_real_file(tmp_path):
+    """A real torch.save zip passes the directory-only check, with the prefix found and no pickle walked."""
+    p = _real_zip(tmp_path)
+    fc = check_torch_file(str(p), read_pickle=False)
+    assert fc.ok and fc.problems == ()
+    assert fc.facts["prefix"] == "optimizer" and fc.facts["object"] is None
+
+
+@pytest.mark.parametrize("cut", [1, 22, 60, 98, 500, "half"])
+def test_fast_path_rejects_truncation(tmp_path, cut):
+    """A cut anywhere leaves the directory-only check as strict as the full one: never ok."""
+    p = _real_zip(tmp_path)
+    size = p.stat().st_size
+    os.truncate(p, size // 2 if cut == "half" else size - cut)
+    fast = check_torch_file(str(p), read_pickle=False)
+    full = check_torch_file(str(p))
+    assert not fast.ok and not full.ok
+    assert {q.kind for q in fast.problems} <= {"truncated", "bad_zip"}
+
+
+def test_fast_path_trailing_bytes_and_damaged_directory(tmp_path):
+    """Trailing bytes and a damaged directory record fall back to zipfile and are reported precisely."""
+    p = _real_zip(tmp_path)
+    with open(p, "ab") as f:
+        f.write(b"junk")
+    assert "trailing_data" in {q.kind for q in check_torch_file(str(p), read_pickle=False).problems}
+    q = _real_zip(tmp_path, "scheduler.pt")
+    raw = bytearray(q.read_bytes())
+    cd = raw.rfind(b"PK\x01\x02")
+    raw[cd:cd + 4] = b"XX\x01\x02"
+    q.write_bytes(bytes(raw))
+    assert not check_torch_file(str(q), read_pickle=False).ok

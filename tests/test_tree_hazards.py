@@ -96,10 +96,10 @@ def test_file_deleted_mid_scan(artefact, monkeypatch: pytest.MonkeyPatch) -> Non
     root = artefact("hf_full")
     real = hf.check_file
 
-    def vanish(path, opts):
+    def vanish(path, opts, **kw):
         if path.endswith("checkpoint-4/optimizer.pt"):
             os.unlink(path)
-        return real(path, opts)
+        return real(path, opts, **kw)
 
     monkeypatch.setattr(hf, "check_file", vanish)
     run = check_root(str(root), SETTLED, time.time()).runs[0]

@@ -18,6 +18,7 @@ import errno
 import io
 import os
 import stat
+import struct
 import zipfile
 from typing import Any
 
@@ -127,6 +128,8 @@ def check_torch_file(path: str, *, deep: bool = False, read_pickle: bool = True)
             raise FormatError("empty_file", f"{shown} is empty (0 bytes)")
         head = os.pread(fd, 4, 0)
         if head.startswith(ZIP_MAGIC):
+            if not (read_pickle or deep) and _fast_directory_check(fd, shown, size, problems, facts):
+                return
             _check_zip(fd, path, shown, 0, size, deep, problems, facts, read_pickle=read_pickle or deep)
         elif head[:1] == b"\x80":
             _check_legacy(fd, path, shown, size, deep, problems, facts)
@@ -251,7 +254,7 @@ def _check_zip(
             f"{MAX_PICKLE_BYTES >> 20} MiB safety cap",
         )
     data = _read_member(zf, pkl, MAX_PICKLE_BYTES, label)
-    walk = walk_pickle(data, what=f"{label}: {pkl_name}")
+    walk = _walk_cached(data, f"{label}: {pkl_name}")
     if walk.end != len(data):
         problems.append(
             Problem(
@@ -298,6 +301,114 @@ def _check_zip(
 
     if deep:
         _crc_all(fd, path, zf, infos, base, label, shown, problems)
+
+
+_CDIR = struct.Struct("<4s2H2H2H3I5H2I")  # central directory file header, 46 bytes
+_ZIP64_LOCATOR = b"PK\x06\x07"
+
+
+def _fast_directory_check(fd: int, shown: str, size: int, problems: list[Problem], facts: dict[str, Any]) -> bool:
+    """The structural check of a stored torch zip without ``zipfile``: one read of the directory.
+
+    ``zipfile.ZipFile`` builds a Python object per record (0.2-0.5 ms for an optimizer state); this
+    parses the end record (zip64 aware: torch always writes one) and the central directory with
+    ``struct`` and applies the same rules: one top-level folder, ``data.pkl`` present, every record
+    before the directory, ``byteorder`` little or big. Returns False on anything unusual (compressed or
+    encrypted records, a cut or malformed directory) so the full ``zipfile`` path gives the precise finding.
+    """
+    # torch writes [zip64 end record (56)][zip64 locator (20)][end record (22)] with no comment.
+    tail_len = min(size, 98)
+    tail = os.pread(fd, tail_len, size - tail_len)
+    idx = len(tail) - 22
+    if idx < 0 or tail[idx:idx + 4] != EOCD_SIG:  # a comment, trailing bytes or a cut: let zipfile say
+        return False
+    count, cd_size, cd_offset = struct.unpack_from("<HII", tail, idx + 10)
+    loc = idx - 20
+    if loc >= 0 and tail[loc:loc + 4] == _ZIP64_LOCATOR:
+        (z64_offset,) = struct.unpack_from("<Q", tail, loc + 8)
+        rel = z64_offset - (size - tail_len)
+        rec = tail[rel:rel + 56] if 0 <= rel <= len(tail) - 56 else os.pread(fd, 56, z64_offset)
+        if len(rec) != 56 or rec[:4] != b"PK\x06\x06":
+            return False
+        count, cd_size, cd_offset = struct.unpack_from("<QQQ", rec, 32)
+    if cd_offset + cd_size > size or count == 0:
+        return False
+    cd = os.pread(fd, cd_size, cd_offset)
+    if len(cd) != cd_size:
+        return False
+    pos = 0
+    names: dict[bytes, tuple[int, int]] = {}  # name -> (local header offset, size)
+    unpack, end = _CDIR.unpack_from, len(cd)
+    for _ in range(count):
+        if pos + 46 > end:
+            return False
+        (sig, _vm, _vn, flags, method, _t, _d, _crc, csize, usize, nlen, xlen, clen, _disk, _ia, _ea,
+         lho) = unpack(cd, pos)
+        if sig != b"PK\x01\x02" or method != 0 or flags & 0x1:
+            return False
+        name = cd[pos + 46:pos + 46 + nlen]
+        if 0xFFFFFFFF in (csize, usize, lho):
+            wanted = [v == 0xFFFFFFFF for v in (usize, csize, lho)]
+            values = _zip64_extra(cd[pos + 46 + nlen:pos + 46 + nlen + xlen], sum(wanted))
+            if values is None:
+                return False
+            it = iter(values)
+            usize, csize, lho = (next(it) if w else v for w, v in zip(wanted, (usize, csize, lho)))
+        if csize != usize or lho + 30 + nlen + csize > cd_offset:
+            return False
+        names[name] = (lho, csize)
+        pos += 46 + nlen + xlen + clen
+    first = next(iter(names))
+    prefix = first.split(b"/", 1)[0] + b"/" if b"/" in first else b""
+    if not prefix or b"".join(names).count(prefix) < len(names) or prefix + b"data.pkl" not in names:
+        return False
+    if any(not n.startswith(prefix) for n in names):
+        return False
+    bo = names.get(prefix + b"byteorder")
+    if bo is not None:
+        lho, n = bo
+        header = os.pread(fd, 30, lho)
+        if len(header) != 30 or header[:4] != ZIP_MAGIC:
+            return False
+        nlen, xlen = struct.unpack_from("<HH", header, 26)
+        value = os.pread(fd, min(n, 64), lho + 30 + nlen + xlen)
+        if value not in (b"little", b"big"):
+            return False
+    facts.update(format="zip", prefix=prefix[:-1].decode("utf-8", "backslashreplace"), object=None)
+    return True
+
+
+def _zip64_extra(extra: bytes, wanted: int) -> list[int] | None:
+    pos = 0
+    while pos + 4 <= len(extra):
+        tag, n = struct.unpack_from("<HH", extra, pos)
+        if tag == 1 and n >= 8 * wanted:
+            return list(struct.unpack_from(f"<{wanted}Q", extra, pos + 4))
+        pos += 4 + n
+    return None
+
+
+_WALKS: dict[bytes, PickleWalk] = {}
+_WALK_CACHE_ENTRIES = 64
+_WALK_CACHE_MAX_BYTES = 1 << 20
+
+
+def _walk_cached(data: bytes, what: str) -> PickleWalk:
+    """``walk_pickle``, remembered for small pickles seen before in this process.
+
+    Every checkpoint of a Trainer run holds a byte-identical ``training_args.bin`` (and often identical
+    scheduler/RNG pickles); walking it costs ~0.5 ms, a dict lookup on the bytes ~1 us. Walks are read,
+    never modified, by their consumers.
+    """
+    if len(data) > _WALK_CACHE_MAX_BYTES:
+        return walk_pickle(data, what=what)
+    walk = _WALKS.get(data)
+    if walk is None:
+        walk = walk_pickle(data, what=what)
+        if len(_WALKS) >= _WALK_CACHE_ENTRIES:
+            _WALKS.pop(next(iter(_WALKS)))
+        _WALKS[data] = walk
+    return walk
 
 
 def _check_eocd(

@@ -128,8 +128,7 @@ class HfTrainer(NoRunFindings):
         stat = cand.data.get("tree")
         files = stat.files if stat is not None else tree(ckpt, ckpt).files
         for entry in files:
-            rel = os.path.relpath(entry.path, ckpt)
-            top = rel.split(os.sep)[0]
+            top = entry.path[len(ckpt) + 1:].split(os.sep, 1)[0]
             if top in dcp_dirs or top in ds_tags:
                 continue  # judged by their own rules below
             if entry.name.endswith((".json", ".safetensors", ".pt", ".pth", ".bin")):
