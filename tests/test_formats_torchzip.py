@@ -542,3 +542,22 @@ def test_fast_path_trailing_bytes_and_damaged_directory(tmp_path):
     raw[cd:cd + 4] = b"XX\x01\x02"
     q.write_bytes(bytes(raw))
     assert not check_torch_file(str(q), read_pickle=False).ok
+
+
+def test_pipelined_crc_matches_zlib(tmp_path):
+    """The read-ahead CRC pipeline gives zlib's CRC-32 for ranges of any alignment and length, and a cut is truncated."""
+    import zlib
+
+    from ckptwatch.formats import _stream
+
+    data = os.urandom((_stream.PIPE_CHUNK * 2) + 12345)
+    p = tmp_path / "blob"
+    p.write_bytes(data)
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        for s, e in [(0, len(data)), (7, len(data) - 3), (4096 + 1, _stream.PIPE_CHUNK + 99)]:
+            assert _stream._crc_pipelined(fd, s, e, str(p)) == zlib.crc32(data[s:e])
+        with pytest.raises(_stream.FormatError):
+            _stream._crc_pipelined(fd, 0, len(data) + 10, str(p))
+    finally:
+        os.close(fd)

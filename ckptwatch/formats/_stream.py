@@ -141,6 +141,52 @@ def iter_range(fd: int, start: int, end: int, path: str, buf: AlignedBuffer) -> 
         pos += got
 
 
+PIPE_CHUNK = 4 << 20  # measured here: 1-2 MiB lose to the thread hand-off, 8-16 MiB fall out of cache
+PIPE_MIN = 8 << 20  # shorter ranges are not worth a thread hand-off
+
+
+def _crc_pipelined(fd: int, start: int, end: int, path: str) -> int:
+    """CRC-32 of ``[start, end)`` with the next read in flight while the current chunk is checksummed.
+
+    One thread alternates ``preadv`` and CRC, so each waits for the other (measured: 0.5 x ``cat``).
+    Both release the GIL, so a reader thread filling one buffer while this thread checksums the other
+    overlaps them (measured: 5.3 -> 7 GB/s with isal on a warm 1.5 GiB file, against ``cat`` at
+    10-11 GB/s). No mmap: a file truncated under us must give a finding, not SIGBUS.
+    """
+    bufs = (AlignedBuffer(PIPE_CHUNK), AlignedBuffer(PIPE_CHUNK))
+
+    def read(pos: int, buf: AlignedBuffer) -> tuple[int, int]:
+        skew = pos % PAGE
+        n = min(buf.size - skew if skew else buf.size, end - pos)
+        with buf.view[skew : skew + n] as target:
+            try:
+                return skew, os.preadv(fd, [target], pos)
+            except OSError as exc:
+                exc.ckptwatch_where = f"bytes {pos}..{pos + n}"  # type: ignore[attr-defined]
+                raise
+
+    crc, pos, turn = 0, start, 0
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="ckptwatch-read") as ex:
+            pending = ex.submit(read, pos, bufs[turn])
+            while pending is not None:
+                skew, got = pending.result()
+                if got <= 0:
+                    raise FormatError(
+                        "truncated", f"{display(path)} ends at byte {pos}, but bytes up to {end} are needed"
+                    )
+                current = bufs[turn]
+                pos += got
+                turn ^= 1
+                pending = ex.submit(read, pos, bufs[turn]) if pos < end else None
+                with current.view[skew : skew + got] as chunk:
+                    crc = crc32(chunk, crc)
+    finally:
+        for b in bufs:
+            b.close()
+    return crc
+
+
 def _crc_segment(fd: int, start: int, end: int, path: str) -> int:
     crc = 0
     with AlignedBuffer() as buf:
@@ -173,6 +219,9 @@ def crc32_ranges(fd: int, ranges: list[tuple[int, int]], path: str, *, threads: 
         results = []
         with AlignedBuffer() as buf:
             for s, e in ranges:
+                if e - s >= PIPE_MIN and _CRC_RELEASES_GIL:
+                    results.append(_crc_pipelined(fd, s, e, path))
+                    continue
                 crc = 0
                 for chunk in iter_range(fd, s, e, path, buf):
                     crc = crc32(chunk, crc)
