@@ -26,8 +26,8 @@ class Discovery:
     problems: list[Problem] = field(default_factory=list)  # findings outside any run
 
 
-def discover(root: str, *, layout: str = "auto") -> Discovery:
-    """Every run below ``root`` (``root`` itself included)."""
+def discover(root: str, *, layout: str = "auto", max_depth: int = MAX_DEPTH) -> Discovery:
+    """Every run below ``root`` (``root`` itself included), down to ``max_depth`` levels (0: root only)."""
     layouts: list[Layout] = registry.layouts(layout)
     found = Discovery()
     stack: list[tuple[str, int]] = [(root, 0)]
@@ -42,7 +42,7 @@ def discover(root: str, *, layout: str = "auto") -> Discovery:
                 found.runs.append(run)
                 consumed |= run.consumed
                 break
-        if depth >= MAX_DEPTH:
+        if depth >= max_depth:
             continue
         for e in reversed(entries):
             if not e.is_dir or e.path in consumed:

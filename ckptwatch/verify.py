@@ -34,14 +34,14 @@ class VerifyResult:
 def verify_path(path: str, opts: CheckOptions, now: float, *, layout: str = "auto") -> VerifyResult:
     path = os.path.abspath(path)
     parent = os.path.dirname(path)
-    for run in discover(parent, layout=layout).runs:
+    for run in discover(parent, layout=layout, max_depth=0).runs:
         if any(os.path.normpath(c.path) == path for c in run.candidates):
             report = judge_run(run, opts, now, only=path)
             verdict = next(v for v in report.checkpoints if os.path.normpath(v.path) == display(path))
             return VerifyResult(verdict, report)
     # Not a checkpoint of any run seen from its parent: let the layouts look inside it.
     if os.path.isdir(path):
-        for run in discover(path, layout=layout).runs:
+        for run in discover(path, layout=layout, max_depth=0).runs:
             if os.path.normpath(run.root) == path and len(run.candidates) == 1:
                 report = judge_run(run, opts, now)
                 return VerifyResult(report.checkpoints[0], report)

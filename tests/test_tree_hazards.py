@@ -147,3 +147,16 @@ def test_empty_dir_has_no_checkpoints(tmp_path: Path) -> None:
     assert run_cli("once", str(tmp_path)).returncode == 0
     out = run_cli("latest", str(tmp_path))
     assert out.returncode == 1 and "no checkpoints found" in out.stderr
+
+
+def test_verify_looks_only_at_the_parent_dir(tmp_path: Path) -> None:
+    """verify FILE judges the file with its own directory as context, without walking sibling trees."""
+    from ckptwatch.discover import discover
+
+    target = _weights(tmp_path / "out", "model_step_10.safetensors")
+    _weights(tmp_path / "out" / "deep" / "run", "other_step_5.safetensors")
+    runs = discover(str(tmp_path / "out"), max_depth=0).runs
+    assert [os.path.basename(c.path) for r in runs for c in r.candidates] == ["model_step_10.safetensors"]
+    out = run_cli("verify", "--settle", "0", "--json", str(target))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["checkpoint"]["status"] == "complete"
