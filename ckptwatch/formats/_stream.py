@@ -20,7 +20,6 @@ import mmap
 import os
 import zlib
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ckptwatch.formats._io import FormatError, display, problem_from_oserror
@@ -165,6 +164,8 @@ def _crc_pipelined(fd: int, start: int, end: int, path: str) -> int:
                 exc.ckptwatch_where = f"bytes {pos}..{pos + n}"  # type: ignore[attr-defined]
                 raise
 
+    from concurrent.futures import ThreadPoolExecutor  # only --deep needs threads; keep start-up light
+
     crc, pos, turn = 0, start, 0
     try:
         with ThreadPoolExecutor(1, thread_name_prefix="ckptwatch-read") as ex:
@@ -227,6 +228,8 @@ def crc32_ranges(fd: int, ranges: list[tuple[int, int]], path: str, *, threads: 
                     crc = crc32(chunk, crc)
                 results.append(crc)
         return results
+    from concurrent.futures import ThreadPoolExecutor
+
     jobs = _segments(ranges, SEGMENT)
     crcs = [0] * len(ranges)
     with ThreadPoolExecutor(threads, thread_name_prefix="ckptwatch-crc") as ex:

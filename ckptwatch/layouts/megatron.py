@@ -8,7 +8,6 @@ incomplete iteration is still a hazard we report with the iteration to use inste
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 
@@ -152,6 +151,8 @@ def _integrity(directory: str, *, deep: bool) -> list[Problem]:
         elif not os.path.exists(f):
             problems.append(Problem("missing_file", display(f), f"{display(f)} is listed in integrity.json but absent"))
         elif deep:
+            import hashlib
+
             h = hashlib.sha256()
             try:
                 with open(f, "rb") as fh:
