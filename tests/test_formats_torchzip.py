@@ -555,9 +555,9 @@ def test_pipelined_crc_matches_zlib(tmp_path):
     p.write_bytes(data)
     fd = os.open(p, os.O_RDONLY)
     try:
-        for s, e in [(0, len(data)), (7, len(data) - 3), (4096 + 1, _stream.PIPE_CHUNK + 99)]:
-            assert _stream._crc_pipelined(fd, s, e, str(p)) == zlib.crc32(data[s:e])
+        ranges = [(0, len(data)), (7, len(data) - 3), (4096 + 1, _stream.PIPE_CHUNK + 99), (50, 50)]
+        assert _stream._crc_pipelined(fd, ranges, str(p)) == [zlib.crc32(data[s:e]) for s, e in ranges]
         with pytest.raises(_stream.FormatError):
-            _stream._crc_pipelined(fd, 0, len(data) + 10, str(p))
+            _stream._crc_pipelined(fd, [(0, len(data) + 10)], str(p))
     finally:
         os.close(fd)
