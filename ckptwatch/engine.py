@@ -15,13 +15,15 @@ Generic rules applied here, identically for every layout:
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
+import threading
 from dataclasses import dataclass, replace
 
 from ckptwatch.discover import discover
 from ckptwatch.hazards import CheckpointFacts, checkpoint_hazards, run_hazards
-from ckptwatch.layouts.base import Candidate, CheckOptions, Judgement, RunFound
+from ckptwatch.layouts.base import Candidate, CheckOptions, Judgement, RankFile, RunFound
 from ckptwatch.model import Hazard, Problem, Ranks, RunReport, Severity, Status, Verdict, status_from
 from ckptwatch.scan import TreeStat, display, tree
 from ckptwatch.settle import Settle, is_abandoned, settle_state
@@ -84,7 +86,7 @@ def _rank_facts(cand: Candidate, j: Judgement, widest: int, opts: CheckOptions) 
     else:
         expected, source = None, ""
     ranks = Ranks(expected, tuple(sorted(j.present_ranks)), source)
-    describe = j.facts.get("describe_rank") or (lambda r: f"files of rank {r}")
+    describe = j.rank_file or RankFile("files of rank {r}")
     why = {"metadata": "as its own metadata records",
            "siblings": "as the widest checkpoint of this run has",
            "config": "as expected_ranks says",
@@ -130,7 +132,7 @@ def judge_run(run: RunFound, opts: CheckOptions, now: float, *, only: str | None
     """
     cands = sorted(run.candidates, key=lambda c: c.sort_key())
     if only is None:
-        judged = [(c, *_judge_candidate(run, c, opts)) for c in cands]
+        judged = _judge_all(run, cands, opts)
     else:
         judged = _judge_for_one(run, cands, only, opts)
     widest = max((j.expected_ranks or (max(j.present_ranks) + 1 if j.present_ranks else 0)
@@ -161,6 +163,45 @@ def judge_run(run: RunFound, opts: CheckOptions, now: float, *, only: str | None
                                    f"resumes from the highest step will fail or load garbage; {use}"))
     return RunReport(display(run.root), run.layout.name, tuple(verdicts), latest.path if latest else None,
                      tuple(_dedupe([*run.problems, *run_problems])), tuple(run_hazards_))
+
+
+PARALLEL_MIN_CHECKPOINTS = 200  # below this, forking workers costs more than it saves
+_FORK_JOB: tuple[RunFound, list[Candidate], CheckOptions] | None = None
+
+
+def _judge_all(run: RunFound, cands: list[Candidate],
+               opts: CheckOptions) -> list[tuple[Candidate, Judgement, TreeStat]]:
+    """Judge every candidate; a run of hundreds of checkpoints is split over forked workers.
+
+    Judging is CPU-bound Python (headers, directories, JSON), so threads would not help. Forking is
+    done only from a single-threaded process (``once``, ``latest``): forking a threaded one can copy
+    a lock held by another thread. Workers inherit the job through ``_FORK_JOB`` and return plain
+    data (judgements and file listings), so nothing but results crosses the process boundary.
+    """
+    global _FORK_JOB
+    workers = min(os.cpu_count() or 1, 4)
+    if (len(cands) < PARALLEL_MIN_CHECKPOINTS or workers < 2 or threading.active_count() > 1
+            or "fork" not in multiprocessing.get_all_start_methods()):
+        return [(c, *_judge_candidate(run, c, opts)) for c in cands]
+    chunks = [list(range(i, len(cands), workers * 4)) for i in range(workers * 4)]
+    _FORK_JOB = (run, cands, opts)
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            parts = pool.map(_judge_indices, chunks)
+    finally:
+        _FORK_JOB = None
+    by_index = {i: (j, stat) for part in parts for i, j, stat in part}
+    return [(c, *by_index[i]) for i, c in enumerate(cands)]
+
+
+def _judge_indices(indices: list[int]) -> list[tuple[int, Judgement, TreeStat]]:
+    assert _FORK_JOB is not None
+    run, cands, opts = _FORK_JOB
+    out = []
+    for i in indices:
+        j, stat = _judge_candidate(run, cands[i], opts)
+        out.append((i, j, stat))
+    return out
 
 
 def _judge_for_one(run: RunFound, cands: list[Candidate], only: str,

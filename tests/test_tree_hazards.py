@@ -160,3 +160,29 @@ def test_verify_looks_only_at_the_parent_dir(tmp_path: Path) -> None:
     out = run_cli("verify", "--settle", "0", "--json", str(target))
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["checkpoint"]["status"] == "complete"
+
+
+def test_large_run_judged_in_workers_matches_serial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run of hundreds of checkpoints judged by forked workers gives exactly the serial verdicts."""
+    import threading
+
+    import ckptwatch.engine as engine
+
+    if (os.cpu_count() or 1) < 2 or threading.active_count() > 1:
+        pytest.skip("the worker path needs 2 cores and a single-threaded process")
+    root = tmp_path / "many"
+    root.mkdir()
+    first = _weights(root, "ckpt_step_0.safetensors")
+    for i in range(1, 240):
+        shutil.copyfile(first, root / f"ckpt_step_{i}.safetensors")
+    for i in (17, 101, 239):
+        p = root / f"ckpt_step_{i}.safetensors"
+        os.truncate(p, p.stat().st_size - 3)
+    now = time.time()
+    parallel = check_root(str(root), SETTLED, now)
+    monkeypatch.setattr(engine, "PARALLEL_MIN_CHECKPOINTS", 10**9)
+    serial = check_root(str(root), SETTLED, now)
+    assert parallel == serial
+    bad = [v.step for v in parallel.runs[0].checkpoints if v.status is Status.CORRUPT]
+    assert bad == [17, 101, 239]
+    assert parallel.runs[0].latest_resumable.endswith("ckpt_step_238.safetensors")

@@ -44,6 +44,23 @@ class Candidate:
         return self.order or (self.step if self.step is not None else -1,)
 
 
+@dataclass(frozen=True)
+class RankFile:
+    """The file a rank writes, for messages naming a missing rank: ``template.format(r=, tp=, pp=)``.
+
+    A value, not a closure, so judgements can cross a process boundary. With ``tp_width`` the rank
+    number is a cell of a tensor x pipeline grid (Megatron): ``tp = r % tp_width``, ``pp = r // tp_width``.
+    """
+
+    template: str
+    tp_width: int = 0
+
+    def __call__(self, r: int) -> str:
+        if self.tp_width:
+            return self.template.format(r=r, tp=r % self.tp_width, pp=r // self.tp_width)
+        return self.template.format(r=r)
+
+
 @dataclass
 class Judgement:
     """A layout's findings on one candidate."""
@@ -52,6 +69,7 @@ class Judgement:
     present_ranks: tuple[int, ...] | None = None  # None: this layout has no notion of ranks here
     expected_ranks: int | None = None  # from the checkpoint's own metadata, when it records it
     step: int | None = None  # learned from content (e.g. Lightning's pickled global_step)
+    rank_file: RankFile | None = None  # names the file a missing rank should have written
     facts: dict[str, Any] = field(default_factory=dict)  # for hazards (adapters, weights files)
 
 

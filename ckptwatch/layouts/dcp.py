@@ -13,7 +13,8 @@ import os
 import re
 
 from ckptwatch.filecheck import check_file
-from ckptwatch.layouts.base import CheckOptions, Candidate, Judgement, NoRunFindings, RunFound, listdir_names
+from ckptwatch.layouts.base import (CheckOptions, Candidate, Judgement, NoRunFindings, RankFile, RunFound,
+                                    listdir_names)
 from ckptwatch.model import Problem
 from ckptwatch.scan import Entry, display
 
@@ -61,7 +62,7 @@ class DcpRun(NoRunFindings):
         ranks = fc.facts.get("ranks_in_names")
         if ranks is not None:
             j.present_ranks = tuple(ranks)
-            j.facts["describe_rank"] = lambda r: f"__{r}_0.distcp"
+            j.rank_file = RankFile("__{r}_0.distcp")
         if cand.path.endswith(".ckpt"):
             meta = os.path.join(cand.path, "meta.pt")
             if os.path.exists(meta):

@@ -13,8 +13,8 @@ import re
 
 from ckptwatch.filecheck import check_file
 from ckptwatch.formats.jsonfile import read_text
-from ckptwatch.layouts.base import (CheckOptions, Candidate, Judgement, RunFound, listdir_names, missing,
-                                    pointer_hazard)
+from ckptwatch.layouts.base import (CheckOptions, Candidate, Judgement, RankFile, RunFound, listdir_names,
+                                    missing, pointer_hazard)
 from ckptwatch.model import Hazard, Problem, Verdict
 from ckptwatch.scan import Entry, display
 
@@ -108,7 +108,7 @@ def judge_tag_dir(tag_dir: str, opts: CheckOptions) -> Judgement:
         j.present_ranks = tuple(dp_present)
         j.expected_ranks = dp_expected
         prefix = next(iter(prefixes), "")
-        j.facts["describe_rank"] = lambda r: f"{prefix}zero_pp_rank_{r}_mp_rank_00_optim_states.pt"
+        j.rank_file = RankFile(prefix + "zero_pp_rank_{r}_mp_rank_00_optim_states.pt")
         if dp_expected is not None and optim:
             total = len(optim)
             want = dp_expected * mp_world

@@ -15,7 +15,7 @@ from typing import Any
 
 from ckptwatch.filecheck import check_file
 from ckptwatch.formats.jsonfile import read_json
-from ckptwatch.layouts.base import (CheckOptions, Candidate, Judgement, NoRunFindings, RunFound,
+from ckptwatch.layouts.base import (CheckOptions, Candidate, Judgement, NoRunFindings, RankFile, RunFound,
                                     listdir_names, missing)
 from ckptwatch.layouts.deepspeed import is_tag_dir, judge_tag_dir
 from ckptwatch.model import FileCheck, Problem
@@ -185,7 +185,7 @@ class HfTrainer(NoRunFindings):
         for tag, dj in ds_judgements.items():
             j.problems.extend(dj.problems)
             if dj.expected_ranks and dj.present_ranks is not None:
-                describe = dj.facts.get("describe_rank", lambda r: f"rank {r}")
+                describe = dj.rank_file or RankFile("rank {r}")
                 for r in sorted(set(range(dj.expected_ranks)) - set(dj.present_ranks)):
                     f = os.path.join(ckpt, tag, describe(r))
                     j.problems.append(Problem("missing_rank", display(f), f"{display(f)} is missing: DeepSpeed "
@@ -218,8 +218,7 @@ class HfTrainer(NoRunFindings):
                 present = sorted(set(present))
             j.present_ranks = tuple(present)
             j.expected_ranks = world
-            j.facts["describe_rank"] = (lambda r, single=(world == 1): "rng_state.pth" if single
-                                        else f"rng_state_{r}.pth")
+            j.rank_file = RankFile("rng_state.pth" if world == 1 else "rng_state_{r}.pth")
             if world is not None and world > 1 and "rng_state.pth" in rng:
                 j.problems.append(Problem("step_mismatch", display(os.path.join(ckpt, "rng_state.pth")),
                                           f"{shown} has rng_state.pth (one process) but training_args.bin says "
@@ -240,7 +239,6 @@ class HfTrainer(NoRunFindings):
 
         j.facts["adapters"] = adapters
         j.facts["full_weights"] = full
-        j.facts["state"] = state if isinstance(state, dict) else None
         return j
 
     @staticmethod

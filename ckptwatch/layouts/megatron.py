@@ -13,8 +13,8 @@ import re
 
 from ckptwatch.filecheck import check_file
 from ckptwatch.formats.jsonfile import read_json, read_text
-from ckptwatch.layouts.base import (CheckOptions, Candidate, Judgement, RunFound, listdir_names, missing,
-                                    pointer_hazard)
+from ckptwatch.layouts.base import (CheckOptions, Candidate, Judgement, RankFile, RunFound, listdir_names,
+                                    missing, pointer_hazard)
 from ckptwatch.model import Hazard, Problem, Verdict
 from ckptwatch.scan import Entry, display
 
@@ -54,7 +54,7 @@ class Megatron:
         if ranks:
             # Megatron's async writer skips empty buckets, so file names give a lower bound only.
             j.present_ranks = tuple(ranks)
-            j.facts["describe_rank"] = lambda r: f"__{r}_0.distcp"
+            j.rank_file = RankFile("__{r}_0.distcp")
         meta = os.path.join(cand.path, "metadata.json")
         if "metadata.json" in names:
             value, problem = read_json(meta)
@@ -111,8 +111,7 @@ class Megatron:
         j.present_ranks = tuple(sorted(tp + pp * width for tp, pp in present_cells))
         j.expected_ranks = tp_size * pp_size if tp_size and pp_size else None
         pp_known = (pp_size or 1) > 1 or any(pp for _, pp in present_cells)
-        j.facts["describe_rank"] = (lambda r, w=width, p=pp_known:
-                                    f"mp_rank_{r % w:02d}" + (f"_{r // w:03d}" if p else "") + "/model_optim_rng.pt")
+        j.rank_file = RankFile("mp_rank_{tp:02d}" + ("_{pp:03d}" if pp_known else "") + "/model_optim_rng.pt", width)
         return j
 
     def run_findings(self, run: RunFound, verdicts: list[Verdict],

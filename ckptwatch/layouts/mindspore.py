@@ -15,7 +15,7 @@ from collections import defaultdict
 
 from ckptwatch.filecheck import check_file
 from ckptwatch.formats.jsonfile import read_json
-from ckptwatch.layouts.base import CheckOptions, Candidate, Judgement, RunFound, listdir_names
+from ckptwatch.layouts.base import CheckOptions, Candidate, Judgement, RankFile, RunFound, listdir_names
 from ckptwatch.model import Hazard, Problem, Verdict
 from ckptwatch.scan import Entry, display
 
@@ -58,7 +58,8 @@ class MindSpore:
     def judge(self, cand: Candidate, opts: CheckOptions) -> Judgement:
         files: dict[int, str] = cand.data["files"]
         j = Judgement(present_ranks=tuple(sorted(files)), expected_ranks=len(cand.data["ranks"]))
-        j.facts["describe_rank"] = lambda r: os.path.basename(cand.path).replace("_rank_*", f"_rank_{r}")
+        j.rank_file = RankFile(os.path.basename(cand.path).replace("{", "{{").replace("}", "}}")
+                               .replace("_rank_*", "_rank_{r}"))
         cache = cand.data["cache"]
         for rank, path in sorted(files.items()):
             stem = os.path.splitext(path)[0]

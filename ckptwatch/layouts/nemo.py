@@ -11,7 +11,8 @@ import os
 import re
 
 from ckptwatch.formats.jsonfile import read_json
-from ckptwatch.layouts.base import CheckOptions, Candidate, Judgement, NoRunFindings, RunFound, listdir_names
+from ckptwatch.layouts.base import (CheckOptions, Candidate, Judgement, NoRunFindings, RankFile, RunFound,
+                                    listdir_names)
 from ckptwatch.model import Problem
 from ckptwatch.scan import Entry, display
 
@@ -60,7 +61,7 @@ class Nemo(NoRunFindings):
         ranks = fc.facts.get("ranks_in_names")
         if ranks:
             j.present_ranks = tuple(ranks)
-            j.facts["describe_rank"] = lambda r: f"weights/__{r}_0.distcp"
+            j.rank_file = RankFile("weights/__{r}_0.distcp")
         meta = os.path.join(weights, "metadata.json")
         if "metadata.json" not in names:
             j.problems.append(Problem("no_commit_marker", display(meta), f"{display(meta)} is missing: written "

@@ -13,7 +13,8 @@ import re
 from collections import defaultdict
 
 from ckptwatch.filecheck import check_file
-from ckptwatch.layouts.base import CheckOptions, Candidate, Judgement, NoRunFindings, RunFound, listdir_names
+from ckptwatch.layouts.base import (CheckOptions, Candidate, Judgement, NoRunFindings, RankFile, RunFound,
+                                    listdir_names)
 from ckptwatch.model import Problem
 from ckptwatch.scan import Entry, display
 
@@ -54,7 +55,7 @@ class NvrxLocal(NoRunFindings):
     def judge(self, cand: Candidate, opts: CheckOptions) -> Judgement:
         files: dict[int, str] = cand.data["files"]
         j = Judgement(present_ranks=tuple(sorted(files)))
-        j.facts["describe_rank"] = lambda r: f"{r}/iter_{cand.step:07d}_{r}_local.pt"
+        j.rank_file = RankFile("{r}/iter_" + f"{cand.step:07d}" + "_{r}_local.pt")
         for rank, marker in sorted(cand.data["dirty"].items()):
             j.problems.append(Problem("in_progress", display(marker), f"{display(marker)}: rank {rank} is writing "
                                       "this iteration (renamed to _local.pt when done)"))
