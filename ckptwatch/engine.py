@@ -15,7 +15,6 @@ Generic rules applied here, identically for every layout:
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import re
 import threading
@@ -180,8 +179,11 @@ def _judge_all(run: RunFound, cands: list[Candidate],
     """
     global _FORK_JOB
     workers = min(os.cpu_count() or 1, 4)
-    if (len(cands) < PARALLEL_MIN_CHECKPOINTS or workers < 2 or threading.active_count() > 1
-            or "fork" not in multiprocessing.get_all_start_methods()):
+    if len(cands) < PARALLEL_MIN_CHECKPOINTS or workers < 2 or threading.active_count() > 1:
+        return [(c, *_judge_candidate(run, c, opts)) for c in cands]
+    import multiprocessing  # 14 ms of start-up that small runs and `verify` do not need
+
+    if "fork" not in multiprocessing.get_all_start_methods():
         return [(c, *_judge_candidate(run, c, opts)) for c in cands]
     chunks = [list(range(i, len(cands), workers * 4)) for i in range(workers * 4)]
     _FORK_JOB = (run, cands, opts)
