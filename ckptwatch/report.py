@@ -79,25 +79,25 @@ def write_table(reports: list[RootReport], out: TextIO = sys.stdout, *, colour: 
             step = "" if v.step is None else str(v.step)
             out.write(f"  {_short(v.path, r.root):<{width}}  step {step:>8}  {_status(v, colour):<11}  "
                       f"{ranks}{flag}\n")
-            for p in v.problems:
-                out.write(f"      {p.kind}: {p.message}\n")
-            for h in v.hazards:
-                out.write(f"      HAZARD {h.kind}: {h.message}\n")
-            for advice in dict.fromkeys(advice_for(x.kind) for x in [*v.problems, *v.hazards]):
-                if advice:
-                    out.write(f"      -> {advice}\n")
-        for p in r.problems:
-            out.write(f"  run {p.kind}: {p.message}\n")
-        for h in r.hazards:
-            out.write(f"  HAZARD {h.kind}: {h.message}\n")
-        for advice in dict.fromkeys(advice_for(x.kind) for x in [*r.problems, *r.hazards]):
-            if advice:
-                out.write(f"  -> {advice}\n")
+            _write_findings(out, "      ", v.problems, v.hazards)
+        _write_findings(out, "  ", r.problems, r.hazards, problem_label="run ")
         latest = r.latest_resumable or "none: no complete checkpoint"
         out.write(f"  newest resumable: {latest}\n")
     for rr in reports:
         for p in rr.problems:
             out.write(f"{p.kind}: {p.full_message}\n")
+
+
+def _write_findings(out: TextIO, indent: str, problems: tuple[Problem, ...], hazards: tuple[Hazard, ...],
+                    problem_label: str = "") -> None:
+    """Each finding on a line (what, where), then each distinct piece of advice once (what to do)."""
+    for p in problems:
+        out.write(f"{indent}{problem_label}{p.kind}: {p.message}\n")
+    for h in hazards:
+        out.write(f"{indent}HAZARD {h.kind}: {h.message}\n")
+    for advice in dict.fromkeys(advice_for(x.kind) for x in [*problems, *hazards]):
+        if advice:
+            out.write(f"{indent}-> {advice}\n")
 
 
 def _short(path: str, root: str) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -52,11 +53,12 @@ def _pick_crc() -> tuple[str, Callable[..., int], Callable[[int, int, int], int]
 CRC_IMPL, crc32, _crc32_combine, _CRC_RELEASES_GIL = _pick_crc()
 
 
-def run_check(path: str, body: Callable[[int, str, list[Problem], dict[str, Any]], None]) -> FileCheck:
-    """Open ``path``, run ``body(fd, shown, problems, facts)``, and close it again.
+def run_check(path: str, body: Callable[[int, str, int, list[Problem], dict[str, Any]], None]) -> FileCheck:
+    """Open ``path``, check it is a non-empty regular file, run ``body(fd, shown, size, problems, facts)``.
 
     The one place where a reader's structural fault (``FormatError``) or an OS error (the file vanished,
     permission denied, EIO) becomes a finding, so no reader lets an exception escape for bad input.
+    ``facts["size"]`` is set before ``body`` runs.
     """
     shown = display(path)
     try:
@@ -66,7 +68,13 @@ def run_check(path: str, body: Callable[[int, str, list[Problem], dict[str, Any]
     facts: dict[str, Any] = {}
     problems: list[Problem] = []
     try:
-        body(fd, shown, problems, facts)
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise FormatError("bad_header", f"{shown} is not a regular file")
+        facts["size"] = st.st_size
+        if st.st_size == 0:
+            raise FormatError("empty_file", f"{shown} is empty (0 bytes)")
+        body(fd, shown, st.st_size, problems, facts)
     except FormatError as exc:
         problems.append(Problem(exc.kind, shown, exc.message))
     except OSError as exc:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import os
-import stat
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -245,19 +244,13 @@ def check_ms_ckpt(path: str, *, deep: bool = False) -> FileCheck:
     file ends with MindFormers' epoch_num/step_num/global_step/loss_scale tags), ``step`` (global_step or
     step_num value when stored as a small integer tensor, else None), ``size``.
     """
-    return run_check(path, lambda fd, shown, problems, facts: _check(fd, path, shown, deep, problems, facts))
+    return run_check(path, lambda fd, shown, size, problems, facts: _check(fd, path, shown, size, deep, problems,
+                                                                           facts))
 
 
 def _check(
-    fd: int, path: str, shown: str, deep: bool, problems: list[Problem], facts: dict[str, Any]
+    fd: int, path: str, shown: str, size: int, deep: bool, problems: list[Problem], facts: dict[str, Any]
 ) -> None:
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        raise FormatError("bad_header", f"{shown} is not a regular file")
-    size = st.st_size
-    facts["size"] = size
-    if size == 0:
-        raise FormatError("empty_file", f"{shown} is empty (0 bytes)")
     r = _Reader(fd, path)
     end = size
     trailer = os.pread(fd, TRAILER_LEN, size - TRAILER_LEN) if size >= TRAILER_LEN else b""

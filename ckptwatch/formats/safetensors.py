@@ -30,7 +30,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import stat
 from dataclasses import dataclass
 from typing import Any
 
@@ -238,26 +237,20 @@ def check_safetensors(path: str, *, deep: bool = False, scan_values: bool = Fals
     facts: ``tensors`` ({name: TensorInfo}), ``metadata`` (the ``__metadata__`` dict or None),
     ``header_len`` (N), ``data_start`` (8 + N), ``size`` (file size).
     """
-    return run_check(path, lambda fd, shown, problems, facts: _check(
-        fd, path, shown, deep or scan_values, scan_values, problems, facts))
+    return run_check(path, lambda fd, shown, size, problems, facts: _check(
+        fd, path, shown, size, deep or scan_values, scan_values, problems, facts))
 
 
 def _check(
     fd: int,
     path: str,
     shown: str,
+    size: int,
     deep: bool,
     scan_values: bool,
     problems: list[Problem],
     facts: dict[str, Any],
 ) -> None:
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        raise FormatError("bad_header", f"{shown} is not a regular file")
-    size = st.st_size
-    facts["size"] = size
-    if size == 0:
-        raise FormatError("empty_file", f"{shown} is empty (0 bytes)")
     if size < 8:
         raise FormatError("truncated", f"{shown} is {size} bytes, shorter than the 8-byte header length")
     n = int.from_bytes(read_exact_at(fd, 0, 8, path), "little")
@@ -273,7 +266,7 @@ def _check(
             f"{shown} header says {n} bytes, but the file ends at byte {size} "
             f"(the header needs bytes 8..{8 + n})",
         )
-    if n == 0 and _unwritten_from(fd, st, 0, size) == 0:
+    if n == 0 and _unwritten_from(fd, 0, size) == 0:
         raise FormatError(
             "bad_header",
             f"{shown} ({size} bytes) is an unwritten sparse hole from byte 0: the header was never written",
@@ -294,7 +287,7 @@ def _check(
             f"{shown} is {size} bytes, but its header places the last tensor byte "
             f"at {expected} ({size - expected} extra bytes)",
         )
-    hole = _unwritten_from(fd, st, 8 + n, size)
+    hole = _unwritten_from(fd, 8 + n, size)
     if hole is not None:
         problems.append(_zero_filled_problem(shown, tensors, 8 + n, hole, size))
     if deep:
@@ -304,8 +297,9 @@ def _check(
             problems.extend(scan.problems(shown))
 
 
-def _unwritten_from(fd: int, st: os.stat_result, start: int, size: int) -> int | None:
+def _unwritten_from(fd: int, start: int, size: int) -> int | None:
     """Offset where a trailing never-written (sparse) region begins, if ``[start, size)`` ends in one."""
+    st = os.fstat(fd)
     if st.st_blocks * 512 >= size or not hasattr(os, "SEEK_DATA"):
         return None
     pos, last_end = start, start

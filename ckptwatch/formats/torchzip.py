@@ -17,7 +17,6 @@ from __future__ import annotations
 import errno
 import io
 import os
-import stat
 import struct
 import zipfile
 from typing import Any
@@ -118,14 +117,7 @@ def check_torch_file(path: str, *, deep: bool = False, read_pickle: bool = True)
     ``object`` (the walked object graph, for ``pickle_stub.get``), ``storages`` ({key: StorageRef}),
     ``globals`` (frozenset of "module.name"), ``size``.
     """
-    def body(fd: int, shown: str, problems: list[Problem], facts: dict[str, Any]) -> None:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise FormatError("bad_header", f"{shown} is not a regular file")
-        size = st.st_size
-        facts["size"] = size
-        if size == 0:
-            raise FormatError("empty_file", f"{shown} is empty (0 bytes)")
+    def body(fd: int, shown: str, size: int, problems: list[Problem], facts: dict[str, Any]) -> None:
         head = os.pread(fd, 4, 0)
         if head.startswith(ZIP_MAGIC):
             if not (read_pickle or deep) and _fast_directory_check(fd, shown, size, problems, facts):
@@ -154,7 +146,7 @@ def check_torch_window(
     """
     label = label or f"{display(path)}[{offset}:{offset + length}]"
 
-    def body(fd: int, shown: str, problems: list[Problem], facts: dict[str, Any]) -> None:
+    def body(fd: int, shown: str, size: int, problems: list[Problem], facts: dict[str, Any]) -> None:
         head = os.pread(fd, 4, offset) if length >= 4 else b""
         if head != ZIP_MAGIC:
             raise FormatError(
