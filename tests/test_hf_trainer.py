@@ -256,3 +256,31 @@ def test_deep_pass_catches_bit_flip_in_optimizer(artefact) -> None:
     assert verdicts_by_name(_judge(root))["checkpoint-4"].status is Status.COMPLETE
     v = verdicts_by_name(_judge(root, CheckOptions(settle_seconds=0, deep=True)))["checkpoint-4"]
     assert v.status is Status.CORRUPT and "crc_mismatch" in kinds_of(v)
+
+
+class _Payload:
+    """A pickled object whose loading would run a shell command (what a hostile checkpoint holds)."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.target}",))
+
+
+def test_hostile_training_args_never_executed(artefact, tmp_path: Path) -> None:
+    """A training_args.bin whose pickle would create a file is judged through the CLI; the file never appears."""
+    import torch
+
+    root = artefact("hf_full")
+    target = tmp_path / "pwned"
+    args = root / "checkpoint-4" / "training_args.bin"
+    mtime = args.stat().st_mtime
+    torch.save(_Payload(str(target)), args)
+    os.utime(args, (mtime, mtime))
+    out = run_cli("once", "--settle", "0", "--json", str(root))
+    assert "Traceback" not in out.stderr
+    json.loads(out.stdout)
+    assert not target.exists()
+    out = run_cli("verify", "--deep", "--settle", "0", str(args))
+    assert not target.exists() and "Traceback" not in out.stderr
