@@ -1,0 +1,49 @@
+"""The config file: only keys that do something, errors that name the file and the dotted key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ckptwatch.config import load_config
+from ckptwatch.errors import ConfigError
+from tests.helpers import REPO, run_cli
+
+
+def test_example_config_parses() -> None:
+    """config.example.toml is valid and its defaults are the documented ones."""
+    cfg = load_config(str(REPO / "config.example.toml"))
+    assert cfg.service.settle_seconds == 60 and cfg.service.stale_after == 1800
+    assert cfg.watches[0].path == "/data/runs" and cfg.watches[0].layout == "auto"
+
+
+@pytest.mark.parametrize("text,key", [
+    ("[service]\nsettle_secs = 3\n", "service.settle_secs"),
+    ("[service]\nstale_after = \"soon\"\n", "service.stale_after"),
+    ("[[watch]]\nlayout = \"auto\"\n", "watch[0].path"),
+    ("[[watch]]\npath = \"/x\"\nlayout = \"tensorflow\"\n", "watch[0].layout"),
+    ("[[watch]]\npath = \"/x\"\nexpected_ranks = 0\n", "watch[0].expected_ranks"),
+    ("[[watch]]\npath = \"/x\"\nretention = 3\n", "watch[0].retention"),
+    ("[mirror]\nto = \"s3://b\"\n", "mirror"),
+    ("not toml [", "not valid TOML"),
+])
+def test_bad_config_names_file_and_key(tmp_path: Path, text: str, key: str) -> None:
+    """Every config error names the file and the dotted key (or says the TOML is invalid)."""
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(str(p))
+    assert str(p) in str(err.value) and key in str(err.value)
+
+
+def test_once_with_config_uses_watch_settings(tmp_path: Path) -> None:
+    """once --config judges each [[watch]] path; a missing path is exit 2 naming the key."""
+    run = tmp_path / "run"
+    run.mkdir()
+    p = tmp_path / "c.toml"
+    p.write_text(f"[service]\nsettle_seconds = 0\n[[watch]]\npath = \"{run}\"\n")
+    assert run_cli("once", "--config", str(p)).returncode == 0
+    p.write_text(f"[[watch]]\npath = \"{tmp_path / 'nope'}\"\n")
+    out = run_cli("once", "--config", str(p))
+    assert out.returncode == 2 and "watch[0].path" in out.stderr
