@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     latest = sub.add_parser("latest", help="print the newest resumable checkpoint of the run(s) at PATH")
     latest.add_argument("path", metavar="PATH")
     _check_args(latest)
+    run = sub.add_parser("run", help="the long-running service: watch the config's roots, judge settled checkpoints")
+    run.add_argument("--config", required=True, metavar="FILE")
     return parser
 
 
@@ -177,7 +179,17 @@ def cmd_latest(args: argparse.Namespace) -> int:
     return code
 
 
-COMMANDS = {"once": cmd_once, "verify": cmd_verify, "latest": cmd_latest}
+def cmd_run(args: argparse.Namespace) -> int:
+    from ckptwatch.config import load_config
+    from ckptwatch.daemon import Daemon
+
+    config = load_config(args.config)
+    if not config.watches:
+        raise ConfigError(f"{args.config}: watch: at least one [[watch]] table is needed for the service")
+    return Daemon(os.path.abspath(args.config), config).run()
+
+
+COMMANDS = {"once": cmd_once, "verify": cmd_verify, "latest": cmd_latest, "run": cmd_run}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -26,12 +26,16 @@ class WatchConfig:
     path: str
     layout: str = "auto"
     expected_ranks: int | None = None
+    observer: str = "auto"  # auto | inotify | polling (service only)
 
 
 @dataclass(frozen=True)
 class ServiceConfig:
     settle_seconds: float = DEFAULT_SETTLE_SECONDS
     stale_after: float = DEFAULT_STALE_AFTER
+    state_dir: str = ""  # "" = default_state_dir()
+    log_format: str = "auto"  # auto | json | console
+    rescan_seconds: float = 300.0  # full rescan of every root: inotify overflow is not reported
 
 
 @dataclass(frozen=True)
@@ -41,8 +45,8 @@ class Config:
     watches: tuple[WatchConfig, ...]
 
 
-_SERVICE_KEYS = {"settle_seconds", "stale_after"}
-_WATCH_KEYS = {"path", "layout", "expected_ranks"}
+_SERVICE_KEYS = {"settle_seconds", "stale_after", "state_dir", "log_format", "rescan_seconds"}
+_WATCH_KEYS = {"path", "layout", "expected_ranks", "observer"}
 
 
 def load_config(path: str) -> Config:
@@ -81,6 +85,15 @@ def parse_config(raw: dict[str, Any], source: str) -> Config:
         raise fail("service.stale_after", str(exc)) from None
     if stale_s < 0:
         raise fail("service.stale_after", f"must be a duration such as \"30m\", not {stale!r}")
+    state_dir = service_raw.get("state_dir", "")
+    if not isinstance(state_dir, str):
+        raise fail("service.state_dir", "must be a directory path")
+    log_format = service_raw.get("log_format", "auto")
+    if log_format not in ("auto", "json", "console"):
+        raise fail("service.log_format", f"{log_format!r} is not one of auto, json, console")
+    rescan = service_raw.get("rescan_seconds", 300.0)
+    if isinstance(rescan, bool) or not isinstance(rescan, (int, float)) or rescan <= 0:
+        raise fail("service.rescan_seconds", f"must be a number of seconds > 0, not {rescan!r}")
 
     watches_raw = raw.get("watch", [])
     if not isinstance(watches_raw, list) or not all(isinstance(w, dict) for w in watches_raw):
@@ -100,5 +113,9 @@ def parse_config(raw: dict[str, Any], source: str) -> Config:
         ranks = w.get("expected_ranks")
         if ranks is not None and (isinstance(ranks, bool) or not isinstance(ranks, int) or ranks < 1):
             raise fail(f"{where}.expected_ranks", f"must be a whole number >= 1, not {ranks!r}")
-        watches.append(WatchConfig(os.path.expanduser(path), layout, ranks))
-    return Config(source, ServiceConfig(float(settle), stale_s), tuple(watches))
+        observer = w.get("observer", "auto")
+        if observer not in ("auto", "inotify", "polling"):
+            raise fail(f"{where}.observer", f"{observer!r} is not one of auto, inotify, polling")
+        watches.append(WatchConfig(os.path.expanduser(path), layout, ranks, observer))
+    return Config(source, ServiceConfig(float(settle), stale_s, os.path.expanduser(state_dir), log_format,
+                                        float(rescan)), tuple(watches))

@@ -1,0 +1,192 @@
+"""``ckptwatch run``: the long-running driver of the same engine ``once`` uses.
+
+It only adds triggers, memory, signals and health (STYLE.md 6): watches are registered before the
+catch-up scan (so nothing written during the scan is missed), an event marks its root dirty, a root
+is judged once no event touched it for ``settle_seconds``, every root is rescanned on a timer (inotify
+overflow is not reported by watchdog), dead observer threads are restarted, and verdicts go through
+the state store so each change is logged exactly once, across restarts. A fault in one pass is logged
+and the loop goes on: nothing but SIGTERM stops the service.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+
+from ckptwatch.config import Config, WatchConfig, load_config
+from ckptwatch.engine import check_root
+from ckptwatch.errors import ConfigError
+from ckptwatch.layouts.base import CheckOptions
+from ckptwatch.model import Status
+from ckptwatch.notify import Notifier
+from ckptwatch.state import StateStore, default_state_dir
+from ckptwatch.watch import DirtyRoots, Watcher, choose_observer
+
+
+def configure_logging(fmt: str) -> object:
+    """structlog: JSON lines off a TTY (journald), a readable console on one. Returns a logger."""
+    import structlog
+
+    json_out = fmt == "json" or (fmt == "auto" and not sys.stdout.isatty())
+    renderer = structlog.processors.JSONRenderer() if json_out else structlog.dev.ConsoleRenderer()
+    structlog.configure(
+        processors=[structlog.processors.add_log_level, structlog.processors.TimeStamper(fmt="iso", utc=True),
+                    renderer],
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=False,
+    )
+    return structlog.get_logger()
+
+
+@dataclass
+class Daemon:
+    config_path: str
+    config: Config
+    notifier: Notifier = field(default_factory=Notifier.from_env)
+    clock: object = time.time
+
+    def __post_init__(self) -> None:
+        self.log = configure_logging(self.config.service.log_format)
+        state_dir = self.config.service.state_dir or default_state_dir()
+        self.state = StateStore(os.path.join(state_dir, "state.sqlite"))
+        self.dirty = DirtyRoots()
+        self.watchers: dict[str, Watcher] = {}
+        self.stopping = False
+        self.reload_requested = False
+        self.last_summary = ""
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_term)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        self._start_watchers()
+        for w in self.config.watches:  # catch-up: what was written while the service was down
+            self._judge(w)
+        counts = self.state.counts()
+        self.log.info("service_ready", roots=[w.path for w in self.config.watches], checkpoints=counts)
+        self.notifier.send("READY=1", f"STATUS={self._status_line()}")
+        next_rescan = self.clock() + self.config.service.rescan_seconds
+        ping = self.notifier.watchdog_interval()
+        while not self.stopping:
+            if self.reload_requested:
+                self._reload()
+            now = self.clock()
+            for root in self.dirty.take_settled(now, self.config.service.settle_seconds):
+                self._judge(self._watch_for(root))
+            if now >= next_rescan:
+                for w in self.config.watches:
+                    self._judge(w)
+                next_rescan = now + self.config.service.rescan_seconds
+            self._check_watchers()
+            if ping is not None:
+                self.notifier.send("WATCHDOG=1")
+            due = self.dirty.next_due(self.config.service.settle_seconds)
+            wait = min(x for x in (next_rescan - now, (due - now) if due else None, ping, 5.0) if x is not None)
+            self.dirty.wake.wait(timeout=max(0.05, wait))
+            self.dirty.wake.clear()
+        self.notifier.send("STOPPING=1")
+        self.log.info("service_stopping")
+        for w in self.watchers.values():
+            w.stop()
+        self.state.close()
+        return 0
+
+    def _on_term(self, signum: int, frame: object) -> None:
+        self.stopping = True
+        self.dirty.wake.set()
+
+    def _on_hup(self, signum: int, frame: object) -> None:
+        self.reload_requested = True
+        self.dirty.wake.set()
+
+    def _reload(self) -> None:
+        self.reload_requested = False
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            self.log.error("config_reload_failed", error=str(exc), keeping="the previous config")
+            return
+        for w in self.watchers.values():
+            w.stop()
+        self.watchers.clear()
+        self.config = new
+        self._start_watchers()
+        self.log.info("config_reloaded", roots=[w.path for w in new.watches])
+
+    # --- watching ---------------------------------------------------------------------------------
+
+    def _start_watchers(self) -> None:
+        for w in self.config.watches:
+            self._start_watcher(w)
+
+    def _start_watcher(self, w: WatchConfig) -> None:
+        if not os.path.isdir(w.path):
+            if w.path not in self.watchers:
+                self.log.warning("root_missing", root=w.path, action="waiting for it to appear")
+            return
+        kind = choose_observer(w.path, w.observer)
+        watcher = Watcher(w.path, kind, self.dirty, self.clock)
+        try:
+            watcher.start()
+        except OSError as exc:  # inotify watch or instance limit: fall back to polling
+            self.log.warning("observer_fallback", root=w.path, error=str(exc), observer="polling")
+            watcher = Watcher(w.path, "polling", self.dirty, self.clock)
+            watcher.start()
+        self.watchers[w.path] = watcher
+
+    def _check_watchers(self) -> None:
+        for w in self.config.watches:
+            watcher = self.watchers.get(w.path)
+            if watcher is None:
+                if os.path.isdir(w.path):
+                    self._start_watcher(w)
+                    self.dirty.touch(w.path, self.clock())
+                continue
+            if not watcher.alive():
+                self.log.error("observer_died", root=w.path, action="restarted; rescanning the root")
+                del self.watchers[w.path]
+                self._start_watcher(w)
+                self.dirty.touch(w.path, self.clock())
+
+    def _watch_for(self, root: str) -> WatchConfig:
+        return next(w for w in self.config.watches if w.path == root)
+
+    # --- judging ----------------------------------------------------------------------------------
+
+    def _judge(self, w: WatchConfig) -> None:
+        if not os.path.isdir(w.path):
+            return
+        s = self.config.service
+        opts = CheckOptions(settle_seconds=s.settle_seconds, stale_after=s.stale_after,
+                            expected_ranks=w.expected_ranks)
+        now = self.clock()
+        try:
+            report = check_root(w.path, opts, now, layout=w.layout)
+            unsettled = False
+            for run in report.runs:
+                for change in self.state.record(run.root, list(run.checkpoints), now):
+                    v = change.verdict
+                    self.log.info("checkpoint_judged", run=run.root, checkpoint=v.path, step=v.step,
+                                  status=v.status.value, previous=change.previous_status,
+                                  problems=[{"kind": p.kind, "file": p.file, "message": p.full_message}
+                                            for p in v.problems],
+                                  hazards=[{"kind": h.kind, "file": h.file, "message": h.full_message}
+                                           for h in v.hazards])
+                unsettled |= any(v.status is Status.IN_PROGRESS for v in run.checkpoints)
+            if unsettled:  # judge again once it settles, even if no further event arrives
+                self.dirty.touch(w.path, now)
+        except Exception as exc:  # noqa: BLE001 - a fault in one pass never stops the service
+            self.log.error("service_error", root=w.path, error=f"{type(exc).__name__}: {exc}",
+                           action="retrying at the next event or rescan")
+        self.notifier.send(f"STATUS={self._status_line()}")
+
+    def _status_line(self) -> str:
+        counts = self.state.counts()
+        return (f"watching {len(self.config.watches)} roots; {counts.get('complete', 0)} complete, "
+                f"{counts.get('incomplete', 0)} incomplete, {counts.get('corrupt', 0)} corrupt, "
+                f"{counts.get('in_progress', 0)} in progress")

@@ -1,0 +1,92 @@
+"""The service's memory: what it has seen and judged, in sqlite (WAL), surviving ``kill -9``.
+
+Why sqlite: one file in the state dir, atomic commits, and WAL mode lets ``ckptwatch status`` read
+while the service writes. A verdict is recorded once per change (status, problems or hazards), so
+a restart after ``kill -9`` neither re-logs nor (later) re-alerts what was already judged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from dataclasses import dataclass
+
+from ckptwatch.model import Verdict
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS checkpoints (
+    path TEXT PRIMARY KEY,
+    run TEXT NOT NULL,
+    layout TEXT NOT NULL,
+    step INTEGER,
+    status TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,      -- status + problem/hazard kinds and files: what "changed" means
+    problems TEXT NOT NULL,         -- JSON list of {kind, file, message}
+    hazards TEXT NOT NULL,
+    first_seen REAL NOT NULL,
+    judged_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS checkpoints_run ON checkpoints(run);
+"""
+
+
+@dataclass(frozen=True)
+class Change:
+    """A verdict that differs from the one stored (or is the first)."""
+
+    verdict: Verdict
+    run: str
+    previous_status: str | None
+
+
+def _fingerprint(v: Verdict) -> str:
+    return json.dumps([v.status.value, sorted((p.kind, p.file) for p in v.problems),
+                       sorted((h.kind, h.file) for h in v.hazards)])
+
+
+class StateStore:
+    def __init__(self, path: str) -> None:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        self.path = path
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(SCHEMA)
+
+    def record(self, run: str, verdicts: list[Verdict], now: float) -> list[Change]:
+        """Store the verdicts of one run; return those that changed since last time, in one transaction."""
+        changes: list[Change] = []
+        with self._db:
+            self._db.execute("BEGIN")
+            for v in verdicts:
+                row = self._db.execute("SELECT status, fingerprint FROM checkpoints WHERE path = ?",
+                                       (v.path,)).fetchone()
+                fp = _fingerprint(v)
+                problems = json.dumps([{"kind": p.kind, "file": p.file, "message": p.message} for p in v.problems])
+                hazards = json.dumps([{"kind": h.kind, "file": h.file, "message": h.message} for h in v.hazards])
+                if row is None:
+                    self._db.execute(
+                        "INSERT INTO checkpoints VALUES (?,?,?,?,?,?,?,?,?,?)",
+                        (v.path, run, v.layout, v.step, v.status.value, fp, problems, hazards, now, now))
+                    changes.append(Change(v, run, None))
+                elif row[1] != fp:
+                    self._db.execute(
+                        "UPDATE checkpoints SET status=?, fingerprint=?, problems=?, hazards=?, step=?, judged_at=? "
+                        "WHERE path=?", (v.status.value, fp, problems, hazards, v.step, now, v.path))
+                    changes.append(Change(v, run, row[0]))
+        return changes
+
+    def counts(self) -> dict[str, int]:
+        return dict(self._db.execute("SELECT status, COUNT(*) FROM checkpoints GROUP BY status").fetchall())
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def default_state_dir() -> str:
+    """/var/lib/ckptwatch as root (systemd's StateDirectory), else the XDG state dir."""
+    if os.geteuid() == 0:
+        return "/var/lib/ckptwatch"
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return os.path.join(base, "ckptwatch")

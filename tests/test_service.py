@@ -1,0 +1,188 @@
+"""`ckptwatch run` end to end: a real subprocess, a real sd_notify socket, real DCP checkpoints written slowly.
+
+The 4-rank DCP checkpoints come from a real gloo group (the `dcp` builder); the test copies their files
+into the watched root one at a time, as a slow writer would, or stops after three of four shards, as a
+writer that died would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO
+
+pytestmark = pytest.mark.slow
+SETTLE = 2.0
+
+
+class Service:
+    """A `ckptwatch run` child with its JSON-lines log and sd_notify messages collected."""
+
+    def __init__(self, config: Path, notify_path: Path) -> None:
+        self.notify_path = notify_path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        if notify_path.exists():
+            notify_path.unlink()
+        self.sock.bind(str(notify_path))
+        self.sock.settimeout(0.2)
+        self.messages: list[str] = []
+        self.events: list[dict] = []
+        env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "2000000"}
+        env.pop("WATCHDOG_PID", None)
+        self.proc = subprocess.Popen([sys.executable, "-m", "ckptwatch", "run", "--config", str(config)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+        self._threads = [threading.Thread(target=self._read_log, daemon=True),
+                         threading.Thread(target=self._read_notify, daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def _read_log(self) -> None:
+        for line in self.proc.stdout:
+            try:
+                self.events.append(json.loads(line))
+            except json.JSONDecodeError:
+                self.events.append({"event": "unparsed", "line": line})
+
+    def _read_notify(self) -> None:
+        while self.proc.poll() is None or not self.sock._closed:
+            try:
+                self.messages.extend(self.sock.recv(4096).decode().split("\n"))
+            except socket.timeout:
+                if self.proc.poll() is not None:
+                    return
+            except OSError:
+                return
+
+    def wait_for(self, predicate, timeout: float = 30.0, what: str = ""):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = predicate()
+            if found:
+                return found
+            if self.proc.poll() is not None:
+                raise AssertionError(f"service exited {self.proc.returncode} waiting for {what}: "
+                                     f"{self.proc.stderr.read()[-2000:]}")
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what}; events: {self.events[-10:]}")
+
+    def judged(self, name: str) -> list[dict]:
+        return [e for e in self.events if e.get("event") == "checkpoint_judged"
+                and os.path.basename(e.get("checkpoint", "")) == name]
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=30)
+        finally:
+            self.sock.close()
+
+
+def _config(tmp_path: Path, root: Path, extra: str = "") -> Path:
+    cfg = tmp_path / "ckptwatch.toml"
+    cfg.write_text(f'[service]\nsettle_seconds = {SETTLE}\nstale_after = "30m"\nstate_dir = "{tmp_path / "state"}"\n'
+                   f'log_format = "json"\nrescan_seconds = 60\n{extra}\n[[watch]]\npath = "{root}"\n')
+    return cfg
+
+
+def _copy_slowly(src: Path, dest: Path, delay: float, skip: tuple[str, ...] = ()) -> None:
+    dest.mkdir()
+    # data files first, the commit marker last, as DCP writes them
+    files = [f for f in sorted(src.iterdir(), key=lambda p: p.name == ".metadata") if f.name not in skip]
+    for i, f in enumerate(files):
+        if i:
+            time.sleep(delay)
+        shutil.copyfile(f, dest / f.name)
+
+
+def test_service_judges_after_settle_and_survives_kill9(artefact, tmp_path: Path) -> None:
+    """READY/WATCHDOG/STATUS; no verdict while writing; complete after settle; a dead writer's rank named; kill -9 safe."""
+    dcp = artefact("dcp")
+    root = tmp_path / "watched"
+    root.mkdir()
+    cfg = _config(tmp_path, root)
+    svc = Service(cfg, tmp_path / "notify.sock")
+    try:
+        svc.wait_for(lambda: "READY=1" in svc.messages, what="READY=1")
+        assert any(e.get("event") == "service_ready" for e in svc.events)
+
+        _copy_slowly(dcp / "step_100", root / "step_100", delay=0.7)
+        written = time.monotonic()
+        assert not [e for e in svc.judged("step_100") if e["status"] != "in_progress"]
+        done = svc.wait_for(lambda: [e for e in svc.judged("step_100") if e["status"] == "complete"],
+                            timeout=SETTLE + 15, what="step_100 complete")
+        assert time.monotonic() - written >= SETTLE - 0.5
+        assert done[0]["step"] == 100
+
+        _copy_slowly(dcp / "step_200", root / "step_200", delay=0.2, skip=("__3_0.distcp", ".metadata"))
+        bad = svc.wait_for(lambda: [e for e in svc.judged("step_200") if e["status"] == "incomplete"],
+                           timeout=SETTLE + 15, what="step_200 incomplete")
+        messages = " ".join(p["message"] for p in bad[0]["problems"])
+        assert "rank 3 of 4" in messages and "__3_0.distcp" in messages
+
+        svc.wait_for(lambda: "WATCHDOG=1" in svc.messages, what="WATCHDOG=1")
+        status = [m for m in svc.messages if m.startswith("STATUS=")]
+        assert status and "1 complete, 1 incomplete" in status[-1]
+    finally:
+        svc.stop(signal.SIGKILL)
+
+    # Written while the service is down: caught up once; nothing judged before is logged again.
+    shutil.copytree(dcp / "step_300", root / "step_300")
+    old = time.time() - 3600
+    for f in (root / "step_300").iterdir():
+        os.utime(f, (old, old))
+    svc = Service(cfg, tmp_path / "notify.sock")
+    try:
+        svc.wait_for(lambda: "READY=1" in svc.messages, what="READY=1 after restart")
+        judged = [e for e in svc.events if e.get("event") == "checkpoint_judged"]
+        assert [(os.path.basename(e["checkpoint"]), e["status"]) for e in judged] == [("step_300", "complete")]
+    finally:
+        assert svc.stop(signal.SIGTERM) == 0
+    assert any(e.get("event") == "service_stopping" for e in svc.events)
+
+
+def test_sighup_with_bad_config_keeps_running(tmp_path: Path) -> None:
+    """SIGHUP reloads the config; an invalid new config is logged and the old one kept."""
+    root = tmp_path / "watched"
+    root.mkdir()
+    cfg = _config(tmp_path, root)
+    svc = Service(cfg, tmp_path / "notify.sock")
+    try:
+        svc.wait_for(lambda: "READY=1" in svc.messages, what="READY=1")
+        cfg.write_text(cfg.read_text() + "\nbogus = 1\n")
+        svc.proc.send_signal(signal.SIGHUP)
+        failed = svc.wait_for(lambda: [e for e in svc.events if e.get("event") == "config_reload_failed"],
+                              what="config_reload_failed")
+        assert "bogus" in failed[0]["error"]
+        assert svc.proc.poll() is None
+    finally:
+        assert svc.stop(signal.SIGTERM) == 0
+
+
+def test_root_that_appears_later_is_watched(tmp_path: Path) -> None:
+    """A watched root that does not exist at start is waited for, not fatal."""
+    root = tmp_path / "later"
+    svc = Service(_config(tmp_path, root), tmp_path / "notify.sock")
+    try:
+        svc.wait_for(lambda: "READY=1" in svc.messages, what="READY=1")
+        assert any(e.get("event") == "root_missing" for e in svc.events)
+        root.mkdir()
+        from safetensors.numpy import save_file
+        import numpy as np
+
+        save_file({"w": np.ones(4, dtype=np.float32)}, str(root / "model_step_5.safetensors"))
+        svc.wait_for(lambda: [e for e in svc.judged("model_step_5.safetensors") if e["status"] == "complete"],
+                     timeout=SETTLE + 20, what="a file in the late root judged")
+    finally:
+        assert svc.stop(signal.SIGTERM) == 0
