@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     _check_args(latest)
     run = sub.add_parser("run", help="the long-running service: watch the config's roots, judge settled checkpoints")
     run.add_argument("--config", required=True, metavar="FILE")
+    status = sub.add_parser("status", help="what the service knows: per run, newest complete and open problems")
+    status.add_argument("--config", metavar="FILE", help="the service's config (for its state_dir)")
+    status.add_argument("--json", action="store_true")
     return parser
 
 
@@ -189,7 +192,37 @@ def cmd_run(args: argparse.Namespace) -> int:
     return Daemon(os.path.abspath(args.config), config).run()
 
 
-COMMANDS = {"once": cmd_once, "verify": cmd_verify, "latest": cmd_latest, "run": cmd_run}
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from ckptwatch.config import load_config
+    from ckptwatch.state import StateStore, default_state_dir
+
+    state_dir = (load_config(args.config).service.state_dir if args.config else "") or default_state_dir()
+    path = os.path.join(state_dir, "state.sqlite")
+    if not os.path.exists(path):
+        raise UsageError(f"{path}: no service state yet (has `ckptwatch run` started with this state_dir?)")
+    store = StateStore(path, read_only=True)
+    runs = store.runs()
+    store.close()
+    if args.json:
+        json.dump({"version": 1, "state": path, "runs": runs}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        for r in runs:
+            counts = ", ".join(f"{n} {s}" for s, n in sorted(r["counts"].items()))
+            newest = r["newest_complete"]
+            print(f"{r['run']}: {counts}")
+            print(f"  newest complete: {newest['path'] if newest else 'none'}")
+            for o in r["open"]:
+                kinds = ", ".join(p["kind"] for p in o["problems"] + o["hazards"])
+                print(f"  {o['status']}: {o['checkpoint']} ({kinds})")
+        if not runs:
+            print("no checkpoints judged yet")
+    return EXIT_PROBLEMS if any(r["open"] for r in runs) else EXIT_OK
+
+
+COMMANDS = {"once": cmd_once, "verify": cmd_verify, "latest": cmd_latest, "run": cmd_run, "status": cmd_status}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

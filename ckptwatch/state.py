@@ -46,9 +46,12 @@ def _fingerprint(v: Verdict) -> str:
 
 
 class StateStore:
-    def __init__(self, path: str) -> None:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    def __init__(self, path: str, *, read_only: bool = False) -> None:
         self.path = path
+        if read_only:  # `ckptwatch status` beside a running service: never write, never create
+            self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+            return
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -76,6 +79,25 @@ class StateStore:
                         "WHERE path=?", (v.status.value, fp, problems, hazards, v.step, now, v.path))
                     changes.append(Change(v, run, row[0]))
         return changes
+
+    def runs(self) -> list[dict[str, object]]:
+        """Per run: checkpoint counts by status, the newest complete one, and the open problems."""
+        out = []
+        for (run,) in self._db.execute("SELECT DISTINCT run FROM checkpoints ORDER BY run").fetchall():
+            rows = self._db.execute("SELECT path, step, status, problems, hazards, judged_at FROM checkpoints "
+                                    "WHERE run = ? ORDER BY step, path", (run,)).fetchall()
+            counts: dict[str, int] = {}
+            for _, _, status, _, _, _ in rows:
+                counts[status] = counts.get(status, 0) + 1
+            complete = [r for r in rows if r[2] == "complete"]
+            newest = complete[-1] if complete else None
+            open_problems = [{"checkpoint": r[0], "step": r[1], "status": r[2], "problems": json.loads(r[3]),
+                              "hazards": json.loads(r[4])}
+                             for r in rows if r[2] in ("incomplete", "corrupt") or json.loads(r[4])]
+            out.append({"run": run, "counts": counts,
+                        "newest_complete": {"path": newest[0], "step": newest[1]} if newest else None,
+                        "last_judged": max(r[5] for r in rows), "open": open_problems})
+        return out
 
     def counts(self) -> dict[str, int]:
         return dict(self._db.execute("SELECT status, COUNT(*) FROM checkpoints GROUP BY status").fetchall())

@@ -151,6 +151,15 @@ def test_service_judges_after_settle_and_survives_kill9(artefact, tmp_path: Path
         assert svc.stop(signal.SIGTERM) == 0
     assert any(e.get("event") == "service_stopping" for e in svc.events)
 
+    from tests.helpers import run_cli
+
+    out = run_cli("status", "--config", str(cfg), "--json")
+    assert out.returncode == 1, out.stderr  # step_200 is an open problem
+    (run,) = json.loads(out.stdout)["runs"]
+    assert run["counts"] == {"complete": 2, "incomplete": 1}
+    assert run["newest_complete"]["path"].endswith("step_300")
+    assert [os.path.basename(o["checkpoint"]) for o in run["open"]] == ["step_200"]
+
 
 def test_sighup_with_bad_config_keeps_running(tmp_path: Path) -> None:
     """SIGHUP reloads the config; an invalid new config is logged and the old one kept."""
