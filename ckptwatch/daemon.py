@@ -14,16 +14,17 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ckptwatch.config import Config, WatchConfig, load_config
 from ckptwatch.engine import check_root
 from ckptwatch.errors import ConfigError
 from ckptwatch.layouts.base import CheckOptions
-from ckptwatch.model import Status
+from ckptwatch.model import Problem, Status, Verdict
 from ckptwatch.notify import Notifier
 from ckptwatch.state import StateStore, default_state_dir
 from ckptwatch.watch import DirtyRoots, Watcher, choose_observer
+from ckptwatch.writers import open_for_writing
 
 
 def configure_logging(fmt: str) -> object:
@@ -169,7 +170,8 @@ class Daemon:
             report = check_root(w.path, opts, now, layout=w.layout)
             unsettled = False
             for run in report.runs:
-                for change in self.state.record(run.root, list(run.checkpoints), now):
+                verdicts = self._held_open_is_in_progress(w.path, list(run.checkpoints))
+                for change in self.state.record(run.root, verdicts, now):
                     v = change.verdict
                     self.log.info("checkpoint_judged", run=run.root, checkpoint=v.path, step=v.step,
                                   status=v.status.value, previous=change.previous_status,
@@ -177,13 +179,30 @@ class Daemon:
                                             for p in v.problems],
                                   hazards=[{"kind": h.kind, "file": h.file, "message": h.full_message}
                                            for h in v.hazards])
-                unsettled |= any(v.status is Status.IN_PROGRESS for v in run.checkpoints)
+                unsettled |= any(v.status is Status.IN_PROGRESS for v in verdicts)
             if unsettled:  # judge again once it settles, even if no further event arrives
                 self.dirty.touch(w.path, now)
         except Exception as exc:  # noqa: BLE001 - a fault in one pass never stops the service
             self.log.error("service_error", root=w.path, error=f"{type(exc).__name__}: {exc}",
                            action="retrying at the next event or rescan")
         self.notifier.send(f"STATUS={self._status_line()}")
+
+    def _held_open_is_in_progress(self, root: str, verdicts: list[Verdict]) -> list[Verdict]:
+        """A checkpoint with a file some process still holds open for writing has not settled."""
+        if all(v.status is Status.IN_PROGRESS for v in verdicts):
+            return verdicts
+        writing = open_for_writing([root])
+        if not writing:
+            return verdicts
+        out = []
+        for v in verdicts:
+            base = os.path.realpath(v.path).rstrip(os.sep) + os.sep
+            held = sorted(p for p in writing if p.startswith(base) or p == os.path.realpath(v.path))
+            if held and v.status is not Status.IN_PROGRESS:
+                v = replace(v, status=Status.IN_PROGRESS, problems=tuple(
+                    Problem("in_progress", p, f"{p} is open for writing by {writing[p]}") for p in held))
+            out.append(v)
+        return out
 
     def _status_line(self) -> str:
         counts = self.state.counts()

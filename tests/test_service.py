@@ -195,3 +195,32 @@ def test_root_that_appears_later_is_watched(tmp_path: Path) -> None:
                      timeout=SETTLE + 20, what="a file in the late root judged")
     finally:
         assert svc.stop(signal.SIGTERM) == 0
+
+
+def test_file_held_open_for_writing_is_not_judged_final(artefact, tmp_path: Path) -> None:
+    """A settled-looking checkpoint whose shard another process holds open for writing stays in_progress."""
+    dcp = artefact("dcp")
+    root = tmp_path / "watched"
+    root.mkdir()
+    shutil.copytree(dcp / "step_100", root / "step_100")
+    old = time.time() - 3600
+    for f in (root / "step_100").iterdir():
+        os.utime(f, (old, old))
+    shard = root / "step_100" / "__2_0.distcp"
+    holder = subprocess.Popen([sys.executable, "-c", f"import sys, time; f = open({str(shard)!r}, 'ab'); "
+                               "sys.stdout.write('open\\n'); sys.stdout.flush(); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "open\n"
+    svc = Service(_config(tmp_path, root), tmp_path / "notify.sock")
+    try:
+        svc.wait_for(lambda: "READY=1" in svc.messages, what="READY=1")
+        (first,) = svc.judged("step_100")
+        assert first["status"] == "in_progress"
+        assert "open for writing by pid" in first["problems"][0]["message"]
+        holder.kill()
+        holder.wait()
+        svc.wait_for(lambda: [e for e in svc.judged("step_100") if e["status"] == "complete"],
+                     timeout=SETTLE + 20, what="complete once the writer is gone")
+    finally:
+        holder.kill()
+        assert svc.stop(signal.SIGTERM) == 0
