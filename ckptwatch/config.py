@@ -27,6 +27,7 @@ class WatchConfig:
     layout: str = "auto"
     expected_ranks: int | None = None
     observer: str = "auto"  # auto | inotify | polling (service only)
+    latest_good: bool = False  # service keeps a ckptwatch-latest pointer in each run root
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class Config:
 
 
 _SERVICE_KEYS = {"settle_seconds", "stale_after", "state_dir", "log_format", "rescan_seconds"}
-_WATCH_KEYS = {"path", "layout", "expected_ranks", "observer"}
+_WATCH_KEYS = {"path", "layout", "expected_ranks", "observer", "latest_good"}
 
 
 def load_config(path: str) -> Config:
@@ -116,6 +117,9 @@ def parse_config(raw: dict[str, Any], source: str) -> Config:
         observer = w.get("observer", "auto")
         if observer not in ("auto", "inotify", "polling"):
             raise fail(f"{where}.observer", f"{observer!r} is not one of auto, inotify, polling")
-        watches.append(WatchConfig(os.path.expanduser(path), layout, ranks, observer))
+        latest_good = w.get("latest_good", False)
+        if not isinstance(latest_good, bool):
+            raise fail(f"{where}.latest_good", f"must be true or false, not {latest_good!r}")
+        watches.append(WatchConfig(os.path.expanduser(path), layout, ranks, observer, latest_good))
     return Config(source, ServiceConfig(float(settle), stale_s, os.path.expanduser(state_dir), log_format,
                                         float(rescan)), tuple(watches))

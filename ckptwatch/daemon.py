@@ -180,12 +180,30 @@ class Daemon:
                                   hazards=[{"kind": h.kind, "file": h.file, "message": h.full_message}
                                            for h in v.hazards])
                 unsettled |= any(v.status is Status.IN_PROGRESS for v in verdicts)
+                if w.latest_good:
+                    self._update_pointer(run.root, verdicts, run.layout, now)
             if unsettled:  # judge again once it settles, even if no further event arrives
                 self.dirty.touch(w.path, now)
         except Exception as exc:  # noqa: BLE001 - a fault in one pass never stops the service
             self.log.error("service_error", root=w.path, error=f"{type(exc).__name__}: {exc}",
                            action="retrying at the next event or rescan")
         self.notifier.send(f"STATUS={self._status_line()}")
+
+    def _update_pointer(self, run_root: str, verdicts: list[Verdict], layout: str, now: float) -> None:
+        from ckptwatch import pointer
+
+        complete = [v for v in verdicts if v.status is Status.COMPLETE]
+        if not complete or pointer.current(run_root) == complete[-1].path:
+            return
+        newest = complete[-1]
+        try:
+            pointer.update(run_root, newest.path, newest.step, layout, now)
+        except OSError as exc:
+            self.log.error("resume_pointer_failed", run=run_root, checkpoint=newest.path,
+                           error=f"{exc.strerror or exc}", action="retrying at the next judgement; with "
+                           "systemd, add the run root to ReadWritePaths=")
+            return
+        self.log.info("resume_pointer_updated", run=run_root, checkpoint=newest.path, step=newest.step)
 
     def _held_open_is_in_progress(self, root: str, verdicts: list[Verdict]) -> list[Verdict]:
         """A checkpoint with a file some process still holds open for writing has not settled."""

@@ -224,3 +224,30 @@ def test_file_held_open_for_writing_is_not_judged_final(artefact, tmp_path: Path
     finally:
         holder.kill()
         assert svc.stop(signal.SIGTERM) == 0
+
+
+def test_resume_pointer_follows_newest_complete(artefact, tmp_path: Path) -> None:
+    """With latest_good, ckptwatch-latest follows the newest complete checkpoint and skips an incomplete one."""
+    dcp = artefact("dcp")
+    root = tmp_path / "watched"
+    root.mkdir()
+    cfg = _config(tmp_path, root)
+    cfg.write_text(cfg.read_text() + "latest_good = true\n")
+    svc = Service(cfg, tmp_path / "notify.sock")
+    link, doc = root / "ckptwatch-latest", root / "ckptwatch-latest.json"
+    try:
+        svc.wait_for(lambda: "READY=1" in svc.messages, what="READY=1")
+        _copy_slowly(dcp / "step_100", root / "step_100", delay=0.05)
+        svc.wait_for(lambda: link.exists() and os.readlink(link) == "step_100", timeout=SETTLE + 15,
+                     what="pointer at step_100")
+        assert json.loads(doc.read_text())["step"] == 100
+        _copy_slowly(dcp / "step_200", root / "step_200", delay=0.05, skip=("__3_0.distcp", ".metadata"))
+        svc.wait_for(lambda: [e for e in svc.judged("step_200") if e["status"] == "incomplete"],
+                     timeout=SETTLE + 15, what="step_200 incomplete")
+        assert os.readlink(link) == "step_100"
+        _copy_slowly(dcp / "step_300", root / "step_300", delay=0.05)
+        svc.wait_for(lambda: os.readlink(link) == "step_300", timeout=SETTLE + 15, what="pointer at step_300")
+        assert [os.path.basename(e["checkpoint"]) for e in svc.events
+                if e.get("event") == "resume_pointer_updated"] == ["step_100", "step_300"]
+    finally:
+        assert svc.stop(signal.SIGTERM) == 0
