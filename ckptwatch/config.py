@@ -37,6 +37,7 @@ class ServiceConfig:
     state_dir: str = ""  # "" = default_state_dir()
     log_format: str = "auto"  # auto | json | console
     rescan_seconds: float = 300.0  # full rescan of every root: inotify overflow is not reported
+    metrics_port: int = 0  # 0 = off; else a Prometheus endpoint on 127.0.0.1
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ class Config:
     watches: tuple[WatchConfig, ...]
 
 
-_SERVICE_KEYS = {"settle_seconds", "stale_after", "state_dir", "log_format", "rescan_seconds"}
+_SERVICE_KEYS = {"settle_seconds", "stale_after", "state_dir", "log_format", "rescan_seconds", "metrics_port"}
 _WATCH_KEYS = {"path", "layout", "expected_ranks", "observer", "latest_good"}
 
 
@@ -95,6 +96,9 @@ def parse_config(raw: dict[str, Any], source: str) -> Config:
     rescan = service_raw.get("rescan_seconds", 300.0)
     if isinstance(rescan, bool) or not isinstance(rescan, (int, float)) or rescan <= 0:
         raise fail("service.rescan_seconds", f"must be a number of seconds > 0, not {rescan!r}")
+    metrics_port = service_raw.get("metrics_port", 0)
+    if isinstance(metrics_port, bool) or not isinstance(metrics_port, int) or not 0 <= metrics_port <= 65535:
+        raise fail("service.metrics_port", f"must be a TCP port (1-65535) or 0 for off, not {metrics_port!r}")
 
     watches_raw = raw.get("watch", [])
     if not isinstance(watches_raw, list) or not all(isinstance(w, dict) for w in watches_raw):
@@ -122,4 +126,4 @@ def parse_config(raw: dict[str, Any], source: str) -> Config:
             raise fail(f"{where}.latest_good", f"must be true or false, not {latest_good!r}")
         watches.append(WatchConfig(os.path.expanduser(path), layout, ranks, observer, latest_good))
     return Config(source, ServiceConfig(float(settle), stale_s, os.path.expanduser(state_dir), log_format,
-                                        float(rescan)), tuple(watches))
+                                        float(rescan), metrics_port), tuple(watches))

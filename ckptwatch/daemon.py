@@ -57,7 +57,8 @@ class Daemon:
         self.watchers: dict[str, Watcher] = {}
         self.stopping = False
         self.reload_requested = False
-        self.last_summary = ""
+        self.runs: dict[str, object] = {}  # run root -> metrics.RunSnapshot, replaced whole per judgement
+        self.metrics_server = None
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -66,6 +67,7 @@ class Daemon:
         signal.signal(signal.SIGINT, self._on_term)
         signal.signal(signal.SIGHUP, self._on_hup)
         self._start_watchers()
+        self._start_metrics()
         for w in self.config.watches:  # catch-up: what was written while the service was down
             self._judge(w)
         counts = self.state.counts()
@@ -94,8 +96,23 @@ class Daemon:
         self.log.info("service_stopping")
         for w in self.watchers.values():
             w.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
         self.state.close()
         return 0
+
+    def _start_metrics(self) -> None:
+        port = self.config.service.metrics_port
+        if not port:
+            return
+        from ckptwatch.metrics import serve
+
+        try:
+            self.metrics_server = serve(port, lambda: dict(self.runs))
+            self.log.info("metrics_listening", address=f"127.0.0.1:{port}")
+        except OSError as exc:
+            self.log.error("service_error", error=f"metrics endpoint on 127.0.0.1:{port}: {exc.strerror or exc}",
+                           action="running without metrics")
 
     def _on_term(self, signum: int, frame: object) -> None:
         self.stopping = True
@@ -182,6 +199,9 @@ class Daemon:
                 unsettled |= any(v.status is Status.IN_PROGRESS for v in verdicts)
                 if w.latest_good:
                     self._update_pointer(run.root, verdicts, run.layout, now)
+                from ckptwatch.metrics import snapshot
+
+                self.runs = {**self.runs, run.root: snapshot(run)}
             if unsettled:  # judge again once it settles, even if no further event arrives
                 self.dirty.touch(w.path, now)
         except Exception as exc:  # noqa: BLE001 - a fault in one pass never stops the service

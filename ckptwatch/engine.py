@@ -147,7 +147,8 @@ def judge_run(run: RunFound, opts: CheckOptions, now: float, *, only: str | None
         cf = CheckpointFacts(cand.path, step, j.facts.get("adapters") or {}, j.facts.get("full_weights") or [])
         facts.append(cf)
         verdicts.append(Verdict(display(cand.path), step, cand.layout, status_from(problems), ranks,
-                                tuple(_dedupe(problems)), tuple(checkpoint_hazards(cf)), stat.newest_mtime))
+                                tuple(_dedupe(problems)), tuple(checkpoint_hazards(cf)), stat.newest_mtime,
+                                sum(e.size for e in stat.files)))
 
     across = run_hazards(facts)
     verdicts = [_with_hazards(v, across.get(f.path, [])) for v, f in zip(verdicts, facts)]

@@ -122,6 +122,7 @@ class Verdict:
     problems: tuple[Problem, ...] = ()
     hazards: tuple[Hazard, ...] = ()
     newest_mtime: float = 0.0
+    bytes: int = 0  # apparent size of every file of the checkpoint
 
     @property
     def resumable(self) -> bool:

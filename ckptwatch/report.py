@@ -33,7 +33,7 @@ def verdict_json(v: Verdict) -> dict[str, Any]:
                  "source": v.ranks.source or None}
     return {"path": v.path, "step": v.step, "layout": v.layout, "status": v.status.value, "ranks": ranks,
             "problems": [_problem(p) for p in v.problems], "hazards": [_hazard(h) for h in v.hazards],
-            "newest_mtime": v.newest_mtime}
+            "newest_mtime": v.newest_mtime, "bytes": v.bytes}
 
 
 def run_json(r: RunReport) -> dict[str, Any]:

@@ -251,3 +251,36 @@ def test_resume_pointer_follows_newest_complete(artefact, tmp_path: Path) -> Non
                 if e.get("event") == "resume_pointer_updated"] == ["step_100", "step_300"]
     finally:
         assert svc.stop(signal.SIGTERM) == 0
+
+
+def test_metrics_endpoint_on_loopback(artefact, tmp_path: Path) -> None:
+    """With metrics_port set, 127.0.0.1 serves per-run gauges: newest complete step, counts, bytes, age."""
+    import urllib.request
+
+    dcp = artefact("dcp")
+    root = tmp_path / "watched"
+    root.mkdir()
+    for step in ("step_100", "step_200"):
+        shutil.copytree(dcp / step, root / step)
+    (root / "step_200" / ".metadata").unlink()
+    old = time.time() - 3600
+    for f in root.rglob("*"):
+        os.utime(f, (old, old))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = _config(tmp_path, root)
+    cfg.write_text(cfg.read_text().replace("rescan_seconds = 60", f"rescan_seconds = 60\nmetrics_port = {port}"))
+    svc = Service(cfg, tmp_path / "notify.sock")
+    try:
+        svc.wait_for(lambda: "READY=1" in svc.messages, what="READY=1")
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        run = str(root)
+        assert f'ckptwatch_newest_complete_step{{layout="dcp",run="{run}"}} 100.0' in body
+        assert f'ckptwatch_checkpoints{{run="{run}",status="incomplete"}} 1.0' in body
+        age = next(line for line in body.splitlines() if line.startswith("ckptwatch_seconds_since_complete"))
+        assert float(age.split()[-1]) >= 3600
+        size = next(line for line in body.splitlines() if line.startswith("ckptwatch_bytes_on_disk"))
+        assert float(size.split()[-1]) > 0
+    finally:
+        assert svc.stop(signal.SIGTERM) == 0

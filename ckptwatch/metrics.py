@@ -1,0 +1,69 @@
+"""Optional Prometheus endpoint on 127.0.0.1: the per-run gauges a Grafana panel wants.
+
+Off unless ``service.metrics_port`` is set. A custom collector reads the daemon's latest snapshot at
+scrape time, so "seconds since the last complete checkpoint" is always current and nothing is
+recomputed on the service's hot path. Bound to loopback only: the numbers name paths on the box.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+from ckptwatch.model import RunReport, Status
+
+
+@dataclass(frozen=True)
+class RunSnapshot:
+    root: str
+    layout: str
+    newest_complete_step: int | None
+    newest_complete_mtime: float | None
+    counts: dict[str, int]
+    bytes_on_disk: int
+
+
+def snapshot(run: RunReport) -> RunSnapshot:
+    complete = [v for v in run.checkpoints if v.status is Status.COMPLETE]
+    counts = {s.value: sum(1 for v in run.checkpoints if v.status is s) for s in Status}
+    newest = complete[-1] if complete else None
+    return RunSnapshot(run.root, run.layout, newest.step if newest else None,
+                       newest.newest_mtime if newest else None, counts,
+                       sum(v.bytes for v in run.checkpoints))
+
+
+class _Collector:
+    def __init__(self, source) -> None:  # noqa: ANN001 - a callable returning {root: RunSnapshot}
+        self.source = source
+
+    def collect(self) -> Iterator[object]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        runs = list(self.source().values())
+        step = GaugeMetricFamily("ckptwatch_newest_complete_step", "Step of the newest complete checkpoint",
+                                 labels=["run", "layout"])
+        age = GaugeMetricFamily("ckptwatch_seconds_since_complete_checkpoint",
+                                "Seconds since the newest complete checkpoint was written", labels=["run"])
+        count = GaugeMetricFamily("ckptwatch_checkpoints", "Checkpoints by status", labels=["run", "status"])
+        size = GaugeMetricFamily("ckptwatch_bytes_on_disk", "Bytes held by the run's checkpoints", labels=["run"])
+        now = time.time()
+        for r in runs:
+            if r.newest_complete_step is not None:
+                step.add_metric([r.root, r.layout], r.newest_complete_step)
+            if r.newest_complete_mtime is not None:
+                age.add_metric([r.root], max(0.0, now - r.newest_complete_mtime))
+            for status, n in r.counts.items():
+                count.add_metric([r.root, status], n)
+            size.add_metric([r.root], r.bytes_on_disk)
+        yield from (step, age, count, size)
+
+
+def serve(port: int, source) -> object:  # noqa: ANN001
+    """Start the endpoint on 127.0.0.1:``port``; returns the server (``shutdown()`` to stop)."""
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector(source))
+    server, _thread = start_http_server(port, addr="127.0.0.1", registry=registry)
+    return server
