@@ -1,0 +1,77 @@
+"""Daemon health rules, in-process: observer fallback, dead observer restart, a failing pass survives."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from ckptwatch.config import parse_config
+from ckptwatch.daemon import Daemon
+from ckptwatch.notify import Notifier
+from ckptwatch.watch import Watcher
+
+
+def _daemon(tmp_path: Path, observer: str = "inotify") -> Daemon:
+    root = tmp_path / "root"
+    root.mkdir(exist_ok=True)
+    cfg = parse_config({"service": {"state_dir": str(tmp_path / "state"), "log_format": "json",
+                                    "settle_seconds": 0},
+                        "watch": [{"path": str(root), "observer": observer}]}, "test.toml")
+    return Daemon("test.toml", cfg, notifier=Notifier(None))
+
+
+def test_inotify_exhaustion_falls_back_to_polling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When inotify cannot start (watch limit), the root is watched by polling and a warning says so."""
+    real = Watcher.start
+
+    def start(self):
+        if self.kind == "inotify":
+            raise OSError(errno.ENOSPC, "inotify watch limit reached")
+        real(self)
+
+    monkeypatch.setattr(Watcher, "start", start)
+    d = _daemon(tmp_path)
+    with capture_logs() as logs:
+        d._start_watchers()
+    try:
+        (w,) = d.watchers.values()
+        assert w.kind == "polling" and w.alive()
+        assert [e["event"] for e in logs] == ["observer_fallback"]
+    finally:
+        for w in d.watchers.values():
+            w.stop()
+
+
+def test_dead_observer_is_restarted(tmp_path: Path) -> None:
+    """An observer thread that died is reported and replaced, and its root is marked for a rescan."""
+    d = _daemon(tmp_path)
+    d._start_watchers()
+    (w,) = d.watchers.values()
+    w.stop()
+    with capture_logs() as logs:
+        d._check_watchers()
+    try:
+        assert [e["event"] for e in logs] == ["observer_died"]
+        (new,) = d.watchers.values()
+        assert new is not w and new.alive()
+        assert d.dirty.next_due(0) is not None
+    finally:
+        for x in d.watchers.values():
+            x.stop()
+
+
+def test_a_failing_pass_is_logged_not_fatal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unexpected error while judging a root is a service_error log line; the service goes on."""
+    import ckptwatch.daemon as daemon
+
+    def boom(*a, **k):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(daemon, "check_root", boom)
+    d = _daemon(tmp_path)
+    with capture_logs() as logs:
+        d._judge(d.config.watches[0])
+    assert logs[0]["event"] == "service_error" and "disk on fire" in logs[0]["error"]
