@@ -24,3 +24,31 @@ def verdicts_by_name(run: RunReport) -> dict[str, Verdict]:
 
 def kinds_of(v: Verdict) -> set[str]:
     return {p.kind for p in v.problems}
+
+
+def run_as_nobody(fn, *args):
+    """Run ``fn(*args)`` in a forked child with uid/gid nobody (tests run as root); return its result.
+
+    The format readers' permission handling can only be seen by a process that lacks read access.
+    """
+    import pickle
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        try:
+            os.close(r)
+            os.setgid(65534)
+            os.setuid(65534)
+            out = pickle.dumps(("ok", fn(*args)))
+        except BaseException as exc:  # noqa: BLE001 - report anything to the parent
+            out = pickle.dumps(("raised", repr(exc)))
+        os.write(w, out)
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    status, value = pickle.loads(data)
+    assert status == "ok", value
+    return value

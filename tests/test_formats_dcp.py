@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ckptwatch.formats.dcp import check_dcp_dir, rank_of
+from tests.helpers import run_as_nobody
 
 torch = pytest.importorskip("torch")
 meta = pytest.importorskip("torch.distributed.checkpoint.metadata")
@@ -393,21 +394,7 @@ def test_unreadable_metadata(real):
         shutil.copytree(real / "global", d / "ck")
         os.chmod(d / "ck", 0o755)
         os.chmod(d / "ck" / ".metadata", 0)
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                os.setgid(65534)
-                os.setuid(65534)
-                out = pickle.dumps(kinds(check_dcp_dir(str(d / "ck"))))
-            except BaseException as exc:  # noqa: BLE001
-                out = pickle.dumps(repr(exc))
-            os.write(w, out)
-            os._exit(0)
-        os.close(w)
-        with os.fdopen(r, "rb") as f:
-            result = pickle.loads(f.read())
-        os.waitpid(pid, 0)
+        result = kinds(run_as_nobody(check_dcp_dir, str(d / "ck")))
         assert result == ["unreadable"]
     finally:
         shutil.rmtree(d, ignore_errors=True)

@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ckptwatch.formats.mindspore import check_ms_ckpt
+from tests.helpers import run_as_nobody
 
 descriptor_pb2 = pytest.importorskip("google.protobuf.descriptor_pb2")
 from google.protobuf import descriptor_pool, message_factory  # noqa: E402
@@ -263,7 +264,6 @@ def test_vanished_during_read(good, monkeypatch):
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop privileges to nobody")
 def test_mode_0400_file_of_another_user(good):
     """MindSpore chmods checkpoints 0400: another user gets 'unreadable'."""
-    import pickle
     import tempfile
 
     d = Path(tempfile.mkdtemp(prefix="ckptwatch-"))
@@ -272,21 +272,7 @@ def test_mode_0400_file_of_another_user(good):
         p = d / "x.ckpt"
         shutil.copyfile(good, p)
         os.chmod(p, 0o400)
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                os.setgid(65534)
-                os.setuid(65534)
-                out = pickle.dumps(kinds(check_ms_ckpt(str(p))))
-            except BaseException as exc:  # noqa: BLE001
-                out = pickle.dumps(repr(exc))
-            os.write(w, out)
-            os._exit(0)
-        os.close(w)
-        with os.fdopen(r, "rb") as f:
-            result = pickle.loads(f.read())
-        os.waitpid(pid, 0)
+        result = kinds(run_as_nobody(check_ms_ckpt, str(p)))
         assert result == ["unreadable"]
     finally:
         shutil.rmtree(d, ignore_errors=True)

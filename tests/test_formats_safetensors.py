@@ -6,7 +6,6 @@ import errno
 import json
 import math
 import os
-import pickle
 import shutil
 import struct
 import tempfile
@@ -19,6 +18,7 @@ from hypothesis import strategies as st
 
 from ckptwatch.formats import _stream
 from ckptwatch.formats.safetensors import TensorInfo, check_safetensors
+from tests.helpers import run_as_nobody
 
 torch = pytest.importorskip("torch")
 safetensors_torch = pytest.importorskip("safetensors.torch")
@@ -364,29 +364,6 @@ def test_deep_read_surfaces_io_errors(real, monkeypatch):
 
 # --------------------------------------------------------------------------------------------------
 # OS trouble
-
-
-def run_as_nobody(fn, *args):
-    """Run ``fn(*args)`` in a forked child with uid/gid nobody (tests run as root); return its result."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(r)
-            os.setgid(65534)
-            os.setuid(65534)
-            out = pickle.dumps(("ok", fn(*args)))
-        except BaseException as exc:  # noqa: BLE001
-            out = pickle.dumps(("raised", repr(exc)))
-        os.write(w, out)
-        os._exit(0)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        data = f.read()
-    os.waitpid(pid, 0)
-    status, value = pickle.loads(data)
-    assert status == "ok", value
-    return value
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop privileges to nobody")

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from ckptwatch.formats.pickle_stub import StorageRef, get
 from ckptwatch.formats.torchzip import check_torch_file, check_torch_window
+from tests.helpers import run_as_nobody
 
 torch = pytest.importorskip("torch")
 
@@ -313,29 +314,6 @@ def test_windows_of_a_concatenation(real, tmp_path):
 
 # --------------------------------------------------------------------------------------------------
 # OS trouble: unreadable, vanished, I/O errors, odd names
-
-
-def run_as_nobody(fn, *args):
-    """Run ``fn(*args)`` in a forked child with uid/gid nobody (tests run as root); return its result."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        try:
-            os.close(r)
-            os.setgid(65534)
-            os.setuid(65534)
-            out = pickle.dumps(("ok", fn(*args)))
-        except BaseException as exc:  # noqa: BLE001 - report anything to the parent
-            out = pickle.dumps(("raised", repr(exc)))
-        os.write(w, out)
-        os._exit(0)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        data = f.read()
-    os.waitpid(pid, 0)
-    status, value = pickle.loads(data)
-    assert status == "ok", value
-    return value
 
 
 @pytest.fixture
