@@ -58,6 +58,7 @@ class Daemon:
         self.stopping = False
         self.reload_requested = False
         self.runs: dict[str, object] = {}  # run root -> metrics.RunSnapshot, replaced whole per judgement
+        self.caches: dict[str, dict] = {}  # per watched root: unchanged checkpoints are not re-read
         self.metrics_server = None
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -132,6 +133,7 @@ class Daemon:
         for w in self.watchers.values():
             w.stop()
         self.watchers.clear()
+        self.caches.clear()
         self.config = new
         self._start_watchers()
         self.log.info("config_reloaded", roots=[w.path for w in new.watches])
@@ -184,7 +186,7 @@ class Daemon:
                             expected_ranks=w.expected_ranks)
         now = self.clock()
         try:
-            report = check_root(w.path, opts, now, layout=w.layout)
+            report = check_root(w.path, opts, now, layout=w.layout, cache=self.caches.setdefault(w.path, {}))
             unsettled = False
             for run in report.runs:
                 verdicts = self._held_open_is_in_progress(w.path, list(run.checkpoints))

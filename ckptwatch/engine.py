@@ -35,10 +35,24 @@ class RootReport:
     problems: list[Problem]
 
 
-def check_root(root: str, opts: CheckOptions, now: float, *, layout: str = "auto") -> RootReport:
-    """Every run below ``root``, judged."""
+JudgementCache = dict  # checkpoint path -> (file fingerprint, Judgement); owned by one caller
+
+
+def check_root(root: str, opts: CheckOptions, now: float, *, layout: str = "auto",
+               cache: JudgementCache | None = None) -> RootReport:
+    """Every run below ``root``, judged.
+
+    ``cache`` (the service's, one per root): a checkpoint whose files (paths, sizes, mtimes, modes)
+    are unchanged since the last pass reuses its layout judgement, so an event or a rescan of a root
+    with thousands of checkpoints costs a listing and a stat per file, not a re-read of every header.
+    The time rules (settle, stale markers), ranks and hazards are still applied afresh.
+    """
     found = discover(root, layout=layout)
-    runs = [judge_run(run, opts, now) for run in found.runs]
+    runs = [judge_run(run, opts, now, cache=cache) for run in found.runs]
+    if cache is not None:
+        seen = {c.path for run in found.runs for c in run.candidates}
+        for gone in [p for p in cache if p not in seen]:
+            del cache[gone]
     return RootReport(root, runs, found.problems)
 
 
@@ -59,14 +73,23 @@ def _temp_files(stat: TreeStat) -> list[Problem]:
                     "progress (or was killed)") for e in stat.files if TEMP_NAME.match(e.name)]
 
 
-def _judge_candidate(run: RunFound, cand: Candidate, opts: CheckOptions) -> tuple[Judgement, TreeStat]:
+def _judge_candidate(run: RunFound, cand: Candidate, opts: CheckOptions,
+                     cache: JudgementCache | None = None) -> tuple[Judgement, TreeStat]:
     stat = _stat_candidate(run, cand)
     cand.data["tree"] = stat  # layouts that list every file reuse it instead of walking again
+    fingerprint = (tuple((e.path, e.size, e.mtime, e.mode) for e in stat.files), stat.newest_dir_mtime,
+                   stat.problems)
+    if cache is not None:
+        hit = cache.get(cand.path)
+        if hit is not None and hit[0] == fingerprint:
+            return hit[1], stat
     try:
         judgement = run.layout.judge(cand, opts)
     except FileNotFoundError as exc:  # the whole checkpoint vanished between listing and judging
         judgement = Judgement([Problem("deleted", display(cand.path), f"{display(cand.path)} vanished during "
                                        f"the scan ({exc.strerror})")])
+    if cache is not None and not any(p.severity is Severity.TRANSIENT for p in judgement.problems):
+        cache[cand.path] = (fingerprint, judgement)
     return judgement, stat
 
 
@@ -122,7 +145,8 @@ def _apply_time_rules(cand: Candidate, problems: list[Problem], stat: TreeStat, 
     return out
 
 
-def judge_run(run: RunFound, opts: CheckOptions, now: float, *, only: str | None = None) -> RunReport:
+def judge_run(run: RunFound, opts: CheckOptions, now: float, *, only: str | None = None,
+              cache: JudgementCache | None = None) -> RunReport:
     """Judge every candidate of one run, then the run-level rules.
 
     ``only`` (``ckptwatch verify``): judge that candidate with ``opts``, and of its siblings only what
@@ -130,7 +154,9 @@ def judge_run(run: RunFound, opts: CheckOptions, now: float, *, only: str | None
     checkpoints) and, when its own metadata does not record the world size, all of them (ranks).
     """
     cands = sorted(run.candidates, key=lambda c: c.sort_key())
-    if only is None:
+    if cache is not None and only is None:
+        judged = [(c, *_judge_candidate(run, c, opts, cache)) for c in cands]
+    elif only is None:
         judged = _judge_all(run, cands, opts)
     else:
         judged = _judge_for_one(run, cands, only, opts)

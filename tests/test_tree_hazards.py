@@ -186,3 +186,29 @@ def test_large_run_judged_in_workers_matches_serial(tmp_path: Path, monkeypatch:
     bad = [v.step for v in parallel.runs[0].checkpoints if v.status is Status.CORRUPT]
     assert bad == [17, 101, 239]
     assert parallel.runs[0].latest_resumable.endswith("ckpt_step_238.safetensors")
+
+
+def test_judgement_cache_reuses_unchanged_and_rereads_changed(artefact, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a cache, an unchanged checkpoint is not re-read; a changed one is, and its new verdict shows."""
+    root = artefact("hf_full")
+    cache: dict = {}
+    first = check_root(str(root), SETTLED, time.time(), cache=cache)
+    assert len(cache) == 3
+    calls: list[str] = []
+    real = HfTrainer.judge
+
+    def counting(self, cand, opts):
+        calls.append(os.path.basename(cand.path))
+        return real(self, cand, opts)
+
+    monkeypatch.setattr(HfTrainer, "judge", counting)
+    again = check_root(str(root), SETTLED, time.time(), cache=cache)
+    assert calls == [] and again.runs[0].checkpoints == first.runs[0].checkpoints
+    weights = root / "checkpoint-4" / "model.safetensors"
+    os.truncate(weights, weights.stat().st_size - 1)
+    third = check_root(str(root), SETTLED, time.time(), cache=cache)
+    assert calls == ["checkpoint-4"]
+    assert [v.status for v in third.runs[0].checkpoints] == [Status.COMPLETE, Status.CORRUPT, Status.COMPLETE]
+    shutil.rmtree(root / "checkpoint-2")
+    check_root(str(root), SETTLED, time.time(), cache=cache)
+    assert sorted(os.path.basename(p) for p in cache) == ["checkpoint-4", "checkpoint-6"]
