@@ -1,8 +1,8 @@
 """ckptwatch benchmarks: each target as a ratio against a standard tool timed in the same run.
 
-    python -m bench.run                 # all three benchmarks at full size (about 3-4 minutes)
-    python -m bench.run --quick         # small sizes, 3 repeats: a smoke test (under a minute)
-    python -m bench.run --only tree     # one benchmark (tree | header | deep; repeat --only for more)
+    python -m bench.run                 # all four benchmarks at full size (about 7 minutes)
+    python -m bench.run --quick         # small sizes, 3 repeats: a smoke test (about 1.5 minutes)
+    python -m bench.run --only tree     # one benchmark (tree | header | deep | service; --only repeats)
 
 Prints a table (ours, the yardstick, ours / yardstick, the target) and writes ``bench/out/latest.json``
 plus the profiles in ``bench/out/``. See bench/README.md for what each benchmark measures and why.
@@ -417,6 +417,11 @@ def rows(results: dict) -> list[dict]:
             cm = one["cli"]["mb_per_s"]
             add("3 deep", f"CLI verify --deep {kind}, {gib:.2f} GiB", cm, f"{cm:,.0f} MB/s", cat,
                 f"cat {cat:,.0f} MB/s", cm / cat, ">= 0.8 x cat", cm / cat >= 0.8)
+    s = results.get("service")
+    if s:
+        from bench import service
+
+        service.rows(s, add)
     return out
 
 
@@ -458,10 +463,17 @@ def machine() -> dict:
     return info
 
 
+def bench_service(args: argparse.Namespace, work: Path) -> dict:
+    """Benchmark 4, the service (``ckptwatch run``): in ``bench/service.py``."""
+    from bench import service
+
+    return service.bench_service(args, work)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--only", action="append", choices=("tree", "header", "deep"),
-                    help="run only this benchmark (repeatable); default: all three")
+    ap.add_argument("--only", action="append", choices=("tree", "header", "deep", "service"),
+                    help="run only this benchmark (repeatable); default: all four")
     ap.add_argument("--quick", action="store_true",
                     help="small sizes and 3 repeats (100 checkpoints, 1 GB header file, 256 MiB deep files)")
     ap.add_argument("--repeat", type=int, help="timed runs per measurement after 1 warm-up (default 5; --quick 3)")
@@ -471,6 +483,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--header-tensors", type=int, default=1000, help="header: tensor count (default 1000)")
     ap.add_argument("--deep-st-mib", type=int, help="deep: safetensors file size in MiB (default 2048)")
     ap.add_argument("--deep-pt-mib", type=int, help="deep: torch.save file size in MiB (default 1536)")
+    ap.add_argument("--service-samples", type=int,
+                    help="service: checkpoints timed with the inotify observer (default 20; --quick 5)")
+    ap.add_argument("--service-poll-samples", type=int,
+                    help="service: checkpoints timed with the polling observer (default 5; --quick 2)")
+    ap.add_argument("--service-runs", type=int,
+                    help="service: runs of 100 checkpoints x 10 files in the idle tree (default 100 = 100,000 files)")
+    ap.add_argument("--service-idle", type=float, help="service: idle period in seconds (default 30; --quick 10)")
+    ap.add_argument("--service-burst", type=int, help="service: checkpoints in the burst (default 1000; --quick 200)")
+    ap.add_argument("--service-phase", action="append",
+                    choices=("latency_inotify", "latency_polling", "idle", "burst"),
+                    help="service: run only this phase (repeatable; default: all four)")
     ap.add_argument("--workdir", default="/tmp/ckptwatch-bench", help="where generated data goes")
     ap.add_argument("--keep", action="store_true", help="keep the generated tree and big files")
     ap.add_argument("--json", default=str(OUT / "latest.json"), help="where to write the results")
@@ -481,7 +504,12 @@ def main(argv: list[str] | None = None) -> int:
     args.header_gb = args.header_gb or (1.0 if q else 10.0)
     args.deep_st_mib = args.deep_st_mib or (256 if q else 2048)
     args.deep_pt_mib = args.deep_pt_mib or (256 if q else 1536)
-    which = args.only or ["tree", "header", "deep"]
+    args.service_samples = args.service_samples or (5 if q else 20)
+    args.service_poll_samples = args.service_poll_samples or (2 if q else 5)
+    args.service_runs = args.service_runs or (10 if q else 100)
+    args.service_idle = args.service_idle or (10.0 if q else 30.0)
+    args.service_burst = args.service_burst or (200 if q else 1000)
+    which = args.only or ["tree", "header", "deep", "service"]
 
     global PROF
     PROF = Path(args.json).resolve().parent
@@ -496,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         "note": "shared, noisy 2-vCPU VM: medians with min/max; compare ratios, not absolute numbers",
     }
     log(f"running {', '.join(which)} (repeat {args.repeat}) in {work}; load {loadavg()}")
-    funcs = {"tree": bench_tree, "header": bench_header, "deep": bench_deep}
+    funcs = {"tree": bench_tree, "header": bench_header, "deep": bench_deep, "service": bench_service}
     try:
         for name in which:
             t = time.perf_counter()
@@ -513,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
             results.setdefault("elapsed_s", {})[name] = round(time.perf_counter() - t, 1)
     finally:
         if not args.keep:
-            for sub in ("tree", "header", "deep"):
+            for sub in ("tree", "header", "deep", "service"):
                 shutil.rmtree(work / sub, ignore_errors=True)
     ok = {k: v for k, v in results.items() if k in funcs and "error" not in v}
     results["summary"] = rows(ok)
