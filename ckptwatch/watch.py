@@ -75,7 +75,8 @@ class Watcher:
         self.observer = None
 
     def start(self) -> None:
-        from watchdog.events import FileSystemEventHandler
+        from watchdog.events import (DirCreatedEvent, DirDeletedEvent, DirMovedEvent, FileClosedEvent,
+                                     FileCreatedEvent, FileDeletedEvent, FileMovedEvent, FileSystemEventHandler)
         from watchdog.observers import Observer
         from watchdog.observers.polling import PollingObserver
 
@@ -90,7 +91,13 @@ class Watcher:
                     pass
 
         observer = PollingObserver(timeout=self.poll_interval) if self.kind == "polling" else Observer()
-        observer.schedule(Handler(), self.root, recursive=True)
+        # Only what a writer does: create, close after writing, rename, delete. Reads (IN_OPEN,
+        # IN_ACCESS, IN_CLOSE_NOWRITE) and attribute changes (IN_ATTRIB: atime updates caused by our own
+        # reads) would otherwise flood the queue on every pass over a large root; mtimes, the open-files
+        # check and the periodic rescan cover what these events leave out.
+        writer_events = [FileCreatedEvent, DirCreatedEvent, FileClosedEvent, FileMovedEvent, DirMovedEvent,
+                         FileDeletedEvent, DirDeletedEvent]
+        observer.schedule(Handler(), self.root, recursive=True, event_filter=writer_events)
         observer.daemon = True
         observer.start()
         self.observer = observer
