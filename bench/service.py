@@ -12,8 +12,9 @@ Phases (each one its own service, state dir and root):
                    Yardstick: ``inotifywait -m -r -e close_write`` on the same writes.
   latency-polling  the same with observer = "polling", each write at a random phase of the poll.
   idle             a tree of 100 runs x 100 checkpoints x 10 files; time to READY=1, then CPU and RSS of
-                   an idle period, torch/numpy not mapped; then the cost of one full pass (an event
-                   anywhere in a root re-judges the whole root, as the rescan every rescan_seconds does).
+                   an idle period, torch/numpy not mapped; then two new checkpoints, each timing the
+                   full pass it triggers (an event anywhere in a root re-judges the whole root, as the
+                   rescan every rescan_seconds does), its verdict latency and the RSS after it.
                    Yardstick: ``inotifywait -m -r`` on the same tree, over the same idle period.
   burst            K checkpoints written as fast as possible; time until K ``complete`` verdicts, peak
                    RSS, and the exact count (no drops, no duplicates).
@@ -522,39 +523,15 @@ def phase_idle(work: Path, writer: CkptWriter, template: Path, runs: int, idle_s
             f"watchdog overflow warnings; inotifywait {res['inotifywait_idle']['cpu_pct']:.2f} %")
         iw.stop()
         iw = None
-        # One full pass: a new checkpoint in one run makes the whole root dirty (the same pass runs every
-        # rescan_seconds); the pass ends with a STATUS= notification. Bounded wait: a verdict that does
-        # not come within settle + PASS_WAIT s is reported as missing (the rescan would find it later).
-        d = str(root / "run_000" / "checkpoint-101")
-        c0, ovf0 = svc.cpu(), svc.overflow_lines()
-        n_notes = len(svc.notes)
-        w = writer.call(op="ckpt", dir=d, step=101)
-        p: dict = {"checkpoint": d, "wait_limit_s": SETTLE + PASS_WAIT}
-        res["pass"] = p
-        try:
-            t_arr, _ = svc.wait(lambda: next(((t, e) for t, e in svc.events if e.get("event") == "checkpoint_judged"
-                                              and e.get("checkpoint") == d and e.get("status") == "complete"),
-                                              None), SETTLE + PASS_WAIT, f"complete verdict of {d}")
-            t_status = svc.wait(lambda: next((t for t, m in svc.notes[n_notes:]
-                                              if m.startswith("STATUS=") and t >= t_arr), None), 60,
-                                "STATUS= after the pass")
-            time.sleep(0.2)
-            c1 = svc.cpu()
-            p.update({"verdict_over_settle_s": t_arr - w["last_write"] - SETTLE,
-                      "pass_end_over_settle_s": t_status - w["last_write"] - SETTLE, "cpu_s": c1 - c0,
-                      "amortized_rescan_pct": 100 * (c1 - c0) / RESCAN})
-            log(f"service idle: one pass over the tree {p['cpu_s']:.1f} s CPU, verdict at last write + settle "
-                f"+ {p['verdict_over_settle_s']:.1f} s")
-        except TimeoutError:
-            waited = time.time() - w["last_write"]
-            p.update({"verdict_over_settle_s": None, "timed_out": True, "waited_s": waited,
-                      "cpu_s_while_waiting": svc.cpu() - c0,
-                      "cpu_pct_while_waiting": 100 * (svc.cpu() - c0) / waited})
-            log(f"service idle: NO verdict for {d} within {waited:.0f} s of its last write "
-                f"({p['cpu_pct_while_waiting']:.0f} % of a core meanwhile)")
-        p["other_verdicts_first"] = [e.get("status") for _, e in svc.judged(d) if e.get("status") != "complete"]
-        p["watchdog_overflow_warnings"] = svc.overflow_lines() - ovf0
-        p["status"] = proc_status(svc.pid)
+        # Full passes: a new checkpoint in one run makes the whole root dirty (the same pass runs every
+        # rescan_seconds). Two, in different runs, to see whether RSS keeps growing from pass to pass.
+        res["passes"] = []
+        for run_name, step in (("run_000", 101), ("run_050", 101)):
+            p = one_pass(svc, writer, str(root / run_name / f"checkpoint-{step}"), step)
+            res["passes"].append(p)
+            if p.get("timed_out"):
+                break
+        res["pass"] = res["passes"][0]
     finally:
         if iw:
             iw.stop()
@@ -564,6 +541,43 @@ def phase_idle(work: Path, writer: CkptWriter, template: Path, runs: int, idle_s
     # watchdog's overflow handling leaves while it re-adds them (see the README).
     res["valid"] = res.get("catchup_complete") == n and res["service"]["exit_code"] == 0
     return res
+
+
+def one_pass(svc: Service, writer: CkptWriter, d: str, step: int) -> dict:
+    """Write checkpoint ``d`` into the watched tree; time its verdict and the pass it triggers.
+
+    The pass ends with a STATUS= notification. Bounded wait: a verdict that does not come within
+    settle + PASS_WAIT s is reported as missing (the rescan would find it later)."""
+    c0, ovf0 = svc.cpu(), svc.overflow_lines()
+    n_notes = len(svc.notes)
+    w = writer.call(op="ckpt", dir=d, step=step)
+    p: dict = {"checkpoint": d, "wait_limit_s": SETTLE + PASS_WAIT}
+    try:
+        t_arr, _ = svc.wait(lambda: next(((t, e) for t, e in svc.events if e.get("event") == "checkpoint_judged"
+                                          and e.get("checkpoint") == d and e.get("status") == "complete"),
+                                         None), SETTLE + PASS_WAIT, f"complete verdict of {d}")
+        t_status = svc.wait(lambda: next((t for t, m in svc.notes[n_notes:]
+                                          if m.startswith("STATUS=") and t >= t_arr), None), 60,
+                            "STATUS= after the pass")
+        time.sleep(0.2)
+        c1 = svc.cpu()
+        p.update({"verdict_over_settle_s": t_arr - w["last_write"] - SETTLE,
+                  "pass_end_over_settle_s": t_status - w["last_write"] - SETTLE, "cpu_s": c1 - c0,
+                  "amortized_rescan_pct": 100 * (c1 - c0) / RESCAN})
+        log(f"service idle: a pass over the tree {p['cpu_s']:.1f} s CPU, verdict at last write + settle "
+            f"+ {p['verdict_over_settle_s']:.1f} s")
+    except TimeoutError:
+        waited = time.time() - w["last_write"]
+        p.update({"verdict_over_settle_s": None, "timed_out": True, "waited_s": waited,
+                  "cpu_s_while_waiting": svc.cpu() - c0,
+                  "cpu_pct_while_waiting": 100 * (svc.cpu() - c0) / waited})
+        log(f"service idle: NO verdict for {d} within {waited:.0f} s of its last write "
+            f"({p['cpu_pct_while_waiting']:.0f} % of a core meanwhile)")
+    p["other_verdicts_first"] = [e.get("status") for _, e in svc.judged(d) if e.get("status") != "complete"]
+    p["watchdog_overflow_warnings"] = svc.overflow_lines() - ovf0
+    p["status"] = proc_status(svc.pid)
+    log(f"service idle: RSS after the pass {p['status']['VmRSS'] / 1024:.0f} MiB")
+    return p
 
 
 def phase_burst(work: Path, writer: CkptWriter, count: int, res: dict) -> dict:
@@ -717,22 +731,32 @@ def rows(s: dict, add) -> None:
             f"inotifywait -r setup {i['inotifywait_setup_s']:.2f} s; find -printf {i['find']['median']:.2f} s",
             i["catchup_s"] / i["find"]["median"], "(context)", None, "ratio: vs find")
     if "pass" in i:
-        p = i["pass"]
+        ps = i.get("passes") or [i["pass"]]
+        p = ps[0]
+        files = i["tree"]["files"]
         if p.get("timed_out"):
-            add("4 service", "one full pass (each event, each rescan)", None,
+            add("4 service", "a full pass (each event, each rescan)", None,
                 f"no verdict in {p['waited_s']:.0f} s ({p['cpu_pct_while_waiting']:.0f} % of a core meanwhile)",
                 i["find"]["median"], f"find -printf {i['find']['median']:.2f} s", None, "< 1 % idle incl. rescan",
                 False, f"{p['watchdog_overflow_warnings']} watchdog overflow warnings")
-            add("4 service", f"verdict latency - settle in the {i['tree']['files']:,}-file root", None,
+            add("4 service", f"verdict latency - settle in the {files:,}-file root", None,
                 f"none within {p['waited_s']:.0f} s", None, "-", None, "<= 1 s (inotify)", False, "n=1")
         else:
-            add("4 service", "one full pass (each event, each rescan)", p["cpu_s"],
-                f"{p['cpu_s']:.1f} s CPU = {p['amortized_rescan_pct']:.1f} % of a core at rescan {RESCAN:.0f} s",
-                i["find"]["median"], f"find -printf {i['find']['median']:.2f} s", p["cpu_s"] / i["find"]["median"],
-                "< 1 % idle incl. rescan", p["amortized_rescan_pct"] + i["idle"]["cpu_pct"] < 1.0)
-            add("4 service", f"verdict latency - settle in the {i['tree']['files']:,}-file root",
-                p["verdict_over_settle_s"], f"{p['verdict_over_settle_s']:.1f} s", None, "-", None,
-                "<= 1 s (inotify)", p["verdict_over_settle_s"] <= 1.0, "n=1")
+            ok = [x for x in ps if not x.get("timed_out")]
+            cpu = statistics.median(x["cpu_s"] for x in ok)
+            pct_ = 100 * cpu / RESCAN
+            add("4 service", f"a full pass (each event, each rescan), n={len(ok)}", cpu,
+                f"{cpu:.1f} s CPU = {pct_:.1f} % of a core at rescan {RESCAN:.0f} s",
+                i["find"]["median"], f"find -printf {i['find']['median']:.2f} s", cpu / i["find"]["median"],
+                "< 1 % idle incl. rescan", pct_ + i["idle"]["cpu_pct"] < 1.0)
+            lat = [x["verdict_over_settle_s"] for x in ok]
+            add("4 service", f"verdict latency - settle in the {files:,}-file root, n={len(lat)}", max(lat),
+                ", ".join(f"{v:.1f} s" for v in lat), None, "-", None, "<= 1 s (inotify)", max(lat) <= 1.0)
+            rss = [x["status"]["VmRSS"] / 1024 for x in ok]
+            before = i["idle"]["status"]["VmRSS"] / 1024
+            add("4 service", "RSS after each pass (idle before them)", max(rss),
+                " -> ".join(f"{v:.0f}" for v in [before, *rss]) + " MiB", None, "-", None, "< 150 MB",
+                max(rss) * 2**20 < 150e6)
     b = s.get("burst", {})
     if "complete_events" in b:
         n = b["count"]
