@@ -1,9 +1,10 @@
 """``ckptwatch run``: the long-running driver of the same engine ``once`` uses.
 
 It only adds triggers, memory, signals and health (STYLE.md 6): watches are registered before the
-catch-up scan (so nothing written during the scan is missed), an event marks its root dirty, a root
-is judged once no event touched it for ``settle_seconds``, every root is rescanned on a timer (inotify
-overflow is not reported by watchdog), dead observer threads are restarted, and verdicts go through
+catch-up scan (so nothing written during the scan is missed), an event marks its run dirty (or its
+root, when the event is outside every known run), a run is judged once no event touched it for
+``settle_seconds``, every root is rescanned on a timer and judged whole after an inotify overflow
+(which watchdog reports only in its log), dead observer threads are restarted, and verdicts go through
 the state store so each change is logged exactly once, across restarts. A fault in one pass is logged
 and the loop goes on: nothing but SIGTERM stops the service.
 """
@@ -17,13 +18,13 @@ import time
 from dataclasses import dataclass, field, replace
 
 from ckptwatch.config import Config, WatchConfig, load_config
-from ckptwatch.engine import check_root
+from ckptwatch.engine import check_root, check_run_dir
 from ckptwatch.errors import ConfigError
 from ckptwatch.layouts.base import CheckOptions
 from ckptwatch.model import Problem, Status, Verdict
 from ckptwatch.notify import Notifier
 from ckptwatch.state import StateStore, default_state_dir
-from ckptwatch.watch import DirtyRoots, Watcher, choose_observer
+from ckptwatch.watch import OVERFLOW_LIMIT, OVERFLOW_WINDOW_S, DirtyScopes, Watcher, choose_observer, install_overflow_log
 from ckptwatch.writers import open_for_writing
 
 
@@ -53,7 +54,8 @@ class Daemon:
         self.log = configure_logging(self.config.service.log_format)
         state_dir = self.config.service.state_dir or default_state_dir()
         self.state = StateStore(os.path.join(state_dir, "state.sqlite"))
-        self.dirty = DirtyRoots()
+        self.dirty = DirtyScopes()
+        self.overflows: list[tuple[float, str | None]] = []  # appended by watchdog's thread
         self.watchers: dict[str, Watcher] = {}
         self.stopping = False
         self.reload_requested = False
@@ -67,6 +69,7 @@ class Daemon:
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
         signal.signal(signal.SIGHUP, self._on_hup)
+        overflow_log = install_overflow_log(self._on_overflow)
         self._start_watchers()
         self._start_metrics()
         for w in self.config.watches:  # catch-up: what was written while the service was down
@@ -80,12 +83,15 @@ class Daemon:
             if self.reload_requested:
                 self._reload()
             now = self.clock()
-            for root in self.dirty.take_settled(now, self.config.service.settle_seconds):
-                self._judge(self._watch_for(root))
+            for root, scope in self.dirty.take_settled(now, self.config.service.settle_seconds):
+                w = self._watch_for(root)
+                if w is not None:
+                    self._judge(w, scope)
             if now >= next_rescan:
                 for w in self.config.watches:
                     self._judge(w)
                 next_rescan = now + self.config.service.rescan_seconds
+            self._handle_overflows()
             self._check_watchers()
             if ping is not None:
                 self.notifier.send("WATCHDOG=1")
@@ -100,6 +106,8 @@ class Daemon:
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
         self.state.close()
+        for name in ("watchdog.observers.inotify", "watchdog.observers.inotify_c"):
+            __import__("logging").getLogger(name).removeHandler(overflow_log)
         return 0
 
     def _start_metrics(self) -> None:
@@ -173,43 +181,93 @@ class Daemon:
                 self._start_watcher(w)
                 self.dirty.touch(w.path, self.clock())
 
-    def _watch_for(self, root: str) -> WatchConfig:
-        return next(w for w in self.config.watches if w.path == root)
+    def _watch_for(self, root: str) -> WatchConfig | None:
+        return next((w for w in self.config.watches if w.path == root), None)
+
+    def _on_overflow(self, path: str | None) -> None:
+        """Called in watchdog's thread: events were lost, so the root (or every root) is judged whole."""
+        now = self.clock()
+        roots = [w.path for w in self.config.watches
+                 if path is None or path == w.path or path.startswith(w.path.rstrip(os.sep) + os.sep)]
+        for root in roots or [w.path for w in self.config.watches]:
+            self.overflows.append((now, root))
+            self.dirty.touch(root, now)
+
+    def _handle_overflows(self) -> None:
+        """Log each overflow once; a root that keeps overflowing is moved to polling."""
+        if not self.overflows:
+            return
+        now = self.clock()
+        taken, self.overflows = self.overflows, []
+        self._overflow_history = [(t, r) for t, r in [*getattr(self, "_overflow_history", []), *taken]
+                                  if now - t <= OVERFLOW_WINDOW_S]
+        for root in sorted({r for _, r in taken if r}):
+            recent = sum(1 for _, r in self._overflow_history if r == root)
+            self.log.warning("inotify_overflow", root=root, recent=recent,
+                             action="events were lost; judging the whole root again")
+            watcher = self.watchers.get(root)
+            if recent >= OVERFLOW_LIMIT and watcher is not None and watcher.kind == "inotify":
+                self.log.warning("observer_fallback", root=root, observer="polling",
+                                 error=f"inotify queue overflowed {recent} times in {OVERFLOW_WINDOW_S:.0f} s",
+                                 action="raise fs.inotify.max_queued_events (sysctl) above the number of "
+                                        "directories below the root, or set observer = \"polling\" for it")
+                watcher.stop()
+                self.watchers[root] = Watcher(root, "polling", self.dirty, self.clock)
+                self.watchers[root].runs = watcher.runs
+                self.watchers[root].start()
+                self._overflow_history = [(t, r) for t, r in self._overflow_history if r != root]
 
     # --- judging ----------------------------------------------------------------------------------
 
-    def _judge(self, w: WatchConfig) -> None:
+    def _judge(self, w: WatchConfig, scope: str | None = None) -> None:
+        """One pass over a run (``scope``) or, when the run is unknown or gone, the whole watched root."""
         if not os.path.isdir(w.path):
             return
         s = self.config.service
         opts = CheckOptions(settle_seconds=s.settle_seconds, stale_after=s.stale_after,
-                            expected_ranks=w.expected_ranks)
+                            expected_ranks=w.expected_ranks, second_look=True)
         now = self.clock()
         try:
-            report = check_root(w.path, opts, now, layout=w.layout, cache=self.caches.setdefault(w.path, {}))
-            unsettled = False
-            for run in report.runs:
-                verdicts = self._held_open_is_in_progress(w.path, list(run.checkpoints))
-                for change in self.state.record(run.root, verdicts, now):
-                    v = change.verdict
-                    self.log.info("checkpoint_judged", run=run.root, checkpoint=v.path, step=v.step,
-                                  status=v.status.value, previous=change.previous_status,
-                                  problems=[{"kind": p.kind, "file": p.file, "message": p.full_message}
-                                            for p in v.problems],
-                                  hazards=[{"kind": h.kind, "file": h.file, "message": h.full_message}
-                                           for h in v.hazards])
-                unsettled |= any(v.status is Status.IN_PROGRESS for v in verdicts)
-                if w.latest_good:
-                    self._update_pointer(run.root, verdicts, run.layout, now)
-                from ckptwatch.metrics import snapshot
-
-                self.runs = {**self.runs, run.root: snapshot(run)}
-            if unsettled:  # judge again once it settles, even if no further event arrives
-                self.dirty.touch(w.path, now)
+            cache = self.caches.setdefault(w.path, {})
+            runs = None
+            if scope and scope != w.path:
+                runs = check_run_dir(scope, opts, now, layout=w.layout, cache=cache)
+            if runs is None:
+                runs = check_root(w.path, opts, now, layout=w.layout, cache=cache).runs
+                watcher = self.watchers.get(w.path)
+                if watcher is not None:
+                    watcher.runs = frozenset(r.root for r in runs)
+            self._record(w, runs, now)
         except Exception as exc:  # noqa: BLE001 - a fault in one pass never stops the service
             self.log.error("service_error", root=w.path, error=f"{type(exc).__name__}: {exc}",
                            action="retrying at the next event or rescan")
         self.notifier.send(f"STATUS={self._status_line()}")
+
+    def _record(self, w: WatchConfig, runs: list, now: float) -> None:
+        from ckptwatch.metrics import snapshot
+
+        writing: dict[str, str] | None = None  # the open-files sweep, at most once per pass
+        unsettled = False
+        for run in runs:
+            verdicts = list(run.checkpoints)
+            about_to_change = self.state.changed_paths(verdicts)
+            if any(v.path in about_to_change and v.status is not Status.IN_PROGRESS for v in verdicts):
+                if writing is None:
+                    writing = open_for_writing([w.path])
+                verdicts = held_open_is_in_progress(verdicts, writing)
+            for change in self.state.record(run.root, verdicts, now):
+                v = change.verdict
+                self.log.info("checkpoint_judged", run=run.root, checkpoint=v.path, step=v.step,
+                              status=v.status.value, previous=change.previous_status,
+                              problems=[{"kind": p.kind, "file": p.file, "message": p.full_message}
+                                        for p in v.problems],
+                              hazards=[{"kind": h.kind, "file": h.file, "message": h.full_message}
+                                       for h in v.hazards])
+            if any(v.status is Status.IN_PROGRESS for v in verdicts):  # judge again once it settles
+                self.dirty.touch(w.path, now, run.root)
+            if w.latest_good:
+                self._update_pointer(run.root, verdicts, run.layout, now)
+            self.runs = {**self.runs, run.root: snapshot(run)}
 
     def _update_pointer(self, run_root: str, verdicts: list[Verdict], layout: str, now: float) -> None:
         from ckptwatch import pointer
@@ -227,25 +285,23 @@ class Daemon:
             return
         self.log.info("resume_pointer_updated", run=run_root, checkpoint=newest.path, step=newest.step)
 
-    def _held_open_is_in_progress(self, root: str, verdicts: list[Verdict]) -> list[Verdict]:
-        """A checkpoint with a file some process still holds open for writing has not settled."""
-        if all(v.status is Status.IN_PROGRESS for v in verdicts):
-            return verdicts
-        writing = open_for_writing([root])
-        if not writing:
-            return verdicts
-        out = []
-        for v in verdicts:
-            base = os.path.realpath(v.path).rstrip(os.sep) + os.sep
-            held = sorted(p for p in writing if p.startswith(base) or p == os.path.realpath(v.path))
-            if held and v.status is not Status.IN_PROGRESS:
-                v = replace(v, status=Status.IN_PROGRESS, problems=tuple(
-                    Problem("in_progress", p, f"{p} is open for writing by {writing[p]}") for p in held))
-            out.append(v)
-        return out
-
     def _status_line(self) -> str:
         counts = self.state.counts()
         return (f"watching {len(self.config.watches)} roots; {counts.get('complete', 0)} complete, "
                 f"{counts.get('incomplete', 0)} incomplete, {counts.get('corrupt', 0)} corrupt, "
                 f"{counts.get('in_progress', 0)} in progress")
+
+
+def held_open_is_in_progress(verdicts: list[Verdict], writing: dict[str, str]) -> list[Verdict]:
+    """A checkpoint with a file some process still holds open for writing has not settled."""
+    if not writing:
+        return verdicts
+    out = []
+    for v in verdicts:
+        base = os.path.realpath(v.path).rstrip(os.sep) + os.sep
+        held = sorted(p for p in writing if p.startswith(base) or p == os.path.realpath(v.path))
+        if held and v.status is not Status.IN_PROGRESS:
+            v = replace(v, status=Status.IN_PROGRESS, problems=tuple(
+                Problem("in_progress", p, f"{p} is open for writing by {writing[p]}") for p in held))
+        out.append(v)
+    return out

@@ -56,6 +56,27 @@ def check_root(root: str, opts: CheckOptions, now: float, *, layout: str = "auto
     return RootReport(root, runs, found.problems)
 
 
+def check_run_dir(run_root: str, opts: CheckOptions, now: float, *, layout: str = "auto",
+                  cache: JudgementCache | None = None) -> list[RunReport] | None:
+    """The runs found at ``run_root`` (one known run of a watched root), judged; None if it is no run now.
+
+    The service's per-run pass: discovery starts at the run's own directory, which the layouts
+    recognise exactly as they do when walking down from the watched root, so the verdicts are the
+    same as a whole-root pass gives, at the cost of one run's listing. ``None`` (the run was deleted
+    or no longer looks like one) tells the caller to fall back to the whole root.
+    """
+    found = discover(run_root, layout=layout)
+    if not any(os.path.normpath(r.root) == os.path.normpath(run_root) for r in found.runs):
+        return None
+    reports = [judge_run(run, opts, now, cache=cache) for run in found.runs]
+    if cache is not None:
+        seen = {c.path for run in found.runs for c in run.candidates}
+        base = run_root.rstrip(os.sep) + os.sep
+        for gone in [p for p in cache if p.startswith(base) and p not in seen]:
+            del cache[gone]
+    return reports
+
+
 TEMP_NAME = re.compile(r"^\.tmp[A-Za-z0-9_]{6,}$|^.+\.(safetensors|pt|pth|bin|ckpt|json)\.tmp[A-Za-z0-9_]*$")
 
 
@@ -73,12 +94,17 @@ def _temp_files(stat: TreeStat) -> list[Problem]:
                     "progress (or was killed)") for e in stat.files if TEMP_NAME.match(e.name)]
 
 
+def _fingerprint(stat: TreeStat) -> tuple:
+    """What must be unchanged for an earlier judgement to still hold (and for two looks to agree)."""
+    return (tuple((e.path, e.size, e.mtime, e.mode, e.ino, e.ctime) for e in stat.files), stat.newest_dir_mtime,
+            stat.problems)
+
+
 def _judge_candidate(run: RunFound, cand: Candidate, opts: CheckOptions,
                      cache: JudgementCache | None = None) -> tuple[Judgement, TreeStat]:
     stat = _stat_candidate(run, cand)
     cand.data["tree"] = stat  # layouts that list every file reuse it instead of walking again
-    fingerprint = (tuple((e.path, e.size, e.mtime, e.mode) for e in stat.files), stat.newest_dir_mtime,
-                   stat.problems)
+    fingerprint = _fingerprint(stat)
     if cache is not None:
         hit = cache.get(cand.path)
         if hit is not None and hit[0] == fingerprint:
@@ -88,9 +114,28 @@ def _judge_candidate(run: RunFound, cand: Candidate, opts: CheckOptions,
     except FileNotFoundError as exc:  # the whole checkpoint vanished between listing and judging
         judgement = Judgement([Problem("deleted", display(cand.path), f"{display(cand.path)} vanished during "
                                        f"the scan ({exc.strerror})")])
+    if opts.second_look and not any(p.severity is Severity.TRANSIENT for p in judgement.problems):
+        again = _stat_candidate(run, cand)
+        if _fingerprint(again) != fingerprint:
+            changed = _changed_files(stat, again)
+            judgement = Judgement([Problem("in_progress", display(cand.path),
+                                           f"{display(cand.path)} changed while it was being checked "
+                                           f"({changed}): a save is still in progress")])
+            stat = again
     if cache is not None and not any(p.severity is Severity.TRANSIENT for p in judgement.problems):
         cache[cand.path] = (fingerprint, judgement)
     return judgement, stat
+
+
+def _changed_files(before: TreeStat, after: TreeStat) -> str:
+    """A short account of what differs between two looks, for the in_progress message."""
+    old = {e.path: (e.size, e.mtime, e.ino, e.ctime) for e in before.files}
+    new = {e.path: (e.size, e.mtime, e.ino, e.ctime) for e in after.files}
+    diff = sorted(p for p in old.keys() | new.keys() if old.get(p) != new.get(p))
+    if not diff:
+        return "a directory changed"
+    names = ", ".join(display(p) for p in diff[:3])
+    return names + (f" and {len(diff) - 3} more" if len(diff) > 3 else "")
 
 
 def _rank_facts(cand: Candidate, j: Judgement, widest: int, opts: CheckOptions) -> tuple[Ranks | None, list[Problem]]:

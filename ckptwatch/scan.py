@@ -27,6 +27,8 @@ class Entry:
     size: int
     mtime: float
     mode: int
+    ino: int = 0  # with ctime: a file replaced by one of the same size and mtime (rsync -t, cp -p) still differs
+    ctime: float = 0.0
 
 
 def list_dir(path: str) -> tuple[list[Entry], list[Problem]]:
@@ -56,7 +58,7 @@ def list_dir(path: str) -> tuple[list[Entry], list[Problem]]:
                 problems.append(problem_from_oserror(display(de.path), exc))
             continue
         entries.append(Entry(de.name, de.path, stat.S_ISDIR(st.st_mode), stat.S_ISREG(st.st_mode), is_link,
-                             st.st_size, st.st_mtime, st.st_mode))
+                             st.st_size, st.st_mtime, st.st_mode, st.st_ino, st.st_ctime))
     entries.sort(key=lambda e: e.name)
     return entries, problems
 
@@ -101,7 +103,8 @@ def tree(path: str, root: str) -> TreeStat:
         return TreeStat((), (problem_from_oserror(display(path), exc),))
     if not stat.S_ISDIR(st.st_mode):
         return TreeStat((Entry(os.path.basename(path), path, False, stat.S_ISREG(st.st_mode),
-                               os.path.islink(path), st.st_size, st.st_mtime, st.st_mode),), ())
+                               os.path.islink(path), st.st_size, st.st_mtime, st.st_mode, st.st_ino,
+                               st.st_ctime),), ())
     stack = [path]
     newest_dir = st.st_mtime
     while stack:

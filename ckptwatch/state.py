@@ -80,6 +80,15 @@ class StateStore:
                     changes.append(Change(v, run, row[0]))
         return changes
 
+    def changed_paths(self, verdicts: list[Verdict]) -> set[str]:
+        """Paths whose verdict differs from the stored one (or is new): what ``record`` would report."""
+        out = set()
+        for v in verdicts:
+            row = self._db.execute("SELECT fingerprint FROM checkpoints WHERE path = ?", (v.path,)).fetchone()
+            if row is None or row[0] != _fingerprint(v):
+                out.add(v.path)
+        return out
+
     def runs(self) -> list[dict[str, object]]:
         """Per run: checkpoint counts by status, the newest complete one, and the open problems."""
         out = []

@@ -1,13 +1,14 @@
-"""watchdog adapter: filesystem events become "this root is dirty", nothing more.
+"""watchdog adapter: filesystem events become "this run (or this root) is dirty", nothing more.
 
 Events are hints, the scan is the truth (STYLE.md 7): the handler only notes the time of the last
-event per root, in O(1) inside try/except (an exception in a watchdog handler silently kills the
+event per run, in O(1) inside try/except (an exception in a watchdog handler silently kills the
 observer thread). inotify on local filesystems; polling where inotify does not see other nodes'
 writes (network and fuse filesystems), chosen from the mount table and overridable per watch.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from dataclasses import dataclass, field
@@ -41,24 +42,35 @@ def choose_observer(path: str, override: str) -> str:
 
 
 @dataclass
-class DirtyRoots:
-    """Roots touched by events, with the time of their last event. Thread-safe; the handler only writes."""
+class DirtyScopes:
+    """What events touched, with the time of the last event: a run root, or a whole watched root.
 
-    _last: dict[str, float] = field(default_factory=dict)
+    Debounce is per run (the issue's rule): an event inside a known run makes only that run due, so
+    a checkpoint written into one run of a 100,000-file root is judged by listing that run, not the
+    root. An event the index cannot place (a new run dir, a file beside the runs) makes the whole
+    watched root due. Thread-safe; the watchdog handler only calls :meth:`touch`.
+    """
+
+    _last: dict[tuple[str, str], float] = field(default_factory=dict)  # (watch root, scope) -> last event
     _lock: threading.Lock = field(default_factory=threading.Lock)
     wake: threading.Event = field(default_factory=threading.Event)
 
-    def touch(self, root: str, when: float) -> None:
+    def touch(self, root: str, when: float, scope: str | None = None) -> None:
         with self._lock:
-            self._last[root] = when
+            self._last[(root, scope or root)] = when
         self.wake.set()
 
-    def take_settled(self, now: float, quiet: float) -> list[str]:
-        """Roots with no event for ``quiet`` seconds, removed from the set."""
+    def take_settled(self, now: float, quiet: float) -> list[tuple[str, str]]:
+        """(watch root, scope) pairs with no event for ``quiet`` seconds, removed from the set.
+
+        A due whole-root scope also takes that root's due run scopes: the root pass judges them.
+        """
         with self._lock:
-            ready = [r for r, t in self._last.items() if now - t >= quiet]
-            for r in ready:
-                del self._last[r]
+            ready = [k for k, t in self._last.items() if now - t >= quiet]
+            whole = {r for r, scope in ready if scope == r}
+            ready = [(r, scope) for r, scope in ready if scope == r or r not in whole]
+            for k in [k for k, t in self._last.items() if now - t >= quiet]:
+                del self._last[k]
         return ready
 
     def next_due(self, quiet: float) -> float | None:
@@ -66,13 +78,65 @@ class DirtyRoots:
             return min(self._last.values()) + quiet if self._last else None
 
 
+def scope_of(path: str, root: str, runs: frozenset[str]) -> str:
+    """The known run whose tree holds ``path``, else ``root`` (judge the whole watched root).
+
+    Walks up from the event path: O(depth) set lookups, cheap enough for the watchdog thread.
+    """
+    d = path
+    while True:
+        if d in runs:
+            return d
+        if d == root or len(d) <= len(root):
+            return root
+        parent = os.path.dirname(d)
+        if parent == d:
+            return root
+        d = parent
+
+
+OVERFLOW_WINDOW_S = 300.0
+OVERFLOW_LIMIT = 3  # overflows of one root within the window before it is moved to polling
+
+
+class OverflowLog(logging.Handler):
+    """watchdog reports an inotify queue overflow only through its logger; turn that into a signal.
+
+    After an overflow events were lost, so the root is judged whole (``on_overflow``). watchdog then
+    rebuilds every watch, which on a tree of more directories than ``fs.inotify.max_queued_events``
+    (16,384 by default) can overflow again, for ever; the daemon moves such a root to polling.
+    """
+
+    def __init__(self, on_overflow) -> None:  # noqa: ANN001 - callable(path_or_None)
+        super().__init__(level=logging.WARNING)
+        self.on_overflow = on_overflow
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            if "overflow" in str(record.msg).lower():
+                path = record.args[0] if isinstance(record.args, tuple) and record.args else None
+                self.on_overflow(path if isinstance(path, str) else None)
+        except Exception:  # noqa: BLE001 - never raise inside watchdog's thread
+            pass
+
+
+def install_overflow_log(on_overflow) -> OverflowLog:  # noqa: ANN001
+    handler = OverflowLog(on_overflow)
+    for name in ("watchdog.observers.inotify", "watchdog.observers.inotify_c"):
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.propagate = False  # the service logs the overflow itself, as structured JSON
+    return handler
+
+
 class Watcher:
     """One watchdog observer per watched root; restartable when its thread dies."""
 
-    def __init__(self, root: str, kind: str, dirty: DirtyRoots, clock, poll_interval: float = 5.0) -> None:
+    def __init__(self, root: str, kind: str, dirty: DirtyScopes, clock, poll_interval: float = 5.0) -> None:
         self.root, self.kind, self.dirty, self.clock = root, kind, dirty, clock
         self.poll_interval = poll_interval
         self.observer = None
+        self.runs: frozenset[str] = frozenset()  # run roots known below root; replaced whole after each pass
 
     def start(self) -> None:
         from watchdog.events import (DirCreatedEvent, DirDeletedEvent, DirMovedEvent, FileClosedEvent,
@@ -85,8 +149,13 @@ class Watcher:
         class Handler(FileSystemEventHandler):
             def on_any_event(self, event) -> None:  # noqa: ANN001 - watchdog's type
                 try:
-                    if event.event_type not in ("opened", "closed_no_write"):
-                        watcher.dirty.touch(watcher.root, watcher.clock())
+                    if event.event_type in ("opened", "closed_no_write"):
+                        return
+                    now, runs = watcher.clock(), watcher.runs
+                    for path in (event.src_path, getattr(event, "dest_path", "")):
+                        if path:
+                            path = os.fsdecode(path)
+                            watcher.dirty.touch(watcher.root, now, scope_of(path, watcher.root, runs))
                 except Exception:  # noqa: BLE001 - never let the observer thread die
                     pass
 

@@ -3,8 +3,8 @@
 Why: a writer that pauses longer than ``settle_seconds`` between two writes (a slow network disk, a
 rank waiting at a barrier) leaves a checkpoint that looks settled by mtimes. A file still open for
 writing says otherwise. Cost, measured on this project's machine: psutil's ``open_files()`` over all
-~80 processes takes about 4 ms in-process; it is run once per judged root, only when a verdict is
-about to become final, and stops after ``budget_seconds``. Limits: an unprivileged service sees only
+~80 processes takes 4-10 ms in-process; the service runs it at most once per pass, only when some
+verdict is about to change, and it stops after ``budget_seconds``. Limits: an unprivileged service sees only
 its own user's processes (and none under systemd's ``ProtectProc=invisible``), and writers on other
 nodes of a shared filesystem are invisible; the mtime rule still applies to those.
 """

@@ -27,6 +27,10 @@ class CheckOptions:
     settle_seconds: float = 60.0
     stale_after: float = 1800.0
     expected_ranks: int | None = None
+    # The service looks twice: file sizes, mtimes and inodes are listed again after the files were read,
+    # and a checkpoint whose files changed in between is in_progress (a writer that keeps old mtimes,
+    # e.g. rsync -t or cp -p, defeats the settle rule alone).
+    second_look: bool = False
 
 
 @dataclass
