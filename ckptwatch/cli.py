@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     _check_args(latest)
     run = sub.add_parser("run", help="the long-running service: watch the config's roots, judge settled checkpoints")
     run.add_argument("--config", required=True, metavar="FILE")
+    config = sub.add_parser("config", help="config file tools")
+    config_sub = config.add_subparsers(dest="config_command", required=True, parser_class=_Parser)
+    check = config_sub.add_parser("check", help="validate a config file and say what the service would do with it")
+    check.add_argument("file", metavar="FILE")
     status = sub.add_parser("status", help="what the service knows: per run, newest complete and open problems")
     status.add_argument("--config", metavar="FILE", help="the service's config (for its state_dir)")
     status.add_argument("--json", action="store_true")
@@ -192,6 +196,44 @@ def cmd_run(args: argparse.Namespace) -> int:
     return Daemon(os.path.abspath(args.config), config).run()
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    """``config check FILE``: errors exit 2 naming the key; warnings are what would surprise at run time."""
+    from ckptwatch.config import load_config
+    from ckptwatch.state import default_state_dir
+    from ckptwatch.watch import choose_observer, filesystem_type
+
+    config = load_config(args.file)
+    warnings: list[str] = []
+    state_dir = config.service.state_dir or default_state_dir()
+    print(f"{args.file}: valid")
+    print(f"  state: {os.path.join(state_dir, 'state.sqlite')}")
+    probe = state_dir
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    if not os.access(probe, os.W_OK):
+        warnings.append(f"service.state_dir: {state_dir} is not writable by this user (under systemd, "
+                        "StateDirectory=ckptwatch provides /var/lib/ckptwatch)")
+    if not config.watches:
+        warnings.append("watch: no [[watch]] table: `ckptwatch run` needs at least one")
+    for i, w in enumerate(config.watches):
+        if os.path.isdir(w.path):
+            kind = choose_observer(w.path, w.observer)
+            fs = filesystem_type(w.path) or "unknown filesystem"
+            where = f"observer {kind} ({fs}{', set in config' if w.observer != 'auto' else ''})"
+        elif os.path.exists(w.path):
+            where = "NOT A DIRECTORY"
+            warnings.append(f"watch[{i}].path: {w.path} is not a directory; the service cannot watch it")
+        else:
+            where = "does not exist yet"
+            warnings.append(f"watch[{i}].path: {w.path} does not exist yet; the service waits for it to appear")
+        ranks = w.expected_ranks or "inferred"
+        print(f"  watch[{i}] {w.path}: layout {w.layout}, {where}, expected ranks {ranks}, "
+              f"latest_good {'on' if w.latest_good else 'off'}")
+    for line in warnings:
+        print(f"ckptwatch: warning: {line}", file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     import json
 
@@ -222,7 +264,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_PROBLEMS if any(r["open"] for r in runs) else EXIT_OK
 
 
-COMMANDS = {"once": cmd_once, "verify": cmd_verify, "latest": cmd_latest, "run": cmd_run, "status": cmd_status}
+COMMANDS = {"once": cmd_once, "verify": cmd_verify, "latest": cmd_latest, "run": cmd_run, "status": cmd_status,
+            "config": cmd_config}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

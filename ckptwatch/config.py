@@ -124,6 +124,12 @@ def parse_config(raw: dict[str, Any], source: str) -> Config:
         latest_good = w.get("latest_good", False)
         if not isinstance(latest_good, bool):
             raise fail(f"{where}.latest_good", f"must be true or false, not {latest_good!r}")
-        watches.append(WatchConfig(os.path.expanduser(path), layout, ranks, observer, latest_good))
+        watches.append(WatchConfig(os.path.abspath(os.path.expanduser(path)), layout, ranks, observer, latest_good))
+    for i, a in enumerate(watches):
+        for j, b in enumerate(watches[:i]):
+            if a.path == b.path or a.path.startswith(b.path.rstrip(os.sep) + os.sep) \
+                    or b.path.startswith(a.path.rstrip(os.sep) + os.sep):
+                raise fail(f"watch[{i}].path", f"{a.path} overlaps watch[{j}].path {b.path}: every checkpoint "
+                           "in both would be judged (and alerted) twice; keep only the outer one")
     return Config(source, ServiceConfig(float(settle), stale_s, os.path.expanduser(state_dir), log_format,
                                         float(rescan), metrics_port), tuple(watches))

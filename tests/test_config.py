@@ -47,3 +47,29 @@ def test_once_with_config_uses_watch_settings(tmp_path: Path) -> None:
     p.write_text(f"[[watch]]\npath = \"{tmp_path / 'nope'}\"\n")
     out = run_cli("once", "--config", str(p))
     assert out.returncode == 2 and "watch[0].path" in out.stderr
+
+
+def test_config_check_reports_valid_config_and_warns_on_missing_root(tmp_path: Path) -> None:
+    """`config check` exits 0 on a valid file, says what each watch would do, and warns on a missing root."""
+    present = tmp_path / "runs"
+    present.mkdir()
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[service]\nstate_dir = "{tmp_path / "state"}"\n'
+                   f'[[watch]]\npath = "{present}"\nobserver = "polling"\nexpected_ranks = 4\n'
+                   f'[[watch]]\npath = "{tmp_path / "later"}"\n')
+    r = run_cli("config", "check", str(cfg))
+    assert r.returncode == 0, r.stderr
+    assert f"watch[0] {present}: layout auto, observer polling" in r.stdout and "expected ranks 4" in r.stdout
+    assert f"watch[1].path: {tmp_path / 'later'} does not exist yet" in r.stderr
+
+
+@pytest.mark.parametrize("text,message", [
+    ('[service]\nrescan_seconds = 0\n', "service.rescan_seconds: must be a number of seconds > 0"),
+    ('[[watch]]\npath = "/data"\n[[watch]]\npath = "/data/run-a"\n', "watch[1].path: /data/run-a overlaps"),
+])
+def test_config_check_rejects_bad_file_naming_key(tmp_path: Path, text: str, message: str) -> None:
+    """`config check` exits 2 with the file, the dotted key and the reason; no traceback."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(text)
+    r = run_cli("config", "check", str(cfg))
+    assert r.returncode == 2 and f"{cfg}: {message}" in r.stderr and "Traceback" not in r.stderr
