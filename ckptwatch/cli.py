@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     _check_args(latest)
     run = sub.add_parser("run", help="the long-running service: watch the config's roots, judge settled checkpoints")
     run.add_argument("--config", required=True, metavar="FILE")
+    alert = sub.add_parser("alert", help="alert channel tools")
+    alert_sub = alert.add_subparsers(dest="alert_command", required=True, parser_class=_Parser)
+    alert_test = alert_sub.add_parser("test", help="send a test message to every configured channel")
+    alert_test.add_argument("--config", metavar="FILE", help="default: /etc/ckptwatch/config.toml")
     config = sub.add_parser("config", help="config file tools")
     config_sub = config.add_subparsers(dest="config_command", required=True, parser_class=_Parser)
     check = config_sub.add_parser("check", help="validate a config file and say what the service would do with it")
@@ -190,7 +194,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ckptwatch.config import load_config
     from ckptwatch.daemon import Daemon
 
+    from ckptwatch.config import config_warnings
+
     config = load_config(args.config)
+    for warning in config_warnings(args.config):
+        print(f"ckptwatch: warning: {warning}", file=sys.stderr)
     if not config.watches:
         raise ConfigError(f"{args.config}: watch: at least one [[watch]] table is needed for the service")
     return Daemon(os.path.abspath(args.config), config).run()
@@ -229,9 +237,29 @@ def cmd_config(args: argparse.Namespace) -> int:
         ranks = w.expected_ranks or "inferred"
         print(f"  watch[{i}] {w.path}: layout {w.layout}, {where}, expected ranks {ranks}, "
               f"latest_good {'on' if w.latest_good else 'off'}")
+    from ckptwatch.alerts.config import mask_url
+
+    routes = {k: [mask_url(u) for u in v] for k, v in sorted(config.alerts.routes.items())}
+    if config.alerts.all_urls:
+        print(f"  alerts: default route {[mask_url(u) for u in config.alerts.urls]}"
+              + (f", routes {routes}" if routes else "") + f", at most {config.alerts.max_per_hour} per hour "
+              "per channel")
+    else:
+        print("  alerts: off (no [alerts] channel)")
+    from ckptwatch.config import config_warnings
+
+    warnings.extend(config_warnings(args.file))
     for line in warnings:
         print(f"ckptwatch: warning: {line}", file=sys.stderr)
     return EXIT_OK
+
+
+def cmd_alert(args: argparse.Namespace) -> int:
+    """``alert test``: one test message per channel, synchronously; exit 1 if any failed."""
+    from ckptwatch.alerts.cli import cmd_alert_test
+    from ckptwatch.config import DEFAULT_CONFIG, load_config
+
+    return cmd_alert_test(load_config(args.config or DEFAULT_CONFIG).alerts)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -265,7 +293,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"once": cmd_once, "verify": cmd_verify, "latest": cmd_latest, "run": cmd_run, "status": cmd_status,
-            "config": cmd_config}
+            "config": cmd_config, "alert": cmd_alert}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,8 +2,8 @@
 
 Only keys that something reads are accepted: an unknown key is an error, never silently ignored, so
 a config can not promise a behaviour ckptwatch does not have. Key names follow DESIGN.md (a contract:
-add keys, never rename). Keys of features still to come (retention, mirror, alerts, loss) are added
-with those features.
+add keys, never rename). Keys of features still to come (retention, mirror, loss) are added
+with those features; the ``[alerts]`` table is parsed by ``ckptwatch/alerts/config.py``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import tomllib
 from dataclasses import dataclass
 from typing import Any
 
+from ckptwatch.alerts.config import AlertsConfig, parse_alerts_config
 from ckptwatch.errors import ConfigError
 from ckptwatch.layouts.registry import NAMES
 from ckptwatch.settle import parse_duration
@@ -45,6 +46,7 @@ class Config:
     source: str
     service: ServiceConfig
     watches: tuple[WatchConfig, ...]
+    alerts: AlertsConfig = AlertsConfig()
 
 
 _SERVICE_KEYS = {"settle_seconds", "stale_after", "state_dir", "log_format", "rescan_seconds", "metrics_port"}
@@ -64,13 +66,32 @@ def load_config(path: str) -> Config:
     return parse_config(raw, path)
 
 
+DEFAULT_CONFIG = "/etc/ckptwatch/config.toml"  # where the README's install puts it
+
+
+def config_warnings(path: str) -> list[str]:
+    """What a valid config should still not do: hold literal secrets where others can read them."""
+    from ckptwatch.alerts.config import secret_exposure_warning
+
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError):
+        return []  # load_config reports those
+    warning = secret_exposure_warning(path, raw)
+    return [warning] if warning else []
+
+
 def parse_config(raw: dict[str, Any], source: str) -> Config:
     def fail(key: str, why: str) -> ConfigError:
         return ConfigError(f"{source}: {key}: {why}")
 
-    unknown = set(raw) - {"service", "watch"}
+    unknown = set(raw) - {"service", "watch", "alerts"}
     if unknown:
-        raise fail(sorted(unknown)[0], "unknown key (known: service, watch)")
+        raise fail(sorted(unknown)[0], "unknown key (known: service, watch, alerts)")
+    if "alerts" in raw and not isinstance(raw["alerts"], dict):
+        raise fail("alerts", "must be a table")
+    alerts = parse_alerts_config(raw.get("alerts"), source)
     service_raw = raw.get("service", {})
     if not isinstance(service_raw, dict):
         raise fail("service", "must be a table")
@@ -132,4 +153,4 @@ def parse_config(raw: dict[str, Any], source: str) -> Config:
                 raise fail(f"watch[{i}].path", f"{a.path} overlaps watch[{j}].path {b.path}: every checkpoint "
                            "in both would be judged (and alerted) twice; keep only the outer one")
     return Config(source, ServiceConfig(float(settle), stale_s, os.path.expanduser(state_dir), log_format,
-                                        float(rescan), metrics_port), tuple(watches))
+                                        float(rescan), metrics_port), tuple(watches), alerts)

@@ -28,6 +28,9 @@ from ckptwatch.watch import OVERFLOW_LIMIT, OVERFLOW_WINDOW_S, DirtyScopes, Watc
 from ckptwatch.writers import open_for_writing
 
 
+DISK_CHECK_SECONDS = 60.0
+
+
 def configure_logging(fmt: str) -> object:
     """structlog: JSON lines off a TTY (journald), a readable console on one. Returns a logger."""
     import structlog
@@ -62,6 +65,18 @@ class Daemon:
         self.runs: dict[str, object] = {}  # run root -> metrics.RunSnapshot, replaced whole per judgement
         self.caches: dict[str, dict] = {}  # per watched root: unchanged checkpoints are not re-read
         self.metrics_server = None
+        self.run_bytes: dict[str, int] = {}  # per run: bytes of its newest complete checkpoint (the next save)
+        self.next_disk_check = 0.0
+        self.alerts = self._make_alerts(self.config)
+
+    def _make_alerts(self, config: Config):  # noqa: ANN202
+        from ckptwatch.alerts.service import ServiceAlerts
+
+        state_dir = config.service.state_dir or default_state_dir()
+        alerts = ServiceAlerts(config.alerts, os.path.join(state_dir, "state.sqlite"), self.clock, self.log)
+        if not alerts.enabled:
+            self.log.info("alerts_off", reason="no [alerts] channel configured")
+        return alerts
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -93,6 +108,8 @@ class Daemon:
                 next_rescan = now + self.config.service.rescan_seconds
             self._handle_overflows()
             self._check_watchers()
+            if now >= self.next_disk_check:
+                self._check_disks(now)
             if ping is not None:
                 self.notifier.send("WATCHDOG=1")
             due = self.dirty.next_due(self.config.service.settle_seconds)
@@ -105,6 +122,7 @@ class Daemon:
             w.stop()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
+        self.alerts.close(timeout=5.0)  # queued alerts get 5 s; TimeoutStopSec= leaves room for that
         self.state.close()
         for name in ("watchdog.observers.inotify", "watchdog.observers.inotify_c"):
             __import__("logging").getLogger(name).removeHandler(overflow_log)
@@ -120,8 +138,10 @@ class Daemon:
             self.metrics_server = serve(port, lambda: dict(self.runs))
             self.log.info("metrics_listening", address=f"127.0.0.1:{port}")
         except OSError as exc:
-            self.log.error("service_error", error=f"metrics endpoint on 127.0.0.1:{port}: {exc.strerror or exc}",
-                           action="running without metrics")
+            error = f"metrics endpoint on 127.0.0.1:{port}: {exc.strerror or exc}"
+            self.log.error("service_error", error=error, action="running without metrics")
+            self.alerts.service_error("metrics endpoint", error, "free the port or change service.metrics_port, "
+                                      "then `systemctl reload ckptwatch`", now=self.clock())
 
     def _on_term(self, signum: int, frame: object) -> None:
         self.stopping = True
@@ -142,6 +162,10 @@ class Daemon:
             w.stop()
         self.watchers.clear()
         self.caches.clear()
+        if new.alerts != self.config.alerts:
+            self.alerts.close(timeout=5.0)
+            self.config = new
+            self.alerts = self._make_alerts(new)
         self.config = new
         self._start_watchers()
         self.log.info("config_reloaded", roots=[w.path for w in new.watches])
@@ -227,20 +251,29 @@ class Daemon:
         opts = CheckOptions(settle_seconds=s.settle_seconds, stale_after=s.stale_after,
                             expected_ranks=w.expected_ranks, second_look=True)
         now = self.clock()
+        component = f"judging {w.path}"
         try:
+            self.alerts.begin_pass()
             cache = self.caches.setdefault(w.path, {})
             runs = None
             if scope and scope != w.path:
                 runs = check_run_dir(scope, opts, now, layout=w.layout, cache=cache)
-            if runs is None:
+            whole = runs is None
+            if whole:
                 runs = check_root(w.path, opts, now, layout=w.layout, cache=cache).runs
                 watcher = self.watchers.get(w.path)
                 if watcher is not None:
                     watcher.runs = frozenset(r.root for r in runs)
             self._record(w, runs, now)
+            if whole:
+                self.alerts.root_judged(w.path, [r.root for r in runs], now=now)
+            self.alerts.service_ok(component, now=now)
         except Exception as exc:  # noqa: BLE001 - a fault in one pass never stops the service
-            self.log.error("service_error", root=w.path, error=f"{type(exc).__name__}: {exc}",
-                           action="retrying at the next event or rescan")
+            error = f"{type(exc).__name__}: {exc}"
+            action = "retrying at the next event or rescan"
+            self.log.error("service_error", root=w.path, error=error, action=action)
+            self.alerts.service_error(component, error, action + "; if it persists, run `ckptwatch once "
+                                      f"{w.path}` by hand and report the error", now=now)
         self.notifier.send(f"STATUS={self._status_line()}")
 
     def _record(self, w: WatchConfig, runs: list, now: float) -> None:
@@ -268,6 +301,22 @@ class Daemon:
             if w.latest_good:
                 self._update_pointer(run.root, verdicts, run.layout, now)
             self.runs = {**self.runs, run.root: snapshot(run)}
+            judged = replace(run, checkpoints=tuple(verdicts))
+            look_again = self.alerts.run_judged(judged, now=now, stale_after=self.config.service.stale_after)
+            if look_again is not None:
+                self.dirty.schedule(w.path, run.root, look_again, self.config.service.settle_seconds)
+            newest = next((v for v in reversed(verdicts) if v.status is Status.COMPLETE), None)
+            if newest is not None:
+                self.run_bytes[run.root] = newest.bytes
+
+    def _check_disks(self, now: float) -> None:
+        """disk_low per watched root, once a minute (psutil.disk_usage is one statvfs)."""
+        self.next_disk_check = now + DISK_CHECK_SECONDS
+        for w in self.config.watches:
+            if os.path.isdir(w.path):
+                base = w.path.rstrip(os.sep) + os.sep
+                sizes = [b for r, b in self.run_bytes.items() if r == w.path or r.startswith(base)]
+                self.alerts.check_disk(w.path, max(sizes) if sizes else None, now=now)
 
     def _update_pointer(self, run_root: str, verdicts: list[Verdict], layout: str, now: float) -> None:
         from ckptwatch import pointer
@@ -279,10 +328,12 @@ class Daemon:
         try:
             pointer.update(run_root, newest.path, newest.step, layout, now)
         except OSError as exc:
+            action = "retrying at the next judgement; with systemd, add the run root to ReadWritePaths="
             self.log.error("resume_pointer_failed", run=run_root, checkpoint=newest.path,
-                           error=f"{exc.strerror or exc}", action="retrying at the next judgement; with "
-                           "systemd, add the run root to ReadWritePaths=")
+                           error=f"{exc.strerror or exc}", action=action)
+            self.alerts.service_error(f"resume pointer in {run_root}", f"{exc.strerror or exc}", action, now=now)
             return
+        self.alerts.service_ok(f"resume pointer in {run_root}", now=now)
         self.log.info("resume_pointer_updated", run=run_root, checkpoint=newest.path, step=newest.step)
 
     def _status_line(self) -> str:

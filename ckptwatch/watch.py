@@ -60,6 +60,19 @@ class DirtyScopes:
             self._last[(root, scope or root)] = when
         self.wake.set()
 
+    def schedule(self, root: str, scope: str, at: float, quiet: float) -> None:
+        """Make ``scope`` due at ``at`` even if no event comes (a pending alert condition turns due then).
+
+        An earlier pending time is kept: an event sooner than ``at`` judges it sooner, and that pass
+        schedules again if the condition is still pending.
+        """
+        with self._lock:
+            t = at - quiet
+            key = (root, scope or root)
+            if key not in self._last or self._last[key] > t:
+                self._last[key] = t
+        self.wake.set()
+
     def take_settled(self, now: float, quiet: float) -> list[tuple[str, str]]:
         """(watch root, scope) pairs with no event for ``quiet`` seconds, removed from the set.
 

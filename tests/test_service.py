@@ -89,10 +89,11 @@ class Service:
             self.sock.close()
 
 
-def _config(tmp_path: Path, root: Path, extra: str = "") -> Path:
+def _config(tmp_path: Path, root: Path, extra: str = "", stale_after: str = "30m", tables: str = "") -> Path:
     cfg = tmp_path / "ckptwatch.toml"
-    cfg.write_text(f'[service]\nsettle_seconds = {SETTLE}\nstale_after = "30m"\nstate_dir = "{tmp_path / "state"}"\n'
-                   f'log_format = "json"\nrescan_seconds = 60\n{extra}\n[[watch]]\npath = "{root}"\n')
+    cfg.write_text(f'[service]\nsettle_seconds = {SETTLE}\nstale_after = "{stale_after}"\n'
+                   f'state_dir = "{tmp_path / "state"}"\n'
+                   f'log_format = "json"\nrescan_seconds = 60\n{extra}\n[[watch]]\npath = "{root}"\n{tables}')
     return cfg
 
 
@@ -108,10 +109,13 @@ def _copy_slowly(src: Path, dest: Path, delay: float, skip: tuple[str, ...] = ()
 
 def test_service_judges_after_settle_and_survives_kill9(artefact, tmp_path: Path) -> None:
     """READY/WATCHDOG/STATUS; no verdict while writing; complete after settle; a dead writer's rank named; kill -9 safe."""
+    from tests.servers import WebhookServer
+
     dcp = artefact("dcp")
     root = tmp_path / "watched"
     root.mkdir()
-    cfg = _config(tmp_path, root)
+    hook = WebhookServer().start()
+    cfg = _config(tmp_path, root, stale_after="6s", tables=f'[alerts]\nurls = ["{hook.url()}"]\n')
     svc = Service(cfg, tmp_path / "notify.sock")
     try:
         svc.wait_for(lambda: "READY=1" in svc.messages, what="READY=1")
@@ -130,6 +134,11 @@ def test_service_judges_after_settle_and_survives_kill9(artefact, tmp_path: Path
                            timeout=SETTLE + 15, what="step_200 incomplete")
         messages = " ".join(p["message"] for p in bad[0]["problems"])
         assert "rank 3 of 4" in messages and "__3_0.distcp" in messages
+        # The newest checkpoint is alerted once it stayed incomplete for stale_after (6 s), naming rank 3.
+        (alert,) = hook.wait_for(1, timeout=20)
+        assert alert["title"] == "[ckptwatch] watched: step_200 incomplete (rank 3 missing)"
+        svc.wait_for(lambda: [e for e in svc.events if e.get("event") == "alert_sent" and e.get("kind") == "incomplete"],
+                     timeout=10, what="alert_sent log line")
 
         svc.wait_for(lambda: "WATCHDOG=1" in svc.messages, what="WATCHDOG=1")
         status = [m for m in svc.messages if m.startswith("STATUS=")]
@@ -149,6 +158,8 @@ def test_service_judges_after_settle_and_survives_kill9(artefact, tmp_path: Path
         assert [(os.path.basename(e["checkpoint"]), e["status"]) for e in judged] == [("step_300", "complete")]
     finally:
         assert svc.stop(signal.SIGTERM) == 0
+        hook.stop()
+    assert len(hook.posts) == 1, [p["title"] for p in hook.posts]  # not re-sent after kill -9
     assert any(e.get("event") == "service_stopping" for e in svc.events)
 
     from tests.helpers import run_cli

@@ -1,0 +1,109 @@
+"""The service's side of alerting: plans per pass in, raise/clear requests to the dispatcher out.
+
+Why a facade: the daemon only says what happened ("this run was judged", "this pass failed", "look at
+the disks"); which alerts that means is ``plan.py`` (pure), and whether one is sent is the ledger's and
+the dispatcher's business. With no channel configured there is nothing to send, so nothing is opened
+(no ledger, no worker thread) and every method returns at once.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterable
+
+from ckptwatch.alerts import messages
+from ckptwatch.alerts.conditions import disk_low, disk_usage
+from ckptwatch.alerts.config import AlertsConfig
+from ckptwatch.alerts.messages import Alert, AlertKey
+from ckptwatch.alerts.plan import plan_run, plan_vanished_runs
+from ckptwatch.model import RunReport
+
+
+class ServiceAlerts:
+    def __init__(self, config: AlertsConfig, state_db: str, clock, log, *, sender=None,  # noqa: ANN001
+                 host: str | None = None) -> None:
+        self.config = config
+        self.log = log
+        self.host = host or socket.gethostname()
+        self.enabled = bool(config.all_urls)
+        self.ledger = self.dispatcher = None
+        self._open: dict[AlertKey, str] = {}
+        if self.enabled:
+            from ckptwatch.alerts.dispatch import AlertDispatcher
+            from ckptwatch.alerts.ledger import AlertLedger
+
+            self.ledger = AlertLedger(state_db)
+            self.dispatcher = AlertDispatcher(config, self.ledger, clock, log, sender=sender, host=self.host)
+
+    def begin_pass(self) -> None:
+        """Read the open alerts once per pass (the worker thread updates them between passes)."""
+        if self.ledger is not None:
+            self._open = {a.key: a.fingerprint for a in self.ledger.open_alerts()}
+
+    def run_judged(self, run: RunReport, *, now: float, stale_after: float) -> float | None:
+        """Raise and clear what the run calls for; return when to look at it again (or None)."""
+        if not self.enabled:
+            return None
+        plan = plan_run(run, open_keys=self._open, now=now, host=self.host, stale_after=stale_after,
+                        stalled_after=self.config.stalled_after, stalled_enabled=self.config.stalled)
+        self._apply(plan.raises, plan.clears)
+        return plan.look_again_at
+
+    def root_judged(self, root: str, live_runs: Iterable[str], *, now: float) -> None:
+        """After a whole-root pass: runs that vanished resolve their alerts."""
+        if self.enabled:
+            self._apply((), plan_vanished_runs(root, set(live_runs), open_keys=self._open, now=now, host=self.host))
+
+    def service_error(self, component: str, error: str, action: str, *, now: float) -> None:
+        if self.enabled:
+            self._apply((messages.service_error_alert(component=component, error=error, host=self.host, now=now,
+                                                      action=action),), ())
+
+    def service_ok(self, component: str, *, now: float) -> None:
+        key = ("service", component, "service_error")
+        if self.enabled and key in self._open:
+            self._apply((), ((key, messages.condition_cleared(key, host=self.host, now=now,
+                                                              detail=f"{component} works again")),))
+
+    def check_disk(self, path: str, next_save_bytes: int | None, *, now: float) -> None:
+        """disk_low for the filesystem holding a watched root (psutil); cleared with hysteresis."""
+        if not self.enabled:
+            return
+        key = (path, "", "disk_low")
+        try:
+            usage = disk_usage(path)
+        except OSError:
+            return  # a root that vanished is the watcher's business, not a disk alert
+        low = disk_low(usage, percent=self.config.disk_low_percent, free_bytes=self.config.disk_low_free,
+                       next_save_bytes=next_save_bytes, was_low=key in self._open)
+        if low is not None:
+            self._apply((messages.disk_low_alert(path=path, host=self.host, now=now, free=usage.free,
+                                                 total=usage.total, reasons=low.reasons),), ())
+        elif key in self._open:
+            self._apply((), ((key, messages.condition_cleared(
+                key, host=self.host, now=now, detail=f"{messages.human_bytes(usage.free)} free "
+                f"({usage.free_percent:.1f}%)")),))
+
+    def raise_alert(self, alert: Alert) -> None:
+        if self.enabled:
+            self._apply((alert,), ())
+
+    def _apply(self, raises: Iterable[Alert], clears: Iterable[tuple[AlertKey, Alert]]) -> None:
+        assert self.dispatcher is not None
+        for alert in raises:
+            if self._open.get(alert.key) != alert.fingerprint:  # the ledger's own test, done early
+                self.dispatcher.raise_alert(alert)
+                self._open[alert.key] = alert.fingerprint
+        for key, notice in clears:
+            if key in self._open:
+                self.dispatcher.clear(key, notice)
+                del self._open[key]
+
+    def flush(self, timeout: float) -> bool:
+        return self.dispatcher.flush(timeout) if self.dispatcher is not None else True
+
+    def close(self, timeout: float = 5.0) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.close(timeout)
+        if self.ledger is not None:
+            self.ledger.close()

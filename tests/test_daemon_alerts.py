@@ -1,0 +1,182 @@
+"""The service's alerts, in-process, on real Trainer checkpoints, over real apprise to loopback servers.
+
+A json:// webhook and an SMTP server (aiosmtpd) on 127.0.0.1 receive what the daemon sends: routing by
+kind, one alert per condition across a restart, the recovery notice, the stale_after gate for an
+incomplete newest checkpoint, service errors, and a low disk.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from ckptwatch.config import parse_config
+from ckptwatch.daemon import Daemon
+from ckptwatch.notify import Notifier
+from tests.servers import SmtpServer, WebhookServer, body_text
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.filterwarnings("ignore:'imghdr' is deprecated:DeprecationWarning")]  # apprise's
+WAIT = 20.0  # apprise's own throttle between two mails to one server is 5.5 s
+
+
+class Clock:
+    """Real time plus an offset the test can move (stale_after and stalled without sleeping)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+def _daemon(tmp_path: Path, root: Path, alerts: dict, clock: Clock | None = None,
+            stale_after: str = "10m") -> Daemon:
+    cfg = parse_config({"service": {"state_dir": str(tmp_path / "state"), "log_format": "json",
+                                    "settle_seconds": 0, "stale_after": stale_after},
+                        "watch": [{"path": str(root)}], "alerts": alerts}, "test.toml")
+    return Daemon("test.toml", cfg, notifier=Notifier(None), clock=clock or time.time)
+
+
+def _stop(d: Daemon) -> None:
+    d.alerts.close(timeout=WAIT)
+    d.state.close()
+
+
+def _titles(hook: WebhookServer) -> list[str]:
+    return [p["title"] for p in hook.posts]
+
+
+def test_corrupt_alert_routed_once_across_restart_then_resolved(artefact, tmp_path: Path) -> None:
+    """corrupt goes to its route (email) once, not again after a restart, and RESOLVED when it is fixed."""
+    root = tmp_path / "root"
+    root.mkdir()
+    run = root / "run-a"
+    shutil.copytree(artefact("hf_full"), run, symlinks=True)
+    weights = run / "checkpoint-6" / "model.safetensors"
+    good, good_times = weights.read_bytes(), (weights.stat().st_atime_ns, weights.stat().st_mtime_ns)
+    with SmtpServer() as smtp, WebhookServer() as hook:
+        alerts = {"urls": [hook.url()], "channels": {"oncall": [smtp.url()]}, "routes": {"corrupt": ["oncall"]}}
+        with open(weights, "r+b") as f:
+            f.truncate(len(good) // 2)
+        os.utime(weights, ns=good_times)  # a bad copy that kept the times: only the truncation shows
+        d = _daemon(tmp_path, root, alerts)
+        d._judge(d.config.watches[0])
+        d._judge(d.config.watches[0])  # a second pass over the same damage: nothing new
+        assert d.alerts.flush(WAIT)
+        (mail,) = smtp.wait_for(1, WAIT)
+        assert mail["Subject"] == "[ckptwatch] run-a: checkpoint-6 corrupt (truncated: model.safetensors)"
+        body = body_text(mail)
+        assert f"Checkpoint: {run / 'checkpoint-6'}" in body and "truncated:" in body
+        assert f"ckptwatch latest says resume from checkpoint-4 (step 4): {run / 'checkpoint-4'}" in body
+        assert hook.posts == []  # corrupt is routed to email only
+        _stop(d)
+
+        d = _daemon(tmp_path, root, alerts)  # a restart: the ledger remembers what was sent
+        d._judge(d.config.watches[0])
+        assert d.alerts.flush(WAIT)
+        time.sleep(0.5)
+        assert len(smtp.messages) == 1
+
+        weights.write_bytes(good)  # restored from a backup with its times (cp -p): complete again
+        os.utime(weights, ns=good_times)
+        d._judge(d.config.watches[0])
+        assert d.alerts.flush(WAIT)
+        mails = smtp.wait_for(2, WAIT)
+        assert mails[1]["Subject"] == "[ckptwatch] RESOLVED run-a: checkpoint-6 is now complete"
+        _stop(d)
+        assert hook.posts == []
+
+
+def test_incomplete_newest_waits_for_stale_after(artefact, tmp_path: Path) -> None:
+    """An incomplete newest checkpoint is alerted only once it stayed so for stale_after; an older one at once."""
+    root = tmp_path / "root"
+    root.mkdir()
+    run = root / "run-a"
+    shutil.copytree(artefact("hf_full"), run, symlinks=True)
+    (run / "checkpoint-2" / "optimizer.pt").unlink()  # older than a complete one: final at once
+    (run / "checkpoint-6" / "optimizer.pt").unlink()  # the newest: maybe still being written
+    clock = Clock()
+    with WebhookServer() as hook:
+        d = _daemon(tmp_path, root, {"urls": [hook.url()]}, clock)
+        d._judge(d.config.watches[0])
+        assert d.alerts.flush(WAIT)
+        (post,) = hook.wait_for(1, WAIT)
+        assert post["title"].startswith("[ckptwatch] run-a: checkpoint-2 incomplete")
+        due = d.dirty.next_due(0)
+        ckpt = run / "checkpoint-6"
+        newest_write = max([ckpt.stat().st_mtime, *(f.stat().st_mtime for f in ckpt.iterdir())])
+        assert due is not None and abs(due - (newest_write + 600 + 1)) < 2  # looked at again when stale
+
+        clock.offset = 601.0 + newest_write - time.time() + 1
+        (settled,) = d.dirty.take_settled(clock(), 0)
+        d._judge(d.config.watches[0], settled[1])
+        assert d.alerts.flush(WAIT)
+        posts = hook.wait_for(2, WAIT)
+        assert posts[1]["title"].startswith("[ckptwatch] run-a: checkpoint-6 incomplete")
+        assert "optimizer.pt is missing" in posts[1]["message"]
+        _stop(d)
+    assert len(hook.posts) == 2
+
+
+def test_failing_pass_alerts_service_error_then_resolves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pass that raises is alerted once as service_error; the next good pass sends RESOLVED."""
+    import ckptwatch.daemon as daemon
+
+    root = tmp_path / "root"
+    root.mkdir()
+    real = daemon.check_root
+
+    def boom(*a, **k):
+        raise PermissionError(13, "Permission denied", str(root / "run-b"))
+
+    with WebhookServer() as hook:
+        d = _daemon(tmp_path, root, {"urls": [hook.url()]})
+        monkeypatch.setattr(daemon, "check_root", boom)
+        d._judge(d.config.watches[0])
+        d._judge(d.config.watches[0])
+        assert d.alerts.flush(WAIT)
+        (post,) = hook.wait_for(1, WAIT)
+        assert post["title"].endswith(f"service error in judging {root}")
+        assert "PermissionError" in post["message"] and "ckptwatch once" in post["message"]
+        monkeypatch.setattr(daemon, "check_root", real)
+        d._judge(d.config.watches[0])
+        assert d.alerts.flush(WAIT)
+        posts = hook.wait_for(2, WAIT)
+        assert posts[1]["title"].startswith("[ckptwatch] RESOLVED")
+        _stop(d)
+
+
+def test_low_disk_alerted_once(tmp_path: Path) -> None:
+    """A watched filesystem below alerts.disk_low_free is alerted once, however often it is checked."""
+    root = tmp_path / "root"
+    root.mkdir()
+    with WebhookServer() as hook:
+        d = _daemon(tmp_path, root, {"urls": [hook.url()], "disk_low_free": "1P"})
+        d._check_disks(time.time())
+        d._check_disks(time.time())
+        assert d.alerts.flush(WAIT)
+        (post,) = hook.wait_for(1, WAIT)
+        assert f"disk low at {root}" in post["title"] and "alerts.disk_low_free = 1" in post["message"]
+        _stop(d)
+
+
+def test_no_channel_means_no_ledger_and_no_thread(tmp_path: Path) -> None:
+    """Without [alerts] the service opens no alert table and starts no worker thread."""
+    import sqlite3
+    import threading
+
+    root = tmp_path / "root"
+    root.mkdir()
+    before = sum(t.name == "ckptwatch-alerts" for t in threading.enumerate())
+    d = _daemon(tmp_path, root, {})
+    d._judge(d.config.watches[0])
+    assert sum(t.name == "ckptwatch-alerts" for t in threading.enumerate()) == before
+    tables = sqlite3.connect(os.path.join(tmp_path / "state", "state.sqlite")).execute(
+        "SELECT name FROM sqlite_master WHERE type='table'").fetchall()
+    assert ("alerts",) not in tables
+    _stop(d)
