@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from ckptwatch.alerts.kinds import KIND_SEVERITY, KINDS, SEVERITIES
+from ckptwatch.alerts.kinds import KIND_SEVERITY, KINDS, NOT_RAISED_YET, SEVERITIES
 from ckptwatch.errors import ConfigError
 from ckptwatch.settle import parse_duration
 
@@ -179,6 +179,9 @@ def parse_alerts_config(raw: dict[str, Any] | None, source: str) -> AlertsConfig
         if name not in KIND_SEVERITY and name not in SEVERITIES:
             raise fail(key, f"unknown kind or severity (kinds: {', '.join(KINDS)}; "
                             f"severities: {', '.join(SEVERITIES)})")
+        if name in NOT_RAISED_YET:
+            raise fail(key, f"nothing raises {name} yet ({NOT_RAISED_YET[name]}); a route for it would never "
+                            "fire, so it is refused rather than silently kept")
         resolved: dict[str, None] = {}
         for i, item in enumerate(_url_list(value, key, fail)):
             if "://" in item:
