@@ -274,9 +274,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         raise UsageError(f"{path}: no service state yet (has `ckptwatch run` started with this state_dir?)")
     store = StateStore(path, read_only=True)
     runs = store.runs()
+    alerts = store.open_alerts()
     store.close()
+    for r in runs:
+        r["alerts_open"] = alerts.pop(r["run"], [])
+    service_alerts = [a for group in alerts.values() for a in group]  # disk_low, service_error: no run
     if args.json:
-        json.dump({"version": 1, "state": path, "runs": runs}, sys.stdout, indent=2)
+        json.dump({"version": 1, "state": path, "runs": runs, "alerts_open": service_alerts}, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         for r in runs:
@@ -287,6 +291,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             for o in r["open"]:
                 kinds = ", ".join(p["kind"] for p in o["problems"] + o["hazards"])
                 print(f"  {o['status']}: {o['checkpoint']} ({kinds})")
+            for a in r["alerts_open"]:
+                print(f"  alert open since {time.strftime('%Y-%m-%d %H:%M', time.localtime(a['since']))}: "
+                      f"{a['kind']}{' ' + os.path.basename(a['checkpoint']) if a['checkpoint'] else ''}")
+        for a in service_alerts:
+            print(f"alert open: {a['kind']} ({a['checkpoint'] or ''})")
         if not runs:
             print("no checkpoints judged yet")
     return EXIT_PROBLEMS if any(r["open"] for r in runs) else EXIT_OK

@@ -108,6 +108,18 @@ class StateStore:
                         "last_judged": max(r[5] for r in rows), "open": open_problems})
         return out
 
+    def open_alerts(self) -> dict[str, list[dict[str, object]]]:
+        """Open alerts per run, from the alert ledger's table (absent when no channel was ever configured)."""
+        try:
+            rows = self._db.execute("SELECT run, checkpoint, kind, first_sent FROM alerts WHERE state = 'open' "
+                                    "ORDER BY first_sent").fetchall()
+        except sqlite3.OperationalError:  # no such table
+            return {}
+        out: dict[str, list[dict[str, object]]] = {}
+        for run, checkpoint, kind, first_sent in rows:
+            out.setdefault(run, []).append({"checkpoint": checkpoint or None, "kind": kind, "since": first_sent})
+        return out
+
     def counts(self) -> dict[str, int]:
         return dict(self._db.execute("SELECT status, COUNT(*) FROM checkpoints GROUP BY status").fetchall())
 

@@ -170,6 +170,7 @@ def test_service_judges_after_settle_and_survives_kill9(artefact, tmp_path: Path
     assert run["counts"] == {"complete": 2, "incomplete": 1}
     assert run["newest_complete"]["path"].endswith("step_300")
     assert [os.path.basename(o["checkpoint"]) for o in run["open"]] == ["step_200"]
+    assert [(a["kind"], os.path.basename(a["checkpoint"])) for a in run["alerts_open"]] == [("incomplete", "step_200")]
 
 
 def test_sighup_with_bad_config_keeps_running(tmp_path: Path) -> None:
