@@ -57,7 +57,7 @@ class Daemon:
         self.log = configure_logging(self.config.service.log_format)
         state_dir = self.config.service.state_dir or default_state_dir()
         self.state = StateStore(os.path.join(state_dir, "state.sqlite"))
-        self.dirty = DirtyScopes()
+        self.dirty = DirtyScopes(quiet=self.config.service.settle_seconds)
         self.overflows: list[tuple[float, str | None]] = []  # appended by watchdog's thread
         self.watchers: dict[str, Watcher] = {}
         self.stopping = False
@@ -98,7 +98,7 @@ class Daemon:
             if self.reload_requested:
                 self._reload()
             now = self.clock()
-            for root, scope in self.dirty.take_settled(now, self.config.service.settle_seconds):
+            for root, scope in self.dirty.take_due(now):
                 w = self._watch_for(root)
                 if w is not None:
                     self._judge(w, scope)
@@ -112,7 +112,7 @@ class Daemon:
                 self._check_disks(now)
             if ping is not None:
                 self.notifier.send("WATCHDOG=1")
-            due = self.dirty.next_due(self.config.service.settle_seconds)
+            due = self.dirty.next_due()
             wait = min(x for x in (next_rescan - now, (due - now) if due else None, ping, 5.0) if x is not None)
             self.dirty.wake.wait(timeout=max(0.05, wait))
             self.dirty.wake.clear()
@@ -167,6 +167,7 @@ class Daemon:
             self.config = new
             self.alerts = self._make_alerts(new)
         self.config = new
+        self.dirty.quiet = new.service.settle_seconds
         self._start_watchers()
         self.log.info("config_reloaded", roots=[w.path for w in new.watches])
 
@@ -296,15 +297,19 @@ class Daemon:
                                         for p in v.problems],
                               hazards=[{"kind": h.kind, "file": h.file, "message": h.full_message}
                                        for h in v.hazards])
-            if any(v.status is Status.IN_PROGRESS for v in verdicts):  # judge again once it settles
-                self.dirty.touch(w.path, now, run.root)
+            settling = [v for v in verdicts if v.status is Status.IN_PROGRESS]
+            if settling:  # judge again when the newest write would have settled
+                quiet = self.config.service.settle_seconds
+                at = min(v.newest_mtime + quiet + 0.05 if v.newest_mtime + quiet > now else now + max(quiet, 1.0)
+                         for v in settling)
+                self.dirty.schedule(w.path, run.root, at)
             if w.latest_good:
                 self._update_pointer(run.root, verdicts, run.layout, now)
             self.runs = {**self.runs, run.root: snapshot(run)}
             judged = replace(run, checkpoints=tuple(verdicts))
             look_again = self.alerts.run_judged(judged, now=now, stale_after=self.config.service.stale_after)
             if look_again is not None:
-                self.dirty.schedule(w.path, run.root, look_again, self.config.service.settle_seconds)
+                self.dirty.schedule(w.path, run.root, look_again)
             newest = next((v for v in reversed(verdicts) if v.status is Status.COMPLETE), None)
             if newest is not None:
                 self.run_bytes[run.root] = newest.bytes

@@ -19,6 +19,7 @@ import os
 import re
 import threading
 from dataclasses import dataclass, replace
+from typing import Any
 
 from ckptwatch.discover import discover
 from ckptwatch.hazards import CheckpointFacts, checkpoint_hazards, run_hazards
@@ -39,7 +40,7 @@ JudgementCache = dict  # checkpoint path -> (file fingerprint, Judgement); owned
 
 
 def check_root(root: str, opts: CheckOptions, now: float, *, layout: str = "auto",
-               cache: JudgementCache | None = None) -> RootReport:
+               cache: JudgementCache | None = None, loss: Any = None) -> RootReport:
     """Every run below ``root``, judged.
 
     ``cache`` (the service's, one per root): a checkpoint whose files (paths, sizes, mtimes, modes)
@@ -49,6 +50,8 @@ def check_root(root: str, opts: CheckOptions, now: float, *, layout: str = "auto
     """
     found = discover(root, layout=layout)
     runs = [judge_run(run, opts, now, cache=cache) for run in found.runs]
+    if loss is not None:
+        runs = [with_loss(r, loss) for r in runs]
     if cache is not None:
         seen = {c.path for run in found.runs for c in run.candidates}
         for gone in [p for p in cache if p not in seen]:
@@ -75,6 +78,23 @@ def check_run_dir(run_root: str, opts: CheckOptions, now: float, *, layout: str 
         for gone in [p for p in cache if p.startswith(base) and p not in seen]:
             del cache[gone]
     return reports
+
+
+def with_loss(run: RunReport, settings: Any) -> RunReport:
+    """The run with its loss history judged (``once``): resumes and loss jumps, ``loss.resumes`` in JSON.
+
+    The loss watch reads logs the trainer wrote, not checkpoints; a fault there (an unreadable events
+    file) is a note in the loss report, never a reason to lose the checkpoint verdicts.
+    """
+    from ckptwatch.losswatch import analyse_run
+
+    try:
+        report = analyse_run(run.root, settings, [(v.step, v.path) for v in run.checkpoints])
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        from ckptwatch.losswatch import LossReport
+
+        report = LossReport(run.root, (), (), (), (f"loss watch failed: {type(exc).__name__}: {exc}",))
+    return replace(run, loss=report)
 
 
 TEMP_NAME = re.compile(r"^\.tmp[A-Za-z0-9_]{6,}$|^.+\.(safetensors|pt|pth|bin|ckpt|json)\.tmp[A-Za-z0-9_]*$")
@@ -106,6 +126,10 @@ def _judge_candidate(run: RunFound, cand: Candidate, opts: CheckOptions,
     cand.data["tree"] = stat  # layouts that list every file reuse it instead of walking again
     fingerprint = _fingerprint(stat)
     if cache is not None:
+        # The cache keeps a 64-bit hash, not the per-file tuples: over 100,000 files the tuples (paths,
+        # sizes, times, inodes) cost ~30 MiB of the service's RSS budget; a hash collision between two
+        # states of one checkpoint is not a practical risk.
+        fingerprint = hash(fingerprint)
         hit = cache.get(cand.path)
         if hit is not None and hit[0] == fingerprint:
             return hit[1], stat
@@ -116,7 +140,7 @@ def _judge_candidate(run: RunFound, cand: Candidate, opts: CheckOptions,
                                        f"the scan ({exc.strerror})")])
     if opts.second_look and not any(p.severity is Severity.TRANSIENT for p in judgement.problems):
         again = _stat_candidate(run, cand)
-        if _fingerprint(again) != fingerprint:
+        if _fingerprint(again) != _fingerprint(stat):
             changed = _changed_files(stat, again)
             judgement = Judgement([Problem("in_progress", display(cand.path),
                                            f"{display(cand.path)} changed while it was being checked "
@@ -320,4 +344,6 @@ def has_problems(reports: list[RootReport]) -> bool:
             for v in run.checkpoints:
                 if v.status in (Status.INCOMPLETE, Status.CORRUPT) or v.hazards:
                     return True
+            if run.loss is not None and run.loss.alert:
+                return True
     return False

@@ -43,52 +43,55 @@ def choose_observer(path: str, override: str) -> str:
 
 @dataclass
 class DirtyScopes:
-    """What events touched, with the time of the last event: a run root, or a whole watched root.
+    """What events touched, and when to judge it: a run root, or a whole watched root.
 
-    Debounce is per run (the issue's rule): an event inside a known run makes only that run due, so
-    a checkpoint written into one run of a 100,000-file root is judged by listing that run, not the
-    root. An event the index cannot place (a new run dir, a file beside the runs) makes the whole
-    watched root due. Thread-safe; the watchdog handler only calls :meth:`touch`.
+    Per run (the issue's rule): an event inside a known run makes only that run due, so a checkpoint
+    written into one run of a 100,000-file root is judged by listing that run, not the root. An event
+    the index cannot place (a new run dir, a file beside the runs) makes the whole watched root due.
+
+    A scope is due ``quiet`` (settle_seconds) after the *first* event that dirtied it, not after the
+    last: a run whose trainer appends to a log or a TensorBoard file every few seconds is never quiet,
+    and a last-event debounce would never judge its checkpoints while it trains. Judging early is safe:
+    the engine's settle rule (mtimes, a second look, open files) keeps a checkpoint still being written
+    ``in_progress``, and the daemon then schedules that run for the moment the checkpoint would settle.
+    Thread-safe; the watchdog handler only calls :meth:`touch`.
     """
 
-    _last: dict[tuple[str, str], float] = field(default_factory=dict)  # (watch root, scope) -> last event
+    quiet: float = 0.0  # settle_seconds
+    _due: dict[tuple[str, str], float] = field(default_factory=dict)  # (watch root, scope) -> due time
     _lock: threading.Lock = field(default_factory=threading.Lock)
     wake: threading.Event = field(default_factory=threading.Event)
 
     def touch(self, root: str, when: float, scope: str | None = None) -> None:
+        """An event at ``when``: the scope is due ``quiet`` later, unless it is due sooner already."""
+        self._set(root, scope or root, when + self.quiet)
+
+    def schedule(self, root: str, scope: str, at: float) -> None:
+        """Judge ``scope`` at ``at`` even if no event comes (a checkpoint settles, an alert turns due)."""
+        self._set(root, scope or root, at)
+
+    def _set(self, root: str, scope: str, due: float) -> None:
         with self._lock:
-            self._last[(root, scope or root)] = when
+            key = (root, scope)
+            if key not in self._due or self._due[key] > due:
+                self._due[key] = due
         self.wake.set()
 
-    def schedule(self, root: str, scope: str, at: float, quiet: float) -> None:
-        """Make ``scope`` due at ``at`` even if no event comes (a pending alert condition turns due then).
-
-        An earlier pending time is kept: an event sooner than ``at`` judges it sooner, and that pass
-        schedules again if the condition is still pending.
-        """
-        with self._lock:
-            t = at - quiet
-            key = (root, scope or root)
-            if key not in self._last or self._last[key] > t:
-                self._last[key] = t
-        self.wake.set()
-
-    def take_settled(self, now: float, quiet: float) -> list[tuple[str, str]]:
-        """(watch root, scope) pairs with no event for ``quiet`` seconds, removed from the set.
+    def take_due(self, now: float) -> list[tuple[str, str]]:
+        """(watch root, scope) pairs due at ``now``, removed from the set.
 
         A due whole-root scope also takes that root's due run scopes: the root pass judges them.
         """
         with self._lock:
-            ready = [k for k, t in self._last.items() if now - t >= quiet]
-            whole = {r for r, scope in ready if scope == r}
-            ready = [(r, scope) for r, scope in ready if scope == r or r not in whole]
-            for k in [k for k, t in self._last.items() if now - t >= quiet]:
-                del self._last[k]
-        return ready
+            ready = [k for k, t in self._due.items() if t <= now]
+            for k in ready:
+                del self._due[k]
+        whole = {r for r, scope in ready if scope == r}
+        return [(r, scope) for r, scope in ready if scope == r or r not in whole]
 
-    def next_due(self, quiet: float) -> float | None:
+    def next_due(self) -> float | None:
         with self._lock:
-            return min(self._last.values()) + quiet if self._last else None
+            return min(self._due.values()) if self._due else None
 
 
 def scope_of(path: str, root: str, runs: frozenset[str]) -> str:

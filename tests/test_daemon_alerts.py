@@ -107,13 +107,13 @@ def test_incomplete_newest_waits_for_stale_after(artefact, tmp_path: Path) -> No
         assert d.alerts.flush(WAIT)
         (post,) = hook.wait_for(1, WAIT)
         assert post["title"].startswith("[ckptwatch] run-a: checkpoint-2 incomplete")
-        due = d.dirty.next_due(0)
+        due = d.dirty.next_due()
         ckpt = run / "checkpoint-6"
         newest_write = max([ckpt.stat().st_mtime, *(f.stat().st_mtime for f in ckpt.iterdir())])
         assert due is not None and abs(due - (newest_write + 600 + 1)) < 2  # looked at again when stale
 
         clock.offset = 601.0 + newest_write - time.time() + 1
-        (settled,) = d.dirty.take_settled(clock(), 0)
+        (settled,) = d.dirty.take_due(clock())
         d._judge(d.config.watches[0], settled[1])
         assert d.alerts.flush(WAIT)
         posts = hook.wait_for(2, WAIT)

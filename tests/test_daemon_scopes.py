@@ -79,14 +79,26 @@ def test_scope_of_maps_event_paths_to_known_runs(path: str, expected: str) -> No
 
 def test_whole_root_scope_absorbs_its_run_scopes() -> None:
     """When the whole root is due, its due runs are judged by that pass, not again one by one."""
-    dirty = DirtyScopes()
+    dirty = DirtyScopes(quiet=5.0)
     dirty.touch("/r", 10.0, "/r/run-a")
     dirty.touch("/r", 11.0)
     dirty.touch("/s", 10.0, "/s/run-x")
     dirty.touch("/r", 30.0, "/r/run-b")  # still settling
-    assert sorted(dirty.take_settled(20.0, 5.0)) == [("/r", "/r"), ("/s", "/s/run-x")]
-    assert dirty.take_settled(40.0, 5.0) == [("/r", "/r/run-b")]
-    assert dirty.next_due(5.0) is None
+    assert sorted(dirty.take_due(20.0)) == [("/r", "/r"), ("/s", "/s/run-x")]
+    assert dirty.take_due(40.0) == [("/r", "/r/run-b")]
+    assert dirty.next_due() is None
+
+
+def test_a_run_that_never_goes_quiet_is_still_judged() -> None:
+    """Due settle_seconds after the first event: a log appended every second cannot starve a run."""
+    dirty = DirtyScopes(quiet=5.0)
+    for t in range(100, 110):  # an event every second
+        dirty.touch("/r", float(t), "/r/run-a")
+        assert dirty.take_due(float(t)) == ([("/r", "/r/run-a")] if t == 105 else [])
+    assert dirty.take_due(111.0) == [("/r", "/r/run-a")]
+    dirty.schedule("/r", "/r/run-a", 200.0)
+    dirty.touch("/r", 150.0, "/r/run-a")  # an event sooner than the schedule wins
+    assert dirty.next_due() == 155.0
 
 
 def test_event_in_one_run_makes_only_that_run_due(artefact, tmp_path: Path) -> None:
@@ -96,20 +108,20 @@ def test_event_in_one_run_makes_only_that_run_due(artefact, tmp_path: Path) -> N
     d._start_watchers()
     try:
         d._judge(d.config.watches[0])  # indexes the runs
-        assert d.dirty.take_settled(time.time() + 1e6, 0) == []
+        assert d.dirty.take_due(time.time() + 1e6) == []
         (root / "run-a" / "checkpoint-6" / "note.txt").write_text("x")
         deadline = time.monotonic() + 10
         due: list = []
         while not due and time.monotonic() < deadline:
             time.sleep(0.1)
-            due = d.dirty.take_settled(time.time() + 1, 0)
+            due = d.dirty.take_due(time.time() + 1)
         assert due == [(str(root), str(root / "run-a"))]
         (root / "run-c").mkdir()
         deadline = time.monotonic() + 10
         due = []
         while not due and time.monotonic() < deadline:
             time.sleep(0.1)
-            due = d.dirty.take_settled(time.time() + 1, 0)
+            due = d.dirty.take_due(time.time() + 1)
         assert due == [(str(root), str(root))]
     finally:
         for w in d.watchers.values():
@@ -191,7 +203,7 @@ def test_inotify_overflow_rejudges_root_and_repeated_overflow_moves_it_to_pollin
     try:
         inotify_log = logging.getLogger("watchdog.observers.inotify")
         inotify_log.warning("Inotify queue overflowed; reconciling recursive watches below %r", str(root))
-        assert d.dirty.take_settled(time.time() + 1, 0) == [(str(root), str(root))]
+        assert d.dirty.take_due(time.time() + 1) == [(str(root), str(root))]
         with capture_logs() as logs:
             d._handle_overflows()
         assert [e["event"] for e in logs] == ["inotify_overflow"]

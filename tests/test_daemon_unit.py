@@ -57,7 +57,7 @@ def test_dead_observer_is_restarted(tmp_path: Path) -> None:
         assert [e["event"] for e in logs] == ["observer_died"]
         (new,) = d.watchers.values()
         assert new is not w and new.alive()
-        assert d.dirty.next_due(0) is not None
+        assert d.dirty.next_due() is not None
     finally:
         for x in d.watchers.values():
             x.stop()

@@ -209,6 +209,42 @@ def test_root_that_appears_later_is_watched(tmp_path: Path) -> None:
         assert svc.stop(signal.SIGTERM) == 0
 
 
+def test_checkpoint_judged_while_the_trainer_keeps_logging(artefact, tmp_path: Path) -> None:
+    """A log appended every 0.2 s in the run dir does not starve the run: its new checkpoint is judged
+    within settle_seconds (+ slack) of its last write, while the log keeps growing."""
+    dcp = artefact("dcp")
+    root = tmp_path / "watched"
+    root.mkdir()
+    shutil.copytree(dcp / "step_100", root / "step_100")
+    old = time.time() - 3600
+    for f in (root / "step_100").iterdir():
+        os.utime(f, (old, old))
+    stop = threading.Event()
+
+    def log_forever() -> None:
+        with open(root / "train.log", "a") as f:
+            while not stop.is_set():
+                f.write(f"{{'loss': 0.5, 'step': {time.time()}}}\n")
+                f.flush()
+                time.sleep(0.2)
+
+    svc = Service(_config(tmp_path, root), tmp_path / "notify.sock")
+    logger = threading.Thread(target=log_forever, daemon=True)
+    try:
+        svc.wait_for(lambda: "READY=1" in svc.messages, what="READY=1")
+        logger.start()
+        time.sleep(1.0)
+        shutil.copytree(dcp / "step_200", root / "step_200")
+        written = time.monotonic()
+        svc.wait_for(lambda: [e for e in svc.judged("step_200") if e["status"] == "complete"],
+                     timeout=SETTLE + 10, what="step_200 complete while the log grows")
+        assert time.monotonic() - written < SETTLE + 3
+        assert logger.is_alive()
+    finally:
+        stop.set()
+        assert svc.stop(signal.SIGTERM) == 0
+
+
 def test_file_held_open_for_writing_is_not_judged_final(artefact, tmp_path: Path) -> None:
     """A settled-looking checkpoint whose shard another process holds open for writing stays in_progress."""
     dcp = artefact("dcp")
