@@ -1,0 +1,395 @@
+"""Resume detection over a run's loss writers, and the two drivers: ``RunLossWatcher`` (the daemon's,
+stateful, incremental) and ``analyse_run`` (``ckptwatch once``; the same code run once to the end).
+
+What counts as a resume. Within one *family* of writers (all TensorBoard files of the run, all its text
+logs, ...), a new segment (a new file, a new generation of a file, or a step sequence that goes back
+within a file) whose first step is at or below a step already seen: a process started again from an
+earlier step. A new writer that continues above every step seen is a rotated log or a clean continuation,
+not a resume (its loss could not have been compared with a later one anyway). Two writers whose wall
+times overlap are concurrent (two runs in one dir), not a resume of each other.
+
+What the real Trainer writes (transformers 5.23, checked with ``tests/builders/loss.py``): each process
+writes a new ``events.out.tfevents.*`` file; ``trainer_state.json`` of a checkpoint holds the
+``log_history`` of the checkpoint it resumed from *verbatim*, then the new entries; the steps the dead
+process logged after its last checkpoint never reach any ``trainer_state.json``. So a resume from the
+newest checkpoint leaves no overlap in ``trainer_state.json``: it is seen only when the watcher saw an
+earlier history that a later one contradicts (a rewritten ``checkpoint-N``, or an older checkpoint whose
+entries after the resume step differ). TensorBoard and text logs show it directly; they win when
+several families report the same resume step.
+
+The reference window is the last ``window`` points below the resume's first step in the newest earlier
+segment that has any; the resumed-from step is the newest checkpoint step at or below that first step
+(strictly below when steps are logged 1-based as the Trainer does: the loss logged at step 21 is the first
+after checkpoint-20; at or below when 0-based as Lightning does: the first after ``step=20.ckpt`` is logged
+as step 20). Without a matching checkpoint it is the newest earlier step below the first step.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from ckptwatch.losswatch.points import LazyPoints, LossPoint, Segment, WriterId
+from ckptwatch.losswatch.report import LossReport, Resume, SegmentSummary
+from ckptwatch.losswatch.rule import judge
+from ckptwatch.losswatch.settings import LossSettings
+from ckptwatch.losswatch.sources import (
+    Batch,
+    LineReader,
+    SourceFile,
+    TensorBoardReader,
+    checkpoint_states,
+    discover,
+    read_trainer_state,
+    wants_trainer_state,
+)
+from ckptwatch.losswatch.tail import Tailer
+
+MAX_SEGMENTS = 64  # per family; a run resumed more often than this keeps its first and newest segments
+
+# the family whose view of a resume is reported when several see it (finest, most direct first)
+PRIORITY = ("tensorboard", "text", "jsonl", "csv", "trainer_state")
+
+
+@dataclass
+class _Pending:
+    segment: Segment
+    at_step: int
+    earlier: Segment | None  # the segment the reference window comes from
+
+
+@dataclass
+class _Family:
+    kind: str
+    settings: LossSettings
+    segments: list[Segment] = field(default_factory=list)
+    current: dict[tuple[str, int], Segment] = field(default_factory=dict)  # (path, generation) -> segment
+    pending: list[_Pending] = field(default_factory=list)
+    decided: list[Resume] = field(default_factory=list)  # closed before the end of the poll
+    checkpoints: Sequence[tuple[int | None, str]] = ()  # the current poll's
+
+    def _close(self, seg: Segment) -> None:
+        """``seg`` can grow no more (its writer went back in steps): decide its pending resume now, so
+        that the segments it holds on to can be forgotten."""
+        keep = []
+        for pend in self.pending:
+            if pend.segment is seg:
+                self.decided.append(self._resume(pend, pend.segment.first[:self.settings.window], self.checkpoints))
+            else:
+                keep.append(pend)
+        self.pending = keep
+
+    def add(self, batch: Batch) -> None:
+        key = (batch.path, batch.generation)
+        seg = self.current.get(key)
+        pts = batch.points
+        if seg is None:
+            seg = self._new_segment(WriterId(batch.kind, batch.path, batch.generation, 0), pts[0])
+            self.current[key] = seg
+        # split where the step goes back (a resumed process appending to the same file)
+        steps = pts.steps if isinstance(pts, LazyPoints) else [p.step for p in pts]
+        prev = seg.last.step if seg.last is not None else steps[0]
+        if steps[0] >= prev and steps == sorted(steps):  # the common case, checked in C
+            cuts: list[int] = []
+        else:
+            cuts = [i for i, (a, b) in enumerate(zip([prev] + steps, steps)) if b < a]
+        start = 0
+        for cut in cuts + [len(pts)]:
+            if cut > start:
+                seg.extend(pts[start:cut])
+            if cut < len(pts):
+                self._close(seg)
+                seg = self._new_segment(WriterId(batch.kind, batch.path, batch.generation,
+                                                 seg.writer.segment + 1), pts[cut])
+                self.current[key] = seg
+            start = cut
+
+    def _new_segment(self, writer: WriterId, first: LossPoint) -> Segment:
+        seg = Segment(writer, keep_first=self.settings.window)
+        earlier = list(self.segments)
+        self.segments.append(seg)
+        if len(self.segments) > MAX_SEGMENTS:
+            # bounded: forget the oldest segment that is neither the run's first (its initial loss), a
+            # writer's current one, nor needed by an undecided resume
+            busy = {id(s) for s in self.current.values()} | {id(p.segment) for p in self.pending} | \
+                   {id(p.earlier) for p in self.pending}
+            for i, old in enumerate(self.segments[1:-1], 1):
+                if id(old) not in busy:
+                    del self.segments[i]
+                    break
+        if earlier:
+            max_seen = max(s.max_step for s in earlier)
+            if first.step <= max_seen and not self._concurrent(earlier[-1], first):
+                ref = next((s for s in reversed(earlier) if s.before(first.step, 1)), None)
+                self.pending.append(_Pending(seg, first.step, ref))
+        return seg
+
+    @staticmethod
+    def _concurrent(prev: Segment, first: LossPoint) -> bool:
+        last = prev.last
+        if last is None or last.wall_time is None or first.wall_time is None:
+            return False
+        return first.wall_time < last.wall_time
+
+    @property
+    def zero_based(self) -> bool:
+        first = self.segments[0].first_point if self.segments else None
+        return first is not None and first.step == 0
+
+    def decide(self, final: bool, checkpoints: Sequence[tuple[int | None, str]]) -> list[Resume]:
+        """Resumes whose post-resume window is full (or holds a non-finite loss, or can grow no more)."""
+        k = self.settings.window
+        out, self.decided = self.decided, []
+        keep: list[_Pending] = []
+        for pend in self.pending:
+            after = pend.segment.first[:k]
+            closed = final or pend.segment is not self.current.get((pend.segment.writer.path,
+                                                                    pend.segment.writer.generation))
+            if len(after) >= k or any(not math.isfinite(p.value) for p in after) or closed:
+                out.append(self._resume(pend, after, checkpoints))
+            else:
+                keep.append(pend)
+        self.pending = keep
+        return out
+
+    def _resume(self, pend: _Pending, after: list[LossPoint], checkpoints: Sequence[tuple[int | None, str]]) -> Resume:
+        s = self.settings
+        before = pend.earlier.before(pend.at_step, s.window) if pend.earlier else ()
+        initial = self.segments[0].first[:s.window] if self.segments else []
+        j = judge([p.value for p in before], [p.value for p in after], [p.value for p in initial], s)
+        from_step, from_ckpt = self._from(pend.at_step, before, checkpoints)
+        r = Resume(
+            at_step=pend.at_step, from_step=from_step, from_checkpoint=from_ckpt, before=j.before, after=j.after,
+            ratio=j.ratio, alert=j.alert, reason="", scratch=j.scratch, nonfinite=j.nonfinite, judged=j.judged,
+            initial=_median(initial), source=self.kind, writer=pend.segment.writer.label(),
+            before_writer=pend.earlier.writer.label() if pend.earlier else "",
+            before_steps=(before[0].step, before[-1].step) if before else None,
+            after_steps=(after[0].step, after[-1].step) if after else None,
+            kind="loss_nonfinite" if j.nonfinite else "loss_jump",
+        )
+        return _with_reason(r, s)
+
+    def _from(self, at_step: int, before: Sequence[LossPoint],
+              checkpoints: Sequence[tuple[int | None, str]]) -> tuple[int | None, str | None]:
+        zero = self.zero_based
+        ok = [(st, p) for st, p in checkpoints if st is not None and (st <= at_step if zero else st < at_step)]
+        if ok:
+            st, p = max(ok, key=lambda t: t[0])
+            return st, p
+        if not before:
+            return None, None
+        # 0-based logging: the loss logged at step s is the first after s completed steps
+        return before[-1].step + (1 if zero else 0), None
+
+
+def _median(pts: Sequence[LossPoint]) -> float | None:
+    from ckptwatch.losswatch.rule import median
+
+    vals = [p.value for p in pts if math.isfinite(p.value)]
+    return median(vals) if vals else None
+
+
+def _fmt(x: float | None) -> str:
+    return "?" if x is None else f"{x:.4g}"
+
+
+def _with_reason(r: Resume, s: LossSettings) -> Resume:
+    from dataclasses import replace
+
+    where = f"in {r.writer}" if r.writer else ""
+    frm = (f"from {r.from_checkpoint} (step {r.from_step})" if r.from_checkpoint
+           else f"from step {r.from_step}" if r.from_step is not None else "from an unknown step")
+    ckpt = r.from_checkpoint or (f"the checkpoint of step {r.from_step}" if r.from_step is not None else
+                                 "the checkpoint it resumed from")
+    if r.nonfinite:
+        msg = (f"loss is not finite right after the resume at step {r.at_step} {frm} {where} (last good loss "
+               f"before it {_fmt(r.before)}). The resumed state is broken; stop the run and check that {ckpt} "
+               f"is complete and was loaded as a whole (weights, optimizer, scaler).")
+    elif not r.judged:
+        msg = (f"resume at step {r.at_step} {frm} {where}: too few losses to judge (need {s.min_points} on "
+               f"each side; before {_fmt(r.before)}, after {_fmt(r.after)})")
+    elif r.alert:
+        ratio = f"{r.ratio:.1f}x" if r.ratio is not None else f"by {r.after - r.before:.3g}"  # type: ignore[operator]
+        msg = (f"loss jumped {ratio} after the resume at step {r.at_step} {frm}: median of the last "
+               f"{s.window} losses before it {_fmt(r.before)}, of the first {s.window} after it {_fmt(r.after)} "
+               f"({where.removeprefix('in ')})")
+        if r.scratch:
+            where_to = ("at or above" if r.initial is not None and r.after is not None and r.after >= r.initial
+                        else "back near")
+            msg += (f"; that is {where_to} the run's initial loss {_fmt(r.initial)}: training probably "
+                    f"restarted from scratch")
+        msg += (f". The resumed model is probably not the trained one: check that {ckpt} holds the trained "
+                f"weights and that they were loaded (a stub pytorch_model.bin beside an adapter, or a fresh "
+                f"adapter created before loading, does exactly this); stop the run, fix the load and resume "
+                f"again from {ckpt}.")
+    else:
+        msg = (f"resume at step {r.at_step} {frm} continued normally: loss {_fmt(r.before)} before, "
+               f"{_fmt(r.after)} after" + (f" ({r.ratio:.2f}x)" if r.ratio is not None else ""))
+    return replace(r, reason=msg)
+
+
+_LIGHTNING_STEP = re.compile(r"step=(\d+)")
+
+
+def find_checkpoints(run_root: str) -> list[tuple[int | None, str]]:
+    """Checkpoints to name in resumes when the caller has none: the Trainer's ``checkpoint-<N>/`` dirs
+    and Lightning's ``checkpoints/*step=<N>*.ckpt`` files (one and two levels down)."""
+    out: list[tuple[int | None, str]] = []
+    for pattern in ("checkpoint-*", "*/checkpoint-*"):
+        for p in glob.glob(os.path.join(run_root, pattern)):
+            m = re.fullmatch(r"checkpoint-(\d+)", os.path.basename(p))
+            if m and os.path.isdir(p):
+                out.append((int(m.group(1)), p))
+    for pattern in ("checkpoints/*.ckpt", "*/checkpoints/*.ckpt", "*/*/checkpoints/*.ckpt"):
+        for p in glob.glob(os.path.join(run_root, pattern)):
+            m = _LIGHTNING_STEP.search(os.path.basename(p))
+            if m:
+                out.append((int(m.group(1)), p))
+    return sorted(set(out), key=lambda t: (t[0] or 0, t[1]))
+
+
+class RunLossWatcher:
+    """The loss watch of one run dir, fed incrementally.
+
+    ``poll(checkpoints)`` reads what was appended since the last call (a stat per known file when nothing
+    changed, plus one directory walk to find new files) and returns only the resumes decided in this
+    call: a resume is decided once ``window`` post-resume points exist, at once when one is not finite.
+    """
+
+    def __init__(self, run_root: str, settings: LossSettings, *, tailer: Tailer | None = None) -> None:
+        self.root = run_root
+        self.settings = settings
+        self.tailer = tailer or Tailer()
+        self.readers: dict[str, LineReader | TensorBoardReader] = {}
+        self.families: dict[str, _Family] = {}
+        self.reported: set[int] = set()
+        self.resumes: list[Resume] = []
+        self.notes: list[str] = []
+        self._ts_seen: dict[str, tuple[int, int]] = {}
+        self._ts_hist: dict[int, float] = {}  # step -> loss of the accumulated trainer_state history
+
+    def _family(self, kind: str) -> _Family:
+        fam = self.families.get(kind)
+        if fam is None:
+            fam = self.families[kind] = _Family(kind, self.settings)
+        return fam
+
+    def poll(self, checkpoints: Sequence[tuple[int | None, str]] = (), *, final: bool = False) -> list[Resume]:
+        # Each reader streams its batches (one chunk in memory at a time). Only the first batch of each is
+        # peeked first, so that writers appearing in the same poll are fed in the order they started
+        # (wall time or mtime): the earlier process first.
+        heads: list[tuple[Batch, Iterator[Batch], SourceFile]] = []
+        for src in discover(self.root, self.settings):
+            reader = self.readers.get(src.path)
+            if reader is None:
+                reader = self.readers[src.path] = (TensorBoardReader(src, self.settings) if src.kind == "tensorboard"
+                                                   else LineReader(src, self.tailer, self.settings))
+            it = reader.read()
+            head = self._next(src, it)
+            if head is not None:
+                heads.append((head, it, src))
+        for fam in self.families.values():
+            fam.checkpoints = checkpoints
+        heads.sort(key=lambda h: (h[0].new_writer, h[0].order_key if h[0].new_writer else 0.0))
+        for head, it, src in heads:
+            fam = self._family(head.kind)
+            fam.checkpoints = checkpoints
+            fam.add(head)
+            while (b := self._next(src, it)) is not None:
+                fam.add(b)
+        if wants_trainer_state(self.settings):
+            self._poll_trainer_state(checkpoints)
+        decided: list[Resume] = []
+        for kind in PRIORITY:
+            fam = self.families.get(kind)
+            if fam is None:
+                continue
+            for r in fam.decide(final, checkpoints):
+                if r.at_step in self.reported:
+                    continue
+                self.reported.add(r.at_step)
+                decided.append(r)
+        self.resumes.extend(decided)
+        return decided
+
+    def _next(self, src: SourceFile, it: Iterator[Batch]) -> Batch | None:
+        """The reader's next batch; a source we cannot read becomes a note, never a crash of the watch."""
+        try:
+            return next(it, None)
+        except Exception as exc:  # noqa: BLE001 - any reader failure is reported the same way
+            note = f"{src.path}: cannot read as {src.kind}: {exc}"
+            if note not in self.notes:
+                self.notes.append(note)
+            return None
+
+    def _poll_trainer_state(self, checkpoints: Sequence[tuple[int | None, str]]) -> None:
+        fam = self._family("trainer_state")
+        fam.checkpoints = checkpoints
+        for step, path in checkpoint_states(self.root, checkpoints):
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            sig = (st.st_size, st.st_mtime_ns)
+            if self._ts_seen.get(path) == sig:
+                continue
+            pts = read_trainer_state(path, self.settings.metric)
+            if pts is None:
+                continue  # being written: try again next poll
+            self._ts_seen[path] = sig
+            hist = self._ts_hist
+            diverge = next((i for i, p in enumerate(pts) if p.step in hist and not _same(hist[p.step], p.value)), None)
+            if diverge is not None:
+                new = pts[diverge:]
+                gen = len(fam.segments)
+                fam.add(Batch("trainer_state", path, gen, tuple(new), True, 0.0))
+            else:
+                top = max(hist) if hist else -1
+                new = [p for p in pts if p.step > top]
+                if new:
+                    # the history continues: extend the newest segment (a continuation, not a new writer)
+                    if fam.segments:
+                        seg = fam.segments[-1]
+                        for p in new:
+                            seg.add(p)
+                    else:
+                        fam.add(Batch("trainer_state", path, 0, tuple(new), True, 0.0))
+            for p in pts:
+                hist[p.step] = p.value
+            while len(hist) > 4 * 4096:  # bounded: forget the oldest steps
+                hist.pop(min(hist))
+
+    def report(self) -> LossReport:
+        segs: list[SegmentSummary] = []
+        hists: list[tuple[LossPoint, ...]] = []
+        for kind in PRIORITY:
+            fam = self.families.get(kind)
+            if fam is None:
+                continue
+            for seg in fam.segments:
+                if seg.count == 0 or seg.last is None or seg.first_point is None:
+                    continue
+                first = seg.first_point
+                segs.append(SegmentSummary(kind, seg.writer.label(), first.step, seg.last.step, first.value,
+                                           seg.last.value, seg.count))
+                hists.append(tuple(seg.history()))
+        return LossReport(self.root, tuple(self.resumes), tuple(segs), tuple(hists), tuple(self.notes))
+
+
+def _same(a: float, b: float) -> bool:
+    return a == b or (math.isnan(a) and math.isnan(b)) or abs(a - b) <= 1e-9 * max(abs(a), abs(b))
+
+
+def analyse_run(run_root: str, settings: LossSettings,
+                checkpoints: Sequence[tuple[int | None, str]] = ()) -> LossReport:
+    """One pass over a run dir (``ckptwatch once``): every resume found, each judged with what exists."""
+    w = RunLossWatcher(run_root, settings)
+    w.poll(checkpoints or find_checkpoints(run_root), final=True)
+    return w.report()
+
+
+__all__ = ["RunLossWatcher", "SourceFile", "analyse_run"]
