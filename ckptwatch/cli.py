@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     once = sub.add_parser("once", help="judge every checkpoint under the given output dirs and exit")
     once.add_argument("paths", nargs="*", metavar="PATH")
     once.add_argument("--config", metavar="FILE", help="judge every [[watch]] path of this config file")
+    once.add_argument("--no-loss", action="store_true",
+                      help="skip the loss watch (resumes and loss jumps read from the runs' logs)")
     _check_args(once)
     verify = sub.add_parser("verify", help="judge one checkpoint (a directory or a single file)")
     verify.add_argument("path", metavar="PATH")
@@ -88,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     config_sub = config.add_subparsers(dest="config_command", required=True, parser_class=_Parser)
     check = config_sub.add_parser("check", help="validate a config file and say what the service would do with it")
     check.add_argument("file", metavar="FILE")
+    from ckptwatch.losswatch.cli import add_parser as add_loss_parser
+
+    add_loss_parser(sub)
     status = sub.add_parser("status", help="what the service knows: per run, newest complete and open problems")
     status.add_argument("--config", metavar="FILE", help="the service's config (for its state_dir)")
     status.add_argument("--json", action="store_true")
@@ -129,11 +134,13 @@ def cmd_once(args: argparse.Namespace) -> int:
         for i, w in enumerate(config.watches):
             if not os.path.exists(w.path):
                 raise ConfigError(f"{config.source}: watch[{i}].path: {w.path} does not exist")
-            targets.append(w if args.layout == "auto" else WatchConfig(w.path, args.layout, w.expected_ranks))
+            targets.append(w if args.layout == "auto" else WatchConfig(w.path, args.layout, w.expected_ranks,
+                                                                       loss=w.loss))
     if not targets:
         raise UsageError("once needs at least one PATH (or --config FILE with [[watch]] paths)")
     now = time.time()
-    reports = [check_root(_existing(w.path), _options(args, config, w), now, layout=w.layout) for w in targets]
+    reports = [check_root(_existing(w.path), _options(args, config, w), now, layout=w.layout,
+                          loss=None if args.no_loss else w.loss) for w in targets]
     if args.json:
         write_json(reports)
     else:
@@ -301,8 +308,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_PROBLEMS if any(r["open"] for r in runs) else EXIT_OK
 
 
+def _cmd_loss(args: argparse.Namespace) -> int:
+    from ckptwatch.losswatch.cli import cmd_loss
+
+    return cmd_loss(args)
+
+
 COMMANDS = {"once": cmd_once, "verify": cmd_verify, "latest": cmd_latest, "run": cmd_run, "status": cmd_status,
-            "config": cmd_config, "alert": cmd_alert}
+            "config": cmd_config, "alert": cmd_alert, "loss": _cmd_loss}
+
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,6 +16,7 @@ from typing import Any
 from ckptwatch.alerts.config import AlertsConfig, parse_alerts_config
 from ckptwatch.errors import ConfigError
 from ckptwatch.layouts.registry import NAMES
+from ckptwatch.losswatch.settings import LossSettings, parse_loss_settings
 from ckptwatch.settle import parse_duration
 
 DEFAULT_SETTLE_SECONDS = 60.0
@@ -29,6 +30,7 @@ class WatchConfig:
     expected_ranks: int | None = None
     observer: str = "auto"  # auto | inotify | polling (service only)
     latest_good: bool = False  # service keeps a ckptwatch-latest pointer in each run root
+    loss: LossSettings | None = LossSettings()  # [watch.loss]; None = enabled = false
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ class Config:
 
 
 _SERVICE_KEYS = {"settle_seconds", "stale_after", "state_dir", "log_format", "rescan_seconds", "metrics_port"}
-_WATCH_KEYS = {"path", "layout", "expected_ranks", "observer", "latest_good"}
+_WATCH_KEYS = {"path", "layout", "expected_ranks", "observer", "latest_good", "loss"}
 
 
 def load_config(path: str) -> Config:
@@ -145,7 +147,16 @@ def parse_config(raw: dict[str, Any], source: str) -> Config:
         latest_good = w.get("latest_good", False)
         if not isinstance(latest_good, bool):
             raise fail(f"{where}.latest_good", f"must be true or false, not {latest_good!r}")
-        watches.append(WatchConfig(os.path.abspath(os.path.expanduser(path)), layout, ranks, observer, latest_good))
+        loss_raw = w.get("loss", {})
+        if not isinstance(loss_raw, dict):
+            raise fail(f"{where}.loss", "must be a table ([watch.loss])")
+        enabled = loss_raw.get("enabled", True)
+        if not isinstance(enabled, bool):
+            raise fail(f"{where}.loss.enabled", f"must be true or false, not {enabled!r}")
+        loss = parse_loss_settings({k: v for k, v in loss_raw.items() if k != "enabled"}, f"{where}.loss",
+                                   source) if enabled else None
+        watches.append(WatchConfig(os.path.abspath(os.path.expanduser(path)), layout, ranks, observer, latest_good,
+                                   loss))
     for i, a in enumerate(watches):
         for j, b in enumerate(watches[:i]):
             if a.path == b.path or a.path.startswith(b.path.rstrip(os.sep) + os.sep) \

@@ -55,8 +55,8 @@ class Daemon:
 
     def __post_init__(self) -> None:
         self.log = configure_logging(self.config.service.log_format)
-        state_dir = self.config.service.state_dir or default_state_dir()
-        self.state = StateStore(os.path.join(state_dir, "state.sqlite"))
+        self.state_dir = self.config.service.state_dir or default_state_dir()
+        self.state = StateStore(os.path.join(self.state_dir, "state.sqlite"))
         self.dirty = DirtyScopes(quiet=self.config.service.settle_seconds)
         self.overflows: list[tuple[float, str | None]] = []  # appended by watchdog's thread
         self.watchers: dict[str, Watcher] = {}
@@ -66,6 +66,8 @@ class Daemon:
         self.caches: dict[str, dict] = {}  # per watched root: unchanged checkpoints are not re-read
         self.metrics_server = None
         self.run_bytes: dict[str, int] = {}  # per run: bytes of its newest complete checkpoint (the next save)
+        self.loss_watchers: dict[str, object] = {}  # run root -> losswatch.RunLossWatcher (offsets, windows)
+        self.resume_ratio: dict[str, float] = {}  # run root -> ratio of its last judged resume (metrics)
         self.next_disk_check = 0.0
         self.alerts = self._make_alerts(self.config)
 
@@ -305,7 +307,6 @@ class Daemon:
                 self.dirty.schedule(w.path, run.root, at)
             if w.latest_good:
                 self._update_pointer(run.root, verdicts, run.layout, now)
-            self.runs = {**self.runs, run.root: snapshot(run)}
             judged = replace(run, checkpoints=tuple(verdicts))
             look_again = self.alerts.run_judged(judged, now=now, stale_after=self.config.service.stale_after)
             if look_again is not None:
@@ -313,6 +314,60 @@ class Daemon:
             newest = next((v for v in reversed(verdicts) if v.status is Status.COMPLETE), None)
             if newest is not None:
                 self.run_bytes[run.root] = newest.bytes
+            if w.loss is not None:
+                self._watch_loss(w, judged, now)
+            self.runs = {**self.runs, run.root: snapshot(run, self.resume_ratio.get(run.root))}
+
+    def _watch_loss(self, w: WatchConfig, run, now: float) -> None:  # noqa: ANN001 - a RunReport
+        """Read what the run's loss sources appended; log each newly judged resume; alert a jump."""
+        from ckptwatch.losswatch import RunLossWatcher
+
+        from ckptwatch.engine import loss_root
+
+        where = loss_root(run)  # runs sharing one (Lightning versions) share one watcher: one alert
+        watcher = self.loss_watchers.get(where)
+        if watcher is None:
+            watcher = self.loss_watchers[where] = RunLossWatcher(where, w.loss)
+        component = f"loss watch of {run.root}"
+        try:
+            resumes = watcher.poll([(v.step, v.path) for v in run.checkpoints])
+        except Exception as exc:  # noqa: BLE001 - a log we cannot read never stops the checkpoint checks
+            error = f"{type(exc).__name__}: {exc}"
+            self.log.error("service_error", run=run.root, component=component, error=error,
+                           action="retrying at the next pass")
+            self.alerts.service_error(component, error, "retrying at the next pass; `ckptwatch loss "
+                                      f"{run.root}` shows what the loss watch reads", now=now)
+            return
+        self.alerts.service_ok(component, now=now)
+        for r in resumes:
+            self.log.info("resume_detected", run=run.root, checkpoint=r.from_checkpoint, step=r.at_step,
+                          from_step=r.from_step, before=r.before, after=r.after, ratio=r.ratio, alert=r.alert,
+                          scratch=r.scratch, message=r.reason)
+            if r.ratio is not None:
+                self.resume_ratio[run.root] = r.ratio
+            if r.alert:
+                self._alert_loss_jump(run, watcher, r, now)
+
+    def _alert_loss_jump(self, run, watcher, r, now: float) -> None:  # noqa: ANN001
+        from ckptwatch.alerts.messages import loss_jump_alert
+
+        hazards = [h.full_message for v in run.checkpoints if v.path == r.from_checkpoint for h in v.hazards]
+        plot = None
+        if self.alerts.enabled:
+            plot = os.path.join(self.state_dir, "plots", f"{os.path.basename(run.root.rstrip(os.sep))}-"
+                                f"{abs(hash(run.root)) % 10**8:08d}-step{r.at_step}.png")
+            try:
+                from ckptwatch.losswatch import plot_history
+
+                os.makedirs(os.path.dirname(plot), exist_ok=True)
+                plot_history(watcher.report(), plot)
+            except Exception as exc:  # noqa: BLE001 - the alert goes out without its picture
+                self.log.warning("loss_plot_failed", run=run.root, error=f"{type(exc).__name__}: {exc}")
+                plot = None
+        self.alerts.raise_alert(loss_jump_alert(
+            run=run.root, at_step=r.at_step, from_step=r.from_step, from_checkpoint=r.from_checkpoint,
+            before=r.before, after=r.after, ratio=r.ratio, scratch=r.scratch, hazards=hazards,
+            host=self.alerts.host, now=now, plot=plot, nonfinite=r.nonfinite))
 
     def _check_disks(self, now: float) -> None:
         """disk_low per watched root, once a minute (psutil.disk_usage is one statvfs)."""

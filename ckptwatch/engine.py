@@ -51,7 +51,8 @@ def check_root(root: str, opts: CheckOptions, now: float, *, layout: str = "auto
     found = discover(root, layout=layout)
     runs = [judge_run(run, opts, now, cache=cache) for run in found.runs]
     if loss is not None:
-        runs = [with_loss(r, loss) for r in runs]
+        memo: dict[str, Any] = {}
+        runs = [with_loss(r, loss, memo) for r in runs]
     if cache is not None:
         seen = {c.path for run in found.runs for c in run.candidates}
         for gone in [p for p in cache if p not in seen]:
@@ -80,20 +81,41 @@ def check_run_dir(run_root: str, opts: CheckOptions, now: float, *, layout: str 
     return reports
 
 
-def with_loss(run: RunReport, settings: Any) -> RunReport:
+def loss_root(run: RunReport) -> str:
+    """Where a run's loss logs live: its root, except where the layout keeps checkpoints apart.
+
+    Lightning writes checkpoints to ``.../checkpoints/`` and the CSV/TensorBoard logs beside that dir;
+    with its default layout (``lightning_logs/version_N/checkpoints``) a resume starts ``version_N+1``,
+    so the loss of all versions is read from ``lightning_logs`` to see the resume at all.
+    """
+    root = run.root
+    if run.layout == "lightning" and os.path.basename(root.rstrip(os.sep)) == "checkpoints":
+        root = os.path.dirname(root.rstrip(os.sep))
+        if re.fullmatch(r"version_\d+", os.path.basename(root)):
+            root = os.path.dirname(root)
+    return root
+
+
+def with_loss(run: RunReport, settings: Any, memo: dict[str, Any] | None = None) -> RunReport:
     """The run with its loss history judged (``once``): resumes and loss jumps, ``loss.resumes`` in JSON.
 
     The loss watch reads logs the trainer wrote, not checkpoints; a fault there (an unreadable events
-    file) is a note in the loss report, never a reason to lose the checkpoint verdicts.
+    file) is a note in the loss report, never a reason to lose the checkpoint verdicts. ``memo``: runs
+    that share a loss root (Lightning versions) share one analysis.
     """
     from ckptwatch.losswatch import analyse_run
 
+    where = loss_root(run)
+    if memo is not None and where in memo:
+        return replace(run, loss=memo[where])
     try:
-        report = analyse_run(run.root, settings, [(v.step, v.path) for v in run.checkpoints])
+        report = analyse_run(where, settings, [(v.step, v.path) for v in run.checkpoints])
     except Exception as exc:  # noqa: BLE001 - see the docstring
         from ckptwatch.losswatch import LossReport
 
-        report = LossReport(run.root, (), (), (), (f"loss watch failed: {type(exc).__name__}: {exc}",))
+        report = LossReport(where, (), (), (), (f"loss watch failed: {type(exc).__name__}: {exc}",))
+    if memo is not None:
+        memo[where] = report
     return replace(run, loss=report)
 
 

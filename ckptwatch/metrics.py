@@ -22,15 +22,16 @@ class RunSnapshot:
     newest_complete_mtime: float | None
     counts: dict[str, int]
     bytes_on_disk: int
+    resume_ratio: float | None = None  # loss after / before the run's last judged resume
 
 
-def snapshot(run: RunReport) -> RunSnapshot:
+def snapshot(run: RunReport, resume_ratio: float | None = None) -> RunSnapshot:
     complete = [v for v in run.checkpoints if v.status is Status.COMPLETE]
     counts = {s.value: sum(1 for v in run.checkpoints if v.status is s) for s in Status}
     newest = complete[-1] if complete else None
     return RunSnapshot(run.root, run.layout, newest.step if newest else None,
                        newest.newest_mtime if newest else None, counts,
-                       sum(v.bytes for v in run.checkpoints))
+                       sum(v.bytes for v in run.checkpoints), resume_ratio)
 
 
 class _Collector:
@@ -47,6 +48,9 @@ class _Collector:
                                 "Seconds since the newest complete checkpoint was written", labels=["run"])
         count = GaugeMetricFamily("ckptwatch_checkpoints", "Checkpoints by status", labels=["run", "status"])
         size = GaugeMetricFamily("ckptwatch_bytes_on_disk", "Bytes held by the run's checkpoints", labels=["run"])
+        ratio = GaugeMetricFamily("ckptwatch_last_resume_loss_ratio",
+                                  "Loss after / before the run's last resume (about 1 when it resumed right)",
+                                  labels=["run"])
         now = time.time()
         for r in runs:
             if r.newest_complete_step is not None:
@@ -56,7 +60,9 @@ class _Collector:
             for status, n in r.counts.items():
                 count.add_metric([r.root, status], n)
             size.add_metric([r.root], r.bytes_on_disk)
-        yield from (step, age, count, size)
+            if r.resume_ratio is not None:
+                ratio.add_metric([r.root], r.resume_ratio)
+        yield from (step, age, count, size, ratio)
 
 
 def serve(port: int, source) -> object:  # noqa: ANN001

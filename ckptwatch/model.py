@@ -139,6 +139,7 @@ class RunReport:
     latest_resumable: str | None
     problems: tuple[Problem, ...] = ()  # run-level findings (e.g. a pointer file that does not parse)
     hazards: tuple[Hazard, ...] = ()  # run-level hazards (a `latest` naming an incomplete step)
+    loss: Any = None  # a losswatch.LossReport when the loss watch ran (model does not import losswatch)
 
 
 def status_from(problems: tuple[Problem, ...] | list[Problem]) -> Status:

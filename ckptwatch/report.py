@@ -1,8 +1,9 @@
 """Output: the versioned ``--json`` contract and a table a person can read at 3 a.m.
 
 JSON follows DESIGN.md ``version: 1``; additions (``severity``, ``ranks.source``, run- and top-level
-``problems``/``hazards``, ``newest_mtime``) are extensions, never renames. Keys of later features
-(``loss``, ``retention``, ``mirror``) appear only once those features exist.
+``problems``/``hazards``, ``newest_mtime``) are extensions, never renames. ``loss`` (resumes
+found in the run's loss history, each judged) appears when the loss watch ran; ``retention`` and
+``mirror`` appear only once those features exist.
 """
 
 from __future__ import annotations
@@ -37,9 +38,12 @@ def verdict_json(v: Verdict) -> dict[str, Any]:
 
 
 def run_json(r: RunReport) -> dict[str, Any]:
-    return {"root": r.root, "layout": r.layout, "latest_resumable": r.latest_resumable,
-            "checkpoints": [verdict_json(v) for v in r.checkpoints],
-            "problems": [_problem(p) for p in r.problems], "hazards": [_hazard(h) for h in r.hazards]}
+    out = {"root": r.root, "layout": r.layout, "latest_resumable": r.latest_resumable,
+           "checkpoints": [verdict_json(v) for v in r.checkpoints],
+           "problems": [_problem(p) for p in r.problems], "hazards": [_hazard(h) for h in r.hazards]}
+    if r.loss is not None:
+        out["loss"] = r.loss.to_json()
+    return out
 
 
 def to_json(reports: list[RootReport]) -> dict[str, Any]:
@@ -83,6 +87,10 @@ def write_table(reports: list[RootReport], out: TextIO = sys.stdout, *, colour: 
         _write_findings(out, "  ", r.problems, r.hazards, problem_label="run ")
         latest = r.latest_resumable or "none: no complete checkpoint"
         out.write(f"  newest resumable: {latest}\n")
+        if r.loss is not None:
+            for res in r.loss.resumes:
+                flag = "LOSS JUMP" if res.alert else "resume"
+                out.write(f"  {flag} at step {res.at_step}: {res.reason}\n")
     for rr in reports:
         for p in rr.problems:
             out.write(f"{p.kind}: {p.full_message}\n")

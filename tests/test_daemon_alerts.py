@@ -180,3 +180,41 @@ def test_no_channel_means_no_ledger_and_no_thread(tmp_path: Path) -> None:
         "SELECT name FROM sqlite_master WHERE type='table'").fetchall()
     assert ("alerts",) not in tables
     _stop(d)
+
+
+def test_loss_jump_after_stub_resume_mailed_with_cause_and_plot_once(artefact, tmp_path: Path) -> None:
+    """The real Trainer resumed through a stub pytorch_model.bin: one loss_jump mail naming checkpoint-20,
+    its stub hazard and both losses, with the PNG attached; not re-sent after a restart."""
+    from structlog.testing import capture_logs
+
+    from tests.servers import attachment_names
+
+    root = tmp_path / "root"
+    root.mkdir()
+    shutil.copytree(artefact("loss_hf_resume_stub"), root / "run-lora", symlinks=True)
+    with SmtpServer() as smtp, WebhookServer() as hook:
+        alerts = {"urls": [hook.url()], "channels": {"oncall": [smtp.url()]}, "routes": {"loss_jump": ["oncall"]}}
+        d = _daemon(tmp_path, root, alerts)
+        with capture_logs() as logs:
+            d._judge(d.config.watches[0])
+        assert d.alerts.flush(WAIT)
+        (mail,) = smtp.wait_for(1, WAIT)
+        assert mail["Subject"].startswith("[ckptwatch] run-lora: loss jumped x")
+        assert mail["Subject"].endswith("after resuming at step 21 (from scratch?)")
+        body = body_text(mail)
+        assert "Resumed from: checkpoint-20 (step 20)" in body
+        assert "pytorch_model.bin" in body and "adapter_model.safetensors" in body  # the cause, beside the effect
+        (png,) = attachment_names(mail)
+        assert png.endswith("-step21.png")
+        (resume,) = [e for e in logs if e["event"] == "resume_detected"]
+        assert resume["alert"] and resume["ratio"] > 3 and resume["before"] < 0.5 < 1.5 < resume["after"]
+        assert resume["checkpoint"].endswith("checkpoint-20")
+        assert not any("loss jumped" in p["title"] for p in hook.posts)  # routed to email only
+        _stop(d)
+
+        d = _daemon(tmp_path, root, alerts)
+        d._judge(d.config.watches[0])
+        assert d.alerts.flush(WAIT)
+        time.sleep(0.5)
+        assert len(smtp.messages) == 1
+        _stop(d)

@@ -261,19 +261,25 @@ def service_error_alert(*, component: str, error: str, host: str, now: float, ac
 
 
 def loss_jump_alert(*, run: str, at_step: int, from_step: int | None, from_checkpoint: str | None,
-                    before: float, after: float, ratio: float, scratch: bool, hazards: Sequence[str],
-                    host: str, now: float, plot: str | None = None) -> Alert:
+                    before: float | None, after: float | None, ratio: float | None, scratch: bool,
+                    hazards: Sequence[str], host: str, now: float, plot: str | None = None,
+                    nonfinite: bool = False) -> Alert:
     """A resume whose loss jumped: the run resumed from the wrong thing (or from nothing at all).
 
     ``scratch``: the loss after the resume looks like an untrained model's, so the resume most likely
     loaded no weights. ``hazards``: messages of the resumed-from checkpoint's hazards, the likely cause.
     ``plot``: a PNG of the loss around the resume, attached where the channel supports attachments.
+    ``nonfinite``: the loss after the resume is NaN or inf (no ratio to speak of).
     """
+    def num(x: float | None) -> str:
+        return "?" if x is None else f"{x:.4g}"
+
     name = _name(run)
     where = f"{_name(from_checkpoint)} (step {from_step})" if from_checkpoint else (
         f"step {from_step}" if from_step is not None else "an unknown checkpoint")
     facts = [("Host", host), ("Run", run), ("Resumed at", f"step {at_step}"), ("Resumed from", where),
-             ("Loss", f"{before:.4g} before -> {after:.4g} after (x{ratio:.2f})")]
+             ("Loss", f"{num(before)} before -> {num(after)} after"
+                      + (f" (x{ratio:.2f})" if ratio is not None and not nonfinite else ""))]
     if scratch:
         facts.append(("Looks like", "training from scratch: the resume probably loaded no trained weights"))
     if from_checkpoint and hazards:
@@ -283,8 +289,10 @@ def loss_jump_alert(*, run: str, at_step: int, from_step: int | None, from_check
         advice = "stop the run and check what the resume loaded (the trainer log's first lines after the restart)"
     return Alert(kind="loss_jump", severity=KIND_SEVERITY["loss_jump"],
                  key=(run, from_checkpoint or f"step-{at_step}", "loss_jump"),
-                 title=f"{PREFIX} {name}: loss jumped x{ratio:.1f} after resuming at step {at_step}"
-                       + (" (from scratch?)" if scratch else ""),
+                 title=(f"{PREFIX} {name}: loss is {num(after)} after resuming at step {at_step}" if nonfinite
+                        or ratio is None else
+                        f"{PREFIX} {name}: loss jumped x{ratio:.1f} after resuming at step {at_step}"
+                        + (" (from scratch?)" if scratch else "")),
                  body=_render(facts, [("Hazards of the resumed-from checkpoint", list(hazards))], advice, now),
                  attachments=(plot,) if plot else (), fingerprint=repr((at_step, from_step)))
 
