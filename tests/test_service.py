@@ -97,6 +97,17 @@ def _config(tmp_path: Path, root: Path, extra: str = "", stale_after: str = "30m
     return cfg
 
 
+def _root_with_settled_step_100(dcp: Path, tmp_path: Path) -> Path:
+    """A watched root holding the real 4-rank step_100, its files dated an hour back (long settled)."""
+    root = tmp_path / "watched"
+    root.mkdir()
+    shutil.copytree(dcp / "step_100", root / "step_100")
+    old = time.time() - 3600
+    for f in (root / "step_100").iterdir():
+        os.utime(f, (old, old))
+    return root
+
+
 def _copy_slowly(src: Path, dest: Path, delay: float, skip: tuple[str, ...] = ()) -> None:
     dest.mkdir()
     # data files first, the commit marker last, as DCP writes them
@@ -213,12 +224,7 @@ def test_checkpoint_judged_while_the_trainer_keeps_logging(artefact, tmp_path: P
     """A log appended every 0.2 s in the run dir does not starve the run: its new checkpoint is judged
     within settle_seconds (+ slack) of its last write, while the log keeps growing."""
     dcp = artefact("dcp")
-    root = tmp_path / "watched"
-    root.mkdir()
-    shutil.copytree(dcp / "step_100", root / "step_100")
-    old = time.time() - 3600
-    for f in (root / "step_100").iterdir():
-        os.utime(f, (old, old))
+    root = _root_with_settled_step_100(dcp, tmp_path)
     stop = threading.Event()
 
     def log_forever() -> None:
@@ -248,12 +254,7 @@ def test_checkpoint_judged_while_the_trainer_keeps_logging(artefact, tmp_path: P
 def test_file_held_open_for_writing_is_not_judged_final(artefact, tmp_path: Path) -> None:
     """A settled-looking checkpoint whose shard another process holds open for writing stays in_progress."""
     dcp = artefact("dcp")
-    root = tmp_path / "watched"
-    root.mkdir()
-    shutil.copytree(dcp / "step_100", root / "step_100")
-    old = time.time() - 3600
-    for f in (root / "step_100").iterdir():
-        os.utime(f, (old, old))
+    root = _root_with_settled_step_100(dcp, tmp_path)
     shard = root / "step_100" / "__2_0.distcp"
     holder = subprocess.Popen([sys.executable, "-c", f"import sys, time; f = open({str(shard)!r}, 'ab'); "
                                "sys.stdout.write('open\\n'); sys.stdout.flush(); time.sleep(60)"],

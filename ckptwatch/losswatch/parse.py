@@ -84,23 +84,28 @@ def _pairs(pat: TextPattern, chunk: bytes, with_pos: bool) -> list[tuple[int, by
     return [(b, a) for a, b in pairs] if pat.swapped else pairs
 
 
+def _matches(chunk: bytes, patterns: Sequence[TextPattern]) -> list[tuple[bytes, bytes]]:
+    """(value, step) byte pairs of every pattern whose literal occurs in ``chunk``, in file order.
+
+    One pattern (the common case): a single ``findall``. Several: each with positions, merged by offset.
+    """
+    active = [p for p in patterns if not p.needle or p.needle in chunk]
+    if len(active) == 1:
+        return _pairs(active[0], chunk, False)
+    found: list = []
+    for pat in active:
+        found.extend(_pairs(pat, chunk, True))
+    found.sort(key=lambda t: t[0])
+    return [(v, s) for _, v, s in found]
+
+
 def parse_text_chunk(chunk: bytes, patterns: Sequence[TextPattern], ordinal: int) -> tuple[list[LossPoint], int]:
     """Loss points in ``chunk`` (complete lines only), in file order, and the updated loss-line ordinal.
 
     ``ordinal`` counts loss lines seen so far in this writer; a line without a step gets ``ordinal + 1``.
     The common case (one line format in the chunk) runs ``findall`` and two list comprehensions.
     """
-    active = [p for p in patterns if not p.needle or p.needle in chunk]
-    if not active:
-        return [], ordinal
-    if len(active) == 1:
-        pairs = _pairs(active[0], chunk, False)
-    else:
-        found: list = []
-        for pat in active:
-            found.extend(_pairs(pat, chunk, True))
-        found.sort(key=lambda t: t[0])
-        pairs = [(v, s) for _, v, s in found]
+    pairs = _matches(chunk, patterns)
     if not pairs:
         return [], ordinal
     new = tuple.__new__
@@ -119,17 +124,7 @@ def parse_text_chunk(chunk: bytes, patterns: Sequence[TextPattern], ordinal: int
 def parse_text_chunk_lazy(chunk: bytes, patterns: Sequence[TextPattern], ordinal: int) -> tuple[LazyPoints, int]:
     """``parse_text_chunk`` for the bulk path: steps and values converted with C-level ``map``, the
     ``LossPoint`` tuples made only for the points a segment keeps."""
-    active = [p for p in patterns if not p.needle or p.needle in chunk]
-    if not active:
-        return LazyPoints([], []), ordinal
-    if len(active) == 1:
-        pairs = _pairs(active[0], chunk, False)
-    else:
-        found: list = []
-        for pat in active:
-            found.extend(_pairs(pat, chunk, True))
-        found.sort(key=lambda t: t[0])
-        pairs = [(v, s) for _, v, s in found]
+    pairs = _matches(chunk, patterns)
     if not pairs:
         return LazyPoints([], []), ordinal
     vals_b, steps_b = zip(*pairs)
