@@ -29,6 +29,8 @@ from ckptwatch.writers import open_for_writing
 
 
 DISK_CHECK_SECONDS = 60.0
+LOSS_POLL_SECONDS = 5.0  # how often an active run's loss logs are read between passes
+LOSS_ACTIVE_SECONDS = 600.0  # a run with a file event this recent is active
 
 
 def configure_logging(fmt: str) -> object:
@@ -66,7 +68,9 @@ class Daemon:
         self.caches: dict[str, dict] = {}  # per watched root: unchanged checkpoints are not re-read
         self.metrics_server = None
         self.run_bytes: dict[str, int] = {}  # per run: bytes of its newest complete checkpoint (the next save)
-        self.loss_watchers: dict[str, object] = {}  # run root -> losswatch.RunLossWatcher (offsets, windows)
+        self.loss_watchers: dict[str, object] = {}  # loss root -> losswatch.RunLossWatcher (offsets, windows)
+        self.loss_runs: dict[str, tuple[str, str, tuple]] = {}  # run root -> (watch root, loss root, checkpoints)
+        self.next_loss_poll = 0.0
         self.resume_ratio: dict[str, float] = {}  # run root -> ratio of its last judged resume (metrics)
         self.next_disk_check = 0.0
         self.alerts = self._make_alerts(self.config)
@@ -112,6 +116,8 @@ class Daemon:
             self._check_watchers()
             if now >= self.next_disk_check:
                 self._check_disks(now)
+            if now >= self.next_loss_poll:
+                self._poll_active_loss(now)
             if ping is not None:
                 self.notifier.send("WATCHDOG=1")
             due = self.dirty.next_due()
@@ -315,57 +321,73 @@ class Daemon:
             if newest is not None:
                 self.run_bytes[run.root] = newest.bytes
             if w.loss is not None:
-                self._watch_loss(w, judged, now)
+                from ckptwatch.engine import loss_root
+
+                self.loss_runs[run.root] = (w.path, loss_root(judged), tuple((v.step, v.path) for v in verdicts))
+                self._poll_loss(run.root, now)
             self.runs = {**self.runs, run.root: snapshot(run, self.resume_ratio.get(run.root))}
 
-    def _watch_loss(self, w: WatchConfig, run, now: float) -> None:  # noqa: ANN001 - a RunReport
-        """Read what the run's loss sources appended; log each newly judged resume; alert a jump."""
+    def _poll_loss(self, run_root: str, now: float) -> None:
+        """Read what the run's loss sources appended; log each newly judged resume; alert a jump.
+
+        Called after each pass over the run and, while the run is active, every LOSS_POLL_SECONDS: log
+        lines need no settling (only complete lines are read), so a jump is seen within one flush plus
+        a few seconds, not after settle_seconds.
+        """
         from ckptwatch.losswatch import RunLossWatcher
 
-        from ckptwatch.engine import loss_root
-
-        where = loss_root(run)  # runs sharing one (Lightning versions) share one watcher: one alert
-        watcher = self.loss_watchers.get(where)
+        w_root, where, checkpoints = self.loss_runs[run_root]
+        w = self._watch_for(w_root)
+        if w is None or w.loss is None:
+            return
+        watcher = self.loss_watchers.get(where)  # runs sharing a loss root (Lightning versions) share it
         if watcher is None:
             watcher = self.loss_watchers[where] = RunLossWatcher(where, w.loss)
-        component = f"loss watch of {run.root}"
+        component = f"loss watch of {where}"
         try:
-            resumes = watcher.poll([(v.step, v.path) for v in run.checkpoints])
+            resumes = watcher.poll(checkpoints)
         except Exception as exc:  # noqa: BLE001 - a log we cannot read never stops the checkpoint checks
             error = f"{type(exc).__name__}: {exc}"
-            self.log.error("service_error", run=run.root, component=component, error=error,
+            self.log.error("service_error", run=run_root, component=component, error=error,
                            action="retrying at the next pass")
             self.alerts.service_error(component, error, "retrying at the next pass; `ckptwatch loss "
-                                      f"{run.root}` shows what the loss watch reads", now=now)
+                                      f"{where}` shows what the loss watch reads", now=now)
             return
         self.alerts.service_ok(component, now=now)
         for r in resumes:
-            self.log.info("resume_detected", run=run.root, checkpoint=r.from_checkpoint, step=r.at_step,
+            self.log.info("resume_detected", run=run_root, checkpoint=r.from_checkpoint, step=r.at_step,
                           from_step=r.from_step, before=r.before, after=r.after, ratio=r.ratio, alert=r.alert,
                           scratch=r.scratch, message=r.reason)
             if r.ratio is not None:
-                self.resume_ratio[run.root] = r.ratio
+                self.resume_ratio[run_root] = r.ratio
             if r.alert:
-                self._alert_loss_jump(run, watcher, r, now)
+                self._alert_loss_jump(run_root, watcher, r, now)
 
-    def _alert_loss_jump(self, run, watcher, r, now: float) -> None:  # noqa: ANN001
+    def _poll_active_loss(self, now: float) -> None:
+        """Poll the loss watch of every run that saw a file event within LOSS_ACTIVE_SECONDS."""
+        self.next_loss_poll = now + LOSS_POLL_SECONDS
+        for run_root, (w_root, _, _) in list(self.loss_runs.items()):
+            if self.dirty.active(w_root, run_root, now - LOSS_ACTIVE_SECONDS):
+                self._poll_loss(run_root, now)
+
+    def _alert_loss_jump(self, run_root: str, watcher, r, now: float) -> None:  # noqa: ANN001
         from ckptwatch.alerts.messages import loss_jump_alert
 
-        hazards = [h.full_message for v in run.checkpoints if v.path == r.from_checkpoint for h in v.hazards]
+        hazards = self.state.hazard_messages(r.from_checkpoint) if r.from_checkpoint else []
         plot = None
         if self.alerts.enabled:
-            plot = os.path.join(self.state_dir, "plots", f"{os.path.basename(run.root.rstrip(os.sep))}-"
-                                f"{abs(hash(run.root)) % 10**8:08d}-step{r.at_step}.png")
+            plot = os.path.join(self.state_dir, "plots", f"{os.path.basename(run_root.rstrip(os.sep))}-"
+                                f"{abs(hash(run_root)) % 10**8:08d}-step{r.at_step}.png")
             try:
                 from ckptwatch.losswatch import plot_history
 
                 os.makedirs(os.path.dirname(plot), exist_ok=True)
                 plot_history(watcher.report(), plot)
             except Exception as exc:  # noqa: BLE001 - the alert goes out without its picture
-                self.log.warning("loss_plot_failed", run=run.root, error=f"{type(exc).__name__}: {exc}")
+                self.log.warning("loss_plot_failed", run=run_root, error=f"{type(exc).__name__}: {exc}")
                 plot = None
         self.alerts.raise_alert(loss_jump_alert(
-            run=run.root, at_step=r.at_step, from_step=r.from_step, from_checkpoint=r.from_checkpoint,
+            run=run_root, at_step=r.at_step, from_step=r.from_step, from_checkpoint=r.from_checkpoint,
             before=r.before, after=r.after, ratio=r.ratio, scratch=r.scratch, hazards=hazards,
             host=self.alerts.host, now=now, plot=plot, nonfinite=r.nonfinite))
 

@@ -89,6 +89,11 @@ class StateStore:
                 out.add(v.path)
         return out
 
+    def hazard_messages(self, path: str) -> list[str]:
+        """The stored resume hazards of one checkpoint (for the loss_jump alert: cause beside effect)."""
+        row = self._db.execute("SELECT hazards FROM checkpoints WHERE path = ?", (path,)).fetchone()
+        return [f"{h['kind']}: {h['message']}" for h in json.loads(row[0])] if row else []
+
     def runs(self) -> list[dict[str, object]]:
         """Per run: checkpoint counts by status, the newest complete one, and the open problems."""
         out = []

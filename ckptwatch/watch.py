@@ -59,11 +59,13 @@ class DirtyScopes:
 
     quiet: float = 0.0  # settle_seconds
     _due: dict[tuple[str, str], float] = field(default_factory=dict)  # (watch root, scope) -> due time
+    _last_event: dict[tuple[str, str], float] = field(default_factory=dict)  # for "is this run active?"
     _lock: threading.Lock = field(default_factory=threading.Lock)
     wake: threading.Event = field(default_factory=threading.Event)
 
     def touch(self, root: str, when: float, scope: str | None = None) -> None:
         """An event at ``when``: the scope is due ``quiet`` later, unless it is due sooner already."""
+        self._last_event[(root, scope or root)] = when  # one dict store: atomic under the GIL
         self._set(root, scope or root, when + self.quiet)
 
     def schedule(self, root: str, scope: str, at: float) -> None:
@@ -88,6 +90,10 @@ class DirtyScopes:
                 del self._due[k]
         whole = {r for r, scope in ready if scope == r}
         return [(r, scope) for r, scope in ready if scope == r or r not in whole]
+
+    def active(self, root: str, scope: str, since: float) -> bool:
+        """Did an event touch ``scope`` (or its whole root, which may hold its logs) after ``since``?"""
+        return max(self._last_event.get((root, scope), 0.0), self._last_event.get((root, root), 0.0)) > since
 
     def next_due(self) -> float | None:
         with self._lock:

@@ -218,3 +218,59 @@ def test_loss_jump_after_stub_resume_mailed_with_cause_and_plot_once(artefact, t
         time.sleep(0.5)
         assert len(smtp.messages) == 1
         _stop(d)
+
+
+def test_loss_jump_seen_between_passes_while_the_run_logs(artefact, tmp_path: Path) -> None:
+    """Loss logs need no settling: the resumed process's events file appearing in an active run is read by
+    the periodic loss poll (no checkpoint pass) and the jump is alerted."""
+    from structlog.testing import capture_logs
+
+    interrupted, resumed = artefact("loss_hf_interrupted"), artefact("loss_hf_resume_fresh")
+    root = tmp_path / "root"
+    root.mkdir()
+    run = root / "run-lora"
+    shutil.copytree(interrupted, run, symlinks=True)
+    first = {p.name for p in (run / "runs").iterdir()}
+    with WebhookServer() as hook:
+        d = _daemon(tmp_path, root, {"urls": [hook.url()]})
+        with capture_logs() as logs:
+            d._judge(d.config.watches[0])
+        assert not [e for e in logs if e["event"] == "resume_detected"]
+        (new_events,) = [p for p in (resumed / "runs").iterdir() if p.name not in first]
+        shutil.copy2(new_events, run / "runs" / new_events.name)  # the resumed process's TensorBoard file
+        d.dirty.touch(str(root), time.time(), str(run))  # what the watchdog handler does for that write
+        with capture_logs() as logs:
+            d._poll_active_loss(time.time())
+        (resume,) = [e for e in logs if e["event"] == "resume_detected"]
+        assert resume["alert"] and resume["step"] == 21 and resume["checkpoint"].endswith("checkpoint-20")
+        assert not [e for e in logs if e["event"] == "checkpoint_judged"]  # no checkpoint pass was needed
+        assert d.alerts.flush(WAIT)
+        posts = hook.wait_for(1, WAIT)
+        assert [p["title"] for p in posts if "loss jumped" in p["title"]]
+        _stop(d)
+
+
+def test_quiet_run_is_scheduled_then_alerted_stalled(artefact, tmp_path: Path) -> None:
+    """No new checkpoint for the 10-minute floor: the run is looked at again then, without any event,
+    and alerted stalled once."""
+    root = tmp_path / "root"
+    root.mkdir()
+    run = root / "run-a"
+    shutil.copytree(artefact("hf_full"), run, symlinks=True)
+    clock = Clock()
+    with WebhookServer() as hook:
+        d = _daemon(tmp_path, root, {"urls": [hook.url()]}, clock)
+        d._judge(d.config.watches[0])
+        newest = max(p.stat().st_mtime for p in (run / "checkpoint-6").rglob("*"))
+        due = d.dirty.next_due()
+        assert due is not None and newest + 600 <= due <= newest + 600 + 5  # the stalled threshold's floor
+        clock.offset = due + 1 - time.time()
+        for root_, scope in d.dirty.take_due(clock()):
+            d._judge(d.config.watches[0], scope)
+        d._judge(d.config.watches[0])
+        assert d.alerts.flush(WAIT)
+        (post,) = hook.wait_for(1, WAIT)
+        assert post["title"].startswith("[ckptwatch] run-a: no new checkpoint for 10m") and "(nothing written)" in post["title"]
+        assert "Threshold:       10m (3x median interval of the last 3 checkpoints, raised to the 10 min floor)" \
+            in post["message"]
+        _stop(d)
