@@ -7,6 +7,11 @@ Two runs of a tiny GPT-2 (built from a config; nothing is downloaded):
 - ``gpt2-lora/``: a PEFT LoRA run; afterwards a near-empty ``pytorch_model.bin`` is written beside
   the adapter of the newest checkpoint, the situation of transformers#24551 (seed report 1) in which
   a resume silently loads the stub instead of the trained adapter.
+- ``gpt2-lora-resumed/``: what happens next. A LoRA run (TensorBoard on, a text log) is preempted after
+  step 25; a stub ``pytorch_model.bin`` lands in ``checkpoint-20``; the run is resumed the correct way
+  (``trainer.train(resume_from_checkpoint=...)``) and the real Trainer loads the stub instead of the
+  adapter: the loss jumps back to where training started. This run is made by the same child code the
+  tests use (``tests/builders/loss.py``), so the demo and the tests show the same thing.
 
 Usage: python examples/make_demo_runs.py OUTPUT_DIR
 """
@@ -81,6 +86,23 @@ def main() -> int:
             return done.returncode
         if done.returncode == 137:
             print(f"  {name}: the trainer process died with exit 137 during a save, as intended")
+    resumed = root / "gpt2-lora-resumed"
+    if resumed.exists():
+        print(f"{resumed} exists; keeping it")
+    else:
+        print("training gpt2-lora-resumed (preempted at step 25, stub put in checkpoint-20, resumed) ...",
+              flush=True)
+        resumed.mkdir()
+        repo = Path(__file__).resolve().parents[1]
+        env = {**os.environ, "PYTHONPATH": str(repo), "TENSORBOARD_LOGGING_DIR": str(resumed / "runs"),
+               "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+        for step in ("hf_base", "stub", "hf_resume_ok"):
+            done = subprocess.run([sys.executable, "-m", "tests.builders.loss", step, str(resumed)], cwd=repo,
+                                  env=env, capture_output=True, text=True, timeout=600)
+            if done.returncode != 0:
+                sys.stderr.write(done.stdout[-3000:] + done.stderr[-3000:])
+                return done.returncode
+
     import torch
 
     newest = max((root / "gpt2-lora").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
