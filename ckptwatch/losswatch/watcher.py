@@ -88,6 +88,8 @@ class _Family:
         seg = self.current.get(key)
         pts = batch.points
         if seg is None:
+            for old in [k for k in self.current if k[0] == batch.path]:  # an older generation of this file
+                del self.current[old]
             seg = self._new_segment(WriterId(batch.kind, batch.path, batch.generation, 0), pts[0])
             self.current[key] = seg
         # split where the step goes back (a resumed process appending to the same file)
@@ -266,7 +268,12 @@ class RunLossWatcher:
         self.tailer = tailer or Tailer()
         self.readers: dict[str, LineReader | TensorBoardReader] = {}
         self.families: dict[str, _Family] = {}
-        self.reported: set[int] = set()
+        # Several sources see the same resume (TensorBoard and the text log of one process): the n-th
+        # resume at a step seen by a family is reported only if fewer than n were reported at that step,
+        # so a second resume from the same checkpoint (a crash loop) is still reported, once.
+        self.reported: dict[int, int] = {}  # at_step -> resumes reported there
+        self._seen: dict[tuple[str, int], int] = {}  # (family, at_step) -> resumes that family decided there
+        self.grew = False  # the last poll read new loss points (the daemon polls growing runs often)
         self.resumes: list[Resume] = []
         self.notes: list[str] = []
         self._ts_seen: dict[str, tuple[int, int]] = {}
@@ -283,7 +290,9 @@ class RunLossWatcher:
         # peeked first, so that writers appearing in the same poll are fed in the order they started
         # (wall time or mtime): the earlier process first.
         heads: list[tuple[Batch, Iterator[Batch], SourceFile]] = []
-        for src in discover(self.root, self.settings):
+        sources = discover(self.root, self.settings)
+        self._forget_vanished({src.path for src in sources})
+        for src in sources:
             reader = self.readers.get(src.path)
             if reader is None:
                 reader = self.readers[src.path] = (TensorBoardReader(src, self.settings) if src.kind == "tensorboard"
@@ -301,20 +310,35 @@ class RunLossWatcher:
             fam.add(head)
             while (b := self._next(src, it)) is not None:
                 fam.add(b)
+        self.grew = bool(heads)
         if wants_trainer_state(self.settings):
-            self._poll_trainer_state(checkpoints)
+            self.grew |= self._poll_trainer_state(checkpoints)
         decided: list[Resume] = []
         for kind in PRIORITY:
             fam = self.families.get(kind)
             if fam is None:
                 continue
             for r in fam.decide(final, checkpoints):
-                if r.at_step in self.reported:
-                    continue
-                self.reported.add(r.at_step)
+                n = self._seen[(kind, r.at_step)] = self._seen.get((kind, r.at_step), 0) + 1
+                if self.reported.get(r.at_step, 0) >= n:
+                    continue  # another source already reported this resume
+                self.reported[r.at_step] = n
                 decided.append(r)
         self.resumes.extend(decided)
         return decided
+
+    def _forget_vanished(self, live: set[str]) -> None:
+        """Drop the readers, tailer offsets and open segments of files that are gone (rotated logs, old
+        events files, rotated-away checkpoints): a long-running service must not keep one per file ever
+        seen. Closed segments stay, bounded by MAX_SEGMENTS."""
+        for path in [p for p in self.readers if p not in live]:
+            del self.readers[path]
+            self.tailer.forget(path)
+        for fam in self.families.values():
+            gone = [k for k in fam.current
+                    if (not os.path.exists(k[0]) if fam.kind == "trainer_state" else k[0] not in live)]
+            for key in gone:
+                del fam.current[key]
 
     def _next(self, src: SourceFile, it: Iterator[Batch]) -> Batch | None:
         """The reader's next batch; a source we cannot read becomes a note, never a crash of the watch."""
@@ -326,7 +350,9 @@ class RunLossWatcher:
                 self.notes.append(note)
             return None
 
-    def _poll_trainer_state(self, checkpoints: Sequence[tuple[int | None, str]]) -> None:
+    def _poll_trainer_state(self, checkpoints: Sequence[tuple[int | None, str]]) -> bool:
+        """Read new or rewritten trainer_state.json files; True if any was read."""
+        grew = False
         fam = self._family("trainer_state")
         fam.checkpoints = checkpoints
         for step, path in checkpoint_states(self.root, checkpoints):
@@ -341,6 +367,7 @@ class RunLossWatcher:
             if pts is None:
                 continue  # being written: try again next poll
             self._ts_seen[path] = sig
+            grew = True
             hist = self._ts_hist
             diverge = next((i for i, p in enumerate(pts) if p.step in hist and not _same(hist[p.step], p.value)), None)
             if diverge is not None:
@@ -362,6 +389,9 @@ class RunLossWatcher:
                 hist[p.step] = p.value
             while len(hist) > 4 * 4096:  # bounded: forget the oldest steps
                 hist.pop(min(hist))
+        for path in [p for p in self._ts_seen if not os.path.exists(p)]:  # rotated-away checkpoints
+            del self._ts_seen[path]
+        return grew
 
     def report(self) -> LossReport:
         segs: list[SegmentSummary] = []
