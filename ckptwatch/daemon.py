@@ -30,7 +30,8 @@ from ckptwatch.writers import open_for_writing
 
 DISK_CHECK_SECONDS = 60.0
 LOSS_POLL_SECONDS = 5.0  # how often an active run's loss logs are read between passes
-LOSS_ACTIVE_SECONDS = 600.0  # a run with a file event this recent is active
+LOSS_ACTIVE_SECONDS = 600.0  # a run with a file event or new loss points this recent is active
+LOSS_IDLE_SECONDS = 60.0  # how often the loss logs of quiet runs are looked at
 
 
 def configure_logging(fmt: str) -> object:
@@ -71,9 +72,24 @@ class Daemon:
         self.loss_watchers: dict[str, object] = {}  # loss root -> losswatch.RunLossWatcher (offsets, windows)
         self.loss_runs: dict[str, tuple[str, str, tuple]] = {}  # run root -> (watch root, loss root, checkpoints)
         self.next_loss_poll = 0.0
+        self.loss_grew: dict[str, float] = {}  # loss root -> when its last poll read new points
+        self.run_index: dict[str, frozenset[str]] = {}  # watch root -> its runs (survives observer restarts)
         self.resume_ratio: dict[str, float] = {}  # run root -> ratio of its last judged resume (metrics)
         self.next_disk_check = 0.0
         self.alerts = self._make_alerts(self.config)
+
+    def _guarded(self, component: str, step, *args) -> None:  # noqa: ANN001
+        """Run one step of the loop; a fault is logged and alerted, and the loop goes on (invariant 5)."""
+        try:
+            step(*args)
+        except Exception as exc:  # noqa: BLE001 - nothing but SIGTERM stops the service
+            error = f"{type(exc).__name__}: {exc}"
+            self.log.error("service_error", component=component, error=error, action="retrying in the next loop")
+            try:
+                self.alerts.service_error(component, error, "retrying; if it persists, check the service's "
+                                          "journal and report the error", now=self.clock())
+            except Exception:  # noqa: BLE001, S110 - the alert path itself failing must not stop the loop
+                pass
 
     def _make_alerts(self, config: Config):  # noqa: ANN202
         from ckptwatch.alerts.service import ServiceAlerts
@@ -102,7 +118,7 @@ class Daemon:
         ping = self.notifier.watchdog_interval()
         while not self.stopping:
             if self.reload_requested:
-                self._reload()
+                self._guarded("config reload", self._reload)
             now = self.clock()
             for root, scope in self.dirty.take_due(now):
                 w = self._watch_for(root)
@@ -112,12 +128,12 @@ class Daemon:
                 for w in self.config.watches:
                     self._judge(w)
                 next_rescan = now + self.config.service.rescan_seconds
-            self._handle_overflows()
-            self._check_watchers()
+            self._guarded("inotify overflow handling", self._handle_overflows)
+            self._guarded("observer health check", self._check_watchers)
             if now >= self.next_disk_check:
-                self._check_disks(now)
+                self._guarded("disk space check", self._check_disks, now)
             if now >= self.next_loss_poll:
-                self._poll_active_loss(now)
+                self._guarded("loss watch", self._poll_active_loss, now)
             if ping is not None:
                 self.notifier.send("WATCHDOG=1")
             due = self.dirty.next_due()
@@ -176,8 +192,21 @@ class Daemon:
             self.alerts = self._make_alerts(new)
         self.config = new
         self.dirty.quiet = new.service.settle_seconds
+        self.loss_watchers.clear()  # [watch.loss] may have changed; offsets are re-read from the files
+        kept = tuple(w.path for w in new.watches)
+        self._forget_runs(lambda run: not any(run == r or run.startswith(r.rstrip(os.sep) + os.sep) for r in kept))
         self._start_watchers()
+        now = self.clock()
+        for w in new.watches:  # events during the gap are lost, and added roots were never judged
+            self.dirty.touch(w.path, now)
         self.log.info("config_reloaded", roots=[w.path for w in new.watches])
+
+    def _forget_runs(self, gone) -> None:  # noqa: ANN001 - predicate on a run root
+        """Drop the per-run memory of runs that are gone (deleted, or under a root no longer watched)."""
+        for table in (self.run_bytes, self.loss_runs, self.resume_ratio):
+            for run in [r for r in table if gone(r)]:
+                del table[run]
+        self.runs = {r: snap for r, snap in self.runs.items() if not gone(r)}
 
     # --- watching ---------------------------------------------------------------------------------
 
@@ -197,8 +226,18 @@ class Daemon:
         except OSError as exc:  # inotify watch or instance limit: fall back to polling
             self.log.warning("observer_fallback", root=w.path, error=str(exc), observer="polling")
             watcher = Watcher(w.path, "polling", self.dirty, self.clock)
-            watcher.start()
+            try:
+                watcher.start()
+            except OSError as exc2:  # e.g. the root is not readable by the service's user
+                error = f"{exc2.strerror or exc2}: {getattr(exc2, 'filename', None) or w.path}"
+                self.log.error("service_error", root=w.path, component="watcher", error=error,
+                               action="retrying every loop; the rescan still judges what it can read")
+                self.alerts.service_error(f"watcher of {w.path}", error, "give the ckptwatch user read and "
+                                          f"execute access to {w.path}; retrying meanwhile", now=self.clock())
+                return
         self.watchers[w.path] = watcher
+        self.alerts.service_ok(f"watcher of {w.path}", now=self.clock())
+        watcher.runs = self.run_index.get(w.path, frozenset())
 
     def _check_watchers(self) -> None:
         for w in self.config.watches:
@@ -220,11 +259,14 @@ class Daemon:
     def _on_overflow(self, path: str | None) -> None:
         """Called in watchdog's thread: events were lost, so the root (or every root) is judged whole."""
         now = self.clock()
-        roots = [w.path for w in self.config.watches
-                 if path is None or path == w.path or path.startswith(w.path.rstrip(os.sep) + os.sep)]
-        for root in roots or [w.path for w in self.config.watches]:
-            self.overflows.append((now, root))
-            self.dirty.touch(root, now)
+        if path is None:  # watchdog logs each overflow twice, once without a path: judge all, count none
+            for w in self.config.watches:
+                self.dirty.touch(w.path, now)
+            return
+        for w in self.config.watches:
+            if path == w.path or path.startswith(w.path.rstrip(os.sep) + os.sep):
+                self.overflows.append((now, w.path))
+                self.dirty.touch(w.path, now)
 
     def _handle_overflows(self) -> None:
         """Log each overflow once; a root that keeps overflowing is moved to polling."""
@@ -270,9 +312,13 @@ class Daemon:
             whole = runs is None
             if whole:
                 runs = check_root(w.path, opts, now, layout=w.layout, cache=cache).runs
+                live = frozenset(r.root for r in runs)
+                self.run_index[w.path] = live
                 watcher = self.watchers.get(w.path)
                 if watcher is not None:
-                    watcher.runs = frozenset(r.root for r in runs)
+                    watcher.runs = live
+                base = w.path.rstrip(os.sep) + os.sep
+                self._forget_runs(lambda run: (run == w.path or run.startswith(base)) and run not in live)
             self._record(w, runs, now)
             if whole:
                 self.alerts.root_judged(w.path, [r.root for r in runs], now=now)
@@ -346,6 +392,8 @@ class Daemon:
         component = f"loss watch of {where}"
         try:
             resumes = watcher.poll(checkpoints)
+            if watcher.grew:
+                self.loss_grew[where] = now
         except Exception as exc:  # noqa: BLE001 - a log we cannot read never stops the checkpoint checks
             error = f"{type(exc).__name__}: {exc}"
             self.log.error("service_error", run=run_root, component=component, error=error,
@@ -364,10 +412,21 @@ class Daemon:
                 self._alert_loss_jump(run_root, watcher, r, now)
 
     def _poll_active_loss(self, now: float) -> None:
-        """Poll the loss watch of every run that saw a file event within LOSS_ACTIVE_SECONDS."""
+        """Poll the loss watch of active runs every LOSS_POLL_SECONDS, the others every LOSS_IDLE_SECONDS.
+
+        Active: a file event in the run, or new loss points read, within LOSS_ACTIVE_SECONDS. A logger
+        keeps its file open and appends, which produces no event the watcher listens to (only creates,
+        closes after writing, moves and deletes), so growth seen by the last poll counts too; the slow
+        poll of quiet runs finds a resumed process that appends to an old log.
+        """
         self.next_loss_poll = now + LOSS_POLL_SECONDS
-        for run_root, (w_root, _, _) in list(self.loss_runs.items()):
-            if self.dirty.active(w_root, run_root, now - LOSS_ACTIVE_SECONDS):
+        idle_round = now >= getattr(self, "_next_idle_loss_poll", 0.0)
+        if idle_round:
+            self._next_idle_loss_poll = now + LOSS_IDLE_SECONDS
+        for run_root, (w_root, where, _) in list(self.loss_runs.items()):
+            active = (self.dirty.active(w_root, run_root, now - LOSS_ACTIVE_SECONDS)
+                      or now - self.loss_grew.get(where, -1e18) <= LOSS_ACTIVE_SECONDS)
+            if active or idle_round:
                 self._poll_loss(run_root, now)
 
     def _alert_loss_jump(self, run_root: str, watcher, r, now: float) -> None:  # noqa: ANN001
@@ -376,8 +435,11 @@ class Daemon:
         hazards = self.state.hazard_messages(r.from_checkpoint) if r.from_checkpoint else []
         plot = None
         if self.alerts.enabled:
+            import hashlib
+
+            digest = hashlib.sha1(run_root.encode()).hexdigest()[:8]  # stable across restarts, unlike hash()
             plot = os.path.join(self.state_dir, "plots", f"{os.path.basename(run_root.rstrip(os.sep))}-"
-                                f"{abs(hash(run_root)) % 10**8:08d}-step{r.at_step}.png")
+                                f"{digest}-step{r.at_step}.png")
             try:
                 from ckptwatch.losswatch import plot_history
 

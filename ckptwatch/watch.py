@@ -194,7 +194,15 @@ class Watcher:
         self.observer = observer
 
     def alive(self) -> bool:
-        return self.observer is not None and self.observer.is_alive()
+        """The observer thread and its emitter (the thread that reads inotify or polls) both run.
+
+        When the watched root is deleted, watchdog's emitter exits but the observer thread lives on: a
+        root deleted and recreated would otherwise stay deaf with a "live" observer.
+        """
+        if self.observer is None or not self.observer.is_alive():
+            return False
+        emitters = list(self.observer.emitters)
+        return bool(emitters) and all(e.is_alive() for e in emitters)
 
     def stop(self) -> None:
         if self.observer is not None:

@@ -204,6 +204,8 @@ class AlertDispatcher:
             if attempt < self.config.retries and self._stopping.wait(
                     min(self.backoff_max, self.backoff * 2 ** (attempt - 1))):
                 break  # closing: do not keep the caller of close() waiting
+        if self._stopping.is_set():
+            return False  # interrupted by close(), not a verdict on the channel
         self._failing(ch, alert, now)
         return False
 

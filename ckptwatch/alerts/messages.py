@@ -257,7 +257,16 @@ def service_error_alert(*, component: str, error: str, host: str, now: float, ac
                  key=("service", component, "service_error"),
                  title=f"{PREFIX} {host}: service error in {component}",
                  body=_render([("Host", host), ("Component", component), ("Error", error)], [], action, now),
-                 fingerprint=error)
+                 fingerprint=_error_class(error))
+
+
+def _error_class(error: str) -> str:
+    """``PermissionError: [Errno 13] ... 'run-b'`` -> ``PermissionError [Errno 13]``: the same fault naming
+    another file on the next pass is the same alert, not a new one every pass."""
+    import re
+
+    errno_ = re.search(r"\[Errno \d+\]", error)
+    return error.split(":", 1)[0] + (f" {errno_.group(0)}" if errno_ else "")
 
 
 def loss_jump_alert(*, run: str, at_step: int, from_step: int | None, from_checkpoint: str | None,

@@ -116,7 +116,8 @@ def plan_vanished_runs(root: str, live_runs: set[str], *, open_keys: Mapping[Ale
         run_root, _, kind = key
         if kind in (*messages.VERDICT_KINDS, "stalled") and (run_root == root or run_root.startswith(base)) \
                 and run_root not in live_runs:
-            out.append((key, messages.checkpoint_gone(key, host=host, now=now)))
+            out.append((key, messages.checkpoint_gone(key, host=host, now=now) if key[1] else
+                        messages.condition_cleared(key, host=host, now=now, detail="the run no longer exists")))
     return tuple(out)
 
 

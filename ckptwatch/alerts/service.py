@@ -105,5 +105,7 @@ class ServiceAlerts:
     def close(self, timeout: float = 5.0) -> None:
         if self.dispatcher is not None:
             self.dispatcher.close(timeout)
+            if self.dispatcher._thread.is_alive():
+                return  # still sending: closing the ledger under it would lose what it records
         if self.ledger is not None:
             self.ledger.close()
