@@ -49,3 +49,18 @@ def test_rotated_logs_do_not_accumulate_readers(tmp_path: Path) -> None:
     assert len(w.readers) == 1 and len(w.tailer._files) == 1 and len(w.families["text"].current) == 1
     w.poll()
     assert not w.grew
+
+
+def test_csv_rewritten_in_place_still_shows_the_resume(tmp_path: Path) -> None:
+    """Lightning's CSVLogger rewrites metrics.csv when a column appears; the resumed process's rows (from
+    step 20, below the last step read) are read, not skipped as already seen."""
+    csv_path = tmp_path / "lightning_logs" / "version_0" / "metrics.csv"
+    csv_path.parent.mkdir(parents=True)
+    csv_path.write_text("epoch,step,train_loss\n" + "".join(f"0,{i},0.5\n" for i in range(36)))
+    ck = [(20, str(tmp_path / "checkpoints" / "step=20.ckpt"))]
+    w = RunLossWatcher(str(tmp_path), LossSettings())
+    assert w.poll(ck) == []
+    rows = [f"0,{i},0.5," for i in range(36)] + [f"0,{i},5.0,0.1" for i in range(20, 36)]
+    with open(csv_path, "r+") as f:  # in place, as the logger does: same inode, a new header
+        f.write("epoch,step,train_loss,lr\n" + "\n".join(rows) + "\n")
+    assert [(r.at_step, r.alert, round(r.ratio, 1)) for r in w.poll(ck)] == [(20, True, 10.0)]

@@ -167,8 +167,8 @@ class LineReader:
         self.patterns = patterns_for(settings.regex)
         self.ordinal = 0
         self.header: list[str] | None = None
-        self.csv_last_step: int | None = None
-        self.skip_upto: int | None = None
+        self.csv_rows = 0  # loss rows read from the file's current content
+        self.skip_rows = 0  # rows of an in-place rewrite that re-emit what was already read
         self.announced = -1  # the generation whose first batch was sent
 
     def read(self) -> Iterator[Batch]:
@@ -196,8 +196,9 @@ class LineReader:
                         first.wall_time if first.wall_time is not None else _mtime(path))
 
     def _csv(self, data: bytes, rewrite: bool) -> list[LossPoint]:
-        if rewrite:  # an in-place rewrite re-emits the rows we already have: skip up to our last step
-            self.skip_upto = self.csv_last_step
+        if rewrite:  # an in-place rewrite re-emits the rows we already have: skip that many rows (not
+            # "up to our last step": a resumed process's rows start below it and must be read)
+            self.skip_rows, self.csv_rows = self.csv_rows, 0
         rows = csv.reader(io.StringIO(data.decode("utf-8", "replace")))
         out: list[LossPoint] = []
         for row in rows:
@@ -211,12 +212,11 @@ class LineReader:
             if p is None:
                 continue
             self.ordinal += 1
-            if self.skip_upto is not None:
-                if p.step <= self.skip_upto:
-                    continue
-                self.skip_upto = None
+            self.csv_rows += 1
+            if self.skip_rows:
+                self.skip_rows -= 1
+                continue
             out.append(p)
-            self.csv_last_step = p.step if self.csv_last_step is None else max(self.csv_last_step, p.step)
         return out
 
 
