@@ -52,3 +52,31 @@ def run_as_nobody(fn, *args):
     status, value = pickle.loads(data)
     assert status == "ok", value
     return value
+
+
+def make_daemon(state_dir: Path, root: Path, *, observer: str = "auto", alerts: dict | None = None,
+                clock=None, **service):  # noqa: ANN001, ANN201 - clock: a callable; returns a Daemon
+    """An in-process service (no sd_notify, JSON logs, settle 0 unless given) watching ``root``."""
+    import time
+
+    from ckptwatch.config import parse_config
+    from ckptwatch.daemon import Daemon
+    from ckptwatch.notify import Notifier
+
+    raw = {"service": {"state_dir": str(state_dir), "log_format": "json", "settle_seconds": 0, **service},
+           "watch": [{"path": str(root), "observer": observer}]}
+    if alerts is not None:
+        raw["alerts"] = alerts
+    return Daemon("test.toml", parse_config(raw, "test.toml"), notifier=Notifier(None), clock=clock or time.time)
+
+
+def two_trainer_runs(artefact, tmp_path: Path) -> Path:  # noqa: ANN001 - the artefact fixture
+    """A watched root holding two copies (run-a, run-b) of the real 3-checkpoint Trainer run."""
+    import shutil
+
+    root = tmp_path / "root"
+    root.mkdir()
+    built = artefact("hf_full")
+    for name in ("run-a", "run-b"):
+        shutil.copytree(built, root / name, symlinks=True)
+    return root

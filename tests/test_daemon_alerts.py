@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from ckptwatch.config import parse_config
 from ckptwatch.daemon import Daemon
-from ckptwatch.notify import Notifier
+from tests.helpers import make_daemon
 from tests.servers import SmtpServer, WebhookServer, body_text
 
 pytestmark = [pytest.mark.slow,
@@ -36,10 +35,7 @@ class Clock:
 
 def _daemon(tmp_path: Path, root: Path, alerts: dict, clock: Clock | None = None,
             stale_after: str = "10m") -> Daemon:
-    cfg = parse_config({"service": {"state_dir": str(tmp_path / "state"), "log_format": "json",
-                                    "settle_seconds": 0, "stale_after": stale_after},
-                        "watch": [{"path": str(root)}], "alerts": alerts}, "test.toml")
-    return Daemon("test.toml", cfg, notifier=Notifier(None), clock=clock or time.time)
+    return make_daemon(tmp_path / "state", root, alerts=alerts, clock=clock, stale_after=stale_after)
 
 
 def _stop(d: Daemon) -> None:

@@ -12,20 +12,15 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from ckptwatch.config import parse_config
 from ckptwatch.daemon import Daemon
-from ckptwatch.notify import Notifier
 from ckptwatch.watch import DirtyScopes, Watcher
-from tests.helpers import run_as_nobody
+from tests.helpers import make_daemon, run_as_nobody, two_trainer_runs
 
 pytestmark = pytest.mark.slow
 
 
 def _daemon(tmp_path: Path, root: Path, observer: str = "inotify") -> Daemon:
-    cfg = parse_config({"service": {"state_dir": str(tmp_path / "state"), "log_format": "json",
-                                    "settle_seconds": 0},
-                        "watch": [{"path": str(root), "observer": observer}]}, "test.toml")
-    return Daemon("test.toml", cfg, notifier=Notifier(None))
+    return make_daemon(tmp_path / "state", root, observer=observer)
 
 
 def _start_unreadable_polling_root(base: str) -> tuple[dict, list]:
@@ -97,11 +92,7 @@ def test_config_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
 
 def test_deleted_run_is_forgotten_by_the_next_whole_pass(artefact, tmp_path: Path) -> None:
     """Metrics and per-run memory drop a run that was deleted (no stale gauges, no stale next-save size)."""
-    root = tmp_path / "root"
-    root.mkdir()
-    built = artefact("hf_full")
-    for name in ("run-a", "run-b"):
-        shutil.copytree(built, root / name, symlinks=True)
+    root = two_trainer_runs(artefact, tmp_path)
     d = _daemon(tmp_path, root)
     d._judge(d.config.watches[0])
     assert {os.path.basename(r) for r in d.runs} == {"run-a", "run-b"} and len(d.run_bytes) == 2

@@ -16,31 +16,17 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from ckptwatch.config import parse_config
 from ckptwatch.daemon import Daemon
 from ckptwatch.engine import check_root
 from ckptwatch.layouts.base import CheckOptions
-from ckptwatch.notify import Notifier
 from ckptwatch.watch import OVERFLOW_LIMIT, DirtyScopes, scope_of
-from tests.helpers import verdicts_by_name
+from tests.helpers import make_daemon, two_trainer_runs, verdicts_by_name
 
 pytestmark = pytest.mark.slow
 
 
-def _two_runs(artefact, tmp_path: Path) -> Path:
-    root = tmp_path / "root"
-    root.mkdir()
-    src = artefact("hf_full")
-    for name in ("run-a", "run-b"):
-        shutil.copytree(src, root / name, symlinks=True)
-    return root
-
-
 def _daemon(tmp_path: Path, root: Path, observer: str = "inotify") -> Daemon:
-    cfg = parse_config({"service": {"state_dir": str(tmp_path / "state"), "log_format": "json",
-                                    "settle_seconds": 0},
-                        "watch": [{"path": str(root), "observer": observer}]}, "test.toml")
-    return Daemon("test.toml", cfg, notifier=Notifier(None))
+    return make_daemon(tmp_path / "state", root, observer=observer)
 
 
 def _break_header(f: Path) -> None:
@@ -103,7 +89,7 @@ def test_a_run_that_never_goes_quiet_is_still_judged() -> None:
 
 def test_event_in_one_run_makes_only_that_run_due(artefact, tmp_path: Path) -> None:
     """A real inotify event inside run-a marks run-a due, not the root: one run is listed, not all."""
-    root = _two_runs(artefact, tmp_path)
+    root = two_trainer_runs(artefact, tmp_path)
     d = _daemon(tmp_path, root)
     d._start_watchers()
     try:
@@ -131,7 +117,7 @@ def test_event_in_one_run_makes_only_that_run_due(artefact, tmp_path: Path) -> N
 
 def test_run_pass_judges_that_run_and_root_pass_judges_all(artefact, tmp_path: Path) -> None:
     """A per-run pass sees the damage in its run only; the next whole-root pass sees the rest."""
-    root = _two_runs(artefact, tmp_path)
+    root = two_trainer_runs(artefact, tmp_path)
     d = _daemon(tmp_path, root)
     w = d.config.watches[0]
     d._judge(w)

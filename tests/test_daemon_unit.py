@@ -8,19 +8,15 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from ckptwatch.config import parse_config
 from ckptwatch.daemon import Daemon
-from ckptwatch.notify import Notifier
 from ckptwatch.watch import Watcher
+from tests.helpers import make_daemon
 
 
 def _daemon(tmp_path: Path, observer: str = "inotify") -> Daemon:
     root = tmp_path / "root"
     root.mkdir(exist_ok=True)
-    cfg = parse_config({"service": {"state_dir": str(tmp_path / "state"), "log_format": "json",
-                                    "settle_seconds": 0},
-                        "watch": [{"path": str(root), "observer": observer}]}, "test.toml")
-    return Daemon("test.toml", cfg, notifier=Notifier(None))
+    return make_daemon(tmp_path / "state", root, observer=observer)
 
 
 def test_inotify_exhaustion_falls_back_to_polling(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
