@@ -31,7 +31,8 @@ from ckptwatch.writers import open_for_writing
 DISK_CHECK_SECONDS = 60.0
 LOSS_POLL_SECONDS = 5.0  # how often an active run's loss logs are read between passes
 LOSS_ACTIVE_SECONDS = 600.0  # a run with a file event or new loss points this recent is active
-LOSS_IDLE_SECONDS = 60.0  # how often the loss logs of quiet runs are looked at
+LOSS_IDLE_SECONDS = 300.0  # how often the loss logs of quiet runs are looked at (a safety net: a resumed
+# process creates files, an events file or a checkpoint, which make its run active)
 
 
 def configure_logging(fmt: str) -> object:
@@ -416,8 +417,9 @@ class Daemon:
 
         Active: a file event in the run, or new loss points read, within LOSS_ACTIVE_SECONDS. A logger
         keeps its file open and appends, which produces no event the watcher listens to (only creates,
-        closes after writing, moves and deletes), so growth seen by the last poll counts too; the slow
-        poll of quiet runs finds a resumed process that appends to an old log.
+        closes after writing, moves and deletes), so growth seen by the last poll counts too. A resumed
+        process creates files (an events file, its next checkpoint) that make the run active; the slow
+        round over quiet runs is the safety net for one that only appends to an old log.
         """
         self.next_loss_poll = now + LOSS_POLL_SECONDS
         idle_round = now >= getattr(self, "_next_idle_loss_poll", 0.0)

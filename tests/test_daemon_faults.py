@@ -107,7 +107,7 @@ def test_deleted_run_is_forgotten_by_the_next_whole_pass(artefact, tmp_path: Pat
 def test_growing_log_keeps_its_run_polled_without_events(tmp_path: Path) -> None:
     """A trainer appends to a log it keeps open (no watched event): the run stays active because its last
     poll read new points, so the next poll (5 s later in the loop) reads on; a quiet run waits for the
-    slow round."""
+    slow round (every 300 s)."""
     root = tmp_path / "root"
     run = root / "run-a"
     (run / "checkpoint-10").mkdir(parents=True)
@@ -119,9 +119,17 @@ def test_growing_log_keeps_its_run_polled_without_events(tmp_path: Path) -> None
         d = _daemon(tmp_path, root)
         d.loss_runs[str(run)] = (str(root), str(run), ((10, str(run / "checkpoint-10")),))
         now = time.time()
-        d._poll_active_loss(now)  # the first slow round reads the log: it grew
-        assert d.loss_grew.get(str(run)) == now
-        for i in range(11, 21):
+        d._poll_active_loss(now)  # the first slow round reads the history: not growth
+        assert str(run) not in d.loss_grew
+        for i in range(11, 16):
+            log.write(f"{{'loss': 1.0, 'step': {i}}}\n")
+        log.flush()
+        d._poll_active_loss(now + 1)  # not active yet, not a slow round: not read
+        assert str(run) not in d.loss_grew
+        d._next_idle_loss_poll = 0.0  # the next slow round reads it: it grew
+        d._poll_active_loss(now + 2)
+        assert d.loss_grew[str(run)] == now + 2
+        for i in range(16, 21):
             log.write(f"{{'loss': 1.0, 'step': {i}}}\n")
         log.flush()
         d._poll_active_loss(now + 5)  # no event came, but the run is active by growth

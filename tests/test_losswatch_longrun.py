@@ -45,7 +45,7 @@ def test_rotated_logs_do_not_accumulate_readers(tmp_path: Path) -> None:
                 step += 1
                 f.write(f"{{'loss': 0.5, 'step': {step}}}\n")
         w.poll()
-        assert w.grew
+        assert w.grew == (h > 0)  # the first poll reads the history: not growth
     assert len(w.readers) == 1 and len(w.tailer._files) == 1 and len(w.families["text"].current) == 1
     w.poll()
     assert not w.grew

@@ -274,6 +274,7 @@ class RunLossWatcher:
         self.reported: dict[int, int] = {}  # at_step -> resumes reported there
         self._seen: dict[tuple[str, int], int] = {}  # (family, at_step) -> resumes that family decided there
         self.grew = False  # the last poll read new loss points (the daemon polls growing runs often)
+        self._polled = False
         self.resumes: list[Resume] = []
         self.notes: list[str] = []
         self._ts_seen: dict[str, tuple[int, int]] = {}
@@ -310,9 +311,11 @@ class RunLossWatcher:
             fam.add(head)
             while (b := self._next(src, it)) is not None:
                 fam.add(b)
-        self.grew = bool(heads)
+        grew = bool(heads)
         if wants_trainer_state(self.settings):
-            self.grew |= self._poll_trainer_state(checkpoints)
+            grew |= self._poll_trainer_state(checkpoints)
+        self.grew = grew and self._polled  # the first poll reads the history; only later reads are growth
+        self._polled = True
         decided: list[Resume] = []
         for kind in PRIORITY:
             fam = self.families.get(kind)
