@@ -624,7 +624,7 @@ def root_pass(svc: Service, d: Path) -> dict:
     """Create the empty directory ``d`` directly under the watched root and time the whole-root pass.
 
     No known run holds ``d``, so the event makes the whole root due; the pass ends with a STATUS=
-    notification (``Daemon._judge`` sends one after every pass). It changes no verdict, so it logs no
+    notification (``Daemon.judge_watch`` sends one after every pass). It changes no verdict, so it logs no
     line: its wall time is STATUS= arrival - mkdir - settle_seconds (the loop wakes when the root is
     due). The open-files sweep does not run (no verdict is about to change)."""
     c0, th0, ovf0 = svc.cpu(), thread_cpu(svc.pid), svc.overflow_lines()

@@ -178,12 +178,12 @@ def cmd_latest(args: argparse.Namespace) -> int:
         return EXIT_PROBLEMS
     code = EXIT_OK
     for run in report.runs:
-        if run.latest_resumable is None:
+        chosen = run.newest_resumable
+        if chosen is None:
             print(f"ckptwatch: {run.root}: no complete checkpoint to resume from", file=sys.stderr)
             code = EXIT_PROBLEMS
             continue
-        index = next(i for i, v in enumerate(run.checkpoints) if v.path == run.latest_resumable)
-        chosen = run.checkpoints[index]
+        index = run.checkpoints.index(chosen)
         if args.json:
             import json
 

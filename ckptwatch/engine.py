@@ -1,6 +1,6 @@
 """The one place that sequences discovery, validation and the generic verdict rules.
 
-``ckptwatch once``, ``verify`` and ``latest`` call ``check_root``; the service (a later issue) calls the
+``ckptwatch once``, ``verify`` and ``latest`` call ``check_root``; the service calls the
 same function for each run whose writes settled, so both drivers give the same verdicts (STYLE.md
 convention 6). ``now`` is a parameter: nothing below reads the clock.
 
@@ -24,7 +24,7 @@ from typing import Any
 from ckptwatch.discover import discover
 from ckptwatch.hazards import CheckpointFacts, checkpoint_hazards, run_hazards
 from ckptwatch.layouts.base import Candidate, CheckOptions, Judgement, RankFile, RunFound
-from ckptwatch.model import Hazard, Problem, Ranks, RunReport, Severity, Status, Verdict, status_from
+from ckptwatch.model import Hazard, Problem, Ranks, RunReport, Severity, Status, Verdict, resume_choice, status_from
 from ckptwatch.scan import TreeStat, display, tree
 from ckptwatch.settle import Settle, is_abandoned, settle_state
 
@@ -269,8 +269,7 @@ def judge_run(run: RunFound, opts: CheckOptions, now: float, *, only: str | None
 
     across = run_hazards(facts)
     verdicts = [_with_hazards(v, across.get(f.path, [])) for v, f in zip(verdicts, facts)]
-    resumable = [v for v in verdicts if v.status is Status.COMPLETE]
-    latest = resumable[-1] if resumable else None
+    newest_complete, latest = resume_choice(verdicts)
     run_problems, run_hazards_ = run.layout.run_findings(run, verdicts, latest)
     newest = verdicts[-1] if verdicts else None
     if newest is not None and newest.status in (Status.INCOMPLETE, Status.CORRUPT):
@@ -278,8 +277,8 @@ def judge_run(run: RunFound, opts: CheckOptions, now: float, *, only: str | None
         run_hazards_.append(Hazard("newest_not_resumable", newest.path,
                                    f"the newest checkpoint {newest.path} is {newest.status.value}; a trainer that "
                                    f"resumes from the highest step will fail or load garbage; {use}"))
-    return RunReport(display(run.root), run.layout.name, tuple(verdicts), latest.path if latest else None,
-                     tuple(_dedupe([*run.problems, *run_problems])), tuple(run_hazards_))
+    return RunReport(display(run.root), run.layout.name, tuple(verdicts), newest_complete,
+                     tuple(_dedupe([*run.problems, *run_problems])), tuple(run_hazards_), newest_resumable=latest)
 
 
 PARALLEL_MIN_CHECKPOINTS = 200  # below this, forking workers costs more than it saves

@@ -26,9 +26,8 @@ class RunSnapshot:
 
 
 def snapshot(run: RunReport, resume_ratio: float | None = None) -> RunSnapshot:
-    complete = [v for v in run.checkpoints if v.status is Status.COMPLETE]
     counts = {s.value: sum(1 for v in run.checkpoints if v.status is s) for s in Status}
-    newest = complete[-1] if complete else None
+    newest = run.newest_complete
     return RunSnapshot(run.root, run.layout, newest.step if newest else None,
                        newest.newest_mtime if newest else None, counts,
                        sum(v.bytes for v in run.checkpoints), resume_ratio)

@@ -7,7 +7,7 @@ not raise. Everything here is frozen so a verdict can be cached, compared across
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 
@@ -131,15 +131,51 @@ class Verdict:
 
 @dataclass(frozen=True)
 class RunReport:
-    """Every checkpoint of one training run, and which one a resume should use."""
+    """Every checkpoint of one training run, and which one a resume should use.
+
+    ``newest_complete`` and ``newest_resumable`` are verdicts set by whoever builds the report from
+    ``resume_choice`` (the engine, or ``with_checkpoints`` after a verdict changed): every consumer
+    (``latest``, the resume pointer, alerts, metrics, state, status) reads them instead of deriving
+    them again, so the rule retention's most important guard depends on lives in one place.
+    """
 
     root: str
     layout: str
     checkpoints: tuple[Verdict, ...]
-    latest_resumable: str | None
+    newest_complete: Verdict | None
     problems: tuple[Problem, ...] = ()  # run-level findings (e.g. a pointer file that does not parse)
     hazards: tuple[Hazard, ...] = ()  # run-level hazards (a `latest` naming an incomplete step)
     loss: Any = None  # a losswatch.LossReport when the loss watch ran (model does not import losswatch)
+    newest_resumable: Verdict | None = None
+
+    @classmethod
+    def of(cls, root: str, layout: str, checkpoints: tuple[Verdict, ...], problems: tuple[Problem, ...] = (),
+           hazards: tuple[Hazard, ...] = ()) -> RunReport:
+        """A report whose resume choice is computed from ``checkpoints`` by ``resume_choice``."""
+        newest, resumable = resume_choice(checkpoints)
+        return cls(root, layout, tuple(checkpoints), newest, problems, hazards, newest_resumable=resumable)
+
+    @property
+    def latest_resumable(self) -> str | None:
+        """The path ``latest`` prints and the JSON's ``latest_resumable`` (a contract field)."""
+        return self.newest_resumable.path if self.newest_resumable is not None else None
+
+
+def resume_choice(verdicts: tuple[Verdict, ...] | list[Verdict]) -> tuple[Verdict | None, Verdict | None]:
+    """(newest complete, newest resumable) of a run's verdicts, which are in step order.
+
+    The one definition of both. Today they are the same checkpoint: a complete checkpoint is
+    resumable.
+    """
+    complete = [v for v in verdicts if v.status is Status.COMPLETE]
+    newest = complete[-1] if complete else None
+    return newest, newest
+
+
+def with_checkpoints(run: RunReport, verdicts: tuple[Verdict, ...]) -> RunReport:
+    """``run`` with its verdicts replaced (the service's open-files rule) and its choice recomputed."""
+    newest, resumable = resume_choice(verdicts)
+    return replace(run, checkpoints=tuple(verdicts), newest_complete=newest, newest_resumable=resumable)
 
 
 def status_from(problems: tuple[Problem, ...] | list[Problem]) -> Status:

@@ -13,18 +13,12 @@ import sys
 from typing import Any, TextIO
 
 from ckptwatch.engine import RootReport
+from ckptwatch.findings import hazard_json, problem_json
 from ckptwatch.model import Hazard, Problem, RunReport, Status, Verdict
 from ckptwatch.vocabulary import advice_for
 
 JSON_VERSION = 1
 
-
-def _problem(p: Problem) -> dict[str, Any]:
-    return {"kind": p.kind, "file": p.file, "message": p.full_message, "severity": p.severity.value}
-
-
-def _hazard(h: Hazard) -> dict[str, Any]:
-    return {"kind": h.kind, "file": h.file, "message": h.full_message}
 
 
 def verdict_json(v: Verdict) -> dict[str, Any]:
@@ -33,14 +27,14 @@ def verdict_json(v: Verdict) -> dict[str, Any]:
         ranks = {"expected": v.ranks.expected, "present": list(v.ranks.present), "missing": list(v.ranks.missing),
                  "source": v.ranks.source or None}
     return {"path": v.path, "step": v.step, "layout": v.layout, "status": v.status.value, "ranks": ranks,
-            "problems": [_problem(p) for p in v.problems], "hazards": [_hazard(h) for h in v.hazards],
+            "problems": [problem_json(p) for p in v.problems], "hazards": [hazard_json(h) for h in v.hazards],
             "newest_mtime": v.newest_mtime, "bytes": v.bytes}
 
 
 def run_json(r: RunReport) -> dict[str, Any]:
     out = {"root": r.root, "layout": r.layout, "latest_resumable": r.latest_resumable,
            "checkpoints": [verdict_json(v) for v in r.checkpoints],
-           "problems": [_problem(p) for p in r.problems], "hazards": [_hazard(h) for h in r.hazards]}
+           "problems": [problem_json(p) for p in r.problems], "hazards": [hazard_json(h) for h in r.hazards]}
     if r.loss is not None:
         out["loss"] = r.loss.to_json()
     return out
@@ -49,7 +43,7 @@ def run_json(r: RunReport) -> dict[str, Any]:
 def to_json(reports: list[RootReport]) -> dict[str, Any]:
     return {"version": JSON_VERSION,
             "runs": [run_json(r) for rr in reports for r in rr.runs],
-            "problems": [_problem(p) for rr in reports for p in rr.problems]}
+            "problems": [problem_json(p) for rr in reports for p in rr.problems]}
 
 
 def write_json(reports: list[RootReport], out: TextIO = sys.stdout) -> None:

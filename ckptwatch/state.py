@@ -12,7 +12,8 @@ import os
 import sqlite3
 from dataclasses import dataclass
 
-from ckptwatch.model import Verdict
+from ckptwatch.findings import hazard_json, problem_json
+from ckptwatch.model import RunReport, Verdict
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -28,6 +29,15 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     judged_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS checkpoints_run ON checkpoints(run);
+CREATE TABLE IF NOT EXISTS runs (
+    run TEXT PRIMARY KEY,
+    layout TEXT NOT NULL,
+    newest_complete TEXT,           -- the run report's verdicts, as the engine chose them
+    newest_complete_step INTEGER,
+    newest_resumable TEXT,
+    newest_resumable_step INTEGER,
+    judged_at REAL NOT NULL
+);
 """
 
 
@@ -57,17 +67,23 @@ class StateStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
 
-    def record(self, run: str, verdicts: list[Verdict], now: float) -> list[Change]:
-        """Store the verdicts of one run; return those that changed since last time, in one transaction."""
+    def record(self, report: RunReport, now: float) -> list[Change]:
+        """Store one run's verdicts and resume choice; return the verdicts that changed, in one transaction."""
+        run, verdicts = report.root, report.checkpoints
         changes: list[Change] = []
+        complete, resumable = report.newest_complete, report.newest_resumable
         with self._db:
             self._db.execute("BEGIN")
+            self._db.execute("INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?)",
+                             (run, report.layout, complete.path if complete else None,
+                              complete.step if complete else None, resumable.path if resumable else None,
+                              resumable.step if resumable else None, now))
             for v in verdicts:
                 row = self._db.execute("SELECT status, fingerprint FROM checkpoints WHERE path = ?",
                                        (v.path,)).fetchone()
                 fp = _fingerprint(v)
-                problems = json.dumps([{"kind": p.kind, "file": p.file, "message": p.message} for p in v.problems])
-                hazards = json.dumps([{"kind": h.kind, "file": h.file, "message": h.message} for h in v.hazards])
+                problems = json.dumps([problem_json(p) for p in v.problems])
+                hazards = json.dumps([hazard_json(h) for h in v.hazards])
                 if row is None:
                     self._db.execute(
                         "INSERT INTO checkpoints VALUES (?,?,?,?,?,?,?,?,?,?)",
@@ -96,6 +112,8 @@ class StateStore:
 
     def runs(self) -> list[dict[str, object]]:
         """Per run: checkpoint counts by status, the newest complete one, and the open problems."""
+        chosen = {row[0]: row[1:] for row in self._db.execute(
+            "SELECT run, newest_complete, newest_complete_step, newest_resumable, newest_resumable_step FROM runs")}
         out = []
         for (run,) in self._db.execute("SELECT DISTINCT run FROM checkpoints ORDER BY run").fetchall():
             rows = self._db.execute("SELECT path, step, status, problems, hazards, judged_at FROM checkpoints "
@@ -103,13 +121,14 @@ class StateStore:
             counts: dict[str, int] = {}
             for _, _, status, _, _, _ in rows:
                 counts[status] = counts.get(status, 0) + 1
-            complete = [r for r in rows if r[2] == "complete"]
-            newest = complete[-1] if complete else None
+            complete_path, complete_step, resumable_path, resumable_step = chosen.get(run, (None,) * 4)
             open_problems = [{"checkpoint": r[0], "step": r[1], "status": r[2], "problems": json.loads(r[3]),
                               "hazards": json.loads(r[4])}
                              for r in rows if r[2] in ("incomplete", "corrupt") or json.loads(r[4])]
             out.append({"run": run, "counts": counts,
-                        "newest_complete": {"path": newest[0], "step": newest[1]} if newest else None,
+                        "newest_complete": {"path": complete_path, "step": complete_step} if complete_path else None,
+                        "newest_resumable": {"path": resumable_path, "step": resumable_step} if resumable_path
+                        else None,
                         "last_judged": max(r[5] for r in rows), "open": open_problems})
         return out
 

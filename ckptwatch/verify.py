@@ -25,9 +25,9 @@ class VerifyResult:
     run: RunReport | None
 
     def as_root_report(self) -> RootReport:
-        run = self.run or RunReport(os.path.dirname(self.verdict.path), self.verdict.layout, (self.verdict,), None)
-        only = RunReport(run.root, run.layout, (self.verdict,),
-                         self.verdict.path if self.verdict.resumable else None)
+        root, layout = (self.run.root, self.run.layout) if self.run else (os.path.dirname(self.verdict.path),
+                                                                          self.verdict.layout)
+        only = RunReport.of(root, layout, (self.verdict,))
         return RootReport(run.root, [only], [])
 
 

@@ -95,6 +95,12 @@ class DirtyScopes:
         """Did an event touch ``scope`` (or its whole root, which may hold its logs) after ``since``?"""
         return max(self._last_event.get((root, scope), 0.0), self._last_event.get((root, root), 0.0)) > since
 
+    def forget(self, root: str, scope: str) -> None:
+        """A run that is gone: drop its event time and any look scheduled for it."""
+        with self._lock:
+            self._last_event.pop((root, scope), None)
+            self._due.pop((root, scope), None)
+
     def next_due(self) -> float | None:
         with self._lock:
             return min(self._due.values()) if self._due else None

@@ -55,7 +55,7 @@ def run_as_nobody(fn, *args):
 
 
 def make_daemon(state_dir: Path, root: Path, *, observer: str = "auto", alerts: dict | None = None,
-                clock=None, **service):  # noqa: ANN001, ANN201 - clock: a callable; returns a Daemon
+                clock=None, engine=None, **service):  # noqa: ANN001, ANN201 - clock: a callable; returns a Daemon
     """An in-process service (no sd_notify, JSON logs, settle 0 unless given) watching ``root``."""
     import time
 
@@ -67,7 +67,9 @@ def make_daemon(state_dir: Path, root: Path, *, observer: str = "auto", alerts: 
            "watch": [{"path": str(root), "observer": observer}]}
     if alerts is not None:
         raw["alerts"] = alerts
-    return Daemon("test.toml", parse_config(raw, "test.toml"), notifier=Notifier(None), clock=clock or time.time)
+    extra = {"engine": engine} if engine is not None else {}
+    return Daemon("test.toml", parse_config(raw, "test.toml"), notifier=Notifier(None), clock=clock or time.time,
+                  **extra)
 
 
 def two_trainer_runs(artefact, tmp_path: Path) -> Path:  # noqa: ANN001 - the artefact fixture

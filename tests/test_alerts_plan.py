@@ -16,8 +16,7 @@ def _v(step: int, status: Status, at: float, problems=(), hazards=()) -> Verdict
 
 
 def _run(*verdicts: Verdict, hazards=()) -> RunReport:
-    complete = [v for v in verdicts if v.status is Status.COMPLETE]
-    return RunReport(RUN, "hf-trainer", verdicts, complete[-1].path if complete else None, (), tuple(hazards))
+    return RunReport.of(RUN, "hf-trainer", verdicts, (), tuple(hazards))
 
 
 MISSING = Problem("missing_file", f"{RUN}/checkpoint-3/optimizer.pt", "optimizer.pt is missing")

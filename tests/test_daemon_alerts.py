@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from ckptwatch.daemon import Daemon
+from ckptwatch.passes import Engine
 from tests.helpers import make_daemon
 from tests.servers import SmtpServer, WebhookServer, body_text
 
@@ -34,13 +35,19 @@ class Clock:
 
 
 def _daemon(tmp_path: Path, root: Path, alerts: dict, clock: Clock | None = None,
-            stale_after: str = "10m") -> Daemon:
-    return make_daemon(tmp_path / "state", root, alerts=alerts, clock=clock, stale_after=stale_after)
+            stale_after: str = "10m", engine: Engine | None = None) -> Daemon:
+    return make_daemon(tmp_path / "state", root, alerts=alerts, clock=clock, stale_after=stale_after,
+                       engine=engine)
 
 
 def _stop(d: Daemon) -> None:
-    d.alerts.close(timeout=WAIT)
-    d.state.close()
+    d.close(timeout=WAIT)
+
+
+def _background_done(d: Daemon) -> None:
+    """What the service loop does between passes: run what the background worker finished (plots)."""
+    assert d.background.wait_idle(WAIT)
+    d.background.drain()
 
 
 def _titles(hook: WebhookServer) -> list[str]:
@@ -61,8 +68,8 @@ def test_corrupt_alert_routed_once_across_restart_then_resolved(artefact, tmp_pa
             f.truncate(len(good) // 2)
         os.utime(weights, ns=good_times)  # a bad copy that kept the times: only the truncation shows
         d = _daemon(tmp_path, root, alerts)
-        d._judge(d.config.watches[0])
-        d._judge(d.config.watches[0])  # a second pass over the same damage: nothing new
+        d.judge_watch(d.config.watches[0])
+        d.judge_watch(d.config.watches[0])  # a second pass over the same damage: nothing new
         assert d.alerts.flush(WAIT)
         (mail,) = smtp.wait_for(1, WAIT)
         assert mail["Subject"] == "[ckptwatch] run-a: checkpoint-6 corrupt (truncated: model.safetensors)"
@@ -73,14 +80,14 @@ def test_corrupt_alert_routed_once_across_restart_then_resolved(artefact, tmp_pa
         _stop(d)
 
         d = _daemon(tmp_path, root, alerts)  # a restart: the ledger remembers what was sent
-        d._judge(d.config.watches[0])
+        d.judge_watch(d.config.watches[0])
         assert d.alerts.flush(WAIT)
         time.sleep(0.5)
         assert len(smtp.messages) == 1
 
         weights.write_bytes(good)  # restored from a backup with its times (cp -p): complete again
         os.utime(weights, ns=good_times)
-        d._judge(d.config.watches[0])
+        d.judge_watch(d.config.watches[0])
         assert d.alerts.flush(WAIT)
         mails = smtp.wait_for(2, WAIT)
         assert mails[1]["Subject"] == "[ckptwatch] RESOLVED run-a: checkpoint-6 is now complete"
@@ -99,7 +106,7 @@ def test_incomplete_newest_waits_for_stale_after(artefact, tmp_path: Path) -> No
     clock = Clock()
     with WebhookServer() as hook:
         d = _daemon(tmp_path, root, {"urls": [hook.url()]}, clock)
-        d._judge(d.config.watches[0])
+        d.judge_watch(d.config.watches[0])
         assert d.alerts.flush(WAIT)
         (post,) = hook.wait_for(1, WAIT)
         assert post["title"].startswith("[ckptwatch] run-a: checkpoint-2 incomplete")
@@ -110,7 +117,7 @@ def test_incomplete_newest_waits_for_stale_after(artefact, tmp_path: Path) -> No
 
         clock.offset = 601.0 + newest_write - time.time() + 1
         (settled,) = d.dirty.take_due(clock())
-        d._judge(d.config.watches[0], settled[1])
+        d.judge_watch(d.config.watches[0], settled[1])
         assert d.alerts.flush(WAIT)
         posts = hook.wait_for(2, WAIT)
         assert posts[1]["title"].startswith("[ckptwatch] run-a: checkpoint-6 incomplete")
@@ -119,28 +126,30 @@ def test_incomplete_newest_waits_for_stale_after(artefact, tmp_path: Path) -> No
     assert len(hook.posts) == 2
 
 
-def test_failing_pass_alerts_service_error_then_resolves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failing_pass_alerts_service_error_then_resolves(tmp_path: Path) -> None:
     """A pass that raises is alerted once as service_error; the next good pass sends RESOLVED."""
-    import ckptwatch.daemon as daemon
+    from dataclasses import replace
 
     root = tmp_path / "root"
     root.mkdir()
-    real = daemon.check_root
+    real = Engine.default()
+    failing = [True]
 
-    def boom(*a, **k):
-        raise PermissionError(13, "Permission denied", str(root / "run-b"))
+    def check_root(*a, **k):
+        if failing[0]:
+            raise PermissionError(13, "Permission denied", str(root / "run-b"))
+        return real.check_root(*a, **k)
 
     with WebhookServer() as hook:
-        d = _daemon(tmp_path, root, {"urls": [hook.url()]})
-        monkeypatch.setattr(daemon, "check_root", boom)
-        d._judge(d.config.watches[0])
-        d._judge(d.config.watches[0])
+        d = _daemon(tmp_path, root, {"urls": [hook.url()]}, engine=replace(real, check_root=check_root))
+        d.judge_watch(d.config.watches[0])
+        d.judge_watch(d.config.watches[0])
         assert d.alerts.flush(WAIT)
         (post,) = hook.wait_for(1, WAIT)
         assert post["title"].endswith(f"service error in judging {root}")
         assert "PermissionError" in post["message"] and "ckptwatch once" in post["message"]
-        monkeypatch.setattr(daemon, "check_root", real)
-        d._judge(d.config.watches[0])
+        failing[0] = False
+        d.judge_watch(d.config.watches[0])
         assert d.alerts.flush(WAIT)
         posts = hook.wait_for(2, WAIT)
         assert posts[1]["title"].startswith("[ckptwatch] RESOLVED")
@@ -153,8 +162,8 @@ def test_low_disk_alerted_once(tmp_path: Path) -> None:
     root.mkdir()
     with WebhookServer() as hook:
         d = _daemon(tmp_path, root, {"urls": [hook.url()], "disk_low_free": "1P"})
-        d._check_disks(time.time())
-        d._check_disks(time.time())
+        d.alerts.tick(time.time())
+        d.alerts.tick(time.time())
         assert d.alerts.flush(WAIT)
         (post,) = hook.wait_for(1, WAIT)
         assert f"disk low at {root}" in post["title"] and "alerts.disk_low_free = 1" in post["message"]
@@ -170,7 +179,7 @@ def test_no_channel_means_no_ledger_and_no_thread(tmp_path: Path) -> None:
     root.mkdir()
     before = sum(t.name == "ckptwatch-alerts" for t in threading.enumerate())
     d = _daemon(tmp_path, root, {})
-    d._judge(d.config.watches[0])
+    d.judge_watch(d.config.watches[0])
     assert sum(t.name == "ckptwatch-alerts" for t in threading.enumerate()) == before
     tables = sqlite3.connect(os.path.join(tmp_path / "state", "state.sqlite")).execute(
         "SELECT name FROM sqlite_master WHERE type='table'").fetchall()
@@ -192,7 +201,8 @@ def test_loss_jump_after_stub_resume_mailed_with_cause_and_plot_once(artefact, t
         alerts = {"urls": [hook.url()], "channels": {"oncall": [smtp.url()]}, "routes": {"loss_jump": ["oncall"]}}
         d = _daemon(tmp_path, root, alerts)
         with capture_logs() as logs:
-            d._judge(d.config.watches[0])
+            d.judge_watch(d.config.watches[0])
+        _background_done(d)
         assert d.alerts.flush(WAIT)
         (mail,) = smtp.wait_for(1, WAIT)
         assert mail["Subject"].startswith("[ckptwatch] run-lora: loss jumped x")
@@ -209,7 +219,7 @@ def test_loss_jump_after_stub_resume_mailed_with_cause_and_plot_once(artefact, t
         _stop(d)
 
         d = _daemon(tmp_path, root, alerts)
-        d._judge(d.config.watches[0])
+        d.judge_watch(d.config.watches[0])
         assert d.alerts.flush(WAIT)
         time.sleep(0.5)
         assert len(smtp.messages) == 1
@@ -230,13 +240,14 @@ def test_loss_jump_seen_between_passes_while_the_run_logs(artefact, tmp_path: Pa
     with WebhookServer() as hook:
         d = _daemon(tmp_path, root, {"urls": [hook.url()]})
         with capture_logs() as logs:
-            d._judge(d.config.watches[0])
+            d.judge_watch(d.config.watches[0])
         assert not [e for e in logs if e["event"] == "resume_detected"]
         (new_events,) = [p for p in (resumed / "runs").iterdir() if p.name not in first]
         shutil.copy2(new_events, run / "runs" / new_events.name)  # the resumed process's TensorBoard file
         d.dirty.touch(str(root), time.time(), str(run))  # what the watchdog handler does for that write
         with capture_logs() as logs:
-            d._poll_active_loss(time.time())
+            d.sink("loss watch").tick(time.time())
+        _background_done(d)
         (resume,) = [e for e in logs if e["event"] == "resume_detected"]
         assert resume["alert"] and resume["step"] == 21 and resume["checkpoint"].endswith("checkpoint-20")
         assert not [e for e in logs if e["event"] == "checkpoint_judged"]  # no checkpoint pass was needed
@@ -256,14 +267,14 @@ def test_quiet_run_is_scheduled_then_alerted_stalled(artefact, tmp_path: Path) -
     clock = Clock()
     with WebhookServer() as hook:
         d = _daemon(tmp_path, root, {"urls": [hook.url()]}, clock)
-        d._judge(d.config.watches[0])
+        d.judge_watch(d.config.watches[0])
         newest = max(p.stat().st_mtime for p in (run / "checkpoint-6").rglob("*"))
         due = d.dirty.next_due()
         assert due is not None and newest + 600 <= due <= newest + 600 + 5  # the stalled threshold's floor
         clock.offset = due + 1 - time.time()
         for root_, scope in d.dirty.take_due(clock()):
-            d._judge(d.config.watches[0], scope)
-        d._judge(d.config.watches[0])
+            d.judge_watch(d.config.watches[0], scope)
+        d.judge_watch(d.config.watches[0])
         assert d.alerts.flush(WAIT)
         (post,) = hook.wait_for(1, WAIT)
         assert post["title"].startswith("[ckptwatch] run-a: no new checkpoint for 10m") and "(nothing written)" in post["title"]

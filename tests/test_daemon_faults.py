@@ -13,6 +13,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from ckptwatch.daemon import Daemon
+from ckptwatch.losswatch.service import LossRun
+from ckptwatch.losswatch.settings import LossSettings
 from ckptwatch.watch import DirtyScopes, Watcher
 from tests.helpers import make_daemon, run_as_nobody, two_trainer_runs
 
@@ -29,7 +31,7 @@ def _start_unreadable_polling_root(base: str) -> tuple[dict, list]:
     with capture_logs() as logs:
         try:
             d._start_watchers()
-            d._guarded("observer health check", d._check_watchers)
+            d.faults.call("observer health check", d._check_watchers)
         except Exception as exc:  # noqa: BLE001 - the test reports it
             return {"raised": f"{type(exc).__name__}: {exc}"}, []
     kinds = {k: w.kind for k, w in d.watchers.items()}
@@ -54,12 +56,12 @@ def test_unreadable_root_is_an_error_not_a_crash() -> None:
         warm._check_watchers()
         for w in warm.watchers.values():
             w.stop()
-        warm.state.close()
+        warm.close()
         watchers, events = run_as_nobody(_start_unreadable_polling_root, str(base))
     finally:
         shutil.rmtree(base, ignore_errors=True)
     assert watchers == {}, watchers
-    assert ("service_error", "watcher") in events
+    assert any(e == "service_error" and c.startswith("watcher of ") for e, c in events), events
 
 
 def test_observer_of_a_deleted_root_is_not_alive(tmp_path: Path) -> None:
@@ -94,14 +96,16 @@ def test_deleted_run_is_forgotten_by_the_next_whole_pass(artefact, tmp_path: Pat
     """Metrics and per-run memory drop a run that was deleted (no stale gauges, no stale next-save size)."""
     root = two_trainer_runs(artefact, tmp_path)
     d = _daemon(tmp_path, root)
-    d._judge(d.config.watches[0])
-    assert {os.path.basename(r) for r in d.runs} == {"run-a", "run-b"} and len(d.run_bytes) == 2
+    d.judge_watch(d.config.watches[0])
+    assert {os.path.basename(r) for r in d.runs} == {"run-a", "run-b"}
+    assert {os.path.basename(r) for r in d.sink("metrics endpoint").remembered()} == {"run-a", "run-b"}
     shutil.rmtree(root / "run-b")
-    d._judge(d.config.watches[0])
+    d.judge_watch(d.config.watches[0])
     assert {os.path.basename(r) for r in d.runs} == {"run-a"}
-    assert {os.path.basename(r) for r in d.run_bytes} == {"run-a"}
-    assert {os.path.basename(r) for r in d.loss_runs} == {"run-a"}
-    d.state.close()
+    for sink in d.row.sinks:
+        assert {os.path.basename(r) for r in sink.remembered()} <= {"run-a"}, sink.name
+    assert {os.path.basename(r) for r in d.sink("loss watch").remembered()} == {"run-a"}
+    d.close()
 
 
 def test_growing_log_keeps_its_run_polled_without_events(tmp_path: Path) -> None:
@@ -117,25 +121,31 @@ def test_growing_log_keeps_its_run_polled_without_events(tmp_path: Path) -> None
             log.write(f"{{'loss': 1.0, 'step': {i}}}\n")
         log.flush()
         d = _daemon(tmp_path, root)
-        d.loss_runs[str(run)] = (str(root), str(run), ((10, str(run / "checkpoint-10")),))
+        loss = d.sink("loss watch")
+        loss.runs[str(run)] = LossRun(str(root), str(run), LossSettings(), ((10, str(run / "checkpoint-10")),))
         now = time.time()
-        d._poll_active_loss(now)  # the first slow round reads the history: not growth
-        assert str(run) not in d.loss_grew
+
+        def grew_at() -> float | None:
+            watch = loss.watches.get(str(run))
+            return watch.grew_at if watch is not None and watch.grew_at > 0 else None
+
+        loss.tick(now)  # the first slow round reads the history: not growth
+        assert grew_at() is None
         for i in range(11, 16):
             log.write(f"{{'loss': 1.0, 'step': {i}}}\n")
         log.flush()
-        d._poll_active_loss(now + 1)  # not active yet, not a slow round: not read
-        assert str(run) not in d.loss_grew
-        d._next_idle_loss_poll = 0.0  # the next slow round reads it: it grew
-        d._poll_active_loss(now + 2)
-        assert d.loss_grew[str(run)] == now + 2
+        loss.tick(now + 1)  # not active yet, not a slow round: not read
+        assert grew_at() is None
+        loss.next_idle_round = 0.0  # the next slow round reads it: it grew
+        loss.tick(now + 2)
+        assert grew_at() == now + 2
         for i in range(16, 21):
             log.write(f"{{'loss': 1.0, 'step': {i}}}\n")
         log.flush()
-        d._poll_active_loss(now + 5)  # no event came, but the run is active by growth
-        assert d.loss_grew[str(run)] == now + 5
-        d._poll_active_loss(now + 10)  # nothing new: polled, no growth
-        assert d.loss_grew[str(run)] == now + 5
+        loss.tick(now + 5)  # no event came, but the run is active by growth
+        assert grew_at() == now + 5
+        loss.tick(now + 10)  # nothing new: polled, no growth
+        assert grew_at() == now + 5
     finally:
         log.close()
-    d.state.close()
+    d.close()

@@ -93,7 +93,7 @@ def test_event_in_one_run_makes_only_that_run_due(artefact, tmp_path: Path) -> N
     d = _daemon(tmp_path, root)
     d._start_watchers()
     try:
-        d._judge(d.config.watches[0])  # indexes the runs
+        d.judge_watch(d.config.watches[0])  # indexes the runs
         assert d.dirty.take_due(time.time() + 1e6) == []
         (root / "run-a" / "checkpoint-6" / "note.txt").write_text("x")
         deadline = time.monotonic() + 10
@@ -112,7 +112,7 @@ def test_event_in_one_run_makes_only_that_run_due(artefact, tmp_path: Path) -> N
     finally:
         for w in d.watchers.values():
             w.stop()
-        d.state.close()
+        d.close()
 
 
 def test_run_pass_judges_that_run_and_root_pass_judges_all(artefact, tmp_path: Path) -> None:
@@ -120,20 +120,20 @@ def test_run_pass_judges_that_run_and_root_pass_judges_all(artefact, tmp_path: P
     root = two_trainer_runs(artefact, tmp_path)
     d = _daemon(tmp_path, root)
     w = d.config.watches[0]
-    d._judge(w)
+    d.judge_watch(w)
     assert _stored_status(d)["run-a/*"] == _stored_status(d)["run-b/*"] == "complete=3"
     for run in ("run-a", "run-b"):
         _break_header(root / run / "checkpoint-6" / "model.safetensors")
-    d._judge(w, str(root / "run-a"))
+    d.judge_watch(w, str(root / "run-a"))
     status = _stored_status(d)
     assert status["run-a/checkpoint-6"] == "corrupt" and status["run-b/*"] == "complete=3"
-    d._judge(w)
+    d.judge_watch(w)
     assert _stored_status(d)["run-b/checkpoint-6"] == "corrupt"
     shutil.rmtree(root / "run-a")
     with capture_logs() as logs:
-        d._judge(w, str(root / "run-a"))  # the run is gone: the whole root is judged instead
+        d.judge_watch(w, str(root / "run-a"))  # the run is gone: the whole root is judged instead
     assert not [e for e in logs if e["event"] == "service_error"]
-    d.state.close()
+    d.close()
 
 
 def test_cache_sees_a_file_replaced_with_same_size_and_mtime(artefact, tmp_path: Path) -> None:
@@ -206,4 +206,4 @@ def test_inotify_overflow_rejudges_root_and_repeated_overflow_moves_it_to_pollin
             logging.getLogger(name).removeHandler(handler)
         for w in d.watchers.values():
             w.stop()
-        d.state.close()
+        d.close()

@@ -59,15 +59,18 @@ def test_dead_observer_is_restarted(tmp_path: Path) -> None:
             x.stop()
 
 
-def test_a_failing_pass_is_logged_not_fatal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_pass_is_logged_not_fatal(tmp_path: Path) -> None:
     """An unexpected error while judging a root is a service_error log line; the service goes on."""
-    import ckptwatch.daemon as daemon
+    from dataclasses import replace
+
+    from ckptwatch.passes import Engine
 
     def boom(*a, **k):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(daemon, "check_root", boom)
-    d = _daemon(tmp_path)
+    root = tmp_path / "root"
+    root.mkdir()
+    d = make_daemon(tmp_path / "state", root, engine=replace(Engine.default(), check_root=boom))
     with capture_logs() as logs:
-        d._judge(d.config.watches[0])
+        d.judge_watch(d.config.watches[0])
     assert logs[0]["event"] == "service_error" and "disk on fire" in logs[0]["error"]

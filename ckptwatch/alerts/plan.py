@@ -52,9 +52,8 @@ def plan_run(run: RunReport, *, open_keys: Mapping[AlertKey, str], now: float, h
     wanted: set[AlertKey] = set()
     wake: list[float] = []
     verdicts = list(run.checkpoints)
-    latest = next((v for v in verdicts if v.path == run.latest_resumable), None)
-    resume_step = latest.step if latest else None
-    complete_after = _newest_complete_index(verdicts)
+    resume_step = run.newest_resumable.step if run.newest_resumable else None
+    complete_after = verdicts.index(run.newest_complete) if run.newest_complete is not None else -1
 
     for i, v in enumerate(verdicts):
         if v.status is Status.IN_PROGRESS:
@@ -93,7 +92,7 @@ def plan_run(run: RunReport, *, open_keys: Mapping[AlertKey, str], now: float, h
         if run_root != run.root or key in wanted or kind not in (*messages.VERDICT_KINDS, "stalled"):
             continue
         if kind == "stalled":
-            newest = _newest_complete(verdicts)
+            newest = run.newest_complete
             detail = f"{os.path.basename(newest.path)} written" if newest else "the run is quiet on purpose"
             clears.append((key, messages.condition_cleared(key, host=host, now=now, detail=detail)))
         elif checkpoint == "":
@@ -119,15 +118,6 @@ def plan_vanished_runs(root: str, live_runs: set[str], *, open_keys: Mapping[Ale
             out.append((key, messages.checkpoint_gone(key, host=host, now=now) if key[1] else
                         messages.condition_cleared(key, host=host, now=now, detail="the run no longer exists")))
     return tuple(out)
-
-
-def _newest_complete_index(verdicts: list[Verdict]) -> int:
-    return max((i for i, v in enumerate(verdicts) if v.status is Status.COMPLETE), default=-1)
-
-
-def _newest_complete(verdicts: list[Verdict]) -> Verdict | None:
-    i = _newest_complete_index(verdicts)
-    return verdicts[i] if i >= 0 else None
 
 
 def _incomplete_is_final(v: Verdict, index: int, newest_complete: int, now: float, stale_after: float) -> bool:
@@ -163,7 +153,7 @@ def _stalled(run: RunReport, verdicts: list[Verdict], now: float, host: str, con
         return None, (max(times) + threshold[0] + 1.0) if threshold else None, False
     if finding.silent_for > finding.threshold + FINISHED_AFTER:
         return None, None, True  # finished long ago (or ckptwatch was away): not a page
-    newest = _newest_complete(verdicts)
+    newest = run.newest_complete
     return messages.stalled_alert(run_root=run.root, host=host, now=now,
                                   last_checkpoint=os.path.basename(newest.path) if newest else None,
                                   last_at=finding.last_at, silent_for=finding.silent_for,

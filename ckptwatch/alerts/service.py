@@ -8,8 +8,10 @@ the dispatcher's business. With no channel configured there is nothing to send, 
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from ckptwatch.alerts import messages
 from ckptwatch.alerts.conditions import disk_low, disk_usage
@@ -17,15 +19,28 @@ from ckptwatch.alerts.config import AlertsConfig
 from ckptwatch.alerts.messages import Alert, AlertKey
 from ckptwatch.alerts.plan import plan_run, plan_vanished_runs
 from ckptwatch.model import RunReport
+from ckptwatch.sinks.base import Sink
+
+if TYPE_CHECKING:
+    from ckptwatch.config import WatchConfig
+
+DISK_CHECK_SECONDS = 60.0  # psutil.disk_usage is one statvfs per watched root
 
 
-class ServiceAlerts:
+class ServiceAlerts(Sink):
+    """The alerts' place in the service's row of sinks, and the channel the fault reporter uses."""
+
+    name = "alerts"
+
     def __init__(self, config: AlertsConfig, state_db: str, clock, log, *, sender=None,  # noqa: ANN001
-                 host: str | None = None) -> None:
+                 host: str | None = None, stale_after: float = 0.0, roots: tuple[str, ...] = ()) -> None:
         self.config = config
         self.log = log
         self.host = host or socket.gethostname()
         self.enabled = bool(config.all_urls)
+        self.stale_after = stale_after
+        self.roots = roots  # the watched roots whose filesystems the disk check looks at
+        self.next_save: dict[str, int] = {}  # run root -> bytes of its newest complete checkpoint
         self.ledger = self.dispatcher = None
         self._open: dict[AlertKey, str] = {}
         if self.enabled:
@@ -35,24 +50,44 @@ class ServiceAlerts:
             self.ledger = AlertLedger(state_db)
             self.dispatcher = AlertDispatcher(config, self.ledger, clock, log, sender=sender, host=self.host)
 
-    def begin_pass(self) -> None:
+    def begin_pass(self, now: float = 0.0) -> None:
         """Read the open alerts once per pass (the worker thread updates them between passes)."""
         if self.ledger is not None:
             self._open = {a.key: a.fingerprint for a in self.ledger.open_alerts()}
 
-    def run_judged(self, run: RunReport, *, now: float, stale_after: float) -> float | None:
+    def judged(self, watch: WatchConfig, run: RunReport, now: float) -> float | None:
         """Raise and clear what the run calls for; return when to look at it again (or None)."""
         if not self.enabled:
             return None
-        plan = plan_run(run, open_keys=self._open, now=now, host=self.host, stale_after=stale_after,
+        if run.newest_complete is not None:
+            self.next_save[run.root] = run.newest_complete.bytes
+        plan = plan_run(run, open_keys=self._open, now=now, host=self.host, stale_after=self.stale_after,
                         stalled_after=self.config.stalled_after, stalled_enabled=self.config.stalled)
         self._apply(plan.raises, plan.clears)
         return plan.look_again_at
 
-    def root_judged(self, root: str, live_runs: Iterable[str], *, now: float) -> None:
+    def root_judged(self, watch: WatchConfig, live_runs: Iterable[str], now: float) -> None:
         """After a whole-root pass: runs that vanished resolve their alerts."""
         if self.enabled:
-            self._apply((), plan_vanished_runs(root, set(live_runs), open_keys=self._open, now=now, host=self.host))
+            self._apply((), plan_vanished_runs(watch.path, set(live_runs), open_keys=self._open, now=now,
+                                               host=self.host))
+
+    def tick(self, now: float) -> float | None:
+        """disk_low for every watched root, once a minute; the next save is the root's largest run's."""
+        if not self.enabled:
+            return None
+        for root in self.roots:
+            if os.path.isdir(root):
+                base = root.rstrip(os.sep) + os.sep
+                sizes = [b for r, b in self.next_save.items() if r == root or r.startswith(base)]
+                self.check_disk(root, max(sizes) if sizes else None, now=now)
+        return now + DISK_CHECK_SECONDS
+
+    def forget(self, run_root: str) -> None:
+        self.next_save.pop(run_root, None)
+
+    def remembered(self) -> set[str]:
+        return set(self.next_save)
 
     def service_error(self, component: str, error: str, action: str, *, now: float) -> None:
         if self.enabled:

@@ -1,0 +1,166 @@
+"""The loss watch's place in the service: judge each run's loss logs after a pass, and poll them between.
+
+Log lines need no settling (only complete lines are read), so a jump is seen within one flush plus a
+few seconds, not after ``settle_seconds``: an active run is polled every ``POLL_SECONDS``, a quiet
+one every ``IDLE_SECONDS``. Active means a file event in the run, or new loss points read, within
+``ACTIVE_SECONDS``: a logger keeps its file open and appends, which produces no event the watcher
+listens to (only creates, closes after writing, moves and deletes), so growth seen by the last poll
+counts too. A resumed process creates files (an events file, its next checkpoint) that make the run
+active; the slow round over quiet runs is the safety net for one that only appends to an old log.
+
+Memory: one ``LossRun`` per run and one ``RunLossWatcher`` per loss root (runs that share a loss
+root, Lightning's ``version_N`` dirs, share it); ``forget`` drops both, so a root where runs come and go
+does not grow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ckptwatch.sinks.base import Background, FaultReporter, Sink
+
+if TYPE_CHECKING:
+    from ckptwatch.config import WatchConfig
+    from ckptwatch.losswatch.report import Resume
+    from ckptwatch.losswatch.settings import LossSettings
+    from ckptwatch.losswatch.watcher import RunLossWatcher
+    from ckptwatch.model import RunReport
+
+POLL_SECONDS = 5.0
+ACTIVE_SECONDS = 600.0
+IDLE_SECONDS = 300.0
+
+
+@dataclass
+class LossRun:
+    """What the loss watch remembers of one run between passes."""
+
+    watch_root: str
+    loss_root: str  # where its logs are (engine.loss_root)
+    settings: LossSettings
+    checkpoints: tuple[tuple[int | None, str], ...]  # (step, path): resumes are named after these
+    resume_ratio: float | None = None  # of its last judged resume (metrics)
+
+
+@dataclass
+class LossWatch:
+    """One loss root's incremental reader and when its last poll read new points."""
+
+    watcher: RunLossWatcher
+    grew_at: float = field(default=-1e18)
+
+
+class LossSink(Sink):
+    name = "loss watch"
+
+    def __init__(self, *, alerts: Any, hazards_of: Callable[[str], list[str]], faults: FaultReporter,
+                 background: Background, is_active: Callable[[str, str, float], bool], plots_dir: str,
+                 log: Any) -> None:
+        self.alerts = alerts
+        self.hazards_of = hazards_of  # checkpoint path -> its stored resume hazards (cause beside effect)
+        self.faults = faults
+        self.background = background
+        self.is_active = is_active  # (watch root, run root, since) -> did an event touch it since?
+        self.plots_dir = plots_dir
+        self.log = log
+        self.runs: dict[str, LossRun] = {}
+        self.watches: dict[str, LossWatch] = {}
+        self.next_idle_round = 0.0
+
+    def judged(self, watch: WatchConfig, run: RunReport, now: float) -> float | None:
+        if watch.loss is None:
+            self.forget(run.root)
+            return None
+        from ckptwatch.engine import loss_root
+
+        where = loss_root(run)
+        old = self.runs.get(run.root)
+        if old is not None and old.loss_root != where:
+            self.forget(run.root)
+        self.runs[run.root] = LossRun(watch.path, where, watch.loss, tuple((v.step, v.path) for v in run.checkpoints),
+                                      old.resume_ratio if old else None)
+        self.poll(run.root, now)
+        return None
+
+    def tick(self, now: float) -> float | None:
+        """Poll active runs now; every run on the slow round."""
+        idle_round = now >= self.next_idle_round
+        if idle_round:
+            self.next_idle_round = now + IDLE_SECONDS
+        for run_root, run in list(self.runs.items()):
+            watch = self.watches.get(run.loss_root)
+            grew_recently = watch is not None and now - watch.grew_at <= ACTIVE_SECONDS
+            if idle_round or grew_recently or self.is_active(run.watch_root, run_root, now - ACTIVE_SECONDS):
+                self.poll(run_root, now)
+        return now + POLL_SECONDS
+
+    def poll(self, run_root: str, now: float) -> None:
+        """Read what the run's loss sources appended; log each newly judged resume; alert a jump."""
+        run = self.runs[run_root]
+        watch = self.watches.get(run.loss_root)
+        if watch is None:
+            from ckptwatch.losswatch.watcher import RunLossWatcher
+
+            watch = self.watches[run.loss_root] = LossWatch(RunLossWatcher(run.loss_root, run.settings))
+        resumes = self.faults.call(f"loss watch of {run.loss_root}", watch.watcher.poll, run.checkpoints,
+                                   action=f"retrying at the next pass; `ckptwatch loss {run.loss_root}` shows "
+                                          "what the loss watch reads", context={"run": run_root})
+        if resumes is None:
+            return
+        if watch.watcher.grew:
+            watch.grew_at = now
+        for r in resumes:
+            self.log.info("resume_detected", run=run_root, checkpoint=r.from_checkpoint, step=r.at_step,
+                          from_step=r.from_step, before=r.before, after=r.after, ratio=r.ratio, alert=r.alert,
+                          scratch=r.scratch, message=r.reason)
+            if r.ratio is not None:
+                run.resume_ratio = r.ratio
+            if r.alert:
+                self._alert_jump(run_root, watch.watcher, r, now)
+
+    def _alert_jump(self, run_root: str, watcher: RunLossWatcher, r: Resume, now: float) -> None:
+        """The loss_jump alert, with its plot drawn on the background worker (matplotlib takes a while)."""
+        from ckptwatch.alerts.messages import loss_jump_alert
+
+        hazards = self.hazards_of(r.from_checkpoint) if r.from_checkpoint else []
+
+        def send(plot: Any) -> None:
+            if isinstance(plot, Exception):
+                self.log.warning("loss_plot_failed", run=run_root, error=f"{type(plot).__name__}: {plot}")
+                plot = None
+            self.alerts.raise_alert(loss_jump_alert(
+                run=run_root, at_step=r.at_step, from_step=r.from_step, from_checkpoint=r.from_checkpoint,
+                before=r.before, after=r.after, ratio=r.ratio, scratch=r.scratch, hazards=hazards,
+                host=self.alerts.host, now=now, plot=plot, nonfinite=r.nonfinite))
+
+        if not self.alerts.enabled:
+            return
+        digest = hashlib.sha1(run_root.encode()).hexdigest()[:8]  # stable across restarts, unlike hash()
+        path = os.path.join(self.plots_dir, f"{os.path.basename(run_root.rstrip(os.sep))}-{digest}-"
+                                            f"step{r.at_step}.png")
+        report = watcher.report()
+
+        def draw() -> str:
+            from ckptwatch.losswatch import plot_history
+
+            os.makedirs(self.plots_dir, exist_ok=True)
+            plot_history(report, path)
+            return path
+
+        self.background.submit(draw, send)
+
+    def resume_ratio(self, run_root: str) -> float | None:
+        run = self.runs.get(run_root)
+        return run.resume_ratio if run else None
+
+    def forget(self, run_root: str) -> None:
+        run = self.runs.pop(run_root, None)
+        if run is not None and not any(r.loss_root == run.loss_root for r in self.runs.values()):
+            self.watches.pop(run.loss_root, None)
+
+    def remembered(self) -> set[str]:
+        return set(self.runs) | set(self.watches)

@@ -1,0 +1,62 @@
+"""The metrics sink: the per-run snapshot the Prometheus endpoint serves, and the endpoint itself."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ckptwatch.sinks.base import Sink, SinkFault
+
+if TYPE_CHECKING:
+    from ckptwatch.config import WatchConfig
+    from ckptwatch.metrics import RunSnapshot
+    from ckptwatch.model import RunReport
+
+
+class MetricsSink(Sink):
+    """Last in the row, so a resume the loss watch just judged is in the same snapshot.
+
+    Snapshots are kept even with the endpoint off: they are one small record per run, and a reload
+    that turns the endpoint on serves them at once.
+    """
+
+    name = "metrics endpoint"
+
+    def __init__(self, port: int, resume_ratio: Callable[[str], float | None], log: Any) -> None:
+        self.port = port
+        self.resume_ratio = resume_ratio
+        self.log = log
+        self.runs: dict[str, RunSnapshot] = {}
+        self.server: Any = None
+
+    def start(self, now: float) -> None:
+        if not self.port:
+            return
+        from ckptwatch.metrics import serve
+
+        try:
+            self.server = serve(self.port, lambda: dict(self.runs))
+        except OSError as exc:
+            raise SinkFault(f"127.0.0.1:{self.port}: {exc.strerror or exc}",
+                            "running without metrics; free the port or change service.metrics_port, then "
+                            "`systemctl reload ckptwatch`") from None
+        self.log.info("metrics_listening", address=f"127.0.0.1:{self.port}")
+
+    def judged(self, watch: WatchConfig, run: RunReport, now: float) -> float | None:
+        from ckptwatch.metrics import snapshot
+
+        self.runs = {**self.runs, run.root: snapshot(run, self.resume_ratio(run.root))}  # replaced whole:
+        return None  # the scrape thread reads it without a lock
+
+    def forget(self, run_root: str) -> None:
+        if run_root in self.runs:
+            self.runs = {r: s for r, s in self.runs.items() if r != run_root}
+
+    def remembered(self) -> set[str]:
+        return set(self.runs)
+
+    def close(self, timeout: float) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
