@@ -296,8 +296,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"{r['run']}: {counts}")
             print(f"  newest complete: {newest['path'] if newest else 'none'}")
             for o in r["open"]:
-                kinds = ", ".join(p["kind"] for p in o["problems"] + o["hazards"])
-                print(f"  {o['status']}: {o['checkpoint']} ({kinds})")
+                print(f"  {o['status']}: {o['checkpoint']}")
+                for finding in o["problems"] + o["hazards"]:  # the same messages and advice as once --json
+                    print(f"    {finding['kind']}: {finding['message']}")
             for a in r["alerts_open"]:
                 print(f"  alert open since {time.strftime('%Y-%m-%d %H:%M', time.localtime(a['since']))}: "
                       f"{a['kind']}{' ' + os.path.basename(a['checkpoint']) if a['checkpoint'] else ''}")

@@ -112,8 +112,12 @@ class StateStore:
 
     def runs(self) -> list[dict[str, object]]:
         """Per run: checkpoint counts by status, the newest complete one, and the open problems."""
-        chosen = {row[0]: row[1:] for row in self._db.execute(
-            "SELECT run, newest_complete, newest_complete_step, newest_resumable, newest_resumable_step FROM runs")}
+        try:
+            chosen = {row[0]: row[1:] for row in self._db.execute(
+                "SELECT run, newest_complete, newest_complete_step, newest_resumable, newest_resumable_step "
+                "FROM runs")}
+        except sqlite3.OperationalError:  # a state file the running service has not upgraded yet
+            chosen = {}
         out = []
         for (run,) in self._db.execute("SELECT DISTINCT run FROM checkpoints ORDER BY run").fetchall():
             rows = self._db.execute("SELECT path, step, status, problems, hazards, judged_at FROM checkpoints "

@@ -182,6 +182,13 @@ def test_service_judges_after_settle_and_survives_kill9(artefact, tmp_path: Path
     assert run["newest_complete"]["path"].endswith("step_300")
     assert [os.path.basename(o["checkpoint"]) for o in run["open"]] == ["step_200"]
     assert [(a["kind"], os.path.basename(a["checkpoint"])) for a in run["alerts_open"]] == [("incomplete", "step_200")]
+    assert run["newest_resumable"] == run["newest_complete"]
+    # One JSON form of a problem: status shows the same messages and advice as once --json.
+    once = json.loads(run_cli("once", str(root), "--json", "--settle", "0", "--no-loss").stdout)
+    (step_200,) = [c for r in once["runs"] for c in r["checkpoints"] if c["path"].endswith("step_200")]
+    assert run["open"][0]["problems"] == step_200["problems"] and step_200["problems"]
+    text = run_cli("status", "--config", str(cfg)).stdout
+    assert all(p["message"] in text for p in step_200["problems"]), text
 
 
 def test_sighup_with_bad_config_keeps_running(tmp_path: Path) -> None:
