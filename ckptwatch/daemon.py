@@ -107,6 +107,7 @@ class Daemon:
         self.row = build_row(self.config, self.state, self.state_dir, self.log, self.clock, self.faults,
                              self.background, self.dirty)
         self.next_tick: dict[int, float] = {}  # sink index -> when it wants its next tick
+        self.next_rescan = float("inf")  # set by run() once the catch-up pass is done
 
     @property
     def alerts(self):  # noqa: ANN201 - ServiceAlerts
@@ -128,31 +129,9 @@ class Daemon:
             self.judge_watch(w)
         self.log.info("service_ready", roots=[w.path for w in self.config.watches], checkpoints=self.state.counts())
         self.notifier.send("READY=1", f"STATUS={self._status_line()}")
-        next_rescan = self.clock() + self.config.service.rescan_seconds
-        ping = self.notifier.watchdog_interval()
+        self.next_rescan = self.clock() + self.config.service.rescan_seconds
         while not self.stopping:
-            if self.reload_requested:
-                self.faults.call("config reload", self._reload)
-            now = self.clock()
-            for root, scope in self.dirty.take_due(now):
-                w = self._watch_for(root)
-                if w is not None:
-                    self.judge_watch(w, scope)
-            if now >= next_rescan:
-                for w in self.config.watches:
-                    self.judge_watch(w)
-                next_rescan = now + self.config.service.rescan_seconds
-            self.faults.call("inotify overflow handling", self._handle_overflows)
-            self.faults.call("observer health check", self._check_watchers)
-            self.tick(now)
-            self.faults.call("background results", self.background.drain)
-            if ping is not None:
-                self.notifier.send("WATCHDOG=1")
-            due = self.dirty.next_due()
-            waits = [next_rescan - now, LOOP_MAX_SLEEP, *(t - now for t in self.next_tick.values())]
-            waits += [due - now] if due is not None else []
-            waits += [ping] if ping is not None else []
-            self.dirty.wake.wait(timeout=max(0.05, min(waits)))
+            self.dirty.wake.wait(timeout=self.step())
             self.dirty.wake.clear()
         self.notifier.send("STOPPING=1")
         self.log.info("service_stopping")
@@ -162,6 +141,33 @@ class Daemon:
         for name in ("watchdog.observers.inotify", "watchdog.observers.inotify_c"):
             logging.getLogger(name).removeHandler(overflow_log)
         return 0
+
+    def step(self) -> float:
+        """One turn of the loop: due passes, the rescan, health checks, sink ticks. Returns how long to
+        sleep (an event wakes the loop earlier)."""
+        if self.reload_requested:
+            self.faults.call("config reload", self._reload)
+        now = self.clock()
+        for root, scope in self.dirty.take_due(now):
+            w = self._watch_for(root)
+            if w is not None:
+                self.judge_watch(w, scope)
+        if now >= self.next_rescan:
+            for w in self.config.watches:
+                self.judge_watch(w)
+            self.next_rescan = now + self.config.service.rescan_seconds
+        self.faults.call("inotify overflow handling", self._handle_overflows)
+        self.faults.call("observer health check", self._check_watchers)
+        self.tick(now)
+        self.faults.call("background results", self.background.drain)
+        ping = self.notifier.watchdog_interval()
+        if ping is not None:
+            self.notifier.send("WATCHDOG=1")
+        due = self.dirty.next_due()
+        waits = [self.next_rescan - now, LOOP_MAX_SLEEP, *(t - now for t in self.next_tick.values())]
+        waits += [due - now] if due is not None else []
+        waits += [ping] if ping is not None else []
+        return max(0.05, min(waits))
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the background worker and every sink, then the state store."""
