@@ -1,10 +1,10 @@
 """``ckptwatch run``: the long-running driver of the same engine ``once`` uses.
 
-It only adds triggers, memory, signals and health (STYLE.md 6): watches are registered before the
-catch-up scan (so nothing written during the scan is missed), an event marks its run dirty (or its
-root, when the event is outside every known run), a run is judged ``settle_seconds`` after the first
-event that dirtied it, every root is rescanned on a timer and judged whole after an inotify overflow
-(which watchdog reports only in its log), and dead observer threads are restarted.
+It only adds triggers, memory, signals and health (STYLE.md 6): observers (``observers.py``) are
+started before the catch-up scan (so nothing written during the scan is missed), an event marks its
+run dirty (or its root, when the event is outside every known run), a run is judged
+``settle_seconds`` after the first event that dirtied it, and every root is rescanned on a timer and
+judged whole after an inotify overflow (which watchdog reports only in its log).
 
 What happens to a verdict is not the daemon's business: each run report goes to a fixed row of sinks
 (``build_row``), every call through one fault reporter. Nothing but SIGTERM stops the service.
@@ -26,7 +26,8 @@ from ckptwatch.notify import Notifier
 from ckptwatch.passes import Engine, Judge, PassResult, settled_at
 from ckptwatch.sinks.base import Background, FaultReporter, Sink
 from ckptwatch.state import StateStore, default_state_dir
-from ckptwatch.watch import OVERFLOW_LIMIT, OVERFLOW_WINDOW_S, DirtyScopes, Watcher, choose_observer, install_overflow_log
+from ckptwatch.observers import Observers
+from ckptwatch.watch import DirtyScopes, install_overflow_log
 
 LOOP_MAX_SLEEP = 5.0
 
@@ -98,9 +99,7 @@ class Daemon:
         self.faults = FaultReporter(self.log, None, self.clock)
         self.background = Background(self.dirty.wake)
         self.judge = Judge(self.engine, self.config.service, self.state.changed_paths)
-        self.overflows: list[tuple[float, str | None]] = []  # appended by watchdog's thread
-        self.overflow_history: list[tuple[float, str]] = []
-        self.watchers: dict[str, Watcher] = {}
+        self.observers = Observers(self.dirty, self.clock, self.log, self.faults)
         self.runs: dict[str, RunRecord] = {}
         self.stopping = False
         self.reload_requested = False
@@ -122,8 +121,8 @@ class Daemon:
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
         signal.signal(signal.SIGHUP, self._on_hup)
-        overflow_log = install_overflow_log(self._on_overflow)
-        self._start_watchers()
+        overflow_log = install_overflow_log(self.observers.on_overflow)
+        self.observers.start(self.config.watches, self.judge.run_index)
         self._start_sinks()
         for w in self.config.watches:  # catch-up: what was written while the service was down
             self.judge_watch(w)
@@ -135,8 +134,7 @@ class Daemon:
             self.dirty.wake.clear()
         self.notifier.send("STOPPING=1")
         self.log.info("service_stopping")
-        for w in self.watchers.values():
-            w.stop()
+        self.observers.stop()
         self.close(timeout=5.0)  # queued alerts get 5 s; TimeoutStopSec= leaves room for that
         for name in ("watchdog.observers.inotify", "watchdog.observers.inotify_c"):
             logging.getLogger(name).removeHandler(overflow_log)
@@ -156,8 +154,8 @@ class Daemon:
             for w in self.config.watches:
                 self.judge_watch(w)
             self.next_rescan = now + self.config.service.rescan_seconds
-        self.faults.call("inotify overflow handling", self._handle_overflows)
-        self.faults.call("observer health check", self._check_watchers)
+        self.faults.call("inotify overflow handling", self.observers.handle_overflows)
+        self.faults.call("observer health check", self.observers.check, self.judge.run_index)
         self.tick(now)
         self.faults.call("background results", self.background.drain)
         ping = self.notifier.watchdog_interval()
@@ -205,9 +203,7 @@ class Daemon:
         except ConfigError as exc:
             self.log.error("config_reload_failed", error=str(exc), keeping="the previous config")
             return
-        for w in self.watchers.values():
-            w.stop()
-        self.watchers.clear()
+        self.observers.stop()
         for sink in self.row.sinks:
             self.faults.call(f"closing {sink.name}", sink.close, 5.0)
         self.config = new
@@ -218,7 +214,7 @@ class Daemon:
         self.row = build_row(new, self.state, self.state_dir, self.log, self.clock, self.faults,
                              self.background, self.dirty)
         self._start_sinks()
-        self._start_watchers()
+        self.observers.start(new.watches, self.judge.run_index)
         now = self.clock()
         for w in new.watches:  # events during the gap are lost, and added roots were never judged
             self.dirty.touch(w.path, now)
@@ -232,88 +228,8 @@ class Daemon:
         for sink in self.row.sinks:
             self.faults.call(f"{sink.name} in {run_root}", sink.forget, run_root)
 
-    # --- watching ---------------------------------------------------------------------------------
-
-    def _start_watchers(self) -> None:
-        for w in self.config.watches:
-            self._start_watcher(w)
-
-    def _start_watcher(self, w: WatchConfig) -> None:
-        if not os.path.isdir(w.path):
-            if w.path not in self.watchers:
-                self.log.warning("root_missing", root=w.path, action="waiting for it to appear")
-            return
-        component = f"watcher of {w.path}"
-        watcher = Watcher(w.path, choose_observer(w.path, w.observer), self.dirty, self.clock)
-        try:
-            watcher.start()
-        except OSError as exc:  # inotify watch or instance limit: fall back to polling
-            self.log.warning("observer_fallback", root=w.path, error=str(exc), observer="polling")
-            watcher = Watcher(w.path, "polling", self.dirty, self.clock)
-            try:
-                watcher.start()
-            except OSError as exc2:  # e.g. the root is not readable by the service's user
-                error = f"{exc2.strerror or exc2}: {getattr(exc2, 'filename', None) or w.path}"
-                self.faults.report(component, error, f"give the ckptwatch user read and execute access to "
-                                   f"{w.path}; retrying every loop; the rescan still judges what it can read",
-                                   root=w.path)
-                return
-        self.watchers[w.path] = watcher
-        self.faults.ok(component)
-        watcher.runs = self.judge.run_index.get(w.path, frozenset())
-
-    def _check_watchers(self) -> None:
-        for w in self.config.watches:
-            watcher = self.watchers.get(w.path)
-            if watcher is None:
-                if os.path.isdir(w.path):
-                    self._start_watcher(w)
-                    self.dirty.touch(w.path, self.clock())
-                continue
-            if not watcher.alive():
-                self.log.error("observer_died", root=w.path, action="restarted; rescanning the root")
-                del self.watchers[w.path]
-                self._start_watcher(w)
-                self.dirty.touch(w.path, self.clock())
-
     def _watch_for(self, root: str) -> WatchConfig | None:
         return next((w for w in self.config.watches if w.path == root), None)
-
-    def _on_overflow(self, path: str | None) -> None:
-        """Called in watchdog's thread: events were lost, so the root (or every root) is judged whole."""
-        now = self.clock()
-        if path is None:  # watchdog logs each overflow twice, once without a path: judge all, count none
-            for w in self.config.watches:
-                self.dirty.touch(w.path, now)
-            return
-        for w in self.config.watches:
-            if path == w.path or path.startswith(w.path.rstrip(os.sep) + os.sep):
-                self.overflows.append((now, w.path))
-                self.dirty.touch(w.path, now)
-
-    def _handle_overflows(self) -> None:
-        """Log each overflow once; a root that keeps overflowing is moved to polling."""
-        if not self.overflows:
-            return
-        now = self.clock()
-        taken, self.overflows = self.overflows, []
-        self.overflow_history = [(t, r) for t, r in [*self.overflow_history, *taken]
-                                 if r and now - t <= OVERFLOW_WINDOW_S]
-        for root in sorted({r for _, r in taken if r}):
-            recent = sum(1 for _, r in self.overflow_history if r == root)
-            self.log.warning("inotify_overflow", root=root, recent=recent,
-                             action="events were lost; judging the whole root again")
-            watcher = self.watchers.get(root)
-            if recent >= OVERFLOW_LIMIT and watcher is not None and watcher.kind == "inotify":
-                self.log.warning("observer_fallback", root=root, observer="polling",
-                                 error=f"inotify queue overflowed {recent} times in {OVERFLOW_WINDOW_S:.0f} s",
-                                 action="raise fs.inotify.max_queued_events (sysctl) above the number of "
-                                        "directories below the root, or set observer = \"polling\" for it")
-                watcher.stop()
-                self.watchers[root] = Watcher(root, "polling", self.dirty, self.clock)
-                self.watchers[root].runs = watcher.runs
-                self.watchers[root].start()
-                self.overflow_history = [(t, r) for t, r in self.overflow_history if r != root]
 
     # --- the pass and the row -----------------------------------------------------------------------
 
@@ -334,9 +250,7 @@ class Daemon:
 
     def _deliver(self, w: WatchConfig, result: PassResult, now: float) -> None:
         if result.whole:
-            watcher = self.watchers.get(w.path)
-            if watcher is not None:
-                watcher.runs = result.live
+            self.observers.set_runs(w.path, result.live)
             base = w.path.rstrip(os.sep) + os.sep
             remembered = set(self.runs).union(*(s.remembered() for s in self.row.sinks))
             for run_root in sorted(remembered):

@@ -30,12 +30,12 @@ def _start_unreadable_polling_root(base: str) -> tuple[dict, list]:
     d = _daemon(Path(base), Path(base) / "root", observer="polling")
     with capture_logs() as logs:
         try:
-            d._start_watchers()
-            d.faults.call("observer health check", d._check_watchers)
+            d.observers.start(d.config.watches, d.judge.run_index)
+            d.faults.call("observer health check", d.observers.check, d.judge.run_index)
         except Exception as exc:  # noqa: BLE001 - the test reports it
             return {"raised": f"{type(exc).__name__}: {exc}"}, []
-    kinds = {k: w.kind for k, w in d.watchers.items()}
-    for w in d.watchers.values():
+    kinds = {k: w.kind for k, w in d.observers.watchers.items()}
+    for w in d.observers.watchers.values():
         w.stop()
     return kinds, [(e["event"], e.get("component")) for e in logs]
 
@@ -52,9 +52,10 @@ def test_unreadable_root_is_an_error_not_a_crash() -> None:
         (base / "root").mkdir(mode=0o700)
         os.chmod(base / "root", 0o700)
         warm = _daemon(base / "warm", base / "state", observer="polling")  # import everything as root:
-        warm._start_watchers()  # the child without privileges cannot read the interpreter's lib dir
-        warm._check_watchers()
-        for w in warm.watchers.values():
+        # Import everything as root: the child without privileges cannot read the interpreter's lib dir.
+        warm.observers.start(warm.config.watches, warm.judge.run_index)
+        warm.observers.check(warm.judge.run_index)
+        for w in warm.observers.watchers.values():
             w.stop()
         warm.close()
         watchers, events = run_as_nobody(_start_unreadable_polling_root, str(base))

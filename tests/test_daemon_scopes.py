@@ -91,7 +91,7 @@ def test_event_in_one_run_makes_only_that_run_due(artefact, tmp_path: Path) -> N
     """A real inotify event inside run-a marks run-a due, not the root: one run is listed, not all."""
     root = two_trainer_runs(artefact, tmp_path)
     d = _daemon(tmp_path, root)
-    d._start_watchers()
+    d.observers.start(d.config.watches, d.judge.run_index)
     try:
         d.judge_watch(d.config.watches[0])  # indexes the runs
         assert d.dirty.take_due(time.time() + 1e6) == []
@@ -110,7 +110,7 @@ def test_event_in_one_run_makes_only_that_run_due(artefact, tmp_path: Path) -> N
             due = d.dirty.take_due(time.time() + 1)
         assert due == [(str(root), str(root))]
     finally:
-        for w in d.watchers.values():
+        for w in d.observers.watchers.values():
             w.stop()
         d.close()
 
@@ -184,26 +184,26 @@ def test_inotify_overflow_rejudges_root_and_repeated_overflow_moves_it_to_pollin
     root = tmp_path / "root"
     root.mkdir()
     d = _daemon(tmp_path, root)
-    handler = install_overflow_log(d._on_overflow)
-    d._start_watchers()
+    handler = install_overflow_log(d.observers.on_overflow)
+    d.observers.start(d.config.watches, d.judge.run_index)
     try:
         inotify_log = logging.getLogger("watchdog.observers.inotify")
         inotify_log.warning("Inotify queue overflowed; reconciling recursive watches below %r", str(root))
         assert d.dirty.take_due(time.time() + 1) == [(str(root), str(root))]
         with capture_logs() as logs:
-            d._handle_overflows()
+            d.observers.handle_overflows()
         assert [e["event"] for e in logs] == ["inotify_overflow"]
-        assert d.watchers[str(root)].kind == "inotify"
+        assert d.observers.watchers[str(root)].kind == "inotify"
         for _ in range(OVERFLOW_LIMIT - 1):
             inotify_log.warning("Inotify queue overflowed; reconciling recursive watches below %r", str(root))
         with capture_logs() as logs:
-            d._handle_overflows()
+            d.observers.handle_overflows()
         assert [e["event"] for e in logs] == ["inotify_overflow", "observer_fallback"]
         assert "max_queued_events" in logs[1]["action"]
-        assert d.watchers[str(root)].kind == "polling" and d.watchers[str(root)].alive()
+        assert d.observers.watchers[str(root)].kind == "polling" and d.observers.watchers[str(root)].alive()
     finally:
         for name in ("watchdog.observers.inotify", "watchdog.observers.inotify_c"):
             logging.getLogger(name).removeHandler(handler)
-        for w in d.watchers.values():
+        for w in d.observers.watchers.values():
             w.stop()
         d.close()

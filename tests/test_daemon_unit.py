@@ -31,31 +31,31 @@ def test_inotify_exhaustion_falls_back_to_polling(tmp_path: Path, monkeypatch: p
     monkeypatch.setattr(Watcher, "start", start)
     d = _daemon(tmp_path)
     with capture_logs() as logs:
-        d._start_watchers()
+        d.observers.start(d.config.watches, d.judge.run_index)
     try:
-        (w,) = d.watchers.values()
+        (w,) = d.observers.watchers.values()
         assert w.kind == "polling" and w.alive()
         assert [e["event"] for e in logs] == ["observer_fallback"]
     finally:
-        for w in d.watchers.values():
+        for w in d.observers.watchers.values():
             w.stop()
 
 
 def test_dead_observer_is_restarted(tmp_path: Path) -> None:
     """An observer thread that died is reported and replaced, and its root is marked for a rescan."""
     d = _daemon(tmp_path)
-    d._start_watchers()
-    (w,) = d.watchers.values()
+    d.observers.start(d.config.watches, d.judge.run_index)
+    (w,) = d.observers.watchers.values()
     w.stop()
     with capture_logs() as logs:
-        d._check_watchers()
+        d.observers.check(d.judge.run_index)
     try:
         assert [e["event"] for e in logs] == ["observer_died"]
-        (new,) = d.watchers.values()
+        (new,) = d.observers.watchers.values()
         assert new is not w and new.alive()
         assert d.dirty.next_due() is not None
     finally:
-        for x in d.watchers.values():
+        for x in d.observers.watchers.values():
             x.stop()
 
 

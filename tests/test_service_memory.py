@@ -47,7 +47,7 @@ def _leftovers(d, root: Path) -> dict[str, object]:  # noqa: ANN001 - a Daemon
     scopes = {scope for _, scope in d.dirty._last_event} | {scope for _, scope in d.dirty._due}
     if scopes - {str(root)}:
         left["debounce scopes"] = sorted(scopes - {str(root)})
-    watcher = d.watchers.get(str(root))
+    watcher = d.observers.watchers.get(str(root))
     if watcher is not None and watcher.runs:
         left["watcher run index"] = sorted(watcher.runs)
     return {k: (f"{len(v)} left, e.g. {v[:2]}" if isinstance(v, list) else v) for k, v in left.items()}
@@ -73,7 +73,7 @@ def test_thousand_runs_come_and_go_and_leave_nothing(artefact, tmp_path: Path) -
         d = make_daemon(tmp_path / "state", root, observer="inotify", alerts={"urls": [hook.url()]},
                         rescan_seconds=3600)
         try:
-            d._start_watchers()
+            d.observers.start(d.config.watches, d.judge.run_index)
             d._start_sinks()
             d.judge_watch(d.config.watches[0])
             d.next_rescan = time.time() + 3600
@@ -101,7 +101,7 @@ def test_thousand_runs_come_and_go_and_leave_nothing(artefact, tmp_path: Path) -
                 f"RSS grew {(rss_end - rss_warm) / 2**20:.1f} MiB over {RUNS - 2 * BATCH} runs"
             assert not [p for p in hook.posts if "service error" in p["title"]], [p["title"] for p in hook.posts]
         finally:
-            for w in d.watchers.values():
+            for w in d.observers.watchers.values():
                 w.stop()
             d.close(timeout=5.0)
     assert os.listdir(root) == []
