@@ -1,7 +1,8 @@
 """Command line: argument parsing and one function per command returning an exit code.
 
-Exit codes: 0 all good, 1 problems found, 2 usage or config error, 3 internal error (a bug: the
-message says how to get the traceback). Bad *checkpoints* are findings, never exceptions.
+Exit codes (all defined in errors.py): 0 all good, 1 problems found, 2 usage or config error, 3 internal
+error (a bug: the message says how to get the traceback), 4 to 7 a state store the service cannot use.
+Bad *checkpoints* are findings, never exceptions.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Sequence
 from typing import TYPE_CHECKING
 
 from ckptwatch import __version__
+from ckptwatch.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEMS
+from ckptwatch.errors import EXIT_USAGE as EXIT_USAGE  # unused here; re-exported beside the other three
 from ckptwatch.errors import CkptwatchError, ConfigError, UsageError
 from ckptwatch.layouts.base import CheckOptions
 from ckptwatch.layouts.registry import NAMES
@@ -22,8 +25,6 @@ from ckptwatch.settle import parse_duration
 
 if TYPE_CHECKING:
     from ckptwatch.config import Config, WatchConfig
-
-EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
 
 class _Parser(argparse.ArgumentParser):
@@ -327,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ckptwatch: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_OK
     except Exception as exc:  # a bug in ckptwatch, not bad input: say so, keep the traceback opt-in
