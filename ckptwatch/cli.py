@@ -275,11 +275,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from ckptwatch.config import load_config
     from ckptwatch.state import StateStore, default_state_dir
+    from ckptwatch.statedb import STATE_FILE, translate
 
     state_dir = (load_config(args.config).service.state_dir if args.config else "") or default_state_dir()
-    path = os.path.join(state_dir, "state.sqlite")
-    if not os.path.exists(path):
-        raise UsageError(f"{path}: no service state yet (has `ckptwatch run` started with this state_dir?)")
+    path = os.path.join(state_dir, STATE_FILE)
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no service state yet (has `ckptwatch run` started with this "
+                         "state_dir?)") from None
+    except OSError as exc:  # e.g. a 0750 state dir and a user outside its group
+        raise translate(exc, path, reading=True) or exc from None
     store = StateStore(path, read_only=True)
     runs = store.runs()
     alerts = store.open_alerts()

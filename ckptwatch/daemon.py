@@ -60,7 +60,7 @@ class Daemon:
     def __post_init__(self) -> None:
         self.log = configure_logging(self.config.service.log_format)
         self.state_dir = self.config.service.state_dir or default_state_dir()
-        self.state = StateStore(os.path.join(self.state_dir, "state.sqlite"))
+        self.state = StateStore.open_for_service(self.state_dir)  # one service per state dir, until close
         self.dirty = DirtyScopes(quiet=self.config.service.settle_seconds)
         self.overflows: list[tuple[float, str | None]] = []  # appended by watchdog's thread
         self.watchers: dict[str, Watcher] = {}
