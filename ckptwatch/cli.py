@@ -1,7 +1,8 @@
 """Command line: argument parsing and one function per command returning an exit code.
 
-Exit codes: 0 all good, 1 problems found, 2 usage or config error, 3 internal error (a bug: the
-message says how to get the traceback). Bad *checkpoints* are findings, never exceptions.
+Exit codes (all defined in errors.py): 0 all good, 1 problems found, 2 usage or config error, 3 internal
+error (a bug: the message says how to get the traceback), 4 to 7 a state store the service cannot use.
+Bad *checkpoints* are findings, never exceptions.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Sequence
 from typing import TYPE_CHECKING
 
 from ckptwatch import __version__
+from ckptwatch.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEMS
+from ckptwatch.errors import EXIT_USAGE as EXIT_USAGE  # unused here; re-exported beside the other three
 from ckptwatch.errors import CkptwatchError, ConfigError, UsageError
 from ckptwatch.layouts.base import CheckOptions
 from ckptwatch.layouts.registry import NAMES
@@ -22,8 +25,6 @@ from ckptwatch.settle import parse_duration
 
 if TYPE_CHECKING:
     from ckptwatch.config import Config, WatchConfig
-
-EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 
 
 class _Parser(argparse.ArgumentParser):
@@ -274,11 +275,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from ckptwatch.config import load_config
     from ckptwatch.state import StateStore, default_state_dir
+    from ckptwatch.statedb import STATE_FILE, translate
 
     state_dir = (load_config(args.config).service.state_dir if args.config else "") or default_state_dir()
-    path = os.path.join(state_dir, "state.sqlite")
-    if not os.path.exists(path):
-        raise UsageError(f"{path}: no service state yet (has `ckptwatch run` started with this state_dir?)")
+    path = os.path.join(state_dir, STATE_FILE)
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no service state yet (has `ckptwatch run` started with this "
+                         "state_dir?)") from None
+    except OSError as exc:  # e.g. a 0750 state dir and a user outside its group
+        raise translate(exc, path, reading=True) or exc from None
     store = StateStore(path, read_only=True)
     runs = store.runs()
     alerts = store.open_alerts()
@@ -328,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ckptwatch: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         return EXIT_OK
     except Exception as exc:  # a bug in ckptwatch, not bad input: say so, keep the traceback opt-in

@@ -94,7 +94,7 @@ class Daemon:
     def __post_init__(self) -> None:
         self.log = configure_logging(self.config.service.log_format)
         self.state_dir = self.config.service.state_dir or default_state_dir()
-        self.state = StateStore(os.path.join(self.state_dir, "state.sqlite"))
+        self.state = StateStore.open_for_service(self.state_dir)  # one service per state dir, until close
         self.dirty = DirtyScopes(quiet=self.config.service.settle_seconds)
         self.faults = FaultReporter(self.log, None, self.clock)
         self.background = Background(self.dirty.wake)
@@ -103,8 +103,13 @@ class Daemon:
         self.runs: dict[str, RunRecord] = {}
         self.stopping = False
         self.reload_requested = False
-        self.row = build_row(self.config, self.state, self.state_dir, self.log, self.clock, self.faults,
-                             self.background, self.dirty)
+        try:
+            self.row = build_row(self.config, self.state, self.state_dir, self.log, self.clock, self.faults,
+                                 self.background, self.dirty)
+        except BaseException:  # e.g. the alert ledger's file is corrupt: free the state dir's lock now
+            self.background.close(0.1)
+            self.state.close()
+            raise
         self.next_tick: dict[int, float] = {}  # sink index -> when it wants its next tick
         self.next_rescan = float("inf")  # set by run() once the catch-up pass is done
 
@@ -246,7 +251,9 @@ class Daemon:
                    "hand and report the error")
         if result is not None:
             self._deliver(w, result, now)
-        self.notifier.send(f"STATUS={self._status_line()}")
+        status = self.faults.call("state store", self._status_line)
+        if status is not None:
+            self.notifier.send(f"STATUS={status}")
 
     def _deliver(self, w: WatchConfig, result: PassResult, now: float) -> None:
         if result.whole:

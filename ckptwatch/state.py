@@ -3,17 +3,27 @@
 Why sqlite: one file in the state dir, atomic commits, and WAL mode lets ``ckptwatch status`` read
 while the service writes. A verdict is recorded once per change (status, problems or hazards), so
 a restart after ``kill -9`` neither re-logs nor (later) re-alerts what was already judged.
+
+The service opens its store with ``open_for_service``: one service per state dir (``statelock``).
+Every method raises a failure of the file as an operator error (``errors.StateError``, ``statedb``):
+at start the service exits with its code; while it runs, the guarded pass logs it as ``service_error``.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Concatenate, ParamSpec, TypeVar
 
 from ckptwatch.findings import hazard_json, problem_json
 from ckptwatch.model import RunReport, Verdict
+from ckptwatch.statedb import STATE_FILE, connect, corrupt, state_errors
+from ckptwatch.statelock import ServiceLock
+
+SCHEMA_VERSION = 1  # PRAGMA user_version
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -55,18 +65,60 @@ def _fingerprint(v: Verdict) -> str:
                        sorted((h.kind, h.file) for h in v.hazards)])
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _mapped(method: Callable[Concatenate[StateStore, P], R]) -> Callable[Concatenate[StateStore, P], R]:
+    """Run a store method with failures of the file raised as operator errors (``statedb``)."""
+
+    @functools.wraps(method)
+    def call(self: StateStore, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        with state_errors(self.path, reading=self.read_only):
+            return method(self, *args, **kwargs)
+
+    return call
+
+
 class StateStore:
     def __init__(self, path: str, *, read_only: bool = False) -> None:
         self.path = path
-        if read_only:  # `ckptwatch status` beside a running service: never write, never create
-            self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
-            return
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        self.read_only = read_only  # `ckptwatch status` beside a running service: never write, never create
+        self._lock: ServiceLock | None = None
+        self._db = connect(path, read_only=read_only)
+        self._prepare()
 
+    @classmethod
+    def open_for_service(cls, state_dir: str) -> StateStore:
+        """The service's store in ``state_dir``, holding the dir's lock until ``close``.
+
+        The lock is taken before sqlite opens the file, so a second service is refused (naming the
+        first one's pid) before it reads or writes anything.
+        """
+        lock = ServiceLock.acquire(state_dir)
+        try:
+            store = cls(os.path.join(state_dir, STATE_FILE))
+        except BaseException:
+            lock.release()
+            raise
+        store._lock = lock
+        return store
+
+    @_mapped
+    def _prepare(self) -> None:
+        if self.read_only:
+            if not self._has_table("checkpoints"):
+                raise corrupt(self.path, "holds no ckptwatch state (no checkpoints table)")
+            return
+        self._db.executescript(SCHEMA)
+        # Also the first write into the file: a state dir that cannot take one fails here, at start.
+        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _has_table(self, name: str) -> bool:
+        return self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                                (name,)).fetchone() is not None
+
+    @_mapped
     def record(self, report: RunReport, now: float) -> list[Change]:
         """Store one run's verdicts and resume choice; return the verdicts that changed, in one transaction."""
         run, verdicts = report.root, report.checkpoints
@@ -96,6 +148,7 @@ class StateStore:
                     changes.append(Change(v, run, row[0]))
         return changes
 
+    @_mapped
     def changed_paths(self, verdicts: list[Verdict]) -> set[str]:
         """Paths whose verdict differs from the stored one (or is new): what ``record`` would report."""
         out = set()
@@ -105,19 +158,20 @@ class StateStore:
                 out.add(v.path)
         return out
 
+    @_mapped
     def hazard_messages(self, path: str) -> list[str]:
         """The stored resume hazards of one checkpoint (for the loss_jump alert: cause beside effect)."""
         row = self._db.execute("SELECT hazards FROM checkpoints WHERE path = ?", (path,)).fetchone()
         return [f"{h['kind']}: {h['message']}" for h in json.loads(row[0])] if row else []
 
+    @_mapped
     def runs(self) -> list[dict[str, object]]:
         """Per run: checkpoint counts by status, the newest complete one, and the open problems."""
-        try:
+        chosen = {}
+        if self._has_table("runs"):  # absent in a state file the running service has not upgraded yet
             chosen = {row[0]: row[1:] for row in self._db.execute(
                 "SELECT run, newest_complete, newest_complete_step, newest_resumable, newest_resumable_step "
                 "FROM runs")}
-        except sqlite3.OperationalError:  # a state file the running service has not upgraded yet
-            chosen = {}
         out = []
         for (run,) in self._db.execute("SELECT DISTINCT run FROM checkpoints ORDER BY run").fetchall():
             rows = self._db.execute("SELECT path, step, status, problems, hazards, judged_at FROM checkpoints "
@@ -136,23 +190,27 @@ class StateStore:
                         "last_judged": max(r[5] for r in rows), "open": open_problems})
         return out
 
+    @_mapped
     def open_alerts(self) -> dict[str, list[dict[str, object]]]:
         """Open alerts per run, from the alert ledger's table (absent when no channel was ever configured)."""
-        try:
-            rows = self._db.execute("SELECT run, checkpoint, kind, first_sent FROM alerts WHERE state = 'open' "
-                                    "ORDER BY first_sent").fetchall()
-        except sqlite3.OperationalError:  # no such table
+        if not self._has_table("alerts"):
             return {}
+        rows = self._db.execute("SELECT run, checkpoint, kind, first_sent FROM alerts WHERE state = 'open' "
+                                "ORDER BY first_sent").fetchall()
         out: dict[str, list[dict[str, object]]] = {}
         for run, checkpoint, kind, first_sent in rows:
             out.setdefault(run, []).append({"checkpoint": checkpoint or None, "kind": kind, "since": first_sent})
         return out
 
+    @_mapped
     def counts(self) -> dict[str, int]:
         return dict(self._db.execute("SELECT status, COUNT(*) FROM checkpoints GROUP BY status").fetchall())
 
     def close(self) -> None:
+        """Close the database, then free the service's lock (if this store holds one)."""
         self._db.close()
+        if self._lock is not None:
+            self._lock.release()
 
 
 def default_state_dir() -> str:

@@ -39,3 +39,12 @@ def test_unit_is_type_notify_with_watchdog() -> None:
     text = UNIT.read_text()
     for line in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "ExecReload=/bin/kill -HUP $MAINPID"):
         assert line in text
+
+
+def test_unit_does_not_restart_on_exits_a_restart_cannot_fix() -> None:
+    """Config error, a state dir held by another service, a corrupt state file: no restart loop."""
+    from ckptwatch.errors import EXIT_STATE_CORRUPT, EXIT_STATE_LOCKED, EXIT_USAGE
+
+    (line,) = [ln for ln in UNIT.read_text().splitlines() if ln.startswith("RestartPreventExitStatus=")]
+    codes = {EXIT_USAGE, EXIT_STATE_LOCKED, EXIT_STATE_CORRUPT}
+    assert set(line.split("=", 1)[1].split()) == {str(c) for c in codes}

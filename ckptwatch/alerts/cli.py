@@ -15,6 +15,7 @@ from typing import TextIO
 from ckptwatch.alerts import messages
 from ckptwatch.alerts.config import AlertsConfig, mask_url
 from ckptwatch.alerts.sender import AppriseSender, Sender
+from ckptwatch.errors import EXIT_OK, EXIT_PROBLEMS
 
 
 def cmd_alert_test(config: AlertsConfig, *, sender: Sender | None = None, out: TextIO | None = None,
@@ -24,7 +25,7 @@ def cmd_alert_test(config: AlertsConfig, *, sender: Sender | None = None, out: T
     urls = config.all_urls
     if not urls:
         print("no alert channels configured (alerts.urls, alerts.channels, alerts.routes)", file=out)
-        return 1
+        return EXIT_PROBLEMS
     sender = sender or AppriseSender(config.timeout)
     alert = messages.alert_test_message(host=socket.gethostname(), now=time.time() if now is None else now)
     failed = 0
@@ -38,4 +39,4 @@ def cmd_alert_test(config: AlertsConfig, *, sender: Sender | None = None, out: T
             failed += 1
             print(f"FAILED  {mask_url(url)}{group}: {result.reason}", file=out)
     print(f"{len(urls) - failed} of {len(urls)} channel{'s' if len(urls) != 1 else ''} ok", file=out)
-    return 1 if failed else 0
+    return EXIT_PROBLEMS if failed else EXIT_OK

@@ -8,17 +8,19 @@ writes; ``busy_timeout`` makes two writers wait for each other instead of failin
 An alert's life: ``should_raise`` (no open alert with this key and fingerprint) -> ``mark_sent`` (open)
 -> ``clear`` (cleared; ``True`` means "it was open: tell people it is resolved"). A cleared key that
 comes back is raised again.
+
+A failure of the file (full disk, I/O error, damage) is raised as the matching operator error
+(``statedb``): at start the service exits with its code; in the dispatcher's worker it is logged.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import sqlite3
 import threading
 from dataclasses import dataclass
 
 from ckptwatch.alerts.messages import AlertKey
+from ckptwatch.statedb import connect, state_errors
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (
@@ -51,26 +53,22 @@ class AlertLedger:
     """De-duplication across restarts. Thread safe (one connection behind a lock)."""
 
     def __init__(self, path: str, *, busy_timeout_ms: int = 5000) -> None:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
-                                   timeout=busy_timeout_ms / 1000)
-        self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+        self._db = connect(path, busy_timeout_ms=busy_timeout_ms)
+        with state_errors(path):
+            self._db.executescript(SCHEMA)
 
     def should_raise(self, key: AlertKey, fingerprint: str) -> bool:
         """True unless an alert with this key is open and said the same thing (same fingerprint)."""
-        with self._lock:
+        with self._lock, state_errors(self.path):
             row = self._db.execute("SELECT state, fingerprint FROM alerts WHERE key = ?", (_k(key),)).fetchone()
         return row is None or row[0] != "open" or row[1] != fingerprint
 
     def mark_sent(self, key: AlertKey, fingerprint: str, now: float) -> None:
         """Record that the alert went out: the key is open with this fingerprint."""
         run, checkpoint, kind = key
-        with self._lock, self._db:
+        with self._lock, state_errors(self.path), self._db:
             self._db.execute(
                 "INSERT INTO alerts VALUES (?,?,?,?,'open',?,?,?) ON CONFLICT(key) DO UPDATE SET "
                 "first_sent = CASE WHEN state = 'open' THEN first_sent ELSE excluded.first_sent END, "
@@ -79,19 +77,19 @@ class AlertLedger:
 
     def clear(self, key: AlertKey, now: float) -> bool:
         """Close the alert; True if it was open (so a recovery notice is due), False if there was none."""
-        with self._lock, self._db:
+        with self._lock, state_errors(self.path), self._db:
             cur = self._db.execute("UPDATE alerts SET state = 'cleared', last_sent = ? "
                                    "WHERE key = ? AND state = 'open'", (now, _k(key)))
             return cur.rowcount > 0
 
     def is_open(self, key: AlertKey) -> bool:
-        with self._lock:
+        with self._lock, state_errors(self.path):
             row = self._db.execute("SELECT state FROM alerts WHERE key = ?", (_k(key),)).fetchone()
         return bool(row and row[0] == "open")
 
     def open_alerts(self) -> list[OpenAlert]:
         """Every open alert, oldest first (for ``ckptwatch status`` and to clear what vanished)."""
-        with self._lock:
+        with self._lock, state_errors(self.path):
             rows = self._db.execute("SELECT key, first_sent, last_sent, fingerprint FROM alerts "
                                     "WHERE state = 'open' ORDER BY first_sent, key").fetchall()
         return [OpenAlert(tuple(json.loads(k)), f, l, fp) for k, f, l, fp in rows]  # type: ignore[arg-type]

@@ -14,9 +14,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from ckptwatch.errors import CkptwatchError, UsageError
-
-EXIT_OK, EXIT_JUMP = 0, 1
+from ckptwatch.errors import EXIT_OK, CkptwatchError, UsageError
+from ckptwatch.errors import EXIT_PROBLEMS as EXIT_JUMP
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
