@@ -126,16 +126,15 @@ def cmd_once(args: argparse.Namespace) -> int:
     from ckptwatch.engine import check_root, has_problems
     from ckptwatch.report import write_json, write_table
 
-    from ckptwatch.config import WatchConfig, load_config
+    from ckptwatch.config import WatchConfig, load_config, override
 
     config = load_config(args.config) if args.config else None
-    targets = [(WatchConfig(p, args.layout, args.expected_ranks)) for p in args.paths]
+    targets = [WatchConfig(path=p, layout=args.layout, expected_ranks=args.expected_ranks) for p in args.paths]
     if config:
         for i, w in enumerate(config.watches):
             if not os.path.exists(w.path):
                 raise ConfigError(f"{config.source}: watch[{i}].path: {w.path} does not exist")
-            targets.append(w if args.layout == "auto" else WatchConfig(w.path, args.layout, w.expected_ranks,
-                                                                       loss=w.loss))
+            targets.append(w if args.layout == "auto" else override(w, {"layout": args.layout}))
     if not targets:
         raise UsageError("once needs at least one PATH (or --config FILE with [[watch]] paths)")
     now = time.time()
