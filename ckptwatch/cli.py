@@ -106,12 +106,13 @@ def _options(args: argparse.Namespace, config: "Config | None" = None,
         raise UsageError(f"--settle must be 0 or more, not {args.settle:g}")
     if args.scan_values and not args.deep:
         raise UsageError("--scan-values reads every tensor; it needs --deep")
-    service = config.service if config else None
-    settle = args.settle if args.settle is not None else (service.settle_seconds if service else 60.0)
-    stale = args.stale_after if args.stale_after is not None else (service.stale_after if service else 1800.0)
+    from ckptwatch.config import ServiceConfig, override
+
+    service = override(config.service if config else ServiceConfig(),
+                       {"settle_seconds": args.settle, "stale_after": args.stale_after})
     ranks = args.expected_ranks or (watch.expected_ranks if watch else None)
-    return CheckOptions(deep=args.deep, scan_values=args.scan_values, settle_seconds=settle,
-                        stale_after=stale, expected_ranks=ranks)
+    return CheckOptions(deep=args.deep, scan_values=args.scan_values, settle_seconds=service.settle_seconds,
+                        stale_after=service.stale_after, expected_ranks=ranks)
 
 
 def _existing(path: str) -> str:
