@@ -81,7 +81,8 @@ def test_once_defaults_are_the_service_sections_defaults() -> None:
     from ckptwatch.config import ServiceConfig
 
     opts = _options(build_parser().parse_args(["once", "somewhere"]))
-    assert (opts.settle_seconds, opts.stale_after) == (ServiceConfig().settle_seconds, ServiceConfig().stale_after)
+    defaults = ServiceConfig()
+    assert (opts.settle_seconds, opts.stale_after) == (defaults.settle_seconds, defaults.stale_after)
 
 
 def test_flags_override_the_config_by_key(tmp_path: Path) -> None:
