@@ -96,3 +96,20 @@ def test_flags_override_the_config_by_key(tmp_path: Path) -> None:
     assert (opts.settle_seconds, opts.stale_after) == (5.0, 3600.0)
     opts = _options(build_parser().parse_args(["once", "--stale-after", "2h"]), config)
     assert (opts.settle_seconds, opts.stale_after) == (7.0, 7200.0)
+
+
+def test_example_config_documents_every_key() -> None:
+    """config.example.toml shows every key a section reads (set, commented out, or as a [table] header)."""
+    import re
+
+    from ckptwatch.config import AlertsConfig, LossSettings, ServiceConfig, WatchConfig
+    from ckptwatch.config.reader import keys_of
+
+    text = (REPO / "config.example.toml").read_text()
+    for table, cls in (("service", ServiceConfig), ("watch", WatchConfig), ("watch.loss", LossSettings),
+                       ("alerts", AlertsConfig)):
+        for key in keys_of(cls):
+            shown = re.search(rf"^#?\s*{re.escape(key)}\s*=", text, re.MULTILINE) \
+                or re.search(rf"^#?\s*\[{re.escape(table)}\.{re.escape(key)}\]", text, re.MULTILINE)
+            assert shown, f"{table}.{key} is not in config.example.toml"
+    assert re.search(r"^enabled\s*=", text, re.MULTILINE)  # [watch.loss]'s switch, read by WatchConfig
