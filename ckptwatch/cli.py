@@ -107,12 +107,13 @@ def _options(args: argparse.Namespace, config: "Config | None" = None,
         raise UsageError(f"--settle must be 0 or more, not {args.settle:g}")
     if args.scan_values and not args.deep:
         raise UsageError("--scan-values reads every tensor; it needs --deep")
-    service = config.service if config else None
-    settle = args.settle if args.settle is not None else (service.settle_seconds if service else 60.0)
-    stale = args.stale_after if args.stale_after is not None else (service.stale_after if service else 1800.0)
+    from ckptwatch.config import ServiceConfig, override
+
+    service = override(config.service if config else ServiceConfig(),
+                       {"settle_seconds": args.settle, "stale_after": args.stale_after})
     ranks = args.expected_ranks or (watch.expected_ranks if watch else None)
-    return CheckOptions(deep=args.deep, scan_values=args.scan_values, settle_seconds=settle,
-                        stale_after=stale, expected_ranks=ranks)
+    return CheckOptions(deep=args.deep, scan_values=args.scan_values, settle_seconds=service.settle_seconds,
+                        stale_after=service.stale_after, expected_ranks=ranks)
 
 
 def _existing(path: str) -> str:
@@ -127,16 +128,15 @@ def cmd_once(args: argparse.Namespace) -> int:
     from ckptwatch.engine import check_root, has_problems
     from ckptwatch.report import write_json, write_table
 
-    from ckptwatch.config import WatchConfig, load_config
+    from ckptwatch.config import WatchConfig, load_config, override
 
     config = load_config(args.config) if args.config else None
-    targets = [(WatchConfig(p, args.layout, args.expected_ranks)) for p in args.paths]
+    targets = [WatchConfig(path=p, layout=args.layout, expected_ranks=args.expected_ranks) for p in args.paths]
     if config:
         for i, w in enumerate(config.watches):
             if not os.path.exists(w.path):
                 raise ConfigError(f"{config.source}: watch[{i}].path: {w.path} does not exist")
-            targets.append(w if args.layout == "auto" else WatchConfig(w.path, args.layout, w.expected_ranks,
-                                                                       loss=w.loss))
+            targets.append(w if args.layout == "auto" else override(w, {"layout": args.layout}))
     if not targets:
         raise UsageError("once needs at least one PATH (or --config FILE with [[watch]] paths)")
     now = time.time()

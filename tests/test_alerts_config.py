@@ -10,7 +10,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ckptwatch.alerts.config import (
-    DEFAULT_MAX_PER_HOUR,
     AlertsConfig,
     has_literal_secret,
     mask_url,
@@ -29,8 +28,7 @@ def test_no_alerts_table_means_no_channels_and_defaults() -> None:
     cfg = parse_alerts_config(None, SRC)
     assert cfg == AlertsConfig()
     assert cfg.all_urls == () and cfg.route("corrupt", "error") == ()
-    assert (cfg.max_per_hour, cfg.retries, cfg.disk_low_percent, cfg.stalled_after) == (DEFAULT_MAX_PER_HOUR, 3,
-                                                                                          5.0, None)
+    assert (cfg.max_per_hour, cfg.retries, cfg.disk_low_percent, cfg.stalled_after) == (20, 3, 5.0, None)
 
 
 def test_routes_resolve_channels_and_prefer_kind_over_severity_over_default() -> None:

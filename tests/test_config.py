@@ -73,3 +73,43 @@ def test_config_check_rejects_bad_file_naming_key(tmp_path: Path, text: str, mes
     cfg.write_text(text)
     r = run_cli("config", "check", str(cfg))
     assert r.returncode == 2 and f"{cfg}: {message}" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_once_defaults_are_the_service_sections_defaults() -> None:
+    """With no flag and no config, once judges with ServiceConfig()'s settle_seconds and stale_after."""
+    from ckptwatch.cli import _options, build_parser
+    from ckptwatch.config import ServiceConfig
+
+    opts = _options(build_parser().parse_args(["once", "somewhere"]))
+    defaults = ServiceConfig()
+    assert (opts.settle_seconds, opts.stale_after) == (defaults.settle_seconds, defaults.stale_after)
+
+
+def test_flags_override_the_config_by_key(tmp_path: Path) -> None:
+    """A flag replaces its key; a key without a flag keeps the config file's value."""
+    from ckptwatch.cli import _options, build_parser
+
+    p = tmp_path / "c.toml"
+    p.write_text('[service]\nsettle_seconds = 7\nstale_after = "1h"\n')
+    config = load_config(str(p))
+    opts = _options(build_parser().parse_args(["once", "--settle", "5"]), config)
+    assert (opts.settle_seconds, opts.stale_after) == (5.0, 3600.0)
+    opts = _options(build_parser().parse_args(["once", "--stale-after", "2h"]), config)
+    assert (opts.settle_seconds, opts.stale_after) == (7.0, 7200.0)
+
+
+def test_example_config_documents_every_key() -> None:
+    """config.example.toml shows every key a section reads (set, commented out, or as a [table] header)."""
+    import re
+
+    from ckptwatch.config import AlertsConfig, LossSettings, ServiceConfig, WatchConfig
+    from ckptwatch.config.reader import keys_of
+
+    text = (REPO / "config.example.toml").read_text()
+    for table, cls in (("service", ServiceConfig), ("watch", WatchConfig), ("watch.loss", LossSettings),
+                       ("alerts", AlertsConfig)):
+        for key in keys_of(cls):
+            shown = re.search(rf"^#?\s*{re.escape(key)}\s*=", text, re.MULTILINE) \
+                or re.search(rf"^#?\s*\[{re.escape(table)}\.{re.escape(key)}\]", text, re.MULTILINE)
+            assert shown, f"{table}.{key} is not in config.example.toml"
+    assert re.search(r"^enabled\s*=", text, re.MULTILINE)  # [watch.loss]'s switch, read by WatchConfig

@@ -5,14 +5,15 @@ from __future__ import annotations
 import pytest
 
 from ckptwatch.errors import ConfigError
-from ckptwatch.losswatch.settings import DEFAULT_METRICS, LossSettings, parse_loss_settings
+from ckptwatch.losswatch.settings import LossSettings, parse_loss_settings
 
 
 def test_defaults():
     """An empty table gives DESIGN's defaults: sources auto, jump_ratio 1.5, window 5, 3 MADs."""
     s = parse_loss_settings({}, "watch[0].loss", "c.toml")
     assert s == LossSettings()
-    assert (s.sources, s.jump_ratio, s.window, s.noise_mads, s.metric) == (("auto",), 1.5, 5, 3.0, DEFAULT_METRICS)
+    assert (s.sources, s.jump_ratio, s.window, s.noise_mads) == (("auto",), 1.5, 5, 3.0)
+    assert s.metric == ("loss", "train/loss", "train_loss", "train_loss_step", "training_loss")
 
 
 def test_values_taken():

@@ -299,7 +299,8 @@ def test_disk_full_while_running_is_logged_and_the_service_goes_on(artefact, tmp
 
         (failed, *_) = svc.wait_for(full_errors, "service_error for the full disk")
         assert failed["error"].startswith(f"DiskFullError: {tmpfs / 'state' / 'state.sqlite'}: ")
-        assert "Free space there" in failed["error"] and failed["root"] == str(root)
+        assert "Free space there" in failed["error"] and failed["run"].startswith(f"{root}{os.sep}run-")
+        assert failed["component"] == f"state store in {failed['run']}"
         assert not [e for e in svc.events if e.get("event") == "checkpoint_judged" and "run-b" in e["run"]]
         assert svc.proc.poll() is None
 

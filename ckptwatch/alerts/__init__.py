@@ -3,7 +3,7 @@
 The package is split so that every decision can be tested without a network or a clock:
 
 - ``kinds``      the alert kinds and their default severities (route keys are validated against them)
-- ``config``     ``[alerts]`` TOML -> a frozen ``AlertsConfig``; ``${ENV}`` secrets; URL masking
+- ``config``     ``AlertsConfig`` and URL masking (declared in ``ckptwatch/config/alerts.py``, ``secrets.py``)
 - ``messages``   pure builders: a verdict or a finding -> an ``Alert`` (title and body read at 3 a.m.)
 - ``conditions`` pure rules for conditions that are not verdicts (a stalled run, a disk filling up)
 - ``ledger``     what has been sent, in the service's sqlite state db: de-duplication across restarts

@@ -1,0 +1,31 @@
+"""``[[watch]]``: one watched root (a run dir, or a dir of run dirs) and its sub-tables.
+
+Defaults: ``layout = "auto"`` (the registry recognises the framework), ``expected_ranks`` unset
+(inferred from metadata or sibling checkpoints), ``observer = "auto"`` (polling on network and
+parallel filesystems, where inotify sees no remote writes; inotify elsewhere), ``latest_good = false``
+(the service writes into a run dir only when asked), and the loss watch on with the defaults of
+``[watch.loss]``.
+
+A sub-table of ``[[watch]]`` (``[watch.loss]``) is one field here whose kind is ``Table(TheSection)``;
+see the package docstring for the steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ckptwatch.config.kinds import Boolean, OneOf, Path, Table, Whole
+from ckptwatch.config.loss import LossSettings
+from ckptwatch.config.reader import setting
+from ckptwatch.layouts.registry import NAMES
+
+
+@dataclass(frozen=True, kw_only=True)
+class WatchConfig:
+    path: str = setting(Path("a directory path", empty=False, absolute=True), doc="the output dir to watch")
+    layout: str = setting(OneOf("auto", *NAMES), default="auto")
+    expected_ranks: int | None = setting(Whole(1), default=None)
+    observer: str = setting(OneOf("auto", "inotify", "polling"), default="auto")  # used by the service only
+    latest_good: bool = setting(Boolean(), default=False)  # the service keeps a ckptwatch-latest pointer
+    loss: LossSettings | None = setting(Table(LossSettings, "a table ([watch.loss])", switch="enabled"),
+                                        default=LossSettings())  # None: [watch.loss] enabled = false
