@@ -50,15 +50,20 @@ def _positive_int(text: str) -> int:
 
 
 def _check_args(p: argparse.ArgumentParser) -> None:
+    from ckptwatch.config import ServiceConfig
+
+    defaults = ServiceConfig()  # the one home of the defaults the help states
     p.add_argument("--json", action="store_true", help="print the versioned JSON report (see README)")
     p.add_argument("--deep", action="store_true",
                    help="also read every byte: zip CRCs, full safetensors reads, MindSpore CRC, Megatron hashes")
     p.add_argument("--scan-values", action="store_true",
                    help="with --deep: flag NaN/Inf and all-zero tensors in safetensors files")
     p.add_argument("--settle", type=float, default=None, metavar="SECONDS",
-                   help="anything modified within this many seconds is in_progress (default 60)")
+                   help="anything modified within this many seconds is in_progress (default: the config's "
+                        f"service.settle_seconds, else {defaults.settle_seconds:g})")
     p.add_argument("--stale-after", type=_duration, default=None, metavar="DURATION",
-                   help="a temp/staging marker older than this means a killed save (default 30m)")
+                   help="a temp/staging marker older than this means a killed save (default: the config's "
+                        f"service.stale_after, else {defaults.stale_after:g} s)")
     p.add_argument("--expected-ranks", type=_positive_int, metavar="N",
                    help="ranks to expect when neither metadata nor sibling checkpoints tell")
     p.add_argument("--layout", default="auto", choices=("auto", *NAMES), help="force one layout")

@@ -19,15 +19,18 @@ from ckptwatch.errors import EXIT_PROBLEMS as EXIT_JUMP
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
+    from ckptwatch.config.loss import LossSettings
+
+    defaults = LossSettings()  # the one home of the defaults the help states
     p = subparsers.add_parser("loss", help="find resumes in a run's loss history and judge each (loss jump?)")
     p.add_argument("path", metavar="PATH", help="a run dir (or one loss file: events, metrics.csv, .jsonl, log)")
     p.add_argument("--plot", metavar="FILE.png", help="also draw the loss history with resumes marked")
     p.add_argument("--json", action="store_true", help='print {"version": 1, "root": ..., "loss": {...}}')
     p.add_argument("--metric", action="append", metavar="NAME",
-                   help="loss name in structured sources (repeatable; default: loss, train/loss, train_loss, ...)")
+                   help=f"loss name in structured sources (repeatable; default: {', '.join(defaults.metric)})")
     p.add_argument("--regex", metavar="REGEX", help="extra text-log pattern with groups (?P<loss>...) [(?P<step>...)]")
-    p.add_argument("--jump-ratio", type=float, metavar="R", help="alert when after/before >= R (default 1.5)")
-    p.add_argument("--window", type=int, metavar="K", help="losses in each median (default 5)")
+    p.add_argument("--jump-ratio", type=float, metavar="R", help=f"alert when after/before >= R (default {defaults.jump_ratio:g})")
+    p.add_argument("--window", type=int, metavar="K", help=f"losses in each median (default {defaults.window})")
     p.set_defaults(func=cmd_loss)
     return p
 
