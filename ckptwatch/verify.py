@@ -28,7 +28,7 @@ class VerifyResult:
         root, layout = (self.run.root, self.run.layout) if self.run else (os.path.dirname(self.verdict.path),
                                                                           self.verdict.layout)
         only = RunReport.of(root, layout, (self.verdict,))
-        return RootReport(run.root, [only], [])
+        return RootReport(root, [only], [])
 
 
 def verify_path(path: str, opts: CheckOptions, now: float, *, layout: str = "auto") -> VerifyResult:

@@ -20,73 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO
+from tests.service_proc import Service
 
 pytestmark = pytest.mark.slow
 SETTLE = 2.0
-
-
-class Service:
-    """A `ckptwatch run` child with its JSON-lines log and sd_notify messages collected."""
-
-    def __init__(self, config: Path, notify_path: Path) -> None:
-        self.notify_path = notify_path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        if notify_path.exists():
-            notify_path.unlink()
-        self.sock.bind(str(notify_path))
-        self.sock.settimeout(0.2)
-        self.messages: list[str] = []
-        self.events: list[dict] = []
-        env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "2000000"}
-        env.pop("WATCHDOG_PID", None)
-        self.proc = subprocess.Popen([sys.executable, "-m", "ckptwatch", "run", "--config", str(config)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
-        self._threads = [threading.Thread(target=self._read_log, daemon=True),
-                         threading.Thread(target=self._read_notify, daemon=True)]
-        for t in self._threads:
-            t.start()
-
-    def _read_log(self) -> None:
-        for line in self.proc.stdout:
-            try:
-                self.events.append(json.loads(line))
-            except json.JSONDecodeError:
-                self.events.append({"event": "unparsed", "line": line})
-
-    def _read_notify(self) -> None:
-        while self.proc.poll() is None or not self.sock._closed:
-            try:
-                self.messages.extend(self.sock.recv(4096).decode().split("\n"))
-            except socket.timeout:
-                if self.proc.poll() is not None:
-                    return
-            except OSError:
-                return
-
-    def wait_for(self, predicate, timeout: float = 30.0, what: str = ""):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = predicate()
-            if found:
-                return found
-            if self.proc.poll() is not None:
-                raise AssertionError(f"service exited {self.proc.returncode} waiting for {what}: "
-                                     f"{self.proc.stderr.read()[-2000:]}")
-            time.sleep(0.1)
-        raise AssertionError(f"timed out waiting for {what}; events: {self.events[-10:]}")
-
-    def judged(self, name: str) -> list[dict]:
-        return [e for e in self.events if e.get("event") == "checkpoint_judged"
-                and os.path.basename(e.get("checkpoint", "")) == name]
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout=30)
-        finally:
-            self.sock.close()
 
 
 def _config(tmp_path: Path, root: Path, extra: str = "", stale_after: str = "30m", tables: str = "") -> Path:

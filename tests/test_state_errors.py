@@ -8,15 +8,11 @@ must name the path and say what to do.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +22,7 @@ from ckptwatch import cli, errors
 from ckptwatch.errors import DiskFullError, StateAccessError, StateCorruptError, StateLockedError
 from ckptwatch.state import StateStore
 from tests.helpers import REPO, make_daemon, run_cli
+from tests.service_proc import Service
 
 GARBAGE = b"this is not an sqlite database\n" * 200
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
@@ -46,50 +43,6 @@ def _one_error_line(out: subprocess.CompletedProcess[str], code: int) -> str:
     assert len(lines) == 1 and lines[0].startswith("ckptwatch: error: "), out.stderr
     assert "bug" not in out.stderr and "internal error" not in out.stderr
     return lines[0]
-
-
-class Service:
-    """A ``ckptwatch run`` child process with its JSON log lines collected."""
-
-    def __init__(self, config: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
-        self.proc = subprocess.Popen([sys.executable, "-m", "ckptwatch", "run", "--config", str(config)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                                     env=env)
-        self.events: list[dict] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                self.events.append(json.loads(line))
-            except json.JSONDecodeError:
-                self.events.append({"event": "unparsed", "line": line})
-
-    def wait_for(self, predicate, what: str, timeout: float = 60.0):  # noqa: ANN001, ANN201
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = predicate()
-            if found:
-                return found
-            if self.proc.poll() is not None:
-                raise AssertionError(f"service exited {self.proc.returncode} waiting for {what}: "
-                                     f"{self.proc.stderr.read()[-2000:]}")
-            time.sleep(0.1)
-        raise AssertionError(f"timed out waiting for {what}; events: {self.events[-10:]}")
-
-    def ready(self) -> None:
-        self.wait_for(lambda: any(e.get("event") == "service_ready" for e in self.events), "service_ready")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=30)
-        finally:
-            self._reader.join(5)
 
 
 @pytest.fixture
@@ -297,7 +250,7 @@ def test_disk_full_while_running_is_logged_and_the_service_goes_on(artefact, tmp
             return [e for e in svc.events
                     if e.get("event") == "service_error" and "no space left" in e["error"]]
 
-        (failed, *_) = svc.wait_for(full_errors, "service_error for the full disk")
+        (failed, *_) = svc.wait_for(full_errors, "service_error for the full disk", 60.0)
         assert failed["error"].startswith(f"DiskFullError: {tmpfs / 'state' / 'state.sqlite'}: ")
         assert "Free space there" in failed["error"] and failed["run"].startswith(f"{root}{os.sep}run-")
         assert failed["component"] == f"state store in {failed['run']}"
