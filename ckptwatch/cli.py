@@ -19,6 +19,7 @@ from ckptwatch.errors import CkptwatchError, ConfigError, UsageError
 from ckptwatch.layouts.base import CheckOptions
 from ckptwatch.layouts.registry import NAMES
 from ckptwatch.settle import parse_duration
+from ckptwatch.vocabulary import full_message
 
 if TYPE_CHECKING:
     from ckptwatch.config import Config, WatchConfig
@@ -191,7 +192,7 @@ def cmd_latest(args: argparse.Namespace) -> int:
         else:
             print(chosen.path)
         for h in chosen.hazards:
-            print(f"ckptwatch: warning: {h.kind}: {h.full_message}", file=sys.stderr)
+            print(f"ckptwatch: warning: {h.kind}: {full_message(h)}", file=sys.stderr)
         for v in run.checkpoints[index + 1:]:  # newer than the one chosen (checkpoints are in step order)
             print(f"ckptwatch: note: skipped newer {v.path} ({v.status.value})", file=sys.stderr)
     return code

@@ -25,6 +25,7 @@ from ckptwatch.model import Problem, Status, Verdict
 from ckptwatch.notify import Notifier
 from ckptwatch.state import StateStore, default_state_dir
 from ckptwatch.watch import OVERFLOW_LIMIT, OVERFLOW_WINDOW_S, DirtyScopes, Watcher, choose_observer, install_overflow_log
+from ckptwatch.vocabulary import full_message
 from ckptwatch.writers import open_for_writing
 
 
@@ -348,9 +349,9 @@ class Daemon:
                 v = change.verdict
                 self.log.info("checkpoint_judged", run=run.root, checkpoint=v.path, step=v.step,
                               status=v.status.value, previous=change.previous_status,
-                              problems=[{"kind": p.kind, "file": p.file, "message": p.full_message}
+                              problems=[{"kind": p.kind, "file": p.file, "message": full_message(p)}
                                         for p in v.problems],
-                              hazards=[{"kind": h.kind, "file": h.file, "message": h.full_message}
+                              hazards=[{"kind": h.kind, "file": h.file, "message": full_message(h)}
                                        for h in v.hazards])
             settling = [v for v in verdicts if v.status is Status.IN_PROGRESS]
             if settling:  # judge again when the newest write would have settled

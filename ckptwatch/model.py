@@ -38,26 +38,13 @@ class Severity(enum.StrEnum):
 class Problem:
     """One thing wrong with one file (or a whole checkpoint, when ``file`` is its directory).
 
-    ``kind`` is from the stable vocabulary in ``ckptwatch.vocabulary``; ``message`` says what is wrong
-    and where; the advice (what to do) is added from the vocabulary by ``full_message``.
+    ``kind`` is from the stable vocabulary in ``ckptwatch.vocabulary``, which gives it a severity and
+    advice (``severity_of``, ``full_message``); ``message`` says what is wrong and where.
     """
 
     kind: str
     file: str
     message: str
-
-    @property
-    def severity(self) -> Severity:
-        from ckptwatch.vocabulary import severity_of
-
-        return severity_of(self.kind)
-
-    @property
-    def full_message(self) -> str:
-        from ckptwatch.vocabulary import advice_for
-
-        advice = advice_for(self.kind)
-        return f"{self.message}. {advice}" if advice else self.message
 
 
 @dataclass(frozen=True)
@@ -67,13 +54,6 @@ class Hazard:
     kind: str
     file: str
     message: str
-
-    @property
-    def full_message(self) -> str:
-        from ckptwatch.vocabulary import advice_for
-
-        advice = advice_for(self.kind)
-        return f"{self.message}. {advice}" if advice else self.message
 
 
 @dataclass(frozen=True)
@@ -87,11 +67,6 @@ class FileCheck:
     path: str
     problems: tuple[Problem, ...] = ()
     facts: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
-
-    @property
-    def ok(self) -> bool:
-        return not any(p.severity in (Severity.CORRUPT, Severity.INCOMPLETE, Severity.TRANSIENT)
-                       for p in self.problems)
 
 
 @dataclass(frozen=True)
@@ -141,18 +116,3 @@ class RunReport:
     hazards: tuple[Hazard, ...] = ()  # run-level hazards (a `latest` naming an incomplete step)
     loss: Any = None  # a losswatch.LossReport when the loss watch ran (model does not import losswatch)
 
-
-def status_from(problems: tuple[Problem, ...] | list[Problem]) -> Status:
-    """The verdict a set of problems implies: transient beats corrupt beats incomplete beats complete.
-
-    Why transient wins: a file still being written looks truncated; judging it corrupt would alert on
-    every healthy save (DESIGN.md invariant 2).
-    """
-    severities = {p.severity for p in problems}
-    if Severity.TRANSIENT in severities:
-        return Status.IN_PROGRESS
-    if Severity.CORRUPT in severities:
-        return Status.CORRUPT
-    if Severity.INCOMPLETE in severities:
-        return Status.INCOMPLETE
-    return Status.COMPLETE

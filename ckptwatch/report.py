@@ -14,17 +14,17 @@ from typing import Any, TextIO
 
 from ckptwatch.engine import RootReport
 from ckptwatch.model import Hazard, Problem, RunReport, Status, Verdict
-from ckptwatch.vocabulary import advice_for
+from ckptwatch.vocabulary import advice_for, full_message, severity_of
 
 JSON_VERSION = 1
 
 
 def _problem(p: Problem) -> dict[str, Any]:
-    return {"kind": p.kind, "file": p.file, "message": p.full_message, "severity": p.severity.value}
+    return {"kind": p.kind, "file": p.file, "message": full_message(p), "severity": severity_of(p.kind).value}
 
 
 def _hazard(h: Hazard) -> dict[str, Any]:
-    return {"kind": h.kind, "file": h.file, "message": h.full_message}
+    return {"kind": h.kind, "file": h.file, "message": full_message(h)}
 
 
 def verdict_json(v: Verdict) -> dict[str, Any]:
@@ -93,7 +93,7 @@ def write_table(reports: list[RootReport], out: TextIO = sys.stdout, *, colour: 
                 out.write(f"  {flag} at step {res.at_step}: {res.reason}\n")
     for rr in reports:
         for p in rr.problems:
-            out.write(f"{p.kind}: {p.full_message}\n")
+            out.write(f"{p.kind}: {full_message(p)}\n")
 
 
 def _write_findings(out: TextIO, indent: str, problems: tuple[Problem, ...], hazards: tuple[Hazard, ...],

@@ -3,13 +3,17 @@
 This table is part of the ``--json`` contract (README "Problem and hazard kinds"): add kinds, never
 rename them. Messages built by validators say *what* is wrong and *where*; the advice here says *what to
 do*, so every message read at 3 a.m. ends with an action.
+
+The findings themselves (``model.Problem``, ``model.Hazard``) are plain data: what a kind means for a
+verdict (``severity_of``, ``status_from``, ``file_ok``) and what its message says in full
+(``full_message``) are looked up here, so the model imports nothing of ours.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ckptwatch.model import Severity
+from ckptwatch.model import FileCheck, Hazard, Problem, Severity, Status
 
 
 @dataclass(frozen=True)
@@ -145,10 +149,40 @@ def markdown_table() -> str:
 
 
 def severity_of(kind: str) -> Severity:
+    """The severity of a problem kind; a kind the table does not know counts as corruption."""
     k = PROBLEM_KINDS.get(kind)
     return k.severity if k else Severity.CORRUPT
 
 
 def advice_for(kind: str) -> str:
+    """What to do about a problem or hazard kind ("" for a kind the table does not know)."""
     k = PROBLEM_KINDS.get(kind) or HAZARD_KINDS.get(kind)
     return k.advice if k else ""
+
+
+def full_message(finding: Problem | Hazard) -> str:
+    """The finding's message followed by its kind's advice: what is wrong, where, and what to do."""
+    advice = advice_for(finding.kind)
+    return f"{finding.message}. {advice}" if advice else finding.message
+
+
+def file_ok(check: FileCheck) -> bool:
+    """True when a reader found nothing worse than warnings, so later checks may trust its facts."""
+    return not any(severity_of(p.kind) in (Severity.CORRUPT, Severity.INCOMPLETE, Severity.TRANSIENT)
+                   for p in check.problems)
+
+
+def status_from(problems: tuple[Problem, ...] | list[Problem]) -> Status:
+    """The verdict a set of problems implies: transient beats corrupt beats incomplete beats complete.
+
+    Why transient wins: a file still being written looks truncated; judging it corrupt would alert on
+    every healthy save (DESIGN.md invariant 2).
+    """
+    severities = {severity_of(p.kind) for p in problems}
+    if Severity.TRANSIENT in severities:
+        return Status.IN_PROGRESS
+    if Severity.CORRUPT in severities:
+        return Status.CORRUPT
+    if Severity.INCOMPLETE in severities:
+        return Status.INCOMPLETE
+    return Status.COMPLETE

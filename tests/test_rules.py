@@ -10,9 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ckptwatch.hazards import CheckpointFacts, checkpoint_hazards, run_hazards
-from ckptwatch.model import Problem, Status, status_from
+from ckptwatch.model import Problem, Status
 from ckptwatch.settle import Settle, is_abandoned, parse_duration, settle_state
-from ckptwatch.vocabulary import HAZARD_KINDS, PROBLEM_KINDS
+from ckptwatch.vocabulary import HAZARD_KINDS, PROBLEM_KINDS, status_from
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

@@ -33,6 +33,7 @@ from ckptwatch.alerts import messages
 from ckptwatch.alerts.conditions import stalled
 from ckptwatch.alerts.messages import Alert, AlertKey
 from ckptwatch.model import Hazard, RunReport, Status, Verdict
+from ckptwatch.vocabulary import full_message
 
 FINISHED_AFTER = 86400.0  # silence beyond threshold + this: the run ended; no stalled alert
 RUN_HAZARDS_HANDLED_ELSEWHERE = {"newest_not_resumable"}
@@ -136,7 +137,7 @@ def _incomplete_is_final(v: Verdict, index: int, newest_complete: int, now: floa
 
 def _run_hazard_alert(run: RunReport, hazards: list[Hazard], host: str, now: float) -> Alert:
     first = hazards[0]
-    lines = [f"{h.kind}: {h.full_message}" for h in hazards]
+    lines = [f"{h.kind}: {full_message(h)}" for h in hazards]
     body = (f"Host: {host}\nRun:  {run.root}\n\nResume hazards:\n" + "\n".join(f"- {x}" for x in lines)
             + f"\n\nNext: {'resume from ' + run.latest_resumable if run.latest_resumable else 'no complete checkpoint exists in this run'}"
             + f"\nTime: {messages.utc_iso(now)}")

@@ -28,6 +28,7 @@ from ckptwatch.formats._io import FormatError
 from ckptwatch.formats._stream import display, oserror_problem
 from ckptwatch.formats.pickle_stub import MAX_PICKLE_BYTES, Stub, TensorRef, TorchDtype, get, walk_pickle
 from ckptwatch.model import FileCheck, Problem
+from ckptwatch.vocabulary import file_ok
 
 DISTCP = re.compile(r"^(?P<group>.*)__(?P<rank>\d+)_(?P<n>\d+)\.distcp$")
 RANK_METADATA = re.compile(r"^__(?P<rank>\d+)\.metadata$")
@@ -549,7 +550,7 @@ def _deep(dir: str, entries: list[_Entry], sdm: dict[Any, Any], mshown: str) -> 
         label = f"{display(full)}[{e.offset}:{e.offset + e.length}] ({e.fqn})"
         fc = check_torch_window(full, e.offset, e.length, deep=True, label=label)
         problems.extend(fc.problems)
-        if not fc.ok or e.index_offset is None:
+        if not file_ok(fc) or e.index_offset is None:
             continue
         expect = chunk_of.get((e.fqn, e.index_offset))
         obj = fc.facts.get("object")

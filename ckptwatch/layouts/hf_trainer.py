@@ -20,6 +20,7 @@ from ckptwatch.layouts.base import (CheckOptions, Candidate, Judgement, NoRunFin
 from ckptwatch.layouts.deepspeed import is_tag_dir, judge_tag_dir
 from ckptwatch.model import FileCheck, Problem
 from ckptwatch.scan import Entry, display, tree
+from ckptwatch.vocabulary import file_ok
 
 CKPT = re.compile(r"^checkpoint-(\d+)$")
 STAGING = re.compile(r"^tmp-checkpoint-(.*)$")
@@ -267,7 +268,7 @@ class HfTrainer(NoRunFindings):
                 fc = checked.get(wpath)
                 info["tensors"] = fc.facts.get("tensors") if fc else None
                 info["data_start"] = fc.facts.get("data_start") if fc else None
-                if info["tensors"] is not None and info["data_start"] is not None and fc is not None and fc.ok:
+                if info["tensors"] is not None and info["data_start"] is not None and fc is not None and file_ok(fc):
                     from ckptwatch.adapters import lora_b_all_zero, tensor_digest
 
                     info["b_all_zero"] = lora_b_all_zero(wpath, info["tensors"], info["data_start"])

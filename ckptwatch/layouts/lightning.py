@@ -16,6 +16,7 @@ from ckptwatch.layouts.base import CheckOptions, Candidate, Judgement, RunFound,
 from ckptwatch.layouts.dcp import step_from_name
 from ckptwatch.model import Hazard, Problem, Verdict
 from ckptwatch.scan import Entry, display
+from ckptwatch.vocabulary import file_ok
 
 STEP_IN_NAME = re.compile(r"step=(\d+)")
 LAST = re.compile(r"^last(-v?\d+)?\.ckpt$|-last\.ckpt$")
@@ -47,7 +48,7 @@ class Lightning:
         fc = check_file(cand.path, opts, need_object=True)
         j = Judgement(list(fc.problems))
         obj = fc.facts.get("object")
-        if obj is None or not fc.ok:
+        if obj is None or not file_ok(fc):
             return j
         shown = display(cand.path)
         if get(obj, "state_dict") is None:

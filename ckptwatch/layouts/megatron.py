@@ -17,6 +17,7 @@ from ckptwatch.layouts.base import (CheckOptions, Candidate, Judgement, RankFile
                                     missing, pointer_hazard)
 from ckptwatch.model import Hazard, Problem, Verdict
 from ckptwatch.scan import Entry, display
+from ckptwatch.vocabulary import file_ok
 
 ITER = re.compile(r"^iter_(\d{7})$")
 MP_DIR = re.compile(r"^mp_rank_(\d{2})(?:_(\d{3}))?(?:_(\d{3}))?$")
@@ -92,7 +93,7 @@ class Megatron:
                 continue
             fc = check_file(f, opts, need_object=tp_size is None)
             j.problems.extend(fc.problems)
-            if not fc.ok:
+            if not file_ok(fc):
                 continue
             present_cells.add((tp, pp))
             obj = fc.facts.get("object")

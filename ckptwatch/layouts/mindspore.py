@@ -18,6 +18,7 @@ from ckptwatch.formats.jsonfile import read_json
 from ckptwatch.layouts.base import CheckOptions, Candidate, Judgement, RankFile, RunFound, listdir_names
 from ckptwatch.model import Hazard, Problem, Verdict
 from ckptwatch.scan import Entry, display
+from ckptwatch.vocabulary import file_ok
 
 RANK_DIR = re.compile(r"^rank_(\d+)$")
 CKPT_FILE = re.compile(r"^(?P<prefix>.*?)(?:_rank_\d+)?-(?P<epoch>\d+)_(?P<step>\d+)\.(?P<ext>ckpt|safetensors)$")
@@ -71,7 +72,7 @@ class MindSpore:
             cache[path] = fc
             j.problems.extend(fc.problems)
             params = fc.facts.get("params")
-            if params is not None and fc.ok:
+            if params is not None and file_ok(fc):
                 j.problems.extend(self._compare_with_siblings(rank, path, set(params), cand))
             gs = fc.facts.get("step")
             if isinstance(gs, int) and j.step is None:
@@ -91,7 +92,7 @@ class MindSpore:
             if other not in cache:
                 cache[other] = check_file(other, CheckOptions())
             ofc = cache[other]
-            if not ofc.ok or ofc.facts.get("params") is None:
+            if not file_ok(ofc) or ofc.facts.get("params") is None:
                 continue
             lacking = set(ofc.facts["params"]) - tags
             if lacking:
