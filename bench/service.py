@@ -41,7 +41,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.run import OLD, PY, REPO, child_env, hf_template, loadavg, log, measure
+from bench.common import OLD, PY, REPO, child_env, hf_template, loadavg, log, measure
 
 SETTLE = 2.0
 RESCAN = 600.0  # the service's default rescan_seconds
