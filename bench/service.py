@@ -230,7 +230,6 @@ class InotifyWait:
         self.pid = self.proc.pid
         self.lines: dict[str, float] = {}  # path -> first arrival
         self.count = 0
-        self.overflow = 0
         self.lock = threading.Lock()
         assert self.proc.stderr is not None
         self.established = None
@@ -252,8 +251,6 @@ class InotifyWait:
             path = line.rstrip("\n")
             with self.lock:
                 self.count += 1
-                if "Q_OVERFLOW" in path or path.endswith("overflow"):
-                    self.overflow += 1
                 if self.keep_lines:
                     self.lines.setdefault(path, now)
 

@@ -101,10 +101,6 @@ class AlertDispatcher:
         """Close ``key``; if it was open, send ``recovery_alert`` (on the route of its kind)."""
         self._put(("clear", key, recovery_alert))
 
-    def send_now(self, alert: Alert) -> None:
-        """Send ``alert`` to its route without asking or telling the ledger (notices that are not state)."""
-        self._put(("send", alert))
-
     def flush(self, timeout: float) -> bool:
         """Wait until everything queued so far is handled (and due digests/probes tried); False on timeout."""
         done = threading.Event()
@@ -169,8 +165,6 @@ class AlertDispatcher:
         elif item[0] == "clear":
             if self.ledger.clear(item[1], now):
                 self._send_routed(item[2], now)
-        elif item[0] == "send":
-            self._send_routed(item[1], now)
 
     def _send_routed(self, alert: Alert, now: float) -> None:
         for url in self.config.route(alert.kind, alert.severity):

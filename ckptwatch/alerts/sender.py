@@ -62,13 +62,6 @@ class AppriseSender:
                 self._cache[url] = a
             return self._cache[url]
 
-    def supports(self, url: str) -> bool:
-        """Does apprise understand this URL (a known scheme, parseable)? Cheap; no network."""
-        try:
-            return len(self._instance(url)) == 1  # type: ignore[arg-type]
-        except Exception:  # noqa: BLE001 - any parse failure means "no"
-            return False
-
     def send(self, url: str, title: str, body: str, attachments: Sequence[str] = ()) -> SendResult:
         try:
             a = self._instance(url)

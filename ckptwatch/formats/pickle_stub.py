@@ -239,10 +239,6 @@ class Stub:
     def stub_state(self) -> Any:
         return self._pk_state
 
-    @property
-    def stub_items(self) -> dict[Any, Any]:
-        return self._pk_items or {}
-
     def _pk_lookup(self, key: Any, depth: int = 0) -> Any:
         """The pickled value named ``key``: state dict, slot state, dict items, then list/args by index."""
         st = self._pk_state

@@ -9,7 +9,6 @@ from siblings, stale temp markers) the same way for every layout.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -109,11 +108,6 @@ class NoRunFindings:
     def run_findings(self, run: RunFound, verdicts: list[Verdict],
                      latest_resumable: Verdict | None) -> tuple[list[Problem], list[Hazard]]:
         return [], []
-
-
-def step_of(name: str, pattern: re.Pattern[str]) -> int | None:
-    m = pattern.match(name)
-    return int(m.group(1)) if m else None
 
 
 def listdir_names(path: str) -> tuple[list[str], Problem | None]:

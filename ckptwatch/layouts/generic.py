@@ -13,7 +13,6 @@ from ckptwatch.model import Problem
 from ckptwatch.scan import Entry, display
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
-TEMP_MARKERS = (".tmp",)
 
 
 class Generic(NoRunFindings):

@@ -11,7 +11,6 @@ decimated history for plots.
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -172,7 +171,3 @@ class LazyPoints:
 
     def __iter__(self):
         return map(LossPoint, self.steps, self.values)
-
-
-def is_finite(x: float) -> bool:
-    return not (math.isnan(x) or math.isinf(x))
