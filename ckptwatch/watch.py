@@ -45,7 +45,7 @@ def choose_observer(path: str, override: str) -> str:
 class DirtyScopes:
     """What events touched, and when to judge it: a run root, or a whole watched root.
 
-    Per run (the issue's rule): an event inside a known run makes only that run due, so a checkpoint
+    Per run: an event inside a known run makes only that run due, so a checkpoint
     written into one run of a 100,000-file root is judged by listing that run, not the root. An event
     the index cannot place (a new run dir, a file beside the runs) makes the whole watched root due.
 

@@ -31,7 +31,7 @@ class Megatron:
         cands = [Candidate(e.path, int(m.group(1)), self.name) for e in entries
                  if e.is_dir and not e.is_symlink and (m := ITER.match(e.name))]
         if not cands:
-            return None  # (MindFormers' new iteration_XXXXXXXX format shares the tracker name: not judged yet)
+            return None  # MindFormers' iteration_XXXXXXXX dirs share the tracker name; they are not judged
         dist_runs = any(os.path.exists(os.path.join(c.path, "metadata.json")) for c in cands)
         for c in cands:
             c.data["run_uses_torch_dist"] = dist_runs
