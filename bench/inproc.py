@@ -20,11 +20,13 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 HEAVY = ("torch", "numpy", "safetensors", "transformers", "pandas")
 
 
-def _timed(fn, repeat: int, warmup: int = 1) -> tuple[list[float], object]:
+def _timed(fn: Callable[[], Any], repeat: int, warmup: int = 1) -> tuple[list[float], Any]:
     result = None
     for _ in range(warmup):
         result = fn()
@@ -42,7 +44,7 @@ def _stats(times: list[float]) -> dict:
 
 
 @contextlib.contextmanager
-def _quiet():
+def _quiet() -> Iterator[None]:
     """Send fd 1 (and sys.stdout) to /dev/null: ckptwatch's report goes nowhere, as with ``> /dev/null``."""
     sys.stdout.flush()
     saved = os.dup(1)
@@ -58,7 +60,7 @@ def _quiet():
         os.close(devnull)
 
 
-def _profile(fn, top: int, sort: str) -> str:
+def _profile(fn: Callable[[], object], top: int, sort: str) -> str:
     import cProfile
     import pstats
 

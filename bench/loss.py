@@ -80,7 +80,7 @@ print(json.dumps({"seconds": dt, "points": sum(s.points for s in rep.segments),
 """
 
 
-def run_proc(argv: list[str], stdout=subprocess.DEVNULL) -> tuple[float, int, str]:
+def run_proc(argv: list[str], stdout: int = subprocess.DEVNULL) -> tuple[float, int, str]:
     """Wall seconds, peak RSS (KiB) and stdout of one process."""
     t = time.perf_counter()
     p = subprocess.Popen(argv, stdout=stdout, stderr=subprocess.PIPE, cwd=REPO, text=True)

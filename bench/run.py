@@ -289,7 +289,8 @@ def bench_deep(args: argparse.Namespace, work: Path) -> dict:
 def rows(results: dict) -> list[dict]:
     out = []
 
-    def add(bench, what, ours, ours_txt, yard, yard_txt, ratio, target_txt, met, note=""):
+    def add(bench: str, what: str, ours: float | None, ours_txt: str, yard: float | None, yard_txt: str,
+            ratio: float | None, target_txt: str, met: bool | None, note: str = "") -> None:
         out.append({"bench": bench, "measure": what, "ours": ours, "ours_text": ours_txt, "yardstick": yard,
                     "yardstick_text": yard_txt, "ratio": ratio, "target": target_txt, "met": met, "note": note})
 

@@ -39,7 +39,9 @@ import statistics
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bench.common import OLD, PY, REPO, child_env, hf_template, loadavg, log, measure
 
@@ -114,7 +116,7 @@ class Service:
                 self.notes.extend((now, m) for m in data.decode("utf-8", "replace").split("\n"))
                 self.cond.notify_all()
 
-    def wait(self, predicate, timeout: float, what: str):
+    def wait(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
         """Block until ``predicate()`` (called under the lock) is truthy; raise on timeout or exit."""
         deadline = time.monotonic() + timeout
         with self.cond:
@@ -192,7 +194,7 @@ class CkptWriter:
             raise RuntimeError(f"checkpoint writer exited ({self.proc.wait()})")
         return json.loads(line)
 
-    def call(self, **cmd) -> dict:
+    def call(self, **cmd: object) -> dict:
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps(cmd) + "\n")
         self.proc.stdin.flush()
@@ -670,7 +672,7 @@ def phase_burst(work: Path, writer: CkptWriter, count: int, res: dict) -> dict:
         res["write_s"] = w["last_write"] - w["first_write"]
         log(f"service burst: {count} checkpoints ({count * 10:,} files) written in {res['write_s']:.2f} s")
 
-        def all_complete():
+        def all_complete() -> bool:
             seen = {e["checkpoint"] for _, e in svc.events
                     if e.get("event") == "checkpoint_judged" and e.get("status") == "complete" and e.get("checkpoint") in dirs}
             return len(seen) == len(dirs)
@@ -765,7 +767,7 @@ def bench_service(args: argparse.Namespace, work: Path) -> dict:
     return res
 
 
-def rows(s: dict, add) -> None:
+def rows(s: dict, add: Callable[..., None]) -> None:
     """Summary-table rows of the service benchmark, through ``bench.run.rows``'s ``add``."""
     for key, label in (("latency_inotify", "inotify"), ("latency_polling", "polling")):
         r = s.get(key, {})

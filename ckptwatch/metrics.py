@@ -8,8 +8,8 @@ recomputed on the service's hot path. Bound to loopback only: the numbers name p
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Iterator
 
 from ckptwatch.model import RunReport, Status
 
@@ -35,7 +35,7 @@ def snapshot(run: RunReport, resume_ratio: float | None = None) -> RunSnapshot:
 
 
 class _Collector:
-    def __init__(self, source) -> None:  # noqa: ANN001 - a callable returning {root: RunSnapshot}
+    def __init__(self, source: Callable[[], Mapping[str, RunSnapshot]]) -> None:
         self.source = source
 
     def collect(self) -> Iterator[object]:
@@ -65,7 +65,7 @@ class _Collector:
         yield from (step, age, count, size, ratio)
 
 
-def serve(port: int, source) -> object:  # noqa: ANN001
+def serve(port: int, source: Callable[[], Mapping[str, RunSnapshot]]) -> object:
     """Start the endpoint on 127.0.0.1:``port``; returns the server (``shutdown()`` to stop)."""
     from prometheus_client import CollectorRegistry, start_http_server
 

@@ -175,7 +175,7 @@ class SmtpServer(_Collector):
         owner = self
 
         class Handler:
-            async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802 - aiosmtpd's hook
                 owner.envelopes.append(envelope)
                 owner.add(email.message_from_bytes(envelope.content, policy=email.policy.default))
                 return "250 OK"

@@ -111,7 +111,7 @@ def test_growing_log_keeps_its_run_polled_without_events(tmp_path: Path) -> None
     root = tmp_path / "root"
     run = root / "run-a"
     (run / "checkpoint-10").mkdir(parents=True)
-    log = open(run / "train.log", "a")
+    log = open(run / "train.log", "a")  # noqa: SIM115 - held open across the polls, as a trainer does
     try:
         for i in range(1, 11):
             log.write(f"{{'loss': 1.0, 'step': {i}}}\n")

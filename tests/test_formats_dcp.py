@@ -24,7 +24,7 @@ from tests.helpers import run_as_nobody
 
 torch = pytest.importorskip("torch")
 meta = pytest.importorskip("torch.distributed.checkpoint.metadata")
-from torch.distributed.checkpoint.filesystem import _StorageInfo  # noqa: E402
+from torch.distributed.checkpoint.filesystem import _StorageInfo  # noqa: E402 - after importorskip
 
 
 def kinds(fc) -> list[str]:

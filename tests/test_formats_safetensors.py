@@ -23,7 +23,7 @@ from tests.helpers import run_as_nobody
 
 torch = pytest.importorskip("torch")
 safetensors_torch = pytest.importorskip("safetensors.torch")
-from safetensors import safe_open  # noqa: E402
+from safetensors import safe_open  # noqa: E402 - after importorskip
 
 
 def kinds(fc) -> list[str]:
@@ -81,7 +81,7 @@ def test_real_file_facts_match_the_library(real):
     assert f["data_start"] == 8 + f["header_len"]
     with safe_open(str(real), "numpy") as lib:
         assert set(lib.keys()) == set(f["tensors"])
-        for name in lib.keys():
+        for name in lib.keys():  # noqa: SIM118 - a safe_open handle is not a dict
             sl = lib.get_slice(name)
             t = f["tensors"][name]
             assert isinstance(t, TensorInfo) and list(t.shape) == list(sl.get_shape())

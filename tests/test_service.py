@@ -210,8 +210,8 @@ def test_root_that_appears_later_is_watched(tmp_path: Path) -> None:
         svc.wait_for(lambda: "READY=1" in svc.messages, what="READY=1")
         assert any(e.get("event") == "root_missing" for e in svc.events)
         root.mkdir()
-        from safetensors.numpy import save_file
         import numpy as np
+        from safetensors.numpy import save_file
 
         save_file({"w": np.ones(4, dtype=np.float32)}, str(root / "model_step_5.safetensors"))
         svc.wait_for(lambda: [e for e in svc.judged("model_step_5.safetensors") if e["status"] == "complete"],

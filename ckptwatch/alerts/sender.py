@@ -14,7 +14,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class AppriseSender:
         for name in ("apprise", "apprise.plugins"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
 
-    def _instance(self, url: str):
+    def _instance(self, url: str) -> Any:  # an apprise.Apprise (apprise is imported lazily)
         with self._lock:
             if url not in self._cache:
                 a = self._apprise.Apprise()

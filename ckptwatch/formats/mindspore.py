@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckptwatch.formats._io import FormatError
-from ckptwatch.formats._stream import crc32_concat, run_check, read_all
+from ckptwatch.formats._stream import crc32_concat, read_all, run_check
 from ckptwatch.model import FileCheck, Problem
 
 CRC_TRAILER = b"crc_num"

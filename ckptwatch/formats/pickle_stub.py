@@ -715,7 +715,7 @@ def walk_pickle(data: bytes, *, what: str, start: int = 0) -> PickleWalk:
         obj = walker.load()
     # UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, RecursionError,
     # MemoryError, struct.error, ...: no fault in hostile bytes may escape as a traceback.
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - hostile bytes may raise anything
         raise FormatError(
             "bad_pickle", f"{what}: malformed pickle ({type(exc).__name__}: {str(exc)[:200]})"
         ) from None

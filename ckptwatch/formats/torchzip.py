@@ -22,7 +22,7 @@ import zipfile
 from typing import Any
 
 from ckptwatch.formats._io import FormatError, read_exact_at
-from ckptwatch.formats._stream import crc32_ranges, display, run_check, read_all
+from ckptwatch.formats._stream import crc32_ranges, display, read_all, run_check
 from ckptwatch.formats.pickle_stub import (
     MAX_PICKLE_BYTES,
     PickleTruncated,

@@ -13,8 +13,15 @@ import os
 import re
 
 from ckptwatch.filecheck import check_file
-from ckptwatch.layouts.base import (CheckOptions, Candidate, Judgement, NoRunFindings, RankFile, RunFound,
-                                    listdir_names)
+from ckptwatch.layouts.base import (
+    Candidate,
+    CheckOptions,
+    Judgement,
+    NoRunFindings,
+    RankFile,
+    RunFound,
+    listdir_names,
+)
 from ckptwatch.model import Problem
 from ckptwatch.scan import Entry, display
 

@@ -7,7 +7,7 @@ protobuf); there are no ranks. The step is read from the name (``ckpt_step_20.pt
 from __future__ import annotations
 
 from ckptwatch.filecheck import check_file, sniff
-from ckptwatch.layouts.base import CheckOptions, Candidate, Judgement, NoRunFindings, RunFound
+from ckptwatch.layouts.base import Candidate, CheckOptions, Judgement, NoRunFindings, RunFound
 from ckptwatch.layouts.dcp import step_from_name
 from ckptwatch.model import Problem
 from ckptwatch.scan import Entry, display

@@ -15,8 +15,16 @@ from typing import Any
 
 from ckptwatch.filecheck import check_file
 from ckptwatch.formats.jsonfile import read_json
-from ckptwatch.layouts.base import (CheckOptions, Candidate, Judgement, NoRunFindings, RankFile, RunFound,
-                                    listdir_names, missing)
+from ckptwatch.layouts.base import (
+    Candidate,
+    CheckOptions,
+    Judgement,
+    NoRunFindings,
+    RankFile,
+    RunFound,
+    listdir_names,
+    missing,
+)
 from ckptwatch.layouts.deepspeed import is_tag_dir, judge_tag_dir
 from ckptwatch.model import FileCheck, Problem
 from ckptwatch.scan import Entry, display, tree

@@ -12,7 +12,7 @@ import os
 import re
 
 from ckptwatch.filecheck import check_file, sniff
-from ckptwatch.layouts.base import CheckOptions, Candidate, Judgement, RunFound, pointer_hazard
+from ckptwatch.layouts.base import Candidate, CheckOptions, Judgement, RunFound, pointer_hazard
 from ckptwatch.layouts.dcp import step_from_name
 from ckptwatch.model import Hazard, Problem, Verdict
 from ckptwatch.scan import Entry, display

@@ -13,8 +13,16 @@ import re
 
 from ckptwatch.filecheck import check_file
 from ckptwatch.formats.jsonfile import read_json, read_text
-from ckptwatch.layouts.base import (CheckOptions, Candidate, Judgement, RankFile, RunFound, listdir_names,
-                                    missing, pointer_hazard)
+from ckptwatch.layouts.base import (
+    Candidate,
+    CheckOptions,
+    Judgement,
+    RankFile,
+    RunFound,
+    listdir_names,
+    missing,
+    pointer_hazard,
+)
 from ckptwatch.model import Hazard, Problem, Verdict
 from ckptwatch.scan import Entry, display
 from ckptwatch.vocabulary import file_ok

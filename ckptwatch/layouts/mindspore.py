@@ -15,7 +15,7 @@ from collections import defaultdict
 
 from ckptwatch.filecheck import check_file
 from ckptwatch.formats.jsonfile import read_json
-from ckptwatch.layouts.base import CheckOptions, Candidate, Judgement, RankFile, RunFound, listdir_names
+from ckptwatch.layouts.base import Candidate, CheckOptions, Judgement, RankFile, RunFound, listdir_names
 from ckptwatch.model import Hazard, Problem, Verdict
 from ckptwatch.scan import Entry, display
 from ckptwatch.vocabulary import file_ok

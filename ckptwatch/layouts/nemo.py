@@ -11,8 +11,15 @@ import os
 import re
 
 from ckptwatch.formats.jsonfile import read_json
-from ckptwatch.layouts.base import (CheckOptions, Candidate, Judgement, NoRunFindings, RankFile, RunFound,
-                                    listdir_names)
+from ckptwatch.layouts.base import (
+    Candidate,
+    CheckOptions,
+    Judgement,
+    NoRunFindings,
+    RankFile,
+    RunFound,
+    listdir_names,
+)
 from ckptwatch.model import Problem
 from ckptwatch.scan import Entry, display
 

@@ -13,13 +13,18 @@ import math
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ckptwatch.errors import CkptwatchError, UsageError
+
+if TYPE_CHECKING:
+    from ckptwatch.losswatch.report import LossReport
+    from ckptwatch.losswatch.settings import LossSettings
 
 EXIT_OK, EXIT_JUMP = 0, 1
 
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     p = subparsers.add_parser("loss", help="find resumes in a run's loss history and judge each (loss jump?)")
     p.add_argument("path", metavar="PATH", help="a run dir (or one loss file: events, metrics.csv, .jsonl, log)")
     p.add_argument("--plot", metavar="FILE.png", help="also draw the loss history with resumes marked")
@@ -33,7 +38,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _settings(args: argparse.Namespace):
+def _settings(args: argparse.Namespace) -> LossSettings:
     from ckptwatch.errors import ConfigError
     from ckptwatch.losswatch.settings import parse_loss_settings
 
@@ -93,7 +98,7 @@ def _f(x: float | None) -> str:
     return f"{x:.4g}" if math.isfinite(x) else str(x)
 
 
-def _print(report) -> None:
+def _print(report: LossReport) -> None:
     out = sys.stdout
     print(f"run {report.root}", file=out)
     if not report.segments:
