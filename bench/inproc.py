@@ -104,7 +104,8 @@ def mode_tree(args: argparse.Namespace) -> dict:
     }
     del report, runs, verdicts
     if args.profile:
-        out["profile_cumtime"] = _profile(lambda: check_root(args.path, opts, now=time.time()), 15, "cumulative")
+        out["profile_cumtime"] = _profile(lambda: check_root(args.path, opts, now=time.time()), 15,
+                                          "cumulative")
         out["profile_tottime"] = _profile(lambda: check_root(args.path, opts, now=time.time()), 15, "tottime")
     # Cost of each file of one checkpoint, checked alone (median of 30, warm): where the time goes.
     first = args.sample
@@ -208,7 +209,8 @@ def main() -> None:
     ap.add_argument("--sample", help="tree: one checkpoint dir for the per-file breakdown")
     ap.add_argument("--kind", choices=("safetensors", "torch"), help="deep: which checker")
     args = ap.parse_args()
-    result = {"tree": mode_tree, "header": mode_header, "safe_open": mode_safe_open, "deep": mode_deep}[args.mode](args)
+    result = {"tree": mode_tree, "header": mode_header, "safe_open": mode_safe_open,
+              "deep": mode_deep}[args.mode](args)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
 

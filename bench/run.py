@@ -121,16 +121,20 @@ def bench_tree(args: argparse.Namespace, work: Path) -> dict:
     # `verify` of ONE checkpoint of the run: it should cost about one checkpoint, not the whole run.
     newest = str(root / "run" / f"checkpoint-{n}")
     log("tree: CLI verify of the newest checkpoint only")
-    res["cli_verify_one"] = measure([PY, "-m", "ckptwatch", "verify", "--settle", "0", newest], min(r, 3), warmup=0)
+    res["cli_verify_one"] = measure([PY, "-m", "ckptwatch", "verify", "--settle", "0", newest], min(r, 3),
+                                    warmup=0)
     res["find_one"] = measure(["find", newest, "-type", "f", "-printf", "%s %T@\n"], r)
     res["loadavg_after"] = loadavg()
     ip = res["inproc"]
     ok = (ip["checkpoints"] == n and ip["statuses"] == {"complete": n}
-          and ip["latest_resumable"] == str(root / "run" / f"checkpoint-{n}") and res["cli"]["exit_codes"] == [0])
+          and ip["latest_resumable"] == str(root / "run" / f"checkpoint-{n}")
+          and res["cli"]["exit_codes"] == [0])
     res["valid"] = ok
     if not ok:
-        log(f"tree: WARNING unexpected verdicts {ip['statuses']} {ip['problem_kinds']} cli exit {res['cli']['exit_codes']}")
-    (PROF / "profile-tree.txt").write_text(ip.get("profile_cumtime", "") + "\n\n" + ip.get("profile_tottime", "") + "\n")
+        log(f"tree: WARNING unexpected verdicts {ip['statuses']} {ip['problem_kinds']} cli exit "
+            f"{res['cli']['exit_codes']}")
+    (PROF / "profile-tree.txt").write_text(ip.get("profile_cumtime", "") + "\n\n"
+                                           + ip.get("profile_tottime", "") + "\n")
     return res
 
 
@@ -178,8 +182,8 @@ def verify_json(path: str) -> dict:
 
 def importtime_top(argv: list[str], top: int = 15) -> dict:
     """``python -X importtime``: the modules with the largest self time, and the total."""
-    r = subprocess.run([PY, "-X", "importtime", *argv], cwd=REPO, env=child_env(), capture_output=True, text=True,
-                       check=False)
+    r = subprocess.run([PY, "-X", "importtime", *argv], cwd=REPO, env=child_env(), capture_output=True,
+                       text=True, check=False)
     rows = []
     for line in r.stderr.splitlines():
         m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)", line)
@@ -198,8 +202,10 @@ def bench_header(args: argparse.Namespace, work: Path) -> dict:
     base = work / "header"
     shutil.rmtree(base, ignore_errors=True)
     # One file per directory: `verify FILE` discovers FILE's parent and judges every loose weight file there.
-    full = make_sparse_safetensors(base / "tail-written" / "model.safetensors", data_bytes, args.header_tensors, True)
-    hole = make_sparse_safetensors(base / "all-hole" / "model.safetensors", data_bytes, args.header_tensors, False)
+    full = make_sparse_safetensors(base / "tail-written" / "model.safetensors", data_bytes,
+                                   args.header_tensors, True)
+    hole = make_sparse_safetensors(base / "all-hole" / "model.safetensors", data_bytes, args.header_tensors,
+                                   False)
     log(f"header: {full['bytes'] / 1e9:.1f} GB sparse safetensors, {args.header_tensors} tensors, "
         f"header {full['header_bytes']} bytes")
     res: dict = {"file": full, "file_all_hole": hole, "loadavg_before": loadavg()}
@@ -221,7 +227,8 @@ def bench_header(args: argparse.Namespace, work: Path) -> dict:
     res["loadavg_after"] = loadavg()
     res["valid"] = res["verdict"].get("status") == "complete" and res["cli"]["exit_codes"] == [0]
     prof = (res["inproc"].get("profile_tottime", "") + "\n\n-X importtime, largest self times (us):\n"
-            + "\n".join(f"{m['self_us']:8d} {m['cumulative_us']:8d}  {m['module']}" for m in res["importtime"]["top_self_us"]))
+            + "\n".join(f"{m['self_us']:8d} {m['cumulative_us']:8d}  {m['module']}"
+                        for m in res["importtime"]["top_self_us"]))
     (PROF / "profile-header.txt").write_text(prof + "\n")
     return res
 
@@ -292,7 +299,8 @@ def rows(results: dict) -> list[dict]:
     def add(bench: str, what: str, ours: float | None, ours_txt: str, yard: float | None, yard_txt: str,
             ratio: float | None, target_txt: str, met: bool | None, note: str = "") -> None:
         out.append({"bench": bench, "measure": what, "ours": ours, "ours_text": ours_txt, "yardstick": yard,
-                    "yardstick_text": yard_txt, "ratio": ratio, "target": target_txt, "met": met, "note": note})
+                    "yardstick_text": yard_txt, "ratio": ratio, "target": target_txt, "met": met,
+                    "note": note})
 
     t = results.get("tree")
     if t:
@@ -301,9 +309,11 @@ def rows(results: dict) -> list[dict]:
         ip = t["inproc"]["check_root_s"]["median"]
         cli = t["cli"]["median"]
         scale = 1000 / n  # the target is for 1,000 checkpoints
-        add("1 tree", f"check_root in-process, {n} ckpts x {fp} files", ip, f"{ip:.2f} s ({ip / n * 1e3:.2f} ms/ckpt)",
+        add("1 tree", f"check_root in-process, {n} ckpts x {fp} files", ip,
+            f"{ip:.2f} s ({ip / n * 1e3:.2f} ms/ckpt)",
             find, f"find -printf {find:.3f} s", ip / find, "< 2 s per 1,000 ckpts", ip * scale < 2.0)
-        add("1 tree", "CLI once --json (whole process)", cli, f"{cli:.2f} s (rss {t['cli']['peak_rss_kib'] / 1024:.0f} MiB)",
+        add("1 tree", "CLI once --json (whole process)", cli,
+            f"{cli:.2f} s (rss {t['cli']['peak_rss_kib'] / 1024:.0f} MiB)",
             find, f"find -printf {find:.3f} s", cli / find, "< 2 s per 1,000 ckpts", cli * scale < 2.0)
         if "cli_verify_one" in t:
             v1, f1 = t["cli_verify_one"]["median"], t["find_one"]["median"]
@@ -314,7 +324,8 @@ def rows(results: dict) -> list[dict]:
         cli, pas, so = h["cli"]["median"], h["python_pass"]["median"], h["safe_open_proc"]["median"]
         rss = h["cli"]["peak_rss_kib"] / 1024
         gb = h["file"]["bytes"] / 1e9
-        add("2 header", f"CLI verify, {gb:.0f} GB / {h['file']['tensors']} tensors", cli, f"{cli * 1e3:.0f} ms",
+        add("2 header", f"CLI verify, {gb:.0f} GB / {h['file']['tensors']} tensors", cli,
+            f"{cli * 1e3:.0f} ms",
             pas, f"python -c pass {pas * 1e3:.0f} ms", cli / pas, "< 50 ms", cli < 0.050)
         add("2 header", "CLI verify vs safe_open(numpy) process", cli, f"{cli * 1e3:.0f} ms",
             so, f"safe_open proc {so * 1e3:.0f} ms", cli / so, "(context)", None)
@@ -354,8 +365,8 @@ def rows(results: dict) -> list[dict]:
 
 def print_table(table: list[dict]) -> None:
     head = ("bench", "measure", "ours", "yardstick (same run)", "ours/tool", "target", "met")
-    body = [(r["bench"], r["measure"] + (f" [{r['note']}]" if r["note"] else ""), r["ours_text"], r["yardstick_text"],
-             "-" if r["ratio"] is None else f"{r['ratio']:.2f}", r["target"],
+    body = [(r["bench"], r["measure"] + (f" [{r['note']}]" if r["note"] else ""), r["ours_text"],
+             r["yardstick_text"], "-" if r["ratio"] is None else f"{r['ratio']:.2f}", r["target"],
              "-" if r["met"] is None else ("yes" if r["met"] else "NO")) for r in table]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
     line = "  ".join(f"{{:<{w}}}" for w in widths)
@@ -376,15 +387,16 @@ def machine() -> dict:
     except OSError:
         pass
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                check=False).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "ckptwatch"], cwd=REPO, capture_output=True,
-                               text=True, check=False).stdout
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                                text=True, check=False).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "ckptwatch"], cwd=REPO,
+                               capture_output=True, text=True, check=False).stdout
         info["git"] = commit + ("+dirty ckptwatch/" if dirty.strip() else "")
         info["ckptwatch_code_sha256"] = code_fingerprint()
     except OSError:
         pass
-    crc = subprocess.run([PY, "-c", "from ckptwatch.formats._stream import CRC_IMPL; print(CRC_IMPL)"], cwd=REPO,
+    crc = subprocess.run([PY, "-c", "from ckptwatch.formats._stream import CRC_IMPL; print(CRC_IMPL)"],
+                         cwd=REPO,
                          env=child_env(), capture_output=True, text=True, check=False).stdout.strip()
     info["ckptwatch_crc_impl"] = crc
     return info
@@ -403,9 +415,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="run only this benchmark (repeatable); default: all four")
     ap.add_argument("--quick", action="store_true",
                     help="small sizes and 3 repeats (100 checkpoints, 1 GB header file, 256 MiB deep files)")
-    ap.add_argument("--repeat", type=int, help="timed runs per measurement after 1 warm-up (default 5; --quick 3)")
+    ap.add_argument("--repeat", type=int,
+                    help="timed runs per measurement after 1 warm-up (default 5; --quick 3)")
     ap.add_argument("--checkpoints", type=int, help="tree: number of checkpoints (default 1000)")
-    ap.add_argument("--tree-copy", action="store_true", help="tree: copy the files instead of hard-linking them")
+    ap.add_argument("--tree-copy", action="store_true",
+                    help="tree: copy the files instead of hard-linking them")
     ap.add_argument("--header-gb", type=float, help="header: data size in GB (10^9 bytes; default 10)")
     ap.add_argument("--header-tensors", type=int, default=1000, help="header: tensor count (default 1000)")
     ap.add_argument("--deep-st-mib", type=int, help="deep: safetensors file size in MiB (default 2048)")
@@ -415,9 +429,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--service-poll-samples", type=int,
                     help="service: checkpoints timed with the polling observer (default 5; --quick 2)")
     ap.add_argument("--service-runs", type=int,
-                    help="service: runs of 100 checkpoints x 10 files in the idle tree (default 100 = 100,000 files)")
-    ap.add_argument("--service-idle", type=float, help="service: idle period in seconds (default 30; --quick 10)")
-    ap.add_argument("--service-burst", type=int, help="service: checkpoints in the burst (default 1000; --quick 200)")
+                    help="service: runs of 100 checkpoints x 10 files in the idle tree (default 100 = "
+                         "100,000 files)")
+    ap.add_argument("--service-idle", type=float,
+                    help="service: idle period in seconds (default 30; --quick 10)")
+    ap.add_argument("--service-burst", type=int,
+                    help="service: checkpoints in the burst (default 1000; --quick 200)")
     ap.add_argument("--service-phase", action="append",
                     choices=("latency_inotify", "latency_polling", "idle", "burst"),
                     help="service: run only this phase (repeatable; default: all four)")

@@ -47,7 +47,8 @@ class _Collector:
         age = GaugeMetricFamily("ckptwatch_seconds_since_complete_checkpoint",
                                 "Seconds since the newest complete checkpoint was written", labels=["run"])
         count = GaugeMetricFamily("ckptwatch_checkpoints", "Checkpoints by status", labels=["run", "status"])
-        size = GaugeMetricFamily("ckptwatch_bytes_on_disk", "Bytes held by the run's checkpoints", labels=["run"])
+        size = GaugeMetricFamily("ckptwatch_bytes_on_disk", "Bytes held by the run's checkpoints",
+                                 labels=["run"])
         ratio = GaugeMetricFamily("ckptwatch_last_resume_loss_ratio",
                                   "Loss after / before the run's last resume (about 1 when it resumed right)",
                                   labels=["run"])

@@ -75,7 +75,8 @@ class Ranks:
 
     expected: int | None
     present: tuple[int, ...]
-    source: str = ""  # where ``expected`` came from: "metadata", "siblings", "config", or "files" (lower bound)
+    # where ``expected`` came from: "metadata", "siblings", "config", or "files" (lower bound)
+    source: str = ""
 
     @property
     def missing(self) -> tuple[int, ...]:

@@ -30,8 +30,8 @@ def _hazard(h: Hazard) -> dict[str, Any]:
 def verdict_json(v: Verdict) -> dict[str, Any]:
     ranks = None
     if v.ranks is not None:
-        ranks = {"expected": v.ranks.expected, "present": list(v.ranks.present), "missing": list(v.ranks.missing),
-                 "source": v.ranks.source or None}
+        ranks = {"expected": v.ranks.expected, "present": list(v.ranks.present),
+                 "missing": list(v.ranks.missing), "source": v.ranks.source or None}
     return {"path": v.path, "step": v.step, "layout": v.layout, "status": v.status.value, "ranks": ranks,
             "problems": [_problem(p) for p in v.problems], "hazards": [_hazard(h) for h in v.hazards],
             "newest_mtime": v.newest_mtime, "bytes": v.bytes}

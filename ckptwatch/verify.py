@@ -25,7 +25,8 @@ class VerifyResult:
     run: RunReport | None
 
     def as_root_report(self) -> RootReport:
-        run = self.run or RunReport(os.path.dirname(self.verdict.path), self.verdict.layout, (self.verdict,), None)
+        run = self.run or RunReport(os.path.dirname(self.verdict.path), self.verdict.layout, (self.verdict,),
+                                    None)
         only = RunReport(run.root, run.layout, (self.verdict,),
                          self.verdict.path if self.verdict.resumable else None)
         return RootReport(run.root, [only], [])

@@ -42,7 +42,8 @@ def test_unreadable_root_is_an_error_not_a_crash() -> None:
     """A root the service's user cannot read (polling observer): service_error, no exception, no watcher."""
     import tempfile
 
-    base = Path(tempfile.mkdtemp(prefix="ckptwatch-unreadable-"))  # pytest's tmp dirs are 0700: not for nobody
+    # pytest's tmp dirs are 0700: not for nobody
+    base = Path(tempfile.mkdtemp(prefix="ckptwatch-unreadable-"))
     try:
         os.chmod(base, 0o777)
         (base / "state").mkdir(mode=0o777)
@@ -63,7 +64,7 @@ def test_unreadable_root_is_an_error_not_a_crash() -> None:
 
 
 def test_observer_of_a_deleted_root_is_not_alive(tmp_path: Path) -> None:
-    """Deleting the watched root stops watchdog's emitter; alive() says so, so the root gets a new observer."""
+    """Deleting the watched root stops watchdog's emitter; alive() says so; the root gets a new observer."""
     root = tmp_path / "root"
     root.mkdir()
     w = Watcher(str(root), "inotify", DirtyScopes(), time.time)

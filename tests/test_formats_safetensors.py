@@ -274,7 +274,7 @@ def test_fully_written_file_is_not_zero_filled(tmp_path):
 
 
 def test_header_never_written(tmp_path):
-    """A preallocated file whose header is still a hole (length 0) is a corrupt bad_header, naming the hole."""
+    """A preallocated file whose header is still a hole (length 0) is a corrupt bad_header naming the hole."""
     p = tmp_path / "blank.safetensors"
     with open(p, "wb") as f:
         f.truncate(64 << 20)

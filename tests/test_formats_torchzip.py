@@ -485,7 +485,8 @@ def _real_zip(tmp_path, name="optimizer.pt"):
     import torch
 
     p = tmp_path / name
-    torch.save({"state": {i: {"exp_avg": torch.randn(64)} for i in range(40)}, "param_groups": [{"lr": 1e-3}]}, p)
+    torch.save({"state": {i: {"exp_avg": torch.randn(64)} for i in range(40)},
+                "param_groups": [{"lr": 1e-3}]}, p)
     return p
 
 
@@ -524,7 +525,7 @@ def test_fast_path_trailing_bytes_and_damaged_directory(tmp_path):
 
 
 def test_pipelined_crc_matches_zlib(tmp_path):
-    """The read-ahead CRC pipeline gives zlib's CRC-32 for ranges of any alignment and length, and a cut is truncated."""
+    """The read-ahead CRC pipeline equals zlib's CRC-32 for any alignment and length; a cut is truncated."""
     import zlib
 
     from ckptwatch.formats import _stream

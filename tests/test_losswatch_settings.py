@@ -12,7 +12,8 @@ def test_defaults():
     """An empty table gives DESIGN's defaults: sources auto, jump_ratio 1.5, window 5, 3 MADs."""
     s = parse_loss_settings({}, "watch[0].loss", "c.toml")
     assert s == LossSettings()
-    assert (s.sources, s.jump_ratio, s.window, s.noise_mads, s.metric) == (("auto",), 1.5, 5, 3.0, DEFAULT_METRICS)
+    assert (s.sources, s.jump_ratio, s.window, s.noise_mads, s.metric) == (("auto",), 1.5, 5, 3.0,
+                                                                           DEFAULT_METRICS)
 
 
 def test_values_taken():

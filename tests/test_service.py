@@ -1,4 +1,4 @@
-"""`ckptwatch run` end to end: a real subprocess, a real sd_notify socket, real DCP checkpoints written slowly.
+"""`ckptwatch run` end to end: a real subprocess, real sd_notify socket, real DCP checkpoints written slowly.
 
 The 4-rank DCP checkpoints come from a real gloo group (the `dcp` builder); the test copies their files
 into the watched root one at a time, as a slow writer would, or stops after three of four shards, as a
@@ -41,7 +41,8 @@ class Service:
         env = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "2000000"}
         env.pop("WATCHDOG_PID", None)
         self.proc = subprocess.Popen([sys.executable, "-m", "ckptwatch", "run", "--config", str(config)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                                     env=env)
         self._threads = [threading.Thread(target=self._read_log, daemon=True),
                          threading.Thread(target=self._read_notify, daemon=True)]
         for t in self._threads:
@@ -119,7 +120,7 @@ def _copy_slowly(src: Path, dest: Path, delay: float, skip: tuple[str, ...] = ()
 
 
 def test_service_judges_after_settle_and_survives_kill9(artefact, tmp_path: Path) -> None:
-    """READY/WATCHDOG/STATUS; no verdict while writing; complete after settle; a dead writer's rank named; kill -9 safe."""
+    """READY/WATCHDOG/STATUS; no verdict mid-write; complete once settled; a dead rank named; kill -9 safe."""
     from tests.servers import WebhookServer
 
     dcp = artefact("dcp")
@@ -148,7 +149,8 @@ def test_service_judges_after_settle_and_survives_kill9(artefact, tmp_path: Path
         # The newest checkpoint is alerted once it stayed incomplete for stale_after (6 s), naming rank 3.
         (alert,) = hook.wait_for(1, timeout=20)
         assert alert["title"] == "[ckptwatch] watched: step_200 incomplete (rank 3 missing)"
-        svc.wait_for(lambda: [e for e in svc.events if e.get("event") == "alert_sent" and e.get("kind") == "incomplete"],
+        svc.wait_for(lambda: [e for e in svc.events if e.get("event") == "alert_sent"
+                              and e.get("kind") == "incomplete"],
                      timeout=10, what="alert_sent log line")
 
         svc.wait_for(lambda: "WATCHDOG=1" in svc.messages, what="WATCHDOG=1")
@@ -166,7 +168,8 @@ def test_service_judges_after_settle_and_survives_kill9(artefact, tmp_path: Path
     try:
         svc.wait_for(lambda: "READY=1" in svc.messages, what="READY=1 after restart")
         judged = [e for e in svc.events if e.get("event") == "checkpoint_judged"]
-        assert [(os.path.basename(e["checkpoint"]), e["status"]) for e in judged] == [("step_300", "complete")]
+        assert [(os.path.basename(e["checkpoint"]), e["status"])
+                for e in judged] == [("step_300", "complete")]
     finally:
         assert svc.stop(signal.SIGTERM) == 0
         hook.stop()
@@ -181,7 +184,8 @@ def test_service_judges_after_settle_and_survives_kill9(artefact, tmp_path: Path
     assert run["counts"] == {"complete": 2, "incomplete": 1}
     assert run["newest_complete"]["path"].endswith("step_300")
     assert [os.path.basename(o["checkpoint"]) for o in run["open"]] == ["step_200"]
-    assert [(a["kind"], os.path.basename(a["checkpoint"])) for a in run["alerts_open"]] == [("incomplete", "step_200")]
+    assert [(a["kind"], os.path.basename(a["checkpoint"]))
+            for a in run["alerts_open"]] == [("incomplete", "step_200")]
 
 
 def test_sighup_with_bad_config_keeps_running(tmp_path: Path) -> None:
@@ -276,7 +280,7 @@ def test_file_held_open_for_writing_is_not_judged_final(artefact, tmp_path: Path
 
 
 def test_resume_pointer_follows_newest_complete(artefact, tmp_path: Path) -> None:
-    """With latest_good, ckptwatch-latest follows the newest complete checkpoint and skips an incomplete one."""
+    """With latest_good, ckptwatch-latest follows the newest complete checkpoint, past an incomplete one."""
     dcp = artefact("dcp")
     root = tmp_path / "watched"
     root.mkdir()
@@ -319,7 +323,8 @@ def test_metrics_endpoint_on_loopback(artefact, tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cfg = _config(tmp_path, root)
-    cfg.write_text(cfg.read_text().replace("rescan_seconds = 60", f"rescan_seconds = 60\nmetrics_port = {port}"))
+    cfg.write_text(cfg.read_text().replace("rescan_seconds = 60",
+                                           f"rescan_seconds = 60\nmetrics_port = {port}"))
     svc = Service(cfg, tmp_path / "notify.sock")
     try:
         svc.wait_for(lambda: "READY=1" in svc.messages, what="READY=1")

@@ -204,7 +204,8 @@ class AlertDispatcher:
         return False
 
     def _attempt(self, ch: _Channel, alert: Alert, attempt: int) -> SendResult:
-        attachments = tuple(p for p in alert.attachments if os.path.isfile(p))  # a lost plot must not fail the alert
+        # a lost plot must not fail the alert
+        attachments = tuple(p for p in alert.attachments if os.path.isfile(p))
         try:
             result = self.sender.send(ch.url, alert.title, alert.body, attachments)
         except Exception as exc:  # noqa: BLE001 - a Sender must not raise, but if it does: a failure
@@ -226,7 +227,8 @@ class AlertDispatcher:
         ch.missed += [a.title for a in ch.held]
         ch.held.clear()
         self._schedule_probe(ch, now)
-        self.log.error("alert_channel_failing", channel=ch.masked, attempts=self.config.retries, error=ch.reason)
+        self.log.error("alert_channel_failing", channel=ch.masked, attempts=self.config.retries,
+                       error=ch.reason)
         notice = messages.channel_failing_notice(channel=ch.masked, since=now, attempts=self.config.retries,
                                                  reason=ch.reason, host=self.host, now=now)
         for other in self._channels.values():
@@ -244,8 +246,8 @@ class AlertDispatcher:
         ch.sent.append(now)
         self.log.info("alert_channel_recovered", channel=ch.masked, missed=len(missed),
                       down_seconds=round(now - since, 1))
-        notice = messages.channel_recovered_notice(channel=ch.masked, since=since, missed=missed, host=self.host,
-                                                   now=now)
+        notice = messages.channel_recovered_notice(channel=ch.masked, since=since, missed=missed,
+                                                   host=self.host, now=now)
         for other in self._channels.values():
             if other.failing_since is None and not (told_itself and other is ch):
                 self._deliver(other, notice, now)
@@ -268,5 +270,6 @@ class AlertDispatcher:
                 if not self.config.max_per_hour or len(ch.sent) < self.config.max_per_hour:
                     held, since = ch.held, ch.held_since
                     ch.held = []
-                    self._deliver(ch, messages.digest(channel=ch.masked, held=held, since=since, host=self.host,
-                                                      now=now), now)
+                    digest = messages.digest(channel=ch.masked, held=held, since=since, host=self.host,
+                                             now=now)
+                    self._deliver(ch, digest, now)

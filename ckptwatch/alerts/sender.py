@@ -66,7 +66,8 @@ class AppriseSender:
         try:
             a = self._instance(url)
             if len(a) == 0:  # type: ignore[arg-type]
-                return SendResult(False, "apprise does not understand this URL (unknown scheme or bad syntax)")
+                return SendResult(False,
+                                  "apprise does not understand this URL (unknown scheme or bad syntax)")
             kwargs = {}
             if attachments:
                 attach = self._apprise.AppriseAttachment()

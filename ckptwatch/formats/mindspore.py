@@ -244,8 +244,8 @@ def check_ms_ckpt(path: str, *, deep: bool = False) -> FileCheck:
     file ends with MindFormers' epoch_num/step_num/global_step/loss_scale tags), ``step`` (global_step or
     step_num value when stored as a small integer tensor, else None), ``size``.
     """
-    return run_check(path, lambda fd, shown, size, problems, facts: _check(fd, path, shown, size, deep, problems,
-                                                                           facts))
+    return run_check(path, lambda fd, shown, size, problems, facts:
+                     _check(fd, path, shown, size, deep, problems, facts))
 
 
 def _check(

@@ -131,6 +131,7 @@ def pointer_hazard(pointer_path: str, named: str, target: Verdict | None,
                       f"{display(pointer_path)} names {named!r}, which does not exist; {use}")
     if target.status.value in ("incomplete", "corrupt"):
         return Hazard("latest_points_to_incomplete", display(pointer_path),
-                      f"{display(pointer_path)} names {display(target.path)}, which is {target.status.value}; "
-                      f"a resume through this pointer will fail or load garbage; {use}")
+                      f"{display(pointer_path)} names {display(target.path)}, which is "
+                      f"{target.status.value}; a resume through this pointer will fail or load garbage; "
+                      f"{use}")
     return None

@@ -76,5 +76,6 @@ class DcpRun(NoRunFindings):
                 j.problems.extend(check_file(meta, opts).problems)
             else:
                 j.problems.append(Problem("no_commit_marker", display(meta), f"{display(meta)} is missing: "
-                                          "Lightning writes it after the sharded save, so this save did not finish"))
+                                          "Lightning writes it after the sharded save, so this save did not "
+                                          "finish"))
         return j

@@ -19,7 +19,8 @@ class Generic(NoRunFindings):
     name = "generic"
 
     def find(self, directory: str, entries: list[Entry]) -> RunFound | None:
-        cands = [Candidate(e.path, step_from_name(e.name), self.name, order=(step_from_name(e.name) or -1, e.name))
+        cands = [Candidate(e.path, step_from_name(e.name), self.name,
+                           order=(step_from_name(e.name) or -1, e.name))
                  for e in entries if e.is_file and e.name.endswith(WEIGHT_SUFFIXES)]
         temps = [e for e in entries if e.is_file and _is_temp_of_weights(e.name)]
         if not cands and not temps:

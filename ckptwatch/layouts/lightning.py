@@ -58,8 +58,8 @@ class Lightning:
             j.step = gs
             named = STEP_IN_NAME.search(os.path.basename(cand.path))
             if named and int(named.group(1)) != gs:
-                j.problems.append(Problem("step_mismatch", shown, f"{shown} is named step={named.group(1)} but "
-                                          f"holds global_step {gs}"))
+                j.problems.append(Problem("step_mismatch", shown, f"{shown} is named step={named.group(1)} "
+                                          f"but holds global_step {gs}"))
         return j
 
     def run_findings(self, run: RunFound, verdicts: list[Verdict],

@@ -64,8 +64,8 @@ class NvrxLocal(NoRunFindings):
         j = Judgement(present_ranks=tuple(sorted(files)))
         j.rank_file = RankFile("{r}/iter_" + f"{cand.step:07d}" + "_{r}_local.pt")
         for rank, marker in sorted(cand.data["dirty"].items()):
-            j.problems.append(Problem("in_progress", display(marker), f"{display(marker)}: rank {rank} is writing "
-                                      "this iteration (renamed to _local.pt when done)"))
+            j.problems.append(Problem("in_progress", display(marker), f"{display(marker)}: rank {rank} is "
+                                      "writing this iteration (renamed to _local.pt when done)"))
         for _, path in sorted(files.items()):
             j.problems.extend(check_file(path, opts).problems)
         return j

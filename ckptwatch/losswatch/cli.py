@@ -26,12 +26,15 @@ EXIT_OK, EXIT_JUMP = 0, 1
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     p = subparsers.add_parser("loss", help="find resumes in a run's loss history and judge each (loss jump?)")
-    p.add_argument("path", metavar="PATH", help="a run dir (or one loss file: events, metrics.csv, .jsonl, log)")
+    p.add_argument("path", metavar="PATH",
+                   help="a run dir (or one loss file: events, metrics.csv, .jsonl, log)")
     p.add_argument("--plot", metavar="FILE.png", help="also draw the loss history with resumes marked")
     p.add_argument("--json", action="store_true", help='print {"version": 1, "root": ..., "loss": {...}}')
     p.add_argument("--metric", action="append", metavar="NAME",
-                   help="loss name in structured sources (repeatable; default: loss, train/loss, train_loss, ...)")
-    p.add_argument("--regex", metavar="REGEX", help="extra text-log pattern with groups (?P<loss>...) [(?P<step>...)]")
+                   help="loss name in structured sources (repeatable; default: loss, train/loss, train_loss, "
+                        "...)")
+    p.add_argument("--regex", metavar="REGEX",
+                   help="extra text-log pattern with groups (?P<loss>...) [(?P<step>...)]")
     p.add_argument("--jump-ratio", type=float, metavar="R", help="alert when after/before >= R (default 1.5)")
     p.add_argument("--window", type=int, metavar="K", help="losses in each median (default 5)")
     p.set_defaults(func=cmd_loss)
@@ -105,14 +108,15 @@ def _print(report: LossReport) -> None:
         print("  no loss found (looked for trainer_state.json, TensorBoard events, metrics.csv, *.jsonl, "
               "*.log/*.txt)", file=out)
     for s in report.segments:
-        print(f"  {s.source:13} {os.path.relpath(s.writer, report.root) if s.writer.startswith('/') else s.writer}:"
-              f" steps {s.first_step}-{s.last_step} ({s.points} points), loss {_f(s.first_loss)} -> "
+        print(f"  {s.source:13} "
+              f"{os.path.relpath(s.writer, report.root) if s.writer.startswith('/') else s.writer}: steps "
+              f"{s.first_step}-{s.last_step} ({s.points} points), loss {_f(s.first_loss)} -> "
               f"{_f(s.last_loss)}", file=out)
     for r in report.resumes:
         mark = "ALERT" if r.alert else ("?" if not r.judged else "ok")
         ratio = f"{r.ratio:.2f}x" if r.ratio is not None else "-"
-        print(f"  resume at step {r.at_step} (from {r.from_checkpoint or r.from_step}): before {_f(r.before)}, "
-              f"after {_f(r.after)}, {ratio} [{mark}]", file=out)
+        print(f"  resume at step {r.at_step} (from {r.from_checkpoint or r.from_step}): before "
+              f"{_f(r.before)}, after {_f(r.after)}, {ratio} [{mark}]", file=out)
         print(f"    {r.reason}", file=out)
     for note in report.notes:
         print(f"  note: {note}", file=out)

@@ -264,7 +264,8 @@ class TensorBoardReader:
         if pts:
             new = self.announced != self.generation
             self.announced = self.generation
-            yield Batch("tensorboard", self.src.path, self.generation, tuple(pts), new, pts[0].wall_time or 0.0)
+            yield Batch("tensorboard", self.src.path, self.generation, tuple(pts), new,
+                        pts[0].wall_time or 0.0)
 
 
 def _scalar(v: Any) -> float | None:  # a TensorBoard Summary.Value
