@@ -20,11 +20,13 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 HEAVY = ("torch", "numpy", "safetensors", "transformers", "pandas")
 
 
-def _timed(fn, repeat: int, warmup: int = 1) -> tuple[list[float], object]:
+def _timed(fn: Callable[[], Any], repeat: int, warmup: int = 1) -> tuple[list[float], Any]:
     result = None
     for _ in range(warmup):
         result = fn()
@@ -42,7 +44,7 @@ def _stats(times: list[float]) -> dict:
 
 
 @contextlib.contextmanager
-def _quiet():
+def _quiet() -> Iterator[None]:
     """Send fd 1 (and sys.stdout) to /dev/null: ckptwatch's report goes nowhere, as with ``> /dev/null``."""
     sys.stdout.flush()
     saved = os.dup(1)
@@ -58,7 +60,7 @@ def _quiet():
         os.close(devnull)
 
 
-def _profile(fn, top: int, sort: str) -> str:
+def _profile(fn: Callable[[], object], top: int, sort: str) -> str:
     import cProfile
     import pstats
 
@@ -102,7 +104,8 @@ def mode_tree(args: argparse.Namespace) -> dict:
     }
     del report, runs, verdicts
     if args.profile:
-        out["profile_cumtime"] = _profile(lambda: check_root(args.path, opts, now=time.time()), 15, "cumulative")
+        out["profile_cumtime"] = _profile(lambda: check_root(args.path, opts, now=time.time()), 15,
+                                          "cumulative")
         out["profile_tottime"] = _profile(lambda: check_root(args.path, opts, now=time.time()), 15, "tottime")
     # Cost of each file of one checkpoint, checked alone (median of 30, warm): where the time goes.
     first = args.sample
@@ -206,7 +209,8 @@ def main() -> None:
     ap.add_argument("--sample", help="tree: one checkpoint dir for the per-file breakdown")
     ap.add_argument("--kind", choices=("safetensors", "torch"), help="deep: which checker")
     args = ap.parse_args()
-    result = {"tree": mode_tree, "header": mode_header, "safe_open": mode_safe_open, "deep": mode_deep}[args.mode](args)
+    result = {"tree": mode_tree, "header": mode_header, "safe_open": mode_safe_open,
+              "deep": mode_deep}[args.mode](args)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
 

@@ -37,7 +37,8 @@ def make_log(path: Path, size_mb: int, seed: int = 0) -> tuple[int, int]:
     target = size_mb << 20
     noise = [
         "INFO 2026-11-25 20:01:{s:02d} trainer.py:2311 >> Saving model checkpoint to out/checkpoint-{n}",
-        "WARNING 2026-11-25 20:01:{s:02d} torch/utils/checkpoint.py:91: None of the inputs have requires_grad=True",
+        "WARNING 2026-11-25 20:01:{s:02d} torch/utils/checkpoint.py:91: None of the inputs have "
+        "requires_grad=True",
         " {p:3d}%|#########5| {n}/400000 [1:02:{s:02d}<3:11:02, 11.32it/s]",
         "DEBUG dataloader worker 3: fetched batch {n} in 0.0{s:02d}s (queue depth 4)",
         "[rank0]: step_time={s}.{p:03d}ms tokens_per_second={n}",
@@ -52,8 +53,9 @@ def make_log(path: Path, size_mb: int, seed: int = 0) -> tuple[int, int]:
                 if rnd.random() < 1 / LOSS_EVERY:
                     step += 1
                     loss = 2.0 / (1 + step / 2000) + rnd.random() * 0.01
-                    buf.append(f"{{'loss': '{loss:.4g}', 'grad_norm': '{rnd.random() * 3:.4g}', 'learning_rate': "
-                               f"'{1e-4 * (1 - step / 10**6):.4g}', 'epoch': '{step / 3000:.4g}', 'step': {step}}}")
+                    buf.append(f"{{'loss': '{loss:.4g}', 'grad_norm': '{rnd.random() * 3:.4g}', "
+                               f"'learning_rate': '{1e-4 * (1 - step / 10**6):.4g}', 'epoch': "
+                               f"'{step / 3000:.4g}', 'step': {step}}}")
                     lines += 1
                 else:
                     buf.append(rnd.choice(noise).format(s=rnd.randrange(60), n=step, p=rnd.randrange(100)))
@@ -80,7 +82,7 @@ print(json.dumps({"seconds": dt, "points": sum(s.points for s in rep.segments),
 """
 
 
-def run_proc(argv: list[str], stdout=subprocess.DEVNULL) -> tuple[float, int, str]:
+def run_proc(argv: list[str], stdout: int = subprocess.DEVNULL) -> tuple[float, int, str]:
     """Wall seconds, peak RSS (KiB) and stdout of one process."""
     t = time.perf_counter()
     p = subprocess.Popen(argv, stdout=stdout, stderr=subprocess.PIPE, cwd=REPO, text=True)

@@ -23,69 +23,16 @@ import os
 import platform
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from bench.common import OLD, PY, REPO, check_call, child_env, hf_template, loadavg, log, measure, run_once
+
 OUT = REPO / "bench" / "out"
 PROF = OUT  # profiles go beside the --json file
-PY = sys.executable
-TREE_TEMPLATE_SHARD = "3KB"  # tiny GPT-2 split so the checkpoint holds 20 files (12 shards)
-OLD = 3600.0  # generated files are dated an hour back: no checkpoint is "settling" even at the default 60 s
-
-
-def log(msg: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-# --------------------------------------------------------------------------------------------------
-# Measuring whole processes
-
-
-def child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1",
-               TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-    env.pop("CKPTWATCH_DEBUG", None)
-    return env
-
-
-def run_once(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, int, int]:
-    """(wall seconds, peak RSS in KiB, exit code) of one process; stdout and stderr go to /dev/null."""
-    t = time.perf_counter()
-    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO,
-                         env=env or child_env())
-    _, status, usage = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t
-    p.returncode = os.waitstatus_to_exitcode(status)
-    return wall, usage.ru_maxrss, p.returncode
-
-
-def measure(argv: list[str], repeat: int, warmup: int = 1) -> dict:
-    """Median wall time (and peak RSS) of ``repeat`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
-        run_once(argv)
-    walls, rss, codes = [], [], []
-    for _ in range(repeat):
-        w, r, c = run_once(argv)
-        walls.append(w)
-        rss.append(r)
-        codes.append(c)
-    return {"argv": " ".join(argv), "median": statistics.median(walls), "min": min(walls), "max": max(walls),
-            "n": repeat, "all": walls, "peak_rss_kib": max(rss), "exit_codes": sorted(set(codes))}
-
-
-def check_call(argv: list[str], what: str, timeout: float = 600) -> str:
-    r = subprocess.run(argv, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=timeout,
-                       check=False)
-    if r.returncode != 0:
-        raise RuntimeError(f"{what} failed ({r.returncode}): {' '.join(argv)}\n{r.stderr[-3000:]}")
-    return r.stdout
 
 
 def inproc(mode: str, path: str, repeat: int, *extra: str) -> dict:
@@ -112,13 +59,6 @@ def code_fingerprint() -> str:
     return h.hexdigest()[:12]
 
 
-def loadavg() -> list[float]:
-    try:
-        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
-    except OSError:
-        return []
-
-
 def drop(d: dict) -> dict:
     """A stats dict without the list of every run (kept in latest.json, too long for the table)."""
     return {k: v for k, v in d.items() if k != "all"}
@@ -126,20 +66,6 @@ def drop(d: dict) -> dict:
 
 # --------------------------------------------------------------------------------------------------
 # Benchmark 1: structural pass over N Trainer checkpoints
-
-
-def hf_template(work: Path) -> Path:
-    """One real Trainer checkpoint (20 files), trained once and kept in the workdir."""
-    ckpt = work / "hf-template" / "checkpoint-2"
-    if (ckpt / "trainer_state.json").is_file() and (ckpt / "model.safetensors.index.json").is_file():
-        return ckpt
-    log("training a tiny GPT-2 with the transformers Trainer for the checkpoint template (~15 s)")
-    tmp = work / "hf-template.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    check_call([PY, "-m", "bench.make_hf", str(tmp), TREE_TEMPLATE_SHARD], "HF Trainer template", timeout=300)
-    shutil.rmtree(work / "hf-template", ignore_errors=True)
-    os.replace(tmp, work / "hf-template")
-    return ckpt
 
 
 def build_tree(template: Path, root: Path, n: int, copy: bool) -> Path:
@@ -195,16 +121,20 @@ def bench_tree(args: argparse.Namespace, work: Path) -> dict:
     # `verify` of ONE checkpoint of the run: it should cost about one checkpoint, not the whole run.
     newest = str(root / "run" / f"checkpoint-{n}")
     log("tree: CLI verify of the newest checkpoint only")
-    res["cli_verify_one"] = measure([PY, "-m", "ckptwatch", "verify", "--settle", "0", newest], min(r, 3), warmup=0)
+    res["cli_verify_one"] = measure([PY, "-m", "ckptwatch", "verify", "--settle", "0", newest], min(r, 3),
+                                    warmup=0)
     res["find_one"] = measure(["find", newest, "-type", "f", "-printf", "%s %T@\n"], r)
     res["loadavg_after"] = loadavg()
     ip = res["inproc"]
     ok = (ip["checkpoints"] == n and ip["statuses"] == {"complete": n}
-          and ip["latest_resumable"] == str(root / "run" / f"checkpoint-{n}") and res["cli"]["exit_codes"] == [0])
+          and ip["latest_resumable"] == str(root / "run" / f"checkpoint-{n}")
+          and res["cli"]["exit_codes"] == [0])
     res["valid"] = ok
     if not ok:
-        log(f"tree: WARNING unexpected verdicts {ip['statuses']} {ip['problem_kinds']} cli exit {res['cli']['exit_codes']}")
-    (PROF / "profile-tree.txt").write_text(ip.get("profile_cumtime", "") + "\n\n" + ip.get("profile_tottime", "") + "\n")
+        log(f"tree: WARNING unexpected verdicts {ip['statuses']} {ip['problem_kinds']} cli exit "
+            f"{res['cli']['exit_codes']}")
+    (PROF / "profile-tree.txt").write_text(ip.get("profile_cumtime", "") + "\n\n"
+                                           + ip.get("profile_tottime", "") + "\n")
     return res
 
 
@@ -252,8 +182,8 @@ def verify_json(path: str) -> dict:
 
 def importtime_top(argv: list[str], top: int = 15) -> dict:
     """``python -X importtime``: the modules with the largest self time, and the total."""
-    r = subprocess.run([PY, "-X", "importtime", *argv], cwd=REPO, env=child_env(), capture_output=True, text=True,
-                       check=False)
+    r = subprocess.run([PY, "-X", "importtime", *argv], cwd=REPO, env=child_env(), capture_output=True,
+                       text=True, check=False)
     rows = []
     for line in r.stderr.splitlines():
         m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)", line)
@@ -272,8 +202,10 @@ def bench_header(args: argparse.Namespace, work: Path) -> dict:
     base = work / "header"
     shutil.rmtree(base, ignore_errors=True)
     # One file per directory: `verify FILE` discovers FILE's parent and judges every loose weight file there.
-    full = make_sparse_safetensors(base / "tail-written" / "model.safetensors", data_bytes, args.header_tensors, True)
-    hole = make_sparse_safetensors(base / "all-hole" / "model.safetensors", data_bytes, args.header_tensors, False)
+    full = make_sparse_safetensors(base / "tail-written" / "model.safetensors", data_bytes,
+                                   args.header_tensors, True)
+    hole = make_sparse_safetensors(base / "all-hole" / "model.safetensors", data_bytes, args.header_tensors,
+                                   False)
     log(f"header: {full['bytes'] / 1e9:.1f} GB sparse safetensors, {args.header_tensors} tensors, "
         f"header {full['header_bytes']} bytes")
     res: dict = {"file": full, "file_all_hole": hole, "loadavg_before": loadavg()}
@@ -295,7 +227,8 @@ def bench_header(args: argparse.Namespace, work: Path) -> dict:
     res["loadavg_after"] = loadavg()
     res["valid"] = res["verdict"].get("status") == "complete" and res["cli"]["exit_codes"] == [0]
     prof = (res["inproc"].get("profile_tottime", "") + "\n\n-X importtime, largest self times (us):\n"
-            + "\n".join(f"{m['self_us']:8d} {m['cumulative_us']:8d}  {m['module']}" for m in res["importtime"]["top_self_us"]))
+            + "\n".join(f"{m['self_us']:8d} {m['cumulative_us']:8d}  {m['module']}"
+                        for m in res["importtime"]["top_self_us"]))
     (PROF / "profile-header.txt").write_text(prof + "\n")
     return res
 
@@ -363,9 +296,11 @@ def bench_deep(args: argparse.Namespace, work: Path) -> dict:
 def rows(results: dict) -> list[dict]:
     out = []
 
-    def add(bench, what, ours, ours_txt, yard, yard_txt, ratio, target_txt, met, note=""):
+    def add(bench: str, what: str, ours: float | None, ours_txt: str, yard: float | None, yard_txt: str,
+            ratio: float | None, target_txt: str, met: bool | None, note: str = "") -> None:
         out.append({"bench": bench, "measure": what, "ours": ours, "ours_text": ours_txt, "yardstick": yard,
-                    "yardstick_text": yard_txt, "ratio": ratio, "target": target_txt, "met": met, "note": note})
+                    "yardstick_text": yard_txt, "ratio": ratio, "target": target_txt, "met": met,
+                    "note": note})
 
     t = results.get("tree")
     if t:
@@ -374,9 +309,11 @@ def rows(results: dict) -> list[dict]:
         ip = t["inproc"]["check_root_s"]["median"]
         cli = t["cli"]["median"]
         scale = 1000 / n  # the target is for 1,000 checkpoints
-        add("1 tree", f"check_root in-process, {n} ckpts x {fp} files", ip, f"{ip:.2f} s ({ip / n * 1e3:.2f} ms/ckpt)",
+        add("1 tree", f"check_root in-process, {n} ckpts x {fp} files", ip,
+            f"{ip:.2f} s ({ip / n * 1e3:.2f} ms/ckpt)",
             find, f"find -printf {find:.3f} s", ip / find, "< 2 s per 1,000 ckpts", ip * scale < 2.0)
-        add("1 tree", "CLI once --json (whole process)", cli, f"{cli:.2f} s (rss {t['cli']['peak_rss_kib'] / 1024:.0f} MiB)",
+        add("1 tree", "CLI once --json (whole process)", cli,
+            f"{cli:.2f} s (rss {t['cli']['peak_rss_kib'] / 1024:.0f} MiB)",
             find, f"find -printf {find:.3f} s", cli / find, "< 2 s per 1,000 ckpts", cli * scale < 2.0)
         if "cli_verify_one" in t:
             v1, f1 = t["cli_verify_one"]["median"], t["find_one"]["median"]
@@ -387,7 +324,8 @@ def rows(results: dict) -> list[dict]:
         cli, pas, so = h["cli"]["median"], h["python_pass"]["median"], h["safe_open_proc"]["median"]
         rss = h["cli"]["peak_rss_kib"] / 1024
         gb = h["file"]["bytes"] / 1e9
-        add("2 header", f"CLI verify, {gb:.0f} GB / {h['file']['tensors']} tensors", cli, f"{cli * 1e3:.0f} ms",
+        add("2 header", f"CLI verify, {gb:.0f} GB / {h['file']['tensors']} tensors", cli,
+            f"{cli * 1e3:.0f} ms",
             pas, f"python -c pass {pas * 1e3:.0f} ms", cli / pas, "< 50 ms", cli < 0.050)
         add("2 header", "CLI verify vs safe_open(numpy) process", cli, f"{cli * 1e3:.0f} ms",
             so, f"safe_open proc {so * 1e3:.0f} ms", cli / so, "(context)", None)
@@ -427,8 +365,8 @@ def rows(results: dict) -> list[dict]:
 
 def print_table(table: list[dict]) -> None:
     head = ("bench", "measure", "ours", "yardstick (same run)", "ours/tool", "target", "met")
-    body = [(r["bench"], r["measure"] + (f" [{r['note']}]" if r["note"] else ""), r["ours_text"], r["yardstick_text"],
-             "-" if r["ratio"] is None else f"{r['ratio']:.2f}", r["target"],
+    body = [(r["bench"], r["measure"] + (f" [{r['note']}]" if r["note"] else ""), r["ours_text"],
+             r["yardstick_text"], "-" if r["ratio"] is None else f"{r['ratio']:.2f}", r["target"],
              "-" if r["met"] is None else ("yes" if r["met"] else "NO")) for r in table]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
     line = "  ".join(f"{{:<{w}}}" for w in widths)
@@ -449,15 +387,16 @@ def machine() -> dict:
     except OSError:
         pass
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                check=False).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "ckptwatch"], cwd=REPO, capture_output=True,
-                               text=True, check=False).stdout
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                                text=True, check=False).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "ckptwatch"], cwd=REPO,
+                               capture_output=True, text=True, check=False).stdout
         info["git"] = commit + ("+dirty ckptwatch/" if dirty.strip() else "")
         info["ckptwatch_code_sha256"] = code_fingerprint()
     except OSError:
         pass
-    crc = subprocess.run([PY, "-c", "from ckptwatch.formats._stream import CRC_IMPL; print(CRC_IMPL)"], cwd=REPO,
+    crc = subprocess.run([PY, "-c", "from ckptwatch.formats._stream import CRC_IMPL; print(CRC_IMPL)"],
+                         cwd=REPO,
                          env=child_env(), capture_output=True, text=True, check=False).stdout.strip()
     info["ckptwatch_crc_impl"] = crc
     return info
@@ -476,9 +415,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="run only this benchmark (repeatable); default: all four")
     ap.add_argument("--quick", action="store_true",
                     help="small sizes and 3 repeats (100 checkpoints, 1 GB header file, 256 MiB deep files)")
-    ap.add_argument("--repeat", type=int, help="timed runs per measurement after 1 warm-up (default 5; --quick 3)")
+    ap.add_argument("--repeat", type=int,
+                    help="timed runs per measurement after 1 warm-up (default 5; --quick 3)")
     ap.add_argument("--checkpoints", type=int, help="tree: number of checkpoints (default 1000)")
-    ap.add_argument("--tree-copy", action="store_true", help="tree: copy the files instead of hard-linking them")
+    ap.add_argument("--tree-copy", action="store_true",
+                    help="tree: copy the files instead of hard-linking them")
     ap.add_argument("--header-gb", type=float, help="header: data size in GB (10^9 bytes; default 10)")
     ap.add_argument("--header-tensors", type=int, default=1000, help="header: tensor count (default 1000)")
     ap.add_argument("--deep-st-mib", type=int, help="deep: safetensors file size in MiB (default 2048)")
@@ -488,9 +429,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--service-poll-samples", type=int,
                     help="service: checkpoints timed with the polling observer (default 5; --quick 2)")
     ap.add_argument("--service-runs", type=int,
-                    help="service: runs of 100 checkpoints x 10 files in the idle tree (default 100 = 100,000 files)")
-    ap.add_argument("--service-idle", type=float, help="service: idle period in seconds (default 30; --quick 10)")
-    ap.add_argument("--service-burst", type=int, help="service: checkpoints in the burst (default 1000; --quick 200)")
+                    help="service: runs of 100 checkpoints x 10 files in the idle tree (default 100 = "
+                         "100,000 files)")
+    ap.add_argument("--service-idle", type=float,
+                    help="service: idle period in seconds (default 30; --quick 10)")
+    ap.add_argument("--service-burst", type=int,
+                    help="service: checkpoints in the burst (default 1000; --quick 200)")
     ap.add_argument("--service-phase", action="append",
                     choices=("latency_inotify", "latency_polling", "idle", "burst"),
                     help="service: run only this phase (repeatable; default: all four)")

@@ -39,9 +39,11 @@ import statistics
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from bench.run import OLD, PY, REPO, child_env, hf_template, loadavg, log, measure
+from bench.common import OLD, PY, REPO, child_env, hf_template, loadavg, log, measure
 
 SETTLE = 2.0
 RESCAN = 600.0  # the service's default rescan_seconds
@@ -56,7 +58,8 @@ STATUS_SKEW = 0.5  # s: a STATUS= may be stamped before the log line the service
 class Service:
     """A ``ckptwatch run`` child with its JSON-lines log and sd_notify messages, stamped on arrival."""
 
-    def __init__(self, base: Path, root: Path, observer: str, settle: float = SETTLE, rescan: float = RESCAN) -> None:
+    def __init__(self, base: Path, root: Path, observer: str, settle: float = SETTLE,
+                 rescan: float = RESCAN) -> None:
         base.mkdir(parents=True, exist_ok=True)
         self.base, self.root, self.settle = base, root, settle
         cfg = base / "config.toml"
@@ -114,7 +117,7 @@ class Service:
                 self.notes.extend((now, m) for m in data.decode("utf-8", "replace").split("\n"))
                 self.cond.notify_all()
 
-    def wait(self, predicate, timeout: float, what: str):
+    def wait(self, predicate: Callable[[], Any], timeout: float, what: str) -> Any:
         """Block until ``predicate()`` (called under the lock) is truthy; raise on timeout or exit."""
         deadline = time.monotonic() + timeout
         with self.cond:
@@ -136,7 +139,8 @@ class Service:
     def judged(self, path: str | None = None, status: str | None = None) -> list[tuple[float, dict]]:
         with self.cond:
             return [(t, e) for t, e in self.events if e.get("event") == "checkpoint_judged"
-                    and (path is None or e.get("checkpoint") == path) and (status is None or e.get("status") == status)]
+                    and (path is None or e.get("checkpoint") == path)
+                    and (status is None or e.get("status") == status)]
 
     def cpu(self) -> float:
         """User + system CPU seconds of the service so far (all threads), from /proc/PID/stat."""
@@ -179,7 +183,8 @@ class CkptWriter:
     """The ``bench.ckpt_writer`` child: one JSON command in, one JSON answer out."""
 
     def __init__(self, template: Path) -> None:
-        self.proc = subprocess.Popen([PY, "-m", "bench.ckpt_writer", str(template)], cwd=REPO, env=child_env(),
+        self.proc = subprocess.Popen([PY, "-m", "bench.ckpt_writer", str(template)], cwd=REPO,
+                                     env=child_env(),
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
         first = self._read()
         if not first.get("ready"):
@@ -192,7 +197,7 @@ class CkptWriter:
             raise RuntimeError(f"checkpoint writer exited ({self.proc.wait()})")
         return json.loads(line)
 
-    def call(self, **cmd) -> dict:
+    def call(self, **cmd: object) -> dict:
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps(cmd) + "\n")
         self.proc.stdin.flush()
@@ -219,18 +224,18 @@ class CkptWriter:
 class InotifyWait:
     """``inotifywait -m -r`` on a tree: the yardstick. Event lines (``%w%f``) are stamped on arrival."""
 
-    def __init__(self, root: Path, events: tuple[str, ...] = ("close_write",), keep_lines: bool = True) -> None:
+    def __init__(self, root: Path, events: tuple[str, ...] = ("close_write",),
+                 keep_lines: bool = True) -> None:
         argv = ["inotifywait", "-m", "-r", "--format", "%w%f"]
         for e in events:
             argv += ["-e", e]
         self.keep_lines = keep_lines
         self.started = time.time()
-        self.proc = subprocess.Popen([*argv, str(root)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     bufsize=1)
+        self.proc = subprocess.Popen([*argv, str(root)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, bufsize=1)
         self.pid = self.proc.pid
         self.lines: dict[str, float] = {}  # path -> first arrival
         self.count = 0
-        self.overflow = 0
         self.lock = threading.Lock()
         assert self.proc.stderr is not None
         self.established = None
@@ -252,8 +257,6 @@ class InotifyWait:
             path = line.rstrip("\n")
             with self.lock:
                 self.count += 1
-                if "Q_OVERFLOW" in path or path.endswith("overflow"):
-                    self.overflow += 1
                 if self.keep_lines:
                     self.lines.setdefault(path, now)
 
@@ -421,13 +424,15 @@ def build_tree(template: Path, root: Path, runs: int, per_run: int) -> dict:
 # Phases
 
 
-def phase_latency(work: Path, writer: CkptWriter, observer: str, samples: int, poll_interval: float, res: dict) -> dict:
+def phase_latency(work: Path, writer: CkptWriter, observer: str, samples: int, poll_interval: float,
+                  res: dict) -> dict:
     base = work / f"latency-{observer}"
     shutil.rmtree(base, ignore_errors=True)
     root = base / "root"
     run = root / "run"
     run.mkdir(parents=True)
-    res.update({"observer": observer, "settle_seconds": SETTLE, "samples": samples, "loadavg_before": loadavg()})
+    res.update({"observer": observer, "settle_seconds": SETTLE, "samples": samples,
+                "loadavg_before": loadavg()})
     svc = Service(base / "svc", root, observer)
     iw = None
     try:
@@ -435,27 +440,32 @@ def phase_latency(work: Path, writer: CkptWriter, observer: str, samples: int, p
         iw = InotifyWait(root, ("close_write",))
         rows = []
         for i in range(1, samples + 1):
-            if observer == "polling":  # a random phase against the poll: otherwise every sample has the same one
+            # a random phase against the poll: otherwise every sample has the same one
+            if observer == "polling":
                 time.sleep(random.uniform(0, poll_interval))
             else:
                 time.sleep(random.uniform(0.1, 0.4))
             d = str(run / f"checkpoint-{i}")
             w = writer.call(op="ckpt", dir=d, step=i)
             timeout = SETTLE + (poll_interval if observer == "polling" else 0) + 30
-            t_arr, ev = svc.wait(lambda d=d: next(((t, e) for t, e in svc.events if e.get("event") == "checkpoint_judged"
-                                                   and e.get("checkpoint") == d and e.get("status") == "complete"),
+            t_arr, ev = svc.wait(lambda d=d: next(((t, e) for t, e in svc.events
+                                                   if e.get("event") == "checkpoint_judged"
+                                                   and e.get("checkpoint") == d
+                                                   and e.get("status") == "complete"),
                                                   None), timeout, f"complete verdict of {d}")
             logged = _iso(ev.get("timestamp"))
             marker = iw.arrival(str(Path(d) / "trainer_state.json"))
             others = [e.get("status") for _, e in svc.judged(d) if e.get("status") != "complete"]
-            rows.append({"checkpoint": d, "last_write": w["last_write"], "write_s": w["last_write"] - w["first_write"],
+            rows.append({"checkpoint": d, "last_write": w["last_write"],
+                         "write_s": w["last_write"] - w["first_write"],
                          "arrival_over_settle": t_arr - w["last_write"] - SETTLE,
                          "logged_over_settle": (logged - w["last_write"] - SETTLE) if logged else None,
                          "inotifywait_s": (marker - w["last_write"]) if marker else None,
                          "other_verdicts_first": others})
         res["rows"] = rows
         res["ours"] = summary([r["arrival_over_settle"] for r in rows])
-        res["ours_logged_ts"] = summary([r["logged_over_settle"] for r in rows if r["logged_over_settle"] is not None])
+        res["ours_logged_ts"] = summary([r["logged_over_settle"] for r in rows
+                                         if r["logged_over_settle"] is not None])
         res["inotifywait"] = summary([r["inotifywait_s"] for r in rows if r["inotifywait_s"] is not None])
         res["write_s"] = summary([r["write_s"] for r in rows])
         res["non_complete_verdicts"] = sum(len(r["other_verdicts_first"]) for r in rows)
@@ -488,7 +498,8 @@ def phase_idle(work: Path, writer: CkptWriter, template: Path, runs: int, idle_s
     n = res["tree"]["checkpoints"]
     log(f"service idle: {res['tree']['files']:,} files in {res['tree']['dirs']:,} dirs built in "
         f"{res['tree']['build_s']} s")
-    res["find"] = {k: v for k, v in measure(["find", str(root), "-type", "f", "-printf", "%s %T@\n"], 3).items()
+    res["find"] = {k: v
+                   for k, v in measure(["find", str(root), "-type", "f", "-printf", "%s %T@\n"], 3).items()
                    if k != "all"}
     res["loadavg_before"] = loadavg()
     svc = Service(base / "svc", root, "auto")
@@ -519,13 +530,14 @@ def phase_idle(work: Path, writer: CkptWriter, template: Path, runs: int, idle_s
         c1, y1, th1 = svc.cpu(), proc_cpu(iw.pid), thread_cpu(svc.pid)
         res["idle"] = {"wall_s": wall, "cpu_s": c1 - c0, "cpu_pct": 100 * (c1 - c0) / wall,
                        "status": proc_status(svc.pid), "log_lines": len(svc.events) - events0,
-                       "watchdog_overflow_warnings": svc.overflow_lines() - ovf0, "inotify_watches_sampled": watches,
+                       "watchdog_overflow_warnings": svc.overflow_lines() - ovf0,
+                       "inotify_watches_sampled": watches,
                        "thread_cpu_s": {tid: round(th1[tid] - th0.get(tid, 0.0), 2) for tid in th1}}
         res["inotifywait_idle"] = {"cpu_s": y1 - y0, "cpu_pct": 100 * (y1 - y0) / wall,
                                    "status": proc_status(iw.pid)}
         res["mapped"] = mapped_libs(svc.pid)
-        log(f"service idle: {wall:.0f} s idle: {res['idle']['cpu_pct']:.2f} % of a core, "
-            f"RSS {res['idle']['status']['VmRSS'] / 1024:.0f} MiB, {res['idle']['watchdog_overflow_warnings']} "
+        log(f"service idle: {wall:.0f} s idle: {res['idle']['cpu_pct']:.2f} % of a core, RSS "
+            f"{res['idle']['status']['VmRSS'] / 1024:.0f} MiB, {res['idle']['watchdog_overflow_warnings']} "
             f"watchdog overflow warnings; inotifywait {res['inotifywait_idle']['cpu_pct']:.2f} %")
         iw.stop()
         iw = None
@@ -552,7 +564,8 @@ def phase_idle(work: Path, writer: CkptWriter, template: Path, runs: int, idle_s
         ok = [x for x in res["root_passes"] if not x.get("timed_out")]
         if ok:
             cpu = statistics.median(x["cpu_s"] for x in ok)
-            res["idle_cost_pct"] = {f"{r:.0f}": res["idle"]["cpu_pct"] + 100 * cpu / r for r in (300.0, RESCAN, 900.0)}
+            res["idle_cost_pct"] = {f"{r:.0f}": res["idle"]["cpu_pct"] + 100 * cpu / r
+                                    for r in (300.0, RESCAN, 900.0)}
             log("service idle: long-run idle cost (idle + whole-root pass / rescan_seconds): "
                 + ", ".join(f"{v:.2f} % at {k} s" for k, v in res["idle_cost_pct"].items()))
     finally:
@@ -580,7 +593,8 @@ def one_pass(svc: Service, writer: CkptWriter, d: str, step: int) -> dict:
                "write_s": w["last_write"] - w["first_write"]}
     t_arr = None
     try:
-        t_arr, _ = svc.wait(lambda: next(((t, e) for t, e in svc.events if e.get("event") == "checkpoint_judged"
+        t_arr, _ = svc.wait(lambda: next(((t, e) for t, e in svc.events
+                                          if e.get("event") == "checkpoint_judged"
                                           and e.get("checkpoint") == d and e.get("status") == "complete"),
                                          None), SETTLE + PASS_WAIT, f"complete verdict of {d}")
         # The STATUS= that ends the pass is sent after the verdict's log line, but the two reader threads
@@ -611,9 +625,11 @@ def one_pass(svc: Service, writer: CkptWriter, d: str, step: int) -> dict:
                 f"({p['cpu_pct_while_waiting']:.0f} % of a core meanwhile)")
     p["other_verdicts_first"] = [e.get("status") for _, e in svc.judged(d) if e.get("status") != "complete"]
     # What the service said after the write (seconds after the last write): the trail of a missing verdict.
-    p["after_write"] = {"log": [(round(t - w["last_write"], 3), e.get("event"), e.get("checkpoint") or e.get("root"),
+    p["after_write"] = {"log": [(round(t - w["last_write"], 3), e.get("event"),
+                                 e.get("checkpoint") or e.get("root"),
                                  e.get("status")) for t, e in svc.events[n_events:n_events + 20]],
-                        "notes": [(round(t - w["last_write"], 3), m[:60]) for t, m in svc.notes[n_notes:n_notes + 10]]}
+                        "notes": [(round(t - w["last_write"], 3), m[:60])
+                                  for t, m in svc.notes[n_notes:n_notes + 10]]}
     p["watchdog_overflow_warnings"] = svc.overflow_lines() - ovf0
     p["status"] = proc_status(svc.pid)
     log(f"service idle: RSS after the pass {p['status']['VmRSS'] / 1024:.0f} MiB")
@@ -633,7 +649,8 @@ def root_pass(svc: Service, d: Path) -> dict:
     d.mkdir()
     p: dict = {"dir": str(d), "wait_limit_s": SETTLE + PASS_WAIT}
     try:
-        t_status = svc.wait(lambda: next((t for t, m in svc.notes[n_notes:] if m.startswith("STATUS=")), None),
+        t_status = svc.wait(lambda: next((t for t, m in svc.notes[n_notes:] if m.startswith("STATUS=")),
+                                         None),
                             SETTLE + PASS_WAIT, f"STATUS= after the whole-root pass for {d.name}")
         time.sleep(0.2)
         c1, th1 = svc.cpu(), thread_cpu(svc.pid)
@@ -673,9 +690,10 @@ def phase_burst(work: Path, writer: CkptWriter, count: int, res: dict) -> dict:
         res["write_s"] = w["last_write"] - w["first_write"]
         log(f"service burst: {count} checkpoints ({count * 10:,} files) written in {res['write_s']:.2f} s")
 
-        def all_complete():
+        def all_complete() -> bool:
             seen = {e["checkpoint"] for _, e in svc.events
-                    if e.get("event") == "checkpoint_judged" and e.get("status") == "complete" and e.get("checkpoint") in dirs}
+                    if e.get("event") == "checkpoint_judged" and e.get("status") == "complete"
+                    and e.get("checkpoint") in dirs}
             return len(seen) == len(dirs)
 
         try:
@@ -740,9 +758,10 @@ def bench_service(args: argparse.Namespace, work: Path) -> dict:
         res["checkpoint_bytes"] = sum((template / n).stat().st_size for n in os.listdir(template))
         phases = {"latency_inotify": lambda r: phase_latency(base, writer, "inotify", args.service_samples,
                                                                poll_interval, r),
-                  "latency_polling": lambda r: phase_latency(base, writer, "polling", args.service_poll_samples,
-                                                               poll_interval, r),
-                  "idle": lambda r: phase_idle(base, writer, template, args.service_runs, args.service_idle, r),
+                  "latency_polling": lambda r: phase_latency(base, writer, "polling",
+                                                             args.service_poll_samples, poll_interval, r),
+                  "idle": lambda r: phase_idle(base, writer, template, args.service_runs, args.service_idle,
+                                               r),
                   "burst": lambda r: phase_burst(base, writer, args.service_burst, r)}
         for key in getattr(args, "service_phase", None) or phases:
             log(f"service: {key}")
@@ -756,19 +775,21 @@ def bench_service(args: argparse.Namespace, work: Path) -> dict:
             res[key]["elapsed_s"] = round(time.perf_counter() - t, 1)
             if key.startswith("latency") and "ours" in res[key]:
                 o, y = res[key]["ours"], res[key]["inotifywait"]
-                log(f"service {key}: verdict - last write - settle p50 {o['p50']:.3f} p95 {o['p95']:.3f} "
-                    f"max {o['max']:.3f} s (n={o['n']}); inotifywait p50 {y.get('p50', float('nan')) * 1e3:.1f} ms")
+                log(f"service {key}: verdict - last write - settle p50 {o['p50']:.3f} p95 {o['p95']:.3f} max "
+                    f"{o['max']:.3f} s (n={o['n']}); inotifywait p50 {y.get('p50', float('nan')) * 1e3:.1f} "
+                    "ms")
             if not getattr(args, "keep", False):  # each phase's tree goes as soon as it is measured
                 shutil.rmtree(base / key.replace("_", "-"), ignore_errors=True)
     finally:
         writer.close()
         if not getattr(args, "keep", False):
             shutil.rmtree(base, ignore_errors=True)
-    res["valid"] = all(res[k].get("valid") for k in ("latency_inotify", "latency_polling", "idle", "burst") if k in res)
+    res["valid"] = all(res[k].get("valid") for k in ("latency_inotify", "latency_polling", "idle", "burst")
+                       if k in res)
     return res
 
 
-def rows(s: dict, add) -> None:
+def rows(s: dict, add: Callable[..., None]) -> None:
     """Summary-table rows of the service benchmark, through ``bench.run.rows``'s ``add``."""
     for key, label in (("latency_inotify", "inotify"), ("latency_polling", "polling")):
         r = s.get(key, {})
@@ -776,7 +797,7 @@ def rows(s: dict, add) -> None:
             continue
         o, y, tgt = r["ours"], r["inotifywait"], r["target_s_over_settle"]
         yp50 = y.get("p50")
-        ytxt = f"inotifywait p50 {yp50 * 1e3:.2f} ms, p95 {y['p95'] * 1e3:.2f} ms" if yp50 is not None else "-"
+        ytxt = "-" if yp50 is None else f"inotifywait p50 {yp50 * 1e3:.2f} ms, p95 {y['p95'] * 1e3:.2f} ms"
         add("4 service", f"verdict latency - settle, {label}, n={o['n']} (p95)", o["p95"],
             f"p50 {o['p50']:.2f} s, p95 {o['p95']:.2f} s, max {o['max']:.2f} s", yp50, ytxt,
             (o["p50"] / yp50) if yp50 else None, f"p95 <= {tgt:g} s over settle", o["p95"] <= tgt,
@@ -796,11 +817,12 @@ def rows(s: dict, add) -> None:
             f"{rss:.0f} MiB (peak {i['idle']['status']['VmHWM'] / 1024:.0f} MiB)", yrss,
             f"inotifywait {yrss:.1f} MiB", rss / yrss if yrss else None, "< 150 MB", rss * 2**20 < 150e6)
         torch = bool(i["mapped"]["torch"])
-        add("4 service", "torch mapped in the service (/proc/PID/maps)", torch, "yes" if torch else "no", None, "-",
-            None, "no", not torch, "numpy mapped: " + ("yes" if i["mapped"]["numpy"] else "no"))
+        add("4 service", "torch mapped in the service (/proc/PID/maps)", torch, "yes" if torch else "no",
+            None, "-", None, "no", not torch, "numpy mapped: " + ("yes" if i["mapped"]["numpy"] else "no"))
         add("4 service", "catch-up: start to READY=1", i["catchup_s"],
             f"{i['catchup_s']:.1f} s ({i['catchup_cpu_s']:.1f} s CPU)", i["inotifywait_setup_s"],
-            f"inotifywait -r setup {i['inotifywait_setup_s']:.2f} s; find -printf {i['find']['median']:.2f} s",
+            f"inotifywait -r setup {i['inotifywait_setup_s']:.2f} s; "
+            f"find -printf {i['find']['median']:.2f} s",
             i["catchup_s"] / i["find"]["median"], "(context)", None, "ratio: vs find")
     if "pass" in i:
         ps = i.get("passes") or [i["pass"]]
@@ -814,9 +836,10 @@ def rows(s: dict, add) -> None:
                 f"{p['watchdog_overflow_warnings']} watchdog overflow warnings")
         if ok:
             lat = [x["verdict_over_settle_s"] for x in ok]
-            add("4 service", f"verdict latency - settle in the {files:,}-file root (a per-run pass), n={len(lat)}",
-                max(lat), ", ".join(f"{v:.3f} s" for v in lat), None, "-", None, "<= 1 s over settle (inotify)",
-                max(lat) <= 1.0)
+            add("4 service",
+                f"verdict latency - settle in the {files:,}-file root (a per-run pass), n={len(lat)}",
+                max(lat), ", ".join(f"{v:.3f} s" for v in lat), None, "-", None,
+                "<= 1 s over settle (inotify)", max(lat) <= 1.0)
             cpu = statistics.median(x["cpu_s"] for x in ok)
             add("4 service", f"a per-run pass (each event in a run), n={len(ok)}", cpu,
                 f"{cpu:.2f} s CPU ({', '.join(f'{x:.2f}' for x in (y['cpu_s'] for y in ok))})",
@@ -824,19 +847,20 @@ def rows(s: dict, add) -> None:
                 cpu / i["find"]["median"], "(context)", None, "one run of 100 ckpts + one open-files sweep")
     rp = [x for x in i.get("root_passes", []) if not x.get("timed_out")]
     if "root_passes" in i and not rp:
-        add("4 service", "a whole-root pass (rescan, overflow, new run dir)", None, "no STATUS= in time", None, "-",
-            None, "< 1 % idle incl. rescan", False)
+        add("4 service", "a whole-root pass (rescan, overflow, new run dir)", None, "no STATUS= in time",
+            None, "-", None, "< 1 % idle incl. rescan", False)
     if rp:
         cpu = statistics.median(x["cpu_s"] for x in rp)
         wall = statistics.median(x["wall_s"] for x in rp)
         add("4 service", f"a whole-root pass (rescan, overflow, new run dir), n={len(rp)}", cpu,
-            f"{cpu:.2f} s CPU, {wall:.2f} s wall ({', '.join(f'{x:.2f}' for x in (y['cpu_s'] for y in rp))} s CPU)",
+            f"{cpu:.2f} s CPU, {wall:.2f} s wall ({', '.join(f'{x:.2f}' for x in (y['cpu_s'] for y in rp))} "
+            "s CPU)",
             i["find"]["median"], f"find -printf {i['find']['median']:.2f} s", cpu / i["find"]["median"],
             "(context)", None, "no verdict changes: no open-files sweep")
         for r, v in (i.get("idle_cost_pct") or {}).items():
             add("4 service", f"idle CPU incl. a whole-root pass every {r} s", v,
-                f"{i['idle']['cpu_pct']:.2f} % + {100 * cpu / float(r):.2f} % = {v:.2f} % of a core", None, "-",
-                None, "< 1 %", v < 1.0, "the default rescan_seconds" if float(r) == RESCAN else "")
+                f"{i['idle']['cpu_pct']:.2f} % + {100 * cpu / float(r):.2f} % = {v:.2f} % of a core", None,
+                "-", None, "< 1 %", v < 1.0, "the default rescan_seconds" if float(r) == RESCAN else "")
     if "pass" in i:
         allp = [x for x in [*(i.get("passes") or [i["pass"]]), *i.get("root_passes", [])] if "status" in x]
         rss = [x["status"]["VmRSS"] / 1024 for x in allp]
@@ -854,11 +878,12 @@ def rows(s: dict, add) -> None:
             f"inotifywait last event {yl * 1e3:.0f} ms" if yl is not None else "-", None, "(bounded)",
             None, f"write {b['write_s']:.1f} s")
         add("4 service", f"burst of {n}: complete verdicts (events / distinct)", b["complete_events"],
-            f"{b['complete_events']} / {b['complete_distinct']}", b["inotifywait"]["trainer_state_close_write"],
+            f"{b['complete_events']} / {b['complete_distinct']}",
+            b["inotifywait"]["trainer_state_close_write"],
             f"inotifywait saw {b['inotifywait']['trainer_state_close_write']}", None, f"exactly {n}",
             b["complete_events"] == n and b["complete_distinct"] == n,
             ", ".join(f"{k} {v}" for k, v in b["other_verdicts"].items()) or "no other verdicts")
         pk = max(b["peak_rss_sampled_kib"], b["after"]["VmHWM"]) / 1024
         before = b["before"]["VmRSS"] / 1024
-        add("4 service", f"burst of {n}: peak RSS", pk, f"{pk:.0f} MiB", before, f"before the burst {before:.0f} MiB",
-            pk / before, "< 150 MB", pk * 2**20 < 150e6)
+        add("4 service", f"burst of {n}: peak RSS", pk, f"{pk:.0f} MiB", before,
+            f"before the burst {before:.0f} MiB", pk / before, "< 150 MB", pk * 2**20 < 150e6)

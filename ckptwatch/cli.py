@@ -11,17 +11,23 @@ import argparse
 import os
 import sys
 import time
-from typing import Sequence
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from ckptwatch import __version__
-from ckptwatch.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEMS
+from ckptwatch.errors import (
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_PROBLEMS,
+    CkptwatchError,
+    ConfigError,
+    UsageError,
+)
 from ckptwatch.errors import EXIT_USAGE as EXIT_USAGE  # unused here; re-exported beside the other three
-from ckptwatch.errors import CkptwatchError, ConfigError, UsageError
 from ckptwatch.layouts.base import CheckOptions
 from ckptwatch.layouts.registry import NAMES
 from ckptwatch.settle import parse_duration
+from ckptwatch.vocabulary import full_message
 
 if TYPE_CHECKING:
     from ckptwatch.config import Config, WatchConfig
@@ -130,10 +136,9 @@ def _existing(path: str) -> str:
 
 
 def cmd_once(args: argparse.Namespace) -> int:
+    from ckptwatch.config import WatchConfig, load_config, override
     from ckptwatch.engine import check_root, has_problems
     from ckptwatch.report import write_json, write_table
-
-    from ckptwatch.config import WatchConfig, load_config, override
 
     config = load_config(args.config) if args.config else None
     targets = [WatchConfig(path=p, layout=args.layout, expected_ranks=args.expected_ranks) for p in args.paths]
@@ -197,17 +202,15 @@ def cmd_latest(args: argparse.Namespace) -> int:
         else:
             print(chosen.path)
         for h in chosen.hazards:
-            print(f"ckptwatch: warning: {h.kind}: {h.full_message}", file=sys.stderr)
+            print(f"ckptwatch: warning: {h.kind}: {full_message(h)}", file=sys.stderr)
         for v in run.checkpoints[index + 1:]:  # newer than the one chosen (checkpoints are in step order)
             print(f"ckptwatch: note: skipped newer {v.path} ({v.status.value})", file=sys.stderr)
     return code
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ckptwatch.config import load_config
+    from ckptwatch.config import config_warnings, load_config
     from ckptwatch.daemon import Daemon
-
-    from ckptwatch.config import config_warnings
 
     config = load_config(args.config)
     for warning in config_warnings(args.config):

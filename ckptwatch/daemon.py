@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 from ckptwatch.config import Config, WatchConfig, load_config
 from ckptwatch.errors import ConfigError
 from ckptwatch.notify import Notifier
+from ckptwatch.observers import Observers
 from ckptwatch.passes import Engine, Judge, PassResult, settled_at
 from ckptwatch.sinks.base import Background, FaultReporter, Sink
 from ckptwatch.state import StateStore, default_state_dir
-from ckptwatch.observers import Observers
 from ckptwatch.watch import DirtyScopes, install_overflow_log
 
 LOOP_MAX_SLEEP = 5.0

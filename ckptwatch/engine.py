@@ -24,9 +24,10 @@ from typing import Any
 from ckptwatch.discover import discover
 from ckptwatch.hazards import CheckpointFacts, checkpoint_hazards, run_hazards
 from ckptwatch.layouts.base import Candidate, CheckOptions, Judgement, RankFile, RunFound
-from ckptwatch.model import Hazard, Problem, Ranks, RunReport, Severity, Status, Verdict, resume_choice, status_from
+from ckptwatch.model import Hazard, Problem, Ranks, RunReport, Severity, Status, Verdict, resume_choice
 from ckptwatch.scan import TreeStat, display, tree
 from ckptwatch.settle import Settle, is_abandoned, settle_state
+from ckptwatch.vocabulary import severity_of, status_from
 
 
 @dataclass
@@ -160,7 +161,7 @@ def _judge_candidate(run: RunFound, cand: Candidate, opts: CheckOptions,
     except FileNotFoundError as exc:  # the whole checkpoint vanished between listing and judging
         judgement = Judgement([Problem("deleted", display(cand.path), f"{display(cand.path)} vanished during "
                                        f"the scan ({exc.strerror})")])
-    if opts.second_look and not any(p.severity is Severity.TRANSIENT for p in judgement.problems):
+    if opts.second_look and not any(severity_of(p.kind) is Severity.TRANSIENT for p in judgement.problems):
         again = _stat_candidate(run, cand)
         if _fingerprint(again) != _fingerprint(stat):
             changed = _changed_files(stat, again)
@@ -168,7 +169,7 @@ def _judge_candidate(run: RunFound, cand: Candidate, opts: CheckOptions,
                                            f"{display(cand.path)} changed while it was being checked "
                                            f"({changed}): a save is still in progress")])
             stat = again
-    if cache is not None and not any(p.severity is Severity.TRANSIENT for p in judgement.problems):
+    if cache is not None and not any(severity_of(p.kind) is Severity.TRANSIENT for p in judgement.problems):
         cache[cand.path] = (fingerprint, judgement)
     return judgement, stat
 
@@ -230,9 +231,9 @@ def _apply_time_rules(cand: Candidate, problems: list[Problem], stat: TreeStat, 
             age = max(0.0, now - stat.newest_mtime)
             out.append(Problem("in_progress", display(cand.path), f"{display(cand.path)} was modified {age:.0f} s "
                                f"ago (settle_seconds {opts.settle_seconds:g})"))
-    if any(p.severity is Severity.TRANSIENT for p in out):
+    if any(severity_of(p.kind) is Severity.TRANSIENT for p in out):
         # Unsettled: withhold the findings a half-written file would produce.
-        out = [p for p in out if p.severity in (Severity.TRANSIENT, Severity.WARNING)]
+        out = [p for p in out if severity_of(p.kind) in (Severity.TRANSIENT, Severity.WARNING)]
     return out
 
 
@@ -357,10 +358,10 @@ def _dedupe(problems: list[Problem]) -> list[Problem]:
 def has_problems(reports: list[RootReport]) -> bool:
     """Exit-code rule of ``once``: any incomplete/corrupt checkpoint, hazard, or non-warning run finding."""
     for rr in reports:
-        if any(p.severity is not Severity.WARNING for p in rr.problems):
+        if any(severity_of(p.kind) is not Severity.WARNING for p in rr.problems):
             return True
         for run in rr.runs:
-            if run.hazards or any(p.severity is not Severity.WARNING for p in run.problems):
+            if run.hazards or any(severity_of(p.kind) is not Severity.WARNING for p in run.problems):
                 return True
             for v in run.checkpoints:
                 if v.status in (Status.INCOMPLETE, Status.CORRUPT) or v.hazards:

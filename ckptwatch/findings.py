@@ -9,11 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 from ckptwatch.model import Hazard, Problem
+from ckptwatch.vocabulary import full_message, severity_of
 
 
 def problem_json(p: Problem) -> dict[str, Any]:
-    return {"kind": p.kind, "file": p.file, "message": p.full_message, "severity": p.severity.value}
+    return {"kind": p.kind, "file": p.file, "message": full_message(p), "severity": severity_of(p.kind).value}
 
 
 def hazard_json(h: Hazard) -> dict[str, Any]:
-    return {"kind": h.kind, "file": h.file, "message": h.full_message}
+    return {"kind": h.kind, "file": h.file, "message": full_message(h)}

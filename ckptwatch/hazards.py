@@ -43,8 +43,8 @@ def checkpoint_hazards(facts: CheckpointFacts) -> list[Hazard]:
             hazards.append(Hazard(
                 "stub_weights_shadow_adapter", display(path),
                 f"{display(path)} ({size} bytes) sits beside the PEFT adapter {display(adapter_file)}; "
-                f"Trainer(resume_from_checkpoint=...) loads {os.path.basename(path)} first, non-strictly, and "
-                f"never loads the adapter, so the resumed run continues from untrained LoRA weights"))
+                f"Trainer(resume_from_checkpoint=...) loads {os.path.basename(path)} first, non-strictly, "
+                "and never loads the adapter, so the resumed run continues from untrained LoRA weights"))
     for label, info in facts.adapters.items():
         size, tensors, weights = info.get("size"), info.get("tensors"), info.get("weights")
         if weights is None:
@@ -84,11 +84,13 @@ def run_hazards(ordered: list[CheckpointFacts]) -> dict[str, list[Hazard]]:
                 where = info.get("dir", cur.path)
                 out.setdefault(cur.path, []).append(Hazard(
                     "adapter_config_drift", display(os.path.join(where, "adapter_config.json")),
-                    f"adapter config changed between {display(prev.path)} and {display(cur.path)}: {changed}"))
+                    f"adapter config changed between {display(prev.path)} and {display(cur.path)}: "
+                    f"{changed}"))
             d_old, d_new = before.get("digest"), info.get("digest")
             if label == "" and d_old and d_new and d_old == d_new and info.get("weights"):
                 out.setdefault(cur.path, []).append(Hazard(
                     "adapter_unchanged", display(info["weights"]),
-                    f"{display(info['weights'])} holds exactly the same tensor bytes as in {display(prev.path)}: "
-                    f"the adapter did not change between step {prev.step} and step {cur.step}"))
+                    f"{display(info['weights'])} holds exactly the same tensor bytes as in "
+                    f"{display(prev.path)}: the adapter did not change between step {prev.step} and step "
+                    f"{cur.step}"))
     return out

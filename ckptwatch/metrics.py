@@ -8,8 +8,8 @@ recomputed on the service's hot path. Bound to loopback only: the numbers name p
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Iterator
 
 from ckptwatch.model import RunReport, Status
 
@@ -34,7 +34,7 @@ def snapshot(run: RunReport, resume_ratio: float | None = None) -> RunSnapshot:
 
 
 class _Collector:
-    def __init__(self, source) -> None:  # noqa: ANN001 - a callable returning {root: RunSnapshot}
+    def __init__(self, source: Callable[[], Mapping[str, RunSnapshot]]) -> None:
         self.source = source
 
     def collect(self) -> Iterator[object]:
@@ -46,7 +46,8 @@ class _Collector:
         age = GaugeMetricFamily("ckptwatch_seconds_since_complete_checkpoint",
                                 "Seconds since the newest complete checkpoint was written", labels=["run"])
         count = GaugeMetricFamily("ckptwatch_checkpoints", "Checkpoints by status", labels=["run", "status"])
-        size = GaugeMetricFamily("ckptwatch_bytes_on_disk", "Bytes held by the run's checkpoints", labels=["run"])
+        size = GaugeMetricFamily("ckptwatch_bytes_on_disk", "Bytes held by the run's checkpoints",
+                                 labels=["run"])
         ratio = GaugeMetricFamily("ckptwatch_last_resume_loss_ratio",
                                   "Loss after / before the run's last resume (about 1 when it resumed right)",
                                   labels=["run"])
@@ -64,7 +65,7 @@ class _Collector:
         yield from (step, age, count, size, ratio)
 
 
-def serve(port: int, source) -> object:  # noqa: ANN001
+def serve(port: int, source: Callable[[], Mapping[str, RunSnapshot]]) -> object:
     """Start the endpoint on 127.0.0.1:``port``; returns the server (``shutdown()`` to stop)."""
     from prometheus_client import CollectorRegistry, start_http_server
 

@@ -38,26 +38,13 @@ class Severity(enum.StrEnum):
 class Problem:
     """One thing wrong with one file (or a whole checkpoint, when ``file`` is its directory).
 
-    ``kind`` is from the stable vocabulary in ``ckptwatch.vocabulary``; ``message`` says what is wrong
-    and where; the advice (what to do) is added from the vocabulary by ``full_message``.
+    ``kind`` is from the stable vocabulary in ``ckptwatch.vocabulary``, which gives it a severity and
+    advice (``severity_of``, ``full_message``); ``message`` says what is wrong and where.
     """
 
     kind: str
     file: str
     message: str
-
-    @property
-    def severity(self) -> Severity:
-        from ckptwatch.vocabulary import severity_of
-
-        return severity_of(self.kind)
-
-    @property
-    def full_message(self) -> str:
-        from ckptwatch.vocabulary import advice_for
-
-        advice = advice_for(self.kind)
-        return f"{self.message}. {advice}" if advice else self.message
 
 
 @dataclass(frozen=True)
@@ -67,13 +54,6 @@ class Hazard:
     kind: str
     file: str
     message: str
-
-    @property
-    def full_message(self) -> str:
-        from ckptwatch.vocabulary import advice_for
-
-        advice = advice_for(self.kind)
-        return f"{self.message}. {advice}" if advice else self.message
 
 
 @dataclass(frozen=True)
@@ -88,11 +68,6 @@ class FileCheck:
     problems: tuple[Problem, ...] = ()
     facts: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
-    @property
-    def ok(self) -> bool:
-        return not any(p.severity in (Severity.CORRUPT, Severity.INCOMPLETE, Severity.TRANSIENT)
-                       for p in self.problems)
-
 
 @dataclass(frozen=True)
 class Ranks:
@@ -100,7 +75,8 @@ class Ranks:
 
     expected: int | None
     present: tuple[int, ...]
-    source: str = ""  # where ``expected`` came from: "metadata", "siblings", "config", or "files" (lower bound)
+    # where ``expected`` came from: "metadata", "siblings", "config", or "files" (lower bound)
+    source: str = ""
 
     @property
     def missing(self) -> tuple[int, ...]:
@@ -177,18 +153,3 @@ def with_checkpoints(run: RunReport, verdicts: tuple[Verdict, ...]) -> RunReport
     newest, resumable = resume_choice(verdicts)
     return replace(run, checkpoints=tuple(verdicts), newest_complete=newest, newest_resumable=resumable)
 
-
-def status_from(problems: tuple[Problem, ...] | list[Problem]) -> Status:
-    """The verdict a set of problems implies: transient beats corrupt beats incomplete beats complete.
-
-    Why transient wins: a file still being written looks truncated; judging it corrupt would alert on
-    every healthy save (DESIGN.md invariant 2).
-    """
-    severities = {p.severity for p in problems}
-    if Severity.TRANSIENT in severities:
-        return Status.IN_PROGRESS
-    if Severity.CORRUPT in severities:
-        return Status.CORRUPT
-    if Severity.INCOMPLETE in severities:
-        return Status.INCOMPLETE
-    return Status.COMPLETE

@@ -15,7 +15,7 @@ from typing import Any, TextIO
 from ckptwatch.engine import RootReport
 from ckptwatch.findings import hazard_json, problem_json
 from ckptwatch.model import Hazard, Problem, RunReport, Status, Verdict
-from ckptwatch.vocabulary import advice_for
+from ckptwatch.vocabulary import advice_for, full_message
 
 JSON_VERSION = 1
 
@@ -24,8 +24,8 @@ JSON_VERSION = 1
 def verdict_json(v: Verdict) -> dict[str, Any]:
     ranks = None
     if v.ranks is not None:
-        ranks = {"expected": v.ranks.expected, "present": list(v.ranks.present), "missing": list(v.ranks.missing),
-                 "source": v.ranks.source or None}
+        ranks = {"expected": v.ranks.expected, "present": list(v.ranks.present),
+                 "missing": list(v.ranks.missing), "source": v.ranks.source or None}
     return {"path": v.path, "step": v.step, "layout": v.layout, "status": v.status.value, "ranks": ranks,
             "problems": [problem_json(p) for p in v.problems], "hazards": [hazard_json(h) for h in v.hazards],
             "newest_mtime": v.newest_mtime, "bytes": v.bytes}
@@ -87,7 +87,7 @@ def write_table(reports: list[RootReport], out: TextIO = sys.stdout, *, colour: 
                 out.write(f"  {flag} at step {res.at_step}: {res.reason}\n")
     for rr in reports:
         for p in rr.problems:
-            out.write(f"{p.kind}: {p.full_message}\n")
+            out.write(f"{p.kind}: {full_message(p)}\n")
 
 
 def _write_findings(out: TextIO, indent: str, problems: tuple[Problem, ...], hazards: tuple[Hazard, ...],

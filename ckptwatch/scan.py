@@ -27,7 +27,8 @@ class Entry:
     size: int
     mtime: float
     mode: int
-    ino: int = 0  # with ctime: a file replaced by one of the same size and mtime (rsync -t, cp -p) still differs
+    # with ctime: a file replaced by one of the same size and mtime (rsync -t, cp -p) still differs
+    ino: int = 0
     ctime: float = 0.0
 
 
@@ -44,14 +45,16 @@ def list_dir(path: str) -> tuple[list[Entry], list[Problem]]:
         try:
             de.name.encode("utf-8")
         except UnicodeEncodeError:
-            problems.append(Problem("bad_name", display(de.path), f"{display(de.path)}: name is not valid UTF-8"))
+            problems.append(Problem("bad_name", display(de.path),
+                                    f"{display(de.path)}: name is not valid UTF-8"))
         try:
             is_link = de.is_symlink()
             st = de.stat(follow_symlinks=True)
         except OSError as exc:
             if is_link and exc.errno == 2:  # ENOENT through a link: dangling
                 problems.append(Problem("dangling_symlink", display(de.path),
-                                        f"{display(de.path)} points to {_readlink(de.path)}, which does not exist"))
+                                        f"{display(de.path)} points to {_readlink(de.path)}, which does not "
+                                        "exist"))
             elif is_link:
                 problems.append(problem_from_oserror(display(de.path), exc))
             else:

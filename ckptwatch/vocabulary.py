@@ -3,13 +3,17 @@
 This table is part of the ``--json`` contract (README "Problem and hazard kinds"): add kinds, never
 rename them. Messages built by validators say *what* is wrong and *where*; the advice here says *what to
 do*, so every message read at 3 a.m. ends with an action.
+
+The findings themselves (``model.Problem``, ``model.Hazard``) are plain data: what a kind means for a
+verdict (``severity_of``, ``status_from``, ``file_ok``) and what its message says in full
+(``full_message``) are looked up here, so the model imports nothing of ours.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ckptwatch.model import Severity
+from ckptwatch.model import FileCheck, Hazard, Problem, Severity, Status
 
 
 @dataclass(frozen=True)
@@ -41,16 +45,19 @@ PROBLEM_KINDS: dict[str, Kind] = {
              "a tensor or storage has fewer bytes than its dtype x shape needs", _NOT_THIS),
         Kind("missing_record", Severity.CORRUPT, "a storage the pickle references is absent from the zip",
              _NOT_THIS),
-        Kind("missing_tensor", Severity.CORRUPT, "an index lists a tensor its shard does not hold", _NOT_THIS),
-        Kind("crc_mismatch", Severity.CORRUPT, "a checksum stored in the file does not match its bytes (--deep)",
+        Kind("missing_tensor", Severity.CORRUPT, "an index lists a tensor its shard does not hold",
              _NOT_THIS),
-        Kind("hash_mismatch", Severity.CORRUPT, "a file's SHA-256 differs from its integrity manifest (--deep)",
-             _NOT_THIS),
-        Kind("step_mismatch", Severity.CORRUPT, "metadata inside the checkpoint names another step than its name",
+        Kind("crc_mismatch", Severity.CORRUPT,
+             "a checksum stored in the file does not match its bytes (--deep)", _NOT_THIS),
+        Kind("hash_mismatch", Severity.CORRUPT,
+             "a file's SHA-256 differs from its integrity manifest (--deep)", _NOT_THIS),
+        Kind("step_mismatch", Severity.CORRUPT,
+             "metadata inside the checkpoint names another step than its name",
              "Check which step this directory really holds before resuming from it"),
         Kind("zero_filled", Severity.WARNING,
-             "the tail of a file is a sparse hole: either a writer that preallocated the file died (safetensors "
-             "0.8.0-rc builds), or a sparse copy (cp --sparse, rsync -S) of a legitimately all-zero tail",
+             "the tail of a file is a sparse hole: either a writer that preallocated the file died "
+             "(safetensors 0.8.0-rc builds), or a sparse copy (cp --sparse, rsync -S) of a legitimately "
+             "all-zero tail",
              "If this file was not copied sparsely, re-save it: the tail was never written. Verify with a "
              "load test before resuming"),
         Kind("nan_inf", Severity.WARNING, "a tensor holds NaN or Inf values (--deep --scan-values)",
@@ -60,16 +67,16 @@ PROBLEM_KINDS: dict[str, Kind] = {
         Kind("read_error", Severity.CORRUPT, "the disk returned an I/O error while reading",
              "Check the disk (dmesg, SMART) and restore this checkpoint from a backup"),
         # --- incompleteness: something that must be there is not ---
-        Kind("missing_file", Severity.INCOMPLETE, "a file every complete checkpoint of this layout has is absent",
-             _NOT_THIS),
+        Kind("missing_file", Severity.INCOMPLETE,
+             "a file every complete checkpoint of this layout has is absent", _NOT_THIS),
         Kind("missing_rank", Severity.INCOMPLETE, "a rank's files are absent", _NOT_THIS),
         Kind("missing_shard", Severity.INCOMPLETE, "a shard named by an index or metadata file is absent",
              _NOT_THIS),
         Kind("no_commit_marker", Severity.INCOMPLETE,
              "the file the framework writes last (its commit marker) is absent", _NOT_THIS),
         Kind("stale_commit_marker", Severity.INCOMPLETE,
-             "the commit marker is older than files it covers: a newer save overwrote them and did not finish",
-             _NOT_THIS),
+             "the commit marker is older than files it covers: a newer save overwrote them and did not "
+             "finish", _NOT_THIS),
         Kind("abandoned_temp", Severity.INCOMPLETE,
              "a temp/staging file or marker older than stale_after: a save was killed half-way", _NOT_THIS),
         Kind("unreadable", Severity.INCOMPLETE,
@@ -86,11 +93,13 @@ PROBLEM_KINDS: dict[str, Kind] = {
         Kind("deleted", Severity.TRANSIENT, "a file or directory vanished during the scan (rotation?)",
              "Nothing to do if the trainer rotates checkpoints; it is re-checked on the next scan"),
         # --- warnings: reported, do not change the verdict ---
-        Kind("unreferenced_file", Severity.WARNING, "a data file no metadata refers to (stale or empty bucket)",
+        Kind("unreferenced_file", Severity.WARNING,
+             "a data file no metadata refers to (stale or empty bucket)",
              "Usually harmless; if it is a leftover of an older, larger save, remove it by hand"),
         Kind("size_total_mismatch", Severity.WARNING, "an index's total_size differs from the shards' data",
              "Usually harmless (shared storages); re-save if loading fails"),
-        Kind("symlink_outside_root", Severity.WARNING, "a symlink points outside the watched root; not followed",
+        Kind("symlink_outside_root", Severity.WARNING,
+             "a symlink points outside the watched root; not followed",
              "Point the watch at the real location, or keep checkpoints inside the root"),
         Kind("symlink_loop", Severity.WARNING, "a symlink loop; not followed", "Remove or fix the link"),
         Kind("dangling_symlink", Severity.INCOMPLETE, "a symlink whose target does not exist", _NOT_THIS),
@@ -110,8 +119,10 @@ HAZARD_KINDS: dict[str, Kind] = {
         Kind("stub_weights_shadow_adapter", Severity.WARNING,
              "a full-weights file beside a PEFT adapter: the Trainer loads it first (non-strict) and never "
              "loads the adapter (transformers#24551)",
-             "Move the full-weights file out of the checkpoint before resuming, or resume the adapter explicitly"),
-        Kind("empty_adapter", Severity.WARNING, "an adapter weights file of about 1 KB or less holds no LoRA weights",
+             "Move the full-weights file out of the checkpoint before resuming, or resume the adapter "
+             "explicitly"),
+        Kind("empty_adapter", Severity.WARNING,
+             "an adapter weights file of about 1 KB or less holds no LoRA weights",
              "Check the PEFT save; resuming from it trains a fresh adapter"),
         Kind("adapter_config_drift", Severity.WARNING,
              "r, lora_alpha or target_modules changed between checkpoints of one run",
@@ -129,7 +140,8 @@ HAZARD_KINDS: dict[str, Kind] = {
              "the framework's latest pointer names a checkpoint that does not exist",
              "Resume from the checkpoint ckptwatch names instead (pass it explicitly to the trainer)"),
         Kind("newest_not_resumable", Severity.WARNING,
-             "the newest checkpoint is not complete; a trainer that picks the highest step will fail or load garbage",
+             "the newest checkpoint is not complete; a trainer that picks the highest step will fail or load "
+             "garbage",
              "Resume from the checkpoint ckptwatch names instead (pass it explicitly to the trainer)"),
     ]
 }
@@ -138,17 +150,48 @@ HAZARD_KINDS: dict[str, Kind] = {
 def markdown_table() -> str:
     """The README's table of kinds (a test keeps the README equal to this)."""
     rows = ["| problem kind | severity | meaning | what to do |", "|---|---|---|---|"]
-    rows += [f"| `{k.name}` | {k.severity.value} | {k.meaning} | {k.advice} |" for k in PROBLEM_KINDS.values()]
+    rows += [f"| `{k.name}` | {k.severity.value} | {k.meaning} | {k.advice} |"
+             for k in PROBLEM_KINDS.values()]
     rows += ["", "| hazard kind | meaning | what to do |", "|---|---|---|"]
     rows += [f"| `{k.name}` | {k.meaning} | {k.advice} |" for k in HAZARD_KINDS.values()]
     return "\n".join(rows)
 
 
 def severity_of(kind: str) -> Severity:
+    """The severity of a problem kind; a kind the table does not know counts as corruption."""
     k = PROBLEM_KINDS.get(kind)
     return k.severity if k else Severity.CORRUPT
 
 
 def advice_for(kind: str) -> str:
+    """What to do about a problem or hazard kind ("" for a kind the table does not know)."""
     k = PROBLEM_KINDS.get(kind) or HAZARD_KINDS.get(kind)
     return k.advice if k else ""
+
+
+def full_message(finding: Problem | Hazard) -> str:
+    """The finding's message followed by its kind's advice: what is wrong, where, and what to do."""
+    advice = advice_for(finding.kind)
+    return f"{finding.message}. {advice}" if advice else finding.message
+
+
+def file_ok(check: FileCheck) -> bool:
+    """True when a reader found nothing worse than warnings, so later checks may trust its facts."""
+    return not any(severity_of(p.kind) in (Severity.CORRUPT, Severity.INCOMPLETE, Severity.TRANSIENT)
+                   for p in check.problems)
+
+
+def status_from(problems: tuple[Problem, ...] | list[Problem]) -> Status:
+    """The verdict a set of problems implies: transient beats corrupt beats incomplete beats complete.
+
+    Why transient wins: a file still being written looks truncated; judging it corrupt would alert on
+    every healthy save (DESIGN.md invariant 2).
+    """
+    severities = {severity_of(p.kind) for p in problems}
+    if Severity.TRANSIENT in severities:
+        return Status.IN_PROGRESS
+    if Severity.CORRUPT in severities:
+        return Status.CORRUPT
+    if Severity.INCOMPLETE in severities:
+        return Status.INCOMPLETE
+    return Status.COMPLETE

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 NETWORK_FS = {"nfs", "nfs4", "lustre", "gpfs", "cifs", "smb3", "smbfs", "beegfs", "ceph", "glusterfs"}
@@ -45,7 +46,7 @@ def choose_observer(path: str, override: str) -> str:
 class DirtyScopes:
     """What events touched, and when to judge it: a run root, or a whole watched root.
 
-    Per run (the issue's rule): an event inside a known run makes only that run due, so a checkpoint
+    Per run: an event inside a known run makes only that run due, so a checkpoint
     written into one run of a 100,000-file root is judged by listing that run, not the root. An event
     the index cannot place (a new run dir, a file beside the runs) makes the whole watched root due.
 
@@ -135,7 +136,7 @@ class OverflowLog(logging.Handler):
     (16,384 by default) can overflow again, for ever; the daemon moves such a root to polling.
     """
 
-    def __init__(self, on_overflow) -> None:  # noqa: ANN001 - callable(path_or_None)
+    def __init__(self, on_overflow: Callable[[str | None], None]) -> None:
         super().__init__(level=logging.WARNING)
         self.on_overflow = on_overflow
 
@@ -144,11 +145,11 @@ class OverflowLog(logging.Handler):
             if "overflow" in str(record.msg).lower():
                 path = record.args[0] if isinstance(record.args, tuple) and record.args else None
                 self.on_overflow(path if isinstance(path, str) else None)
-        except Exception:  # noqa: BLE001 - never raise inside watchdog's thread
+        except Exception:  # noqa: BLE001, S110 - never raise inside watchdog's thread
             pass
 
 
-def install_overflow_log(on_overflow) -> OverflowLog:  # noqa: ANN001
+def install_overflow_log(on_overflow: Callable[[str | None], None]) -> OverflowLog:
     handler = OverflowLog(on_overflow)
     for name in ("watchdog.observers.inotify", "watchdog.observers.inotify_c"):
         logger = logging.getLogger(name)
@@ -160,22 +161,32 @@ def install_overflow_log(on_overflow) -> OverflowLog:  # noqa: ANN001
 class Watcher:
     """One watchdog observer per watched root; restartable when its thread dies."""
 
-    def __init__(self, root: str, kind: str, dirty: DirtyScopes, clock, poll_interval: float = 5.0) -> None:
+    def __init__(self, root: str, kind: str, dirty: DirtyScopes, clock: Callable[[], float],
+                 poll_interval: float = 5.0) -> None:
         self.root, self.kind, self.dirty, self.clock = root, kind, dirty, clock
         self.poll_interval = poll_interval
         self.observer = None
         self.runs: frozenset[str] = frozenset()  # run roots known below root; replaced whole after each pass
 
     def start(self) -> None:
-        from watchdog.events import (DirCreatedEvent, DirDeletedEvent, DirMovedEvent, FileClosedEvent,
-                                     FileCreatedEvent, FileDeletedEvent, FileMovedEvent, FileSystemEventHandler)
+        from watchdog.events import (
+            DirCreatedEvent,
+            DirDeletedEvent,
+            DirMovedEvent,
+            FileClosedEvent,
+            FileCreatedEvent,
+            FileDeletedEvent,
+            FileMovedEvent,
+            FileSystemEvent,
+            FileSystemEventHandler,
+        )
         from watchdog.observers import Observer
         from watchdog.observers.polling import PollingObserver
 
         watcher = self
 
         class Handler(FileSystemEventHandler):
-            def on_any_event(self, event) -> None:  # noqa: ANN001 - watchdog's type
+            def on_any_event(self, event: FileSystemEvent) -> None:
                 try:
                     if event.event_type in ("opened", "closed_no_write"):
                         return
@@ -184,7 +195,7 @@ class Watcher:
                         if path:
                             path = os.fsdecode(path)
                             watcher.dirty.touch(watcher.root, now, scope_of(path, watcher.root, runs))
-                except Exception:  # noqa: BLE001 - never let the observer thread die
+                except Exception:  # noqa: BLE001, S110 - never let the observer thread die
                     pass
 
         observer = PollingObserver(timeout=self.poll_interval) if self.kind == "polling" else Observer()

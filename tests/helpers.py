@@ -55,7 +55,7 @@ def run_as_nobody(fn, *args):
 
 
 def make_daemon(state_dir: Path, root: Path, *, observer: str = "auto", alerts: dict | None = None,
-                clock=None, engine=None, **service):  # noqa: ANN001, ANN201 - clock: a callable; returns a Daemon
+                clock=None, engine=None, **service):
     """An in-process service (no sd_notify, JSON logs, settle 0 unless given) watching ``root``."""
     import time
 
@@ -72,7 +72,7 @@ def make_daemon(state_dir: Path, root: Path, *, observer: str = "auto", alerts: 
                   **extra)
 
 
-def two_trainer_runs(artefact, tmp_path: Path) -> Path:  # noqa: ANN001 - the artefact fixture
+def two_trainer_runs(artefact, tmp_path: Path) -> Path:
     """A watched root holding two copies (run-a, run-b) of the real 3-checkpoint Trainer run."""
     import shutil
 

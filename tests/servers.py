@@ -175,7 +175,8 @@ class SmtpServer(_Collector):
         owner = self
 
         class Handler:
-            async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+            # aiosmtpd calls this hook by name
+            async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
                 owner.envelopes.append(envelope)
                 owner.add(email.message_from_bytes(envelope.content, policy=email.policy.default))
                 return "250 OK"
@@ -185,8 +186,8 @@ class SmtpServer(_Collector):
                   and auth_data.password == owner.password.encode())
             return AuthResult(success=ok)
 
-        self._controller = Controller(Handler(), hostname="127.0.0.1", port=self.port, authenticator=authenticate,
-                                      auth_require_tls=False, ready_timeout=5)
+        self._controller = Controller(Handler(), hostname="127.0.0.1", port=self.port,
+                                      authenticator=authenticate, auth_require_tls=False, ready_timeout=5)
         # aiosmtpd 1.4 logs a deprecation of its own Session.login_data on every AUTH: not ours to fix
         logging.getLogger("mail.log").setLevel(logging.ERROR)
         self._controller.start()

@@ -12,7 +12,8 @@ from ckptwatch.alerts.config import AlertsConfig, parse_alerts_config
 from ckptwatch.alerts.sender import AppriseSender
 from tests.servers import SmtpServer, WebhookServer
 
-pytestmark = pytest.mark.filterwarnings("ignore:'imghdr' is deprecated:DeprecationWarning")  # apprise's, not ours
+# apprise's, not ours
+pytestmark = pytest.mark.filterwarnings("ignore:'imghdr' is deprecated:DeprecationWarning")
 
 
 @pytest.fixture
@@ -38,7 +39,8 @@ def test_a_failing_channel_exits_1_and_is_named_masked(hook: WebhookServer) -> N
     """A channel that answers 500 is listed as FAILED with its masked URL; exit 1."""
     hook.down("500")
     out = io.StringIO()
-    cfg = parse_alerts_config({"urls": [hook.url("x"), "mailto://u:topsecret@127.0.0.1:9?to=a@example.com"]}, "t")
+    cfg = parse_alerts_config({"urls": [hook.url("x"), "mailto://u:topsecret@127.0.0.1:9?to=a@example.com"]},
+                              "t")
     assert cmd_alert_test(cfg, sender=AppriseSender(2, throttle=0), out=out) == 1
     text = out.getvalue()
     assert f"FAILED  json://127.0.0.1:{hook.port}/...: delivery failed" in text
@@ -61,7 +63,7 @@ def test_no_channels_exits_1() -> None:
 
 
 def test_alert_test_command_from_config_file(hook: WebhookServer, tmp_path) -> None:
-    """`ckptwatch alert test --config F` as a process: the live channel gets the message, the dead one is named."""
+    """`ckptwatch alert test --config F` as a process: the live channel gets it, the dead one is named."""
     from tests.helpers import run_cli
     from tests.servers import free_port
 

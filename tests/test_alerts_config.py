@@ -36,14 +36,15 @@ def test_routes_resolve_channels_and_prefer_kind_over_severity_over_default() ->
     cfg = parse_alerts_config({
         "urls": ["json://default/x"],
         "channels": {"oncall": ["mailto://a@example.com", "json://pager/y"]},
-        "routes": {"loss_jump": ["oncall"], "error": ["oncall", "json://team/z"], "warning": ["json://low/w"]},
+        "routes": {"loss_jump": ["oncall"], "error": ["oncall", "json://team/z"],
+                   "warning": ["json://low/w"]},
     }, SRC)
     assert cfg.route("loss_jump", "error") == ("mailto://a@example.com", "json://pager/y")
     assert cfg.route("corrupt", "error") == ("mailto://a@example.com", "json://pager/y", "json://team/z")
     assert cfg.route("stalled", "warning") == ("json://low/w",)
     assert cfg.route("service_error", "info") == ("json://default/x",)
-    assert set(cfg.all_urls) == {"json://default/x", "mailto://a@example.com", "json://pager/y", "json://team/z",
-                                 "json://low/w"}
+    assert set(cfg.all_urls) == {"json://default/x", "mailto://a@example.com", "json://pager/y",
+                                 "json://team/z", "json://low/w"}
 
 
 def test_every_raised_kind_is_a_valid_route_key() -> None:
@@ -101,7 +102,8 @@ def test_bad_url_error_does_not_echo_the_value() -> None:
 def test_env_vars_are_expanded(monkeypatch: pytest.MonkeyPatch) -> None:
     """${NAME} in URLs, channels and routes comes from the environment at load time."""
     monkeypatch.setenv("CKW_TOKEN", "abc123")
-    cfg = parse_alerts_config({"urls": ["json://h/${CKW_TOKEN}"], "channels": {"c": ["json://c/${CKW_TOKEN}"]},
+    cfg = parse_alerts_config({"urls": ["json://h/${CKW_TOKEN}"],
+                               "channels": {"c": ["json://c/${CKW_TOKEN}"]},
                                "routes": {"stalled": ["json://r/${CKW_TOKEN}"]}}, SRC)
     assert cfg.urls == ("json://h/abc123",)
     assert cfg.channels["c"] == ("json://c/abc123",)
@@ -111,7 +113,8 @@ def test_env_vars_are_expanded(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_missing_env_var_names_key_and_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     """A ${NAME} that is not set is a config error naming the key and the variable."""
     monkeypatch.delenv("CKW_NOPE", raising=False)
-    with pytest.raises(ConfigError, match=r"alerts\.channels\.oncall\[1\]: environment variable CKW_NOPE is not set"):
+    with pytest.raises(ConfigError,
+                       match=r"alerts\.channels\.oncall\[1\]: environment variable CKW_NOPE is not set"):
         parse_alerts_config({"channels": {"oncall": ["json://h/p", "slack://${CKW_NOPE}"]}}, SRC)
 
 
@@ -141,7 +144,8 @@ def test_parse_size(text: str | int, size: int) -> None:
 
 
 @pytest.mark.parametrize("url,masked", [
-    ("mailto://bob:hunter2@smtp.example.com:587?to=a@example.com", "mailto://bob:****@smtp.example.com:587/..."),
+    ("mailto://bob:hunter2@smtp.example.com:587?to=a@example.com",
+     "mailto://bob:****@smtp.example.com:587/..."),
     ("slack://T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcOXrIdevi7FQ", "slack://T1JJ3T3L2/..."),
     ("tgram://123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw/12315544", "tgram://1234.../..."),
     ("json://127.0.0.1:8080/hook", "json://127.0.0.1:8080/..."),

@@ -22,7 +22,8 @@ from ckptwatch.alerts.sender import AppriseSender, SendResult
 from ckptwatch.model import Problem, Ranks, Status, Verdict
 from tests.servers import SmtpServer, WebhookServer, attachment_names, body_text
 
-pytestmark = pytest.mark.filterwarnings("ignore:'imghdr' is deprecated:DeprecationWarning")  # apprise's, not ours
+# apprise's, not ours
+pytestmark = pytest.mark.filterwarnings("ignore:'imghdr' is deprecated:DeprecationWarning")
 
 T0 = 1_795_000_000.0
 RUN = "/data/runs/run-a"
@@ -64,7 +65,7 @@ def smtp() -> Iterator[SmtpServer]:
 
 @pytest.fixture
 def make(tmp_path: Path) -> Iterator[Callable[..., AlertDispatcher]]:
-    """``make(config, **kw)`` -> a dispatcher on tmp_path's state db; all closed (and no thread left) at teardown."""
+    """``make(config, **kw)`` -> a dispatcher on tmp_path's state db; closed, no thread left, at teardown."""
     made: list[AlertDispatcher] = []
 
     def factory(config: AlertsConfig, *, ledger: AlertLedger | None = None, **kw: Any) -> AlertDispatcher:
@@ -80,26 +81,29 @@ def make(tmp_path: Path) -> Iterator[Callable[..., AlertDispatcher]]:
     yield factory
     for d in made:
         d.close(timeout=WAIT)
-    assert not [t for t in threading.enumerate() if t.name == "ckptwatch-alerts"], "leaked alert worker thread"
+    leaked = [t for t in threading.enumerate() if t.name == "ckptwatch-alerts"]
+    assert not leaked, "leaked alert worker thread"
 
 
 def incomplete(step: int = 5000, missing: tuple[int, ...] = (3,)) -> m.Alert:
     path = f"{RUN}/checkpoint-{step}"
-    v = Verdict(path, step, "hf-trainer", Status.INCOMPLETE, Ranks(4, tuple(r for r in range(4) if r not in missing)),
+    v = Verdict(path, step, "hf-trainer", Status.INCOMPLETE,
+                Ranks(4, tuple(r for r in range(4) if r not in missing)),
                 problems=tuple(Problem("missing_rank", f"{path}/rank{r}", f"rank {r}'s files are absent")
                                for r in missing))
-    (a,) = m.checkpoint_alerts(v, run_root=RUN, host="gpu-node-7", now=T0, resume_from=f"{RUN}/checkpoint-4500",
-                               resume_step=4500)
+    (a,) = m.checkpoint_alerts(v, run_root=RUN, host="gpu-node-7", now=T0,
+                               resume_from=f"{RUN}/checkpoint-4500", resume_step=4500)
     return a
 
 
 def stalled_alert(run: str = RUN) -> m.Alert:
     return m.stalled_alert(run_root=run, host="gpu-node-7", now=T0, last_checkpoint="checkpoint-5000",
-                           last_at=T0 - 9000, silent_for=9000, threshold=3600, threshold_source="x", writing=False)
+                           last_at=T0 - 9000, silent_for=9000, threshold=3600, threshold_source="x",
+                           writing=False)
 
 
 def test_webhook_receives_title_and_body(hook: WebhookServer, make) -> None:
-    """A json:// channel gets the alert's exact title and body; alert_sent is logged with the masked channel."""
+    """A json:// channel gets the alert's exact title and body; alert_sent logs the masked channel."""
     d = make(parse_alerts_config({"urls": [hook.url()]}, "t"))
     a = incomplete()
     d.raise_alert(a)
@@ -112,13 +116,13 @@ def test_webhook_receives_title_and_body(hook: WebhookServer, make) -> None:
 
 
 def test_email_arrives_with_subject_body_and_attachment(smtp: SmtpServer, make, tmp_path: Path) -> None:
-    """A mailto:// channel (SMTP AUTH, no TLS, loopback) gets subject, plain-text body and the PNG attachment."""
+    """A mailto:// channel (SMTP AUTH, no TLS, loopback) gets subject, plain-text body and the PNG."""
     png = tmp_path / "loss.png"
     png.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
     d = make(parse_alerts_config({"urls": [smtp.url()]}, "t"))
     a = m.loss_jump_alert(run=RUN, at_step=5000, from_step=4500, from_checkpoint=f"{RUN}/checkpoint-4500",
-                          before=0.09, after=2.31, ratio=25.7, scratch=False, hazards=[], host="gpu-node-7", now=T0,
-                          plot=str(png))
+                          before=0.09, after=2.31, ratio=25.7, scratch=False, hazards=[], host="gpu-node-7",
+                          now=T0, plot=str(png))
     d.raise_alert(a)
     assert d.flush(WAIT)
     (msg,) = smtp.wait_for(1, WAIT)
@@ -148,8 +152,8 @@ def test_routing_by_kind_severity_and_default(hook: WebhookServer, smtp: SmtpSer
         "routes": {"loss_jump": ["oncall"], "warning": [hook.url("warnings")]},
     }, "t")
     d = make(cfg)
-    jump = m.loss_jump_alert(run=RUN, at_step=5, from_step=4, from_checkpoint=None, before=1, after=3, ratio=3,
-                             scratch=False, hazards=[], host="h", now=T0)
+    jump = m.loss_jump_alert(run=RUN, at_step=5, from_step=4, from_checkpoint=None, before=1, after=3,
+                             ratio=3, scratch=False, hazards=[], host="h", now=T0)
     for a in (incomplete(), stalled_alert(), jump):
         d.raise_alert(a)
     assert d.flush(WAIT)
@@ -160,8 +164,9 @@ def test_routing_by_kind_severity_and_default(hook: WebhookServer, smtp: SmtpSer
     assert mail["Subject"] == jump.title
 
 
-def test_deduplicated_across_restart_and_recovery_sent_once(hook: WebhookServer, make, tmp_path: Path) -> None:
-    """A new dispatcher+ledger on the same db does not repeat an open alert; a changed one and its recovery go out once."""
+def test_deduplicated_across_restart_and_recovery_sent_once(hook: WebhookServer, make,
+                                                            tmp_path: Path) -> None:
+    """A restarted dispatcher does not repeat an open alert; a changed one and its recovery go out once."""
     cfg = parse_alerts_config({"urls": [hook.url()]}, "t")
     db = str(tmp_path / "state.sqlite")
     first = make(cfg, ledger=AlertLedger(db))
@@ -199,7 +204,7 @@ def test_clear_without_open_alert_sends_nothing(hook: WebhookServer, make) -> No
 
 
 def test_rate_limit_holds_then_sends_digest(hook: WebhookServer, make) -> None:
-    """Past max_per_hour a channel's alerts are held; one digest listing them goes out when the hour allows."""
+    """Past max_per_hour a channel's alerts are held; one digest of them goes out when the hour allows."""
     clock = Clock()
     d = make(parse_alerts_config({"urls": [hook.url()], "max_per_hour": 2}, "t"), clock=clock)
     alerts = [stalled_alert(f"/data/runs/run-{i}") for i in range(5)]
@@ -220,8 +225,9 @@ def test_rate_limit_holds_then_sends_digest(hook: WebhookServer, make) -> None:
     assert all(a.title in digest["message"] for a in alerts[2:])
 
 
-def test_failing_channel_reported_elsewhere_once_then_recovers(hook: WebhookServer, smtp: SmtpServer, make) -> None:
-    """A channel down (HTTP 500) is retried, logged per attempt, reported once on email; when back, it gets what it missed."""
+def test_failing_channel_reported_elsewhere_once_then_recovers(hook: WebhookServer, smtp: SmtpServer,
+                                                               make) -> None:
+    """A channel down (HTTP 500) is retried, logged, reported once on email; back, it gets what it missed."""
     clock = Clock()
     cfg = parse_alerts_config({"urls": [hook.url(), smtp.url()], "retries": 2}, "t")
     d = make(cfg, clock=clock)
@@ -252,7 +258,7 @@ def test_failing_channel_reported_elsewhere_once_then_recovers(hook: WebhookServ
 
 @pytest.mark.parametrize("how", ["closed", "reset"])
 def test_dead_connection_fails_then_next_alert_recovers_channel(hook: WebhookServer, make, how: str) -> None:
-    """A refused or reset connection fails the channel; the next alert after the probe delay goes out, then the notice."""
+    """A refused or reset connection fails the channel; after the probe delay the next alert goes out."""
     clock = Clock()
     d = make(parse_alerts_config({"urls": [hook.url()], "retries": 1}, "t"), clock=clock)
     hook.down(how)
@@ -271,7 +277,7 @@ def test_dead_connection_fails_then_next_alert_recovers_channel(hook: WebhookSer
 
 
 def test_raise_returns_fast_and_survives_a_raising_sender(make) -> None:
-    """raise_alert never waits for delivery, and a sender that raises is a logged failure, not a dead worker."""
+    """raise_alert never waits for delivery; a sender that raises is a logged failure, not a dead worker."""
     release = threading.Event()
     calls: list[str] = []
 

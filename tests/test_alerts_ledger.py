@@ -34,7 +34,7 @@ def test_survives_reopen(tmp_path: Path) -> None:
 
 
 def test_clear_reports_whether_it_was_open(tmp_path: Path) -> None:
-    """clear() is True exactly once per episode; a cleared key that returns is raised again as a new episode."""
+    """clear() is True once per episode; a cleared key that returns is raised again as a new episode."""
     led = AlertLedger(str(tmp_path / "state.sqlite"))
     assert led.clear(KEY, 50.0) is False
     led.mark_sent(KEY, "fp", 100.0)

@@ -32,19 +32,20 @@ def test_incomplete_title_names_run_checkpoint_and_missing_rank() -> None:
     """The title alone says which run, which checkpoint, what is wrong: readable as a phone notification."""
     (a,) = alerts_for(incomplete_verdict())
     assert a.title == "[ckptwatch] run-a: checkpoint-5000 incomplete (rank 3 missing)"
-    assert (a.kind, a.severity, a.key, a.recovery) == ("incomplete", "error", (RUN, CKPT, "incomplete"), False)
+    assert (a.kind, a.severity, a.key, a.recovery) == \
+        ("incomplete", "error", (RUN, CKPT, "incomplete"), False)
 
 
 def test_incomplete_body_has_host_run_step_path_problem_advice_and_time() -> None:
-    """The body carries host, run, step, path, each problem with its advice, what to do next and the UTC time."""
+    """The body carries host, run, step, path, each problem with its advice, what to do next, UTC time."""
     (a,) = alerts_for(incomplete_verdict())
     body = a.body
     for needle in ("Host:", "gpu-node-7", f"Run:        {RUN}", f"Checkpoint: {CKPT}", "Step:       5000",
                    "Ranks:      3 of 4 present, missing 3", f"Problems:\n- missing_rank: {SHARD} is missing",
-                   ("What to do:\n- Do not resume from this checkpoint; `ckptwatch latest RUN_DIR` names the newest "
-                    "complete one."),
-                   (f"Next: do not resume from checkpoint-5000; ckptwatch latest says resume from checkpoint-4500 "
-                    f"(step 4500): {RUN}/checkpoint-4500"), f"Time: {m.utc_iso(NOW)}"):
+                   ("What to do:\n- Do not resume from this checkpoint; `ckptwatch latest RUN_DIR` names "
+                    "the newest complete one."),
+                   ("Next: do not resume from checkpoint-5000; ckptwatch latest says resume from "
+                    f"checkpoint-4500 (step 4500): {RUN}/checkpoint-4500"), f"Time: {m.utc_iso(NOW)}"):
         assert needle in body, (needle, body)
     assert body.endswith(m.utc_iso(NOW)) and m.utc_iso(NOW).endswith("Z")
 
@@ -60,12 +61,14 @@ def test_corrupt_title_uses_first_problem_and_count() -> None:
     v = Verdict(CKPT, 5000, "hf-trainer", Status.CORRUPT, problems=(
         Problem("truncated", SHARD, "x"), Problem("bad_json", f"{CKPT}/trainer_state.json", "y")))
     (a,) = alerts_for(v)
-    assert a.title == "[ckptwatch] run-a: checkpoint-5000 corrupt (truncated: model-00004-of-00004.safetensors +1 more)"
+    assert a.title == ("[ckptwatch] run-a: checkpoint-5000 corrupt "
+                       "(truncated: model-00004-of-00004.safetensors +1 more)")
 
 
 def test_hazard_is_a_separate_alert_and_complete_clean_is_silent() -> None:
-    """A hazard on a complete checkpoint raises resume_hazard only; a clean or in-progress one raises nothing."""
-    hz = Hazard("stub_weights_shadow_adapter", f"{CKPT}/model.safetensors", "a 1 KB stub beside adapter_model")
+    """A hazard on a complete checkpoint raises resume_hazard only; a clean or in-progress one, nothing."""
+    hz = Hazard("stub_weights_shadow_adapter", f"{CKPT}/model.safetensors",
+                "a 1 KB stub beside adapter_model")
     v = Verdict(CKPT, 5000, "hf-trainer", Status.COMPLETE, hazards=(hz,))
     (a,) = alerts_for(v)
     assert a.kind == "resume_hazard" and a.severity == "warning" and a.key == (RUN, CKPT, "resume_hazard")
@@ -109,7 +112,8 @@ def test_single_process_run_titles_the_problem_not_rank_0() -> None:
 
 def test_long_problem_lists_are_capped() -> None:
     """Chat clients truncate long posts: at most MAX_LISTED problems, then a count and where to see all."""
-    v = Verdict(CKPT, 5000, "x", Status.CORRUPT, problems=tuple(Problem("truncated", f"f{i}", "t") for i in range(25)))
+    v = Verdict(CKPT, 5000, "x", Status.CORRUPT,
+                problems=tuple(Problem("truncated", f"f{i}", "t") for i in range(25)))
     (a,) = alerts_for(v)
     assert a.body.count("- truncated") == m.MAX_LISTED and "... and 15 more" in a.body
 
@@ -122,18 +126,20 @@ def test_recovery_notice_for_completed_checkpoint() -> None:
     assert r.title == "[ckptwatch] RESOLVED run-a: checkpoint-5000 is now complete"
 
 
-@pytest.mark.parametrize("writing,phrase", [(True, "(files still being written)"), (False, "(nothing written)")])
+@pytest.mark.parametrize("writing,phrase",
+                         [(True, "(files still being written)"), (False, "(nothing written)")])
 def test_stalled_message_tells_hung_save_from_dead_trainer(writing: bool, phrase: str) -> None:
     """The stalled title says whether files are still changing; the body says where to look."""
-    a = m.stalled_alert(run_root=RUN, host="h", now=NOW, last_checkpoint="checkpoint-5000", last_at=NOW - 9000,
-                        silent_for=9000, threshold=3600, threshold_source="alerts.stalled_after", writing=writing)
+    a = m.stalled_alert(run_root=RUN, host="h", now=NOW, last_checkpoint="checkpoint-5000",
+                        last_at=NOW - 9000, silent_for=9000, threshold=3600,
+                        threshold_source="alerts.stalled_after", writing=writing)
     assert a.title == f"[ckptwatch] run-a: no new checkpoint for 2h 30m {phrase}"
     assert "Threshold:       1h (alerts.stalled_after)" in a.body
     assert ("hung" in a.body) is writing
 
 
 def test_loss_jump_message_and_attachment() -> None:
-    """loss_jump names the resume step, the checkpoint, before/after/ratio, the hazards and carries the plot."""
+    """loss_jump names the resume step, the checkpoint, before/after/ratio, the hazards; it has the plot."""
     a = m.loss_jump_alert(run=RUN, at_step=5000, from_step=4500, from_checkpoint=f"{RUN}/checkpoint-4500",
                           before=0.09, after=2.31, ratio=25.7, scratch=True,
                           hazards=["stub_weights_shadow_adapter: model.safetensors is a stub"],
@@ -157,7 +163,8 @@ def test_disk_low_and_service_error_messages() -> None:
 
 def test_human_duration() -> None:
     """Durations read like speech."""
-    assert [m.human_duration(s) for s in (42, 600, 5400, 90000, 3 * 86400)] == ["42s", "10m", "1h 30m", "1d 1h", "3d"]
+    durations = [m.human_duration(s) for s in (42, 600, 5400, 90000, 3 * 86400)]
+    assert durations == ["42s", "10m", "1h 30m", "1d 1h", "3d"]
 
 
 # --- conditions ------------------------------------------------------------------------------------------
@@ -186,7 +193,7 @@ def test_stalled_needs_two_checkpoints_unless_configured() -> None:
 
 
 def test_stalled_fires_only_past_threshold_and_carries_writing() -> None:
-    """Silence up to the threshold is fine; beyond it the finding says how long and whether files still change."""
+    """Silence up to the threshold is fine; beyond it the finding says how long and if files still change."""
     times = [0, HOUR, 2 * HOUR]
     assert stalled(times, 5 * HOUR, None, writing=False) is None
     f = stalled(times, 5 * HOUR + 1, None, writing=True)
@@ -206,8 +213,8 @@ def test_stalled_fires_only_past_threshold_and_carries_writing() -> None:
 def test_disk_low_thresholds(free: int, pct: float, free_bytes: int | None, next_save: int | None,
                              was_low: bool, low: bool) -> None:
     """Low when below any threshold; an open alert clears only 10% above it (no flapping)."""
-    found = disk_low(DiskUsage("/data", 1000, free), percent=pct, free_bytes=free_bytes, next_save_bytes=next_save,
-                     was_low=was_low)
+    found = disk_low(DiskUsage("/data", 1000, free), percent=pct, free_bytes=free_bytes,
+                     next_save_bytes=next_save, was_low=was_low)
     assert (found is not None) is low
 
 

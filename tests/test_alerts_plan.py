@@ -12,7 +12,8 @@ HOUR = 3600.0
 
 
 def _v(step: int, status: Status, at: float, problems=(), hazards=()) -> Verdict:
-    return Verdict(f"{RUN}/checkpoint-{step}", step, "hf-trainer", status, None, tuple(problems), tuple(hazards), at)
+    return Verdict(f"{RUN}/checkpoint-{step}", step, "hf-trainer", status, None, tuple(problems),
+                   tuple(hazards), at)
 
 
 def _run(*verdicts: Verdict, hazards=()) -> RunReport:
@@ -40,7 +41,8 @@ def test_silent_run_is_stalled_then_cleared_by_a_new_checkpoint() -> None:
     verdicts = [_v(i, Status.COMPLETE, T + i * HOUR) for i in range(1, 5)]
     plan = _plan(_run(*verdicts), T + 8 * HOUR)
     (alert,) = plan.raises
-    assert alert.kind == "stalled" and "no new checkpoint for 4h" in alert.title and "(nothing written)" in alert.title
+    assert alert.kind == "stalled"
+    assert "no new checkpoint for 4h" in alert.title and "(nothing written)" in alert.title
     after = _plan(_run(*verdicts, _v(9, Status.COMPLETE, T + 9 * HOUR)), T + 9 * HOUR + 60,
                   open_keys={alert.key: alert.fingerprint})
     assert after.raises == () and [k for k, _ in after.clears] == [alert.key]
@@ -71,7 +73,8 @@ def test_incomplete_newest_waits_for_stale_after_older_one_does_not() -> None:
 def test_in_progress_checkpoint_keeps_its_alert_open() -> None:
     """A checkpoint being rewritten neither re-alerts nor resolves until it settles."""
     key = (RUN, f"{RUN}/checkpoint-5", "incomplete")
-    plan = _plan(_run(_v(4, Status.COMPLETE, T), _v(5, Status.IN_PROGRESS, T + 10)), T + 20, open_keys={key: "f"})
+    plan = _plan(_run(_v(4, Status.COMPLETE, T), _v(5, Status.IN_PROGRESS, T + 10)), T + 20,
+                 open_keys={key: "f"})
     assert plan.raises == () and plan.clears == ()
 
 
@@ -88,7 +91,8 @@ def test_completed_checkpoint_resolves_and_deleted_one_is_gone() -> None:
 
 def test_run_level_hazard_alerted_but_newest_not_resumable_left_to_the_checkpoint() -> None:
     """A `latest` pointer naming an incomplete step is a run alert; newest_not_resumable is not repeated."""
-    hazards = [Hazard("latest_points_to_incomplete", f"{RUN}/latest", "latest names global_step5, incomplete"),
+    hazards = [Hazard("latest_points_to_incomplete", f"{RUN}/latest",
+                      "latest names global_step5, incomplete"),
                Hazard("newest_not_resumable", f"{RUN}/checkpoint-5", "newest is incomplete")]
     plan = _plan(_run(_v(4, Status.COMPLETE, T), hazards=hazards), T + 20)
     (alert,) = plan.raises

@@ -63,7 +63,8 @@ def test_corrupt_alert_routed_once_across_restart_then_resolved(artefact, tmp_pa
     weights = run / "checkpoint-6" / "model.safetensors"
     good, good_times = weights.read_bytes(), (weights.stat().st_atime_ns, weights.stat().st_mtime_ns)
     with SmtpServer() as smtp, WebhookServer() as hook:
-        alerts = {"urls": [hook.url()], "channels": {"oncall": [smtp.url()]}, "routes": {"corrupt": ["oncall"]}}
+        alerts = {"urls": [hook.url()], "channels": {"oncall": [smtp.url()]},
+                  "routes": {"corrupt": ["oncall"]}}
         with open(weights, "r+b") as f:
             f.truncate(len(good) // 2)
         os.utime(weights, ns=good_times)  # a bad copy that kept the times: only the truncation shows
@@ -96,7 +97,7 @@ def test_corrupt_alert_routed_once_across_restart_then_resolved(artefact, tmp_pa
 
 
 def test_incomplete_newest_waits_for_stale_after(artefact, tmp_path: Path) -> None:
-    """An incomplete newest checkpoint is alerted only once it stayed so for stale_after; an older one at once."""
+    """An incomplete newest checkpoint is alerted once it stayed so for stale_after; an older one at once."""
     root = tmp_path / "root"
     root.mkdir()
     run = root / "run-a"
@@ -198,7 +199,8 @@ def test_loss_jump_after_stub_resume_mailed_with_cause_and_plot_once(artefact, t
     root.mkdir()
     shutil.copytree(artefact("loss_hf_resume_stub"), root / "run-lora", symlinks=True)
     with SmtpServer() as smtp, WebhookServer() as hook:
-        alerts = {"urls": [hook.url()], "channels": {"oncall": [smtp.url()]}, "routes": {"loss_jump": ["oncall"]}}
+        alerts = {"urls": [hook.url()], "channels": {"oncall": [smtp.url()]},
+                  "routes": {"loss_jump": ["oncall"]}}
         d = _daemon(tmp_path, root, alerts)
         with capture_logs() as logs:
             d.judge_watch(d.config.watches[0])
@@ -209,7 +211,8 @@ def test_loss_jump_after_stub_resume_mailed_with_cause_and_plot_once(artefact, t
         assert mail["Subject"].endswith("after resuming at step 21 (from scratch?)")
         body = body_text(mail)
         assert "Resumed from: checkpoint-20 (step 20)" in body
-        assert "pytorch_model.bin" in body and "adapter_model.safetensors" in body  # the cause, beside the effect
+        # the cause, beside the effect
+        assert "pytorch_model.bin" in body and "adapter_model.safetensors" in body
         (png,) = attachment_names(mail)
         assert png.endswith("-step21.png")
         (resume,) = [e for e in logs if e["event"] == "resume_detected"]
@@ -277,7 +280,8 @@ def test_quiet_run_is_scheduled_then_alerted_stalled(artefact, tmp_path: Path) -
         d.judge_watch(d.config.watches[0])
         assert d.alerts.flush(WAIT)
         (post,) = hook.wait_for(1, WAIT)
-        assert post["title"].startswith("[ckptwatch] run-a: no new checkpoint for 10m") and "(nothing written)" in post["title"]
-        assert "Threshold:       10m (3x median interval of the last 3 checkpoints, raised to the 10 min floor)" \
-            in post["message"]
+        assert post["title"].startswith("[ckptwatch] run-a: no new checkpoint for 10m")
+        assert "(nothing written)" in post["title"]
+        assert ("Threshold:       10m (3x median interval of the last 3 checkpoints, raised to the 10 min "
+                "floor)") in post["message"]
         _stop(d)

@@ -44,7 +44,8 @@ def test_unreadable_root_is_an_error_not_a_crash() -> None:
     """A root the service's user cannot read (polling observer): service_error, no exception, no watcher."""
     import tempfile
 
-    base = Path(tempfile.mkdtemp(prefix="ckptwatch-unreadable-"))  # pytest's tmp dirs are 0700: not for nobody
+    # pytest's tmp dirs are 0700: not for nobody
+    base = Path(tempfile.mkdtemp(prefix="ckptwatch-unreadable-"))
     try:
         os.chmod(base, 0o777)
         (base / "state").mkdir(mode=0o777)
@@ -66,7 +67,7 @@ def test_unreadable_root_is_an_error_not_a_crash() -> None:
 
 
 def test_observer_of_a_deleted_root_is_not_alive(tmp_path: Path) -> None:
-    """Deleting the watched root stops watchdog's emitter; alive() says so, so the root gets a new observer."""
+    """Deleting the watched root stops watchdog's emitter; alive() says so; the root gets a new observer."""
     root = tmp_path / "root"
     root.mkdir()
     w = Watcher(str(root), "inotify", DirtyScopes(), time.time)
@@ -116,7 +117,7 @@ def test_growing_log_keeps_its_run_polled_without_events(tmp_path: Path) -> None
     root = tmp_path / "root"
     run = root / "run-a"
     (run / "checkpoint-10").mkdir(parents=True)
-    log = open(run / "train.log", "a")
+    log = open(run / "train.log", "a")  # noqa: SIM115 - held open across the polls, as a trainer does
     try:
         for i in range(1, 11):
             log.write(f"{{'loss': 1.0, 'step': {i}}}\n")

@@ -25,7 +25,7 @@ from ckptwatch.formats.mindspore import check_ms_ckpt
 from tests.helpers import run_as_nobody
 
 descriptor_pb2 = pytest.importorskip("google.protobuf.descriptor_pb2")
-from google.protobuf import descriptor_pool, message_factory  # noqa: E402
+from google.protobuf import descriptor_pool, message_factory  # noqa: E402 - after importorskip
 
 NP_TYPES = {
     "Float32": ("<f", 4),

@@ -38,7 +38,7 @@ class _OpenForWrite:
     def __init__(self, target: str) -> None:
         self.target = target
 
-    def __reduce__(self):  # noqa: D105
+    def __reduce__(self):
         return (open, (self.target, "w"))
 
 
@@ -46,12 +46,12 @@ class _System:
     def __init__(self, target: str) -> None:
         self.target = target
 
-    def __reduce__(self):  # noqa: D105
+    def __reduce__(self):
         return (os.system, (f"touch {self.target}",))
 
 
 class _EvalCall:
-    def __reduce__(self):  # noqa: D105
+    def __reduce__(self):
         return (eval, ("__import__('os').system('touch /tmp/ckptwatch-eval-pwned')",))
 
 

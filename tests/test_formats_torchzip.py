@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from ckptwatch.formats.pickle_stub import StorageRef, get
 from ckptwatch.formats.torchzip import check_torch_file, check_torch_window
+from ckptwatch.vocabulary import file_ok
 from tests.helpers import run_as_nobody
 
 torch = pytest.importorskip("torch")
@@ -484,7 +485,8 @@ def _real_zip(tmp_path, name="optimizer.pt"):
     import torch
 
     p = tmp_path / name
-    torch.save({"state": {i: {"exp_avg": torch.randn(64)} for i in range(40)}, "param_groups": [{"lr": 1e-3}]}, p)
+    torch.save({"state": {i: {"exp_avg": torch.randn(64)} for i in range(40)},
+                "param_groups": [{"lr": 1e-3}]}, p)
     return p
 
 
@@ -492,7 +494,7 @@ def test_fast_path_accepts_real_file(tmp_path):
     """A real torch.save zip passes the directory-only check, with the prefix found and no pickle walked."""
     p = _real_zip(tmp_path)
     fc = check_torch_file(str(p), read_pickle=False)
-    assert fc.ok and fc.problems == ()
+    assert file_ok(fc) and fc.problems == ()
     assert fc.facts["prefix"] == "optimizer" and fc.facts["object"] is None
 
 
@@ -504,7 +506,7 @@ def test_fast_path_rejects_truncation(tmp_path, cut):
     os.truncate(p, size // 2 if cut == "half" else size - cut)
     fast = check_torch_file(str(p), read_pickle=False)
     full = check_torch_file(str(p))
-    assert not fast.ok and not full.ok
+    assert not file_ok(fast) and not file_ok(full)
     assert {q.kind for q in fast.problems} <= {"truncated", "bad_zip"}
 
 
@@ -519,11 +521,11 @@ def test_fast_path_trailing_bytes_and_damaged_directory(tmp_path):
     cd = raw.rfind(b"PK\x01\x02")
     raw[cd:cd + 4] = b"XX\x01\x02"
     q.write_bytes(bytes(raw))
-    assert not check_torch_file(str(q), read_pickle=False).ok
+    assert not file_ok(check_torch_file(str(q), read_pickle=False))
 
 
 def test_pipelined_crc_matches_zlib(tmp_path):
-    """The read-ahead CRC pipeline gives zlib's CRC-32 for ranges of any alignment and length, and a cut is truncated."""
+    """The read-ahead CRC pipeline equals zlib's CRC-32 for any alignment and length; a cut is truncated."""
     import zlib
 
     from ckptwatch.formats import _stream

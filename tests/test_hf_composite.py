@@ -46,7 +46,7 @@ def test_fsdp_sharded_checkpoint_complete(artefact) -> None:
 
 
 def test_fsdp_shard_missing_is_incomplete(artefact) -> None:
-    """A missing FSDP model shard (a rank's .distcp named by .metadata) makes the Trainer checkpoint incomplete."""
+    """A missing FSDP model shard (a .distcp that .metadata names) makes the Trainer checkpoint incomplete."""
     ck = _fsdp_checkpoint(artefact)
     (ck / "pytorch_model_fsdp_0" / "__3_0.distcp").unlink()
     run = check_root(str(ck.parent), SETTLED, time.time()).runs[0]
@@ -69,7 +69,7 @@ def _deepspeed_checkpoint(artefact) -> Path:
 
 
 def test_deepspeed_inside_trainer_checkpoint(artefact) -> None:
-    """A Trainer+DeepSpeed checkpoint (latest + global_stepN inside checkpoint-N) is complete without optimizer.pt."""
+    """A Trainer+DeepSpeed checkpoint (latest + global_stepN in it) is complete without optimizer.pt."""
     ck = _deepspeed_checkpoint(artefact)
     run = check_root(str(ck.parent), SETTLED, time.time()).runs[0]
     v = next(v for v in run.checkpoints if v.path == str(ck))

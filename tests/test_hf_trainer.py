@@ -37,7 +37,7 @@ def test_full_run_is_complete_and_resumes_from_newest(artefact) -> None:
 
 
 def test_killed_save_falls_back_to_previous_checkpoint(artefact) -> None:
-    """A save killed before optimizer state and trainer_state.json: incomplete, and latest names the one before."""
+    """A save killed before optimizer state and trainer_state.json: incomplete; latest names the previous."""
     root = artefact("hf_full")
     ck6 = root / "checkpoint-6"
     for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"):
@@ -61,7 +61,8 @@ def test_truncated_weights_are_corrupt(artefact) -> None:
     os.truncate(weights, weights.stat().st_size - 1)
     v = verdicts_by_name(_judge(root))["checkpoint-4"]
     assert v.status is Status.CORRUPT
-    assert any(p.kind == "truncated" and p.file.endswith("checkpoint-4/model.safetensors") for p in v.problems)
+    assert any(p.kind == "truncated" and p.file.endswith("checkpoint-4/model.safetensors")
+               for p in v.problems)
 
 
 def test_truncated_optimizer_zip_is_corrupt(artefact) -> None:
@@ -98,7 +99,7 @@ def test_stale_commit_marker(artefact) -> None:
 
 
 def test_unsettled_checkpoint_is_in_progress_not_incomplete(artefact) -> None:
-    """Within settle_seconds of its last write, a half-written checkpoint is in_progress with findings withheld."""
+    """Within settle_seconds of its last write a half-written checkpoint is in_progress, findings withheld."""
     root = artefact("hf_full")
     ck6 = root / "checkpoint-6"
     (ck6 / "trainer_state.json").unlink()
@@ -125,7 +126,7 @@ def test_staging_dir_in_progress_then_abandoned(artefact) -> None:
 
 
 def test_ddp_missing_rank_named(artefact) -> None:
-    """Two-process DDP: a checkpoint without rng_state_1.pth is incomplete, naming rank 1 of 2 (from metadata)."""
+    """Two-process DDP: a checkpoint without rng_state_1.pth is incomplete, naming rank 1 of 2 (metadata)."""
     root = artefact("hf_ddp")
     run = _judge(root)
     assert all(v.status is Status.COMPLETE for v in run.checkpoints), [v.problems for v in run.checkpoints]
@@ -234,7 +235,7 @@ def test_verify_single_checkpoint_and_file(artefact) -> None:
 
 
 def test_deep_pass_catches_bit_flip_in_optimizer(artefact) -> None:
-    """A flipped byte inside optimizer.pt's tensor data passes the structural pass but fails --deep (zip CRC)."""
+    """A flipped byte in optimizer.pt's tensor data passes the structural pass but fails --deep (zip CRC)."""
     root = artefact("hf_full")
     opt = root / "checkpoint-4" / "optimizer.pt"
     import zipfile
@@ -269,7 +270,7 @@ class _Payload:
 
 
 def test_hostile_training_args_never_executed(artefact, tmp_path: Path) -> None:
-    """A training_args.bin whose pickle would create a file is judged through the CLI; the file never appears."""
+    """A training_args.bin whose pickle would create a file is judged by the CLI; the file never appears."""
     import torch
 
     root = artefact("hf_full")

@@ -46,7 +46,7 @@ def test_dcp_four_ranks_complete(artefact) -> None:
 
 
 def test_dcp_writer_died_after_three_shards(artefact) -> None:
-    """Rank 3 never wrote and .metadata was never committed: incomplete, rank 3 named, resume from step_200."""
+    """Rank 3 never wrote, .metadata was never committed: incomplete, rank 3 named, resume from step_200."""
     root = artefact("dcp")
     (root / "step_300" / "__3_0.distcp").unlink()
     (root / "step_300" / ".metadata").unlink()
@@ -91,7 +91,7 @@ def test_deepspeed_complete(artefact, name: str) -> None:
 
 @pytest.mark.parametrize("name", ["deepspeed_zero2", "deepspeed_zero3"])
 def test_deepspeed_latest_names_incomplete_tag(artefact, name: str) -> None:
-    """Rank 1's ZeRO shard missing from the tag `latest` names: incomplete, and a hazard naming global_step2."""
+    """Rank 1's ZeRO shard missing from the tag `latest` names: incomplete; a hazard names global_step2."""
     root = artefact(name)
     (root / "global_step4" / "zero_pp_rank_1_mp_rank_00_optim_states.pt").unlink()
     run = _run(root)
@@ -156,7 +156,7 @@ def test_nemo_unfinished_marker(artefact) -> None:
 # --- MindSpore ----------------------------------------------------------------------------------
 
 def test_mindspore_falls_back_to_step_present_on_all_ranks(artefact) -> None:
-    """MindSpore's rule: rank 3 lost step 15, so the run resumes from step 10 (the manual's worked example)."""
+    """MindSpore's rule: rank 3 lost step 15, so the run resumes from step 10 (the manual's example)."""
     root = artefact("mindspore") / "checkpoint"
     run = _run(root)
     assert [s for s, _ in _statuses(run)] == [5, 10, 15] and all(s == "complete" for _, s in _statuses(run))
@@ -168,7 +168,7 @@ def test_mindspore_falls_back_to_step_present_on_all_ranks(artefact) -> None:
 
 
 def test_mindspore_cut_at_record_boundary(artefact) -> None:
-    """A protobuf file cut exactly between records parses, but lacks parameters its siblings hold: truncated."""
+    """A protobuf file cut between records parses, but lacks parameters its siblings hold: truncated."""
     root = artefact("mindspore") / "checkpoint"
     f = next((root / "rank_1").glob("*-1_10.ckpt"))
     from ckptwatch.formats.mindspore import check_ms_ckpt
@@ -206,7 +206,7 @@ def test_orbax_tmp_dir_in_progress(artefact) -> None:
 
 
 def test_nvrx_dirty_file_and_missing_rank(artefact) -> None:
-    """Synthetic NVRx local: a .dirty file means rank 2 is still writing; a missing rank file is incomplete."""
+    """Synthetic NVRx local: a .dirty file means rank 2 is still writing; a missing rank file: incomplete."""
     root = artefact("nvrx_local")
     run = _run(root)
     assert _statuses(run) == [(100, "complete"), (200, "complete"), (300, "in_progress")]

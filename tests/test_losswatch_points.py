@@ -71,7 +71,10 @@ def test_property_tailing_in_pieces_equals_reading_once(tmp_path_factory, cuts):
     with open(pieces / "train.log", "ab") as f:
         f.write(text[pos:])
     got += w.poll(final=True)
-    strip = lambda segs: [(x.first_step, x.last_step, x.points) for x in segs]
+
+    def strip(segs: list) -> list[tuple]:
+        return [(x.first_step, x.last_step, x.points) for x in segs]
+
     assert strip(w.report().segments) == strip(ref.report().segments)
     assert [(r.at_step, r.before, r.after, r.alert) for r in got] == \
         [(r.at_step, r.before, r.after, r.alert) for r in ref.resumes]

@@ -35,7 +35,8 @@ def _only(report, source):
 def test_hf_interrupted_run_alone_has_no_resume(artefact):
     """The first process alone (stopped at 25, checkpoints 10 and 20) shows no resume in any source."""
     report = analyse_run(str(artefact("loss_hf_interrupted")), S)
-    assert report.resumes == () and {s.source for s in report.segments} == {"tensorboard", "text", "trainer_state"}
+    assert report.resumes == ()
+    assert {s.source for s in report.segments} == {"tensorboard", "text", "trainer_state"}
 
 
 def test_hf_correct_resume_no_alert(artefact):
@@ -70,7 +71,8 @@ def test_hf_stub_resume_reproduces(artefact):
     adapter starts (first post-resume loss equal to the fresh-adapter run's to 3 digits)."""
     stub = analyse_run(str(artefact("loss_hf_resume_stub")), S)
     fresh = analyse_run(str(artefact("loss_hf_resume_fresh")), S)
-    first = {name: next(s.first_loss for s in rep.segments if s.source == "tensorboard" and s.first_step == 21)
+    first = {name: next(s.first_loss for s in rep.segments if s.source == "tensorboard"
+                        and s.first_step == 21)
              for name, rep in (("stub", stub), ("fresh", fresh))}
     assert first["stub"] == pytest.approx(first["fresh"], abs=1e-3)
 
@@ -115,15 +117,17 @@ def test_lightning_weights_dropped_alerts(artefact):
 
 
 def test_cli_exit_codes_and_json(artefact, tmp_path):
-    """`ckptwatch loss`: exit 1 and the contract keys for a jump, exit 0 for a good resume, 2 for a bad path."""
+    """`ckptwatch loss`: exit 1 and the contract keys for a jump, 0 for a good resume, 2 for a bad path."""
     bad = run_cli_loss(str(artefact("loss_hf_resume_stub")), "--json")
     assert bad.returncode == 1, bad.stderr
     res = json.loads(bad.stdout)["loss"]["resumes"][0]
     assert {"at_step", "before", "after", "ratio", "alert"} <= set(res) and res["alert"] is True
     good = run_cli_loss(str(artefact("loss_hf_resume_ok")))
-    assert good.returncode == 0 and "resume at step 21" in good.stdout and "verdict: 1 resume(s)" in good.stdout
+    assert good.returncode == 0
+    assert "resume at step 21" in good.stdout and "verdict: 1 resume(s)" in good.stdout
     missing = run_cli_loss(str(tmp_path / "nope"))
-    assert missing.returncode == 2 and "nope: no such file" in missing.stderr and "Traceback" not in missing.stderr
+    assert missing.returncode == 2
+    assert "nope: no such file" in missing.stderr and "Traceback" not in missing.stderr
 
 
 def run_cli_loss(*args):
@@ -149,6 +153,7 @@ def test_plot_is_a_png(artefact, tmp_path):
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     length, = struct.unpack(">I", data[8:12])
-    assert data[12:16] == b"IHDR" and struct.unpack(">I", data[16 + length:20 + length])[0] == zlib.crc32(data[12:16 + length])
+    (crc,) = struct.unpack(">I", data[16 + length:20 + length])
+    assert data[12:16] == b"IHDR" and crc == zlib.crc32(data[12:16 + length])
     w, h = struct.unpack(">II", data[16:24])
     assert (w, h) == (1000, 500) and os.path.getsize(out) > 10_000

@@ -16,9 +16,11 @@ S = LossSettings()
 # before, after, initial, alert, scratch, nonfinite, judged
 TABLE = [
     # seed report 4: 0.088 -> 0.34, the run started near 0.5: a jump, not back at the start
-    ([0.088, 0.087, 0.089, 0.088, 0.090], [0.34, 0.33, 0.35, 0.34, 0.36], [0.5] * 5, True, False, False, True),
+    ([0.088, 0.087, 0.089, 0.088, 0.090], [0.34, 0.33, 0.35, 0.34, 0.36], [0.5] * 5, True, False, False,
+     True),
     # the same jump when the run started at 0.36: back near the initial loss = restarted from scratch
-    ([0.088, 0.087, 0.089, 0.088, 0.090], [0.34, 0.33, 0.35, 0.34, 0.36], [0.36] * 5, True, True, False, True),
+    ([0.088, 0.087, 0.089, 0.088, 0.090], [0.34, 0.33, 0.35, 0.34, 0.36], [0.36] * 5, True, True, False,
+     True),
     # a correct resume: the loss continues
     ([0.35, 0.34, 0.36, 0.35, 0.34], [0.32, 0.33, 0.31, 0.34, 0.32], [1.9] * 5, False, False, False, True),
     # a bump below the ratio (1.3x): no alert

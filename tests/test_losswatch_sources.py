@@ -21,7 +21,7 @@ def _steps_values(pts):
 
 
 def test_text_patterns_builtin():
-    """HF dicts (5.x quoted and 4.x bare, step key or ordinal), Epoch/Steps lines and MindSpore lines parse."""
+    """HF dicts (5.x quoted, 4.x bare, step key or ordinal), Epoch/Steps lines and MindSpore lines parse."""
     text = (b"{'loss': '0.0898', 'grad_norm': '0.5', 'learning_rate': '1e-05', 'epoch': '2', 'step': 70}\n"
             b"{'eval_loss': 0.5, 'epoch': 2.0}\n"
             b"{'loss': 0.0901, 'learning_rate': 1e-05, 'epoch': 2.0}\n"
@@ -40,7 +40,8 @@ def test_text_lazy_parser_matches_eager():
     non-number that is dropped."""
     from ckptwatch.losswatch.parse import parse_text_chunk_lazy
 
-    text = (b"{'loss': '1.5', 'epoch': '0.1'}\n{'loss': 'n/a', 'step': 3}\nEpoch: 1, Steps: 9, Batch: 2, Loss: 0.5\n"
+    text = (b"{'loss': '1.5', 'epoch': '0.1'}\n{'loss': 'n/a', 'step': 3}\nEpoch: 1, Steps: 9, Batch: 2, "
+            b"Loss: 0.5\n"
             b"{'loss': 1.25, 'step': 11}\n")
     eager, n1 = parse_text_chunk(text, BUILTIN_PATTERNS, 4)
     lazy, n2 = parse_text_chunk_lazy(text, BUILTIN_PATTERNS, 4)
@@ -49,7 +50,8 @@ def test_text_lazy_parser_matches_eager():
 
 def test_mindspore_epoch_steps_are_global():
     """MindFormers' per-epoch step becomes a global step, so a new epoch is not a resume."""
-    log = "".join(f"{{ Epoch:[{e:3d}/  3], step:[{s:5d}/   10], loss: 0.5 }}\n" for e in (1, 2, 3) for s in range(1, 11))
+    log = "".join(f"{{ Epoch:[{e:3d}/  3], step:[{s:5d}/   10], loss: 0.5 }}\n" for e in (1, 2, 3)
+                  for s in range(1, 11))
     pts, _ = parse_text_chunk(log.encode(), BUILTIN_PATTERNS, 0)
     assert [p.step for p in pts] == list(range(1, 31))
 
@@ -109,7 +111,8 @@ def test_tailer_bounded_chunks_and_long_line(tmp_path: Path):
 
 
 def _hf_lines(steps, f):
-    return "".join(f"{{'loss': '{f(s):.4g}', 'epoch': '1', 'step': {s}}}\nINFO noise line {s}\n" for s in steps)
+    return "".join(f"{{'loss': '{f(s):.4g}', 'epoch': '1', 'step': {s}}}\nINFO noise line {s}\n"
+                   for s in steps)
 
 
 def test_watcher_appended_log_resume_decided_after_window(tmp_path: Path):
@@ -216,7 +219,8 @@ def test_discover_skips_checkpoint_dirs(tmp_path: Path):
         (tmp_path / rel).write_text("")
     got = {(s.kind, os.path.relpath(s.path, tmp_path)) for s in discover(str(tmp_path), S)}
     assert got == {("tensorboard", "runs/x/events.out.tfevents.1.h.1.0"),
-                   ("csv", "lightning_logs/version_0/metrics.csv"), ("jsonl", "m.jsonl"), ("text", "train.log")}
+                   ("csv", "lightning_logs/version_0/metrics.csv"), ("jsonl", "m.jsonl"),
+                   ("text", "train.log")}
     assert isinstance(next(iter(discover(str(tmp_path), S))), SourceFile)
 
 
@@ -263,7 +267,8 @@ def test_seed_report_4_in_two_log_files(tmp_path: Path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "train_1.log").write_text(_epoch_lines(range(69900, 70031), lambda s: 0.088 + (s % 3) * 0.001))
-    (run / "train_2.log").write_text(_epoch_lines(range(70010, 70040), lambda s: 0.34 + (s % 2) * 0.002, epoch=0))
+    (run / "train_2.log").write_text(_epoch_lines(range(70010, 70040), lambda s: 0.34 + (s % 2) * 0.002,
+                                                  epoch=0))
     os.utime(run / "train_1.log", (1_000_000, 1_000_000))  # the first process's log is the older one
     report = analyse_run(str(run), S, [(70000, str(run / "checkpoint-70000"))])
     (r,) = report.resumes
@@ -284,4 +289,5 @@ def test_custom_regex_source_file(tmp_path: Path):
     report = analyse_run(str(run), s)
     (r,) = report.resumes
     assert r.at_step == 31 and r.alert and r.before == 0.2 and r.after == 0.7
-    assert [x.writer for x in report.segments] == [str(run / "job.out"), str(run / "job.out") + " (segment 1)"]
+    assert [x.writer for x in report.segments] == [str(run / "job.out"),
+                                                   str(run / "job.out") + " (segment 1)"]

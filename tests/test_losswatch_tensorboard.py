@@ -55,7 +55,8 @@ def test_concurrent_events_files_are_not_a_resume(tmp_path: Path):
     logdir = tmp_path / "runs"
     logdir.mkdir()
     t0 = time.time() - 10_000
-    a, b = EventFileWriter(str(logdir), filename_suffix=".a"), EventFileWriter(str(logdir), filename_suffix=".b")
+    a = EventFileWriter(str(logdir), filename_suffix=".a")
+    b = EventFileWriter(str(logdir), filename_suffix=".b")
     _write(a, "train/loss", range(1, 31), lambda s: 0.1, t0)
     _write(b, "train/loss", range(1, 31), lambda s: 0.9, t0 + 3)
     a.close()

@@ -10,9 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ckptwatch.hazards import CheckpointFacts, checkpoint_hazards, run_hazards
-from ckptwatch.model import Problem, Status, status_from
+from ckptwatch.model import Problem, Status
 from ckptwatch.settle import Settle, is_abandoned, parse_duration, settle_state
-from ckptwatch.vocabulary import HAZARD_KINDS, PROBLEM_KINDS
+from ckptwatch.vocabulary import HAZARD_KINDS, PROBLEM_KINDS, status_from
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -34,8 +34,9 @@ def test_abandoned_only_after_stale_after() -> None:
     assert is_abandoned(0.0, now=1800.1, stale_after=1800)
 
 
-@pytest.mark.parametrize("text,seconds", [("90", 90), ("90s", 90), ("30m", 1800), ("6h", 21600), ("2d", 172800),
-                                          ("1.5h", 5400)])
+@pytest.mark.parametrize("text,seconds",
+                         [("90", 90), ("90s", 90), ("30m", 1800), ("6h", 21600), ("2d", 172800),
+                          ("1.5h", 5400)])
 def test_parse_duration(text: str, seconds: float) -> None:
     """Durations accept plain seconds and s/m/h/d suffixes."""
     assert parse_duration(text) == seconds
@@ -62,7 +63,7 @@ def test_status_precedence(kinds: list[str]) -> None:
 
 
 def test_readme_documents_every_kind() -> None:
-    """The README's vocabulary table is exactly the one the code defines (every kind, its severity and advice)."""
+    """The README's vocabulary table is exactly the code's (every kind, its severity and advice)."""
     from ckptwatch.vocabulary import markdown_table
 
     text = README.read_text()
@@ -77,8 +78,8 @@ def test_every_kind_has_advice() -> None:
         assert k.advice and k.meaning, k.name
 
 
-def _adapter(config: dict | None = None, *, digest: str = "d1", size: int = 40_000, b_zero: bool | None = False,
-             tensors: dict | None = None) -> dict:
+def _adapter(config: dict | None = None, *, digest: str = "d1", size: int = 40_000,
+             b_zero: bool | None = False, tensors: dict | None = None) -> dict:
     return {"dir": "/r/c", "config": config or {"r": 8, "lora_alpha": 16, "target_modules": ["c_attn"]},
             "weights": "/r/c/adapter_model.safetensors", "size": size, "digest": digest, "b_all_zero": b_zero,
             "tensors": {"x": object()} if tensors is None else tensors}
@@ -103,7 +104,7 @@ def test_empty_and_zero_adapters() -> None:
 
 
 def test_adapter_drift_and_unchanged_across_checkpoints() -> None:
-    """Changed lora_alpha between checkpoints is drift; identical tensor bytes mean the adapter did not train."""
+    """Changed lora_alpha between checkpoints is drift; identical tensor bytes: the adapter did not train."""
     a = CheckpointFacts("/r/c10", 10, {"": _adapter(digest="same")}, [])
     b = CheckpointFacts("/r/c20", 20, {"": _adapter({"r": 8, "lora_alpha": 4, "target_modules": ["c_attn"]},
                                                     digest="same")}, [])

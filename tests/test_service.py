@@ -1,4 +1,4 @@
-"""`ckptwatch run` end to end: a real subprocess, a real sd_notify socket, real DCP checkpoints written slowly.
+"""`ckptwatch run` end to end: a real subprocess, real sd_notify socket, real DCP checkpoints written slowly.
 
 The 4-rank DCP checkpoints come from a real gloo group (the `dcp` builder); the test copies their files
 into the watched root one at a time, as a slow writer would, or stops after three of four shards, as a
@@ -56,7 +56,7 @@ def _copy_slowly(src: Path, dest: Path, delay: float, skip: tuple[str, ...] = ()
 
 
 def test_service_judges_after_settle_and_survives_kill9(artefact, tmp_path: Path) -> None:
-    """READY/WATCHDOG/STATUS; no verdict while writing; complete after settle; a dead writer's rank named; kill -9 safe."""
+    """READY/WATCHDOG/STATUS; no verdict mid-write; complete once settled; a dead rank named; kill -9 safe."""
     from tests.servers import WebhookServer
 
     dcp = artefact("dcp")
@@ -85,7 +85,8 @@ def test_service_judges_after_settle_and_survives_kill9(artefact, tmp_path: Path
         # The newest checkpoint is alerted once it stayed incomplete for stale_after (6 s), naming rank 3.
         (alert,) = hook.wait_for(1, timeout=20)
         assert alert["title"] == "[ckptwatch] watched: step_200 incomplete (rank 3 missing)"
-        svc.wait_for(lambda: [e for e in svc.events if e.get("event") == "alert_sent" and e.get("kind") == "incomplete"],
+        svc.wait_for(lambda: [e for e in svc.events if e.get("event") == "alert_sent"
+                              and e.get("kind") == "incomplete"],
                      timeout=10, what="alert_sent log line")
 
         svc.wait_for(lambda: "WATCHDOG=1" in svc.messages, what="WATCHDOG=1")
@@ -103,7 +104,8 @@ def test_service_judges_after_settle_and_survives_kill9(artefact, tmp_path: Path
     try:
         svc.wait_for(lambda: "READY=1" in svc.messages, what="READY=1 after restart")
         judged = [e for e in svc.events if e.get("event") == "checkpoint_judged"]
-        assert [(os.path.basename(e["checkpoint"]), e["status"]) for e in judged] == [("step_300", "complete")]
+        assert [(os.path.basename(e["checkpoint"]), e["status"])
+                for e in judged] == [("step_300", "complete")]
     finally:
         assert svc.stop(signal.SIGTERM) == 0
         hook.stop()
@@ -118,7 +120,8 @@ def test_service_judges_after_settle_and_survives_kill9(artefact, tmp_path: Path
     assert run["counts"] == {"complete": 2, "incomplete": 1}
     assert run["newest_complete"]["path"].endswith("step_300")
     assert [os.path.basename(o["checkpoint"]) for o in run["open"]] == ["step_200"]
-    assert [(a["kind"], os.path.basename(a["checkpoint"])) for a in run["alerts_open"]] == [("incomplete", "step_200")]
+    assert [(a["kind"], os.path.basename(a["checkpoint"]))
+            for a in run["alerts_open"]] == [("incomplete", "step_200")]
     assert run["newest_resumable"] == run["newest_complete"]
     # One JSON form of a problem: status shows the same messages and advice as once --json.
     once = json.loads(run_cli("once", str(root), "--json", "--settle", "0", "--no-loss").stdout)
@@ -154,8 +157,8 @@ def test_root_that_appears_later_is_watched(tmp_path: Path) -> None:
         svc.wait_for(lambda: "READY=1" in svc.messages, what="READY=1")
         assert any(e.get("event") == "root_missing" for e in svc.events)
         root.mkdir()
-        from safetensors.numpy import save_file
         import numpy as np
+        from safetensors.numpy import save_file
 
         save_file({"w": np.ones(4, dtype=np.float32)}, str(root / "model_step_5.safetensors"))
         svc.wait_for(lambda: [e for e in svc.judged("model_step_5.safetensors") if e["status"] == "complete"],
@@ -220,7 +223,7 @@ def test_file_held_open_for_writing_is_not_judged_final(artefact, tmp_path: Path
 
 
 def test_resume_pointer_follows_newest_complete(artefact, tmp_path: Path) -> None:
-    """With latest_good, ckptwatch-latest follows the newest complete checkpoint and skips an incomplete one."""
+    """With latest_good, ckptwatch-latest follows the newest complete checkpoint, past an incomplete one."""
     dcp = artefact("dcp")
     root = tmp_path / "watched"
     root.mkdir()
@@ -263,7 +266,8 @@ def test_metrics_endpoint_on_loopback(artefact, tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cfg = _config(tmp_path, root)
-    cfg.write_text(cfg.read_text().replace("rescan_seconds = 60", f"rescan_seconds = 60\nmetrics_port = {port}"))
+    cfg.write_text(cfg.read_text().replace("rescan_seconds = 60",
+                                           f"rescan_seconds = 60\nmetrics_port = {port}"))
     svc = Service(cfg, tmp_path / "notify.sock")
     try:
         svc.wait_for(lambda: "READY=1" in svc.messages, what="READY=1")

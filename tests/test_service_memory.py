@@ -29,7 +29,7 @@ BATCH = 50
 RSS_GROWTH_LIMIT = 24 * 2**20  # after warm-up, 950 more runs may not cost this much
 
 
-def _leftovers(d, root: Path) -> dict[str, object]:  # noqa: ANN001 - a Daemon
+def _leftovers(d, root: Path) -> dict[str, object]:
     """Every per-run structure of the service that is not empty."""
     left: dict[str, object] = {}
     if d.runs:
@@ -53,7 +53,7 @@ def _leftovers(d, root: Path) -> dict[str, object]:  # noqa: ANN001 - a Daemon
     return {k: (f"{len(v)} left, e.g. {v[:2]}" if isinstance(v, list) else v) for k, v in left.items()}
 
 
-def _turn_until_quiet(d, seconds: float) -> None:  # noqa: ANN001
+def _turn_until_quiet(d, seconds: float) -> None:
     """Loop turns until no pass is due (events settle; the service's own loop does the same)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "ckptwatch.service"
-needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
+                                   reason="systemd-analyze not installed")
 
 
 @needs_analyze

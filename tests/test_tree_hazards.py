@@ -109,7 +109,7 @@ def test_file_deleted_mid_scan(artefact, monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_unreadable_file_is_not_corruption(tmp_path: Path) -> None:
-    """A file ckptwatch may not read is `unreadable` (incomplete), never `corrupt`, and the message names the mode.
+    """A file ckptwatch cannot read is `unreadable` (incomplete), never `corrupt`; the message names the mode.
 
     Tests run as root, which reads anything; so the CLI runs under setpriv with the DAC override
     capabilities dropped, as an unprivileged service user would be.
@@ -188,7 +188,8 @@ def test_large_run_judged_in_workers_matches_serial(tmp_path: Path, monkeypatch:
     assert parallel.runs[0].latest_resumable.endswith("ckpt_step_238.safetensors")
 
 
-def test_judgement_cache_reuses_unchanged_and_rereads_changed(artefact, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_judgement_cache_reuses_unchanged_and_rereads_changed(artefact,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """With a cache, an unchanged checkpoint is not re-read; a changed one is, and its new verdict shows."""
     root = artefact("hf_full")
     cache: dict = {}

@@ -30,7 +30,8 @@ class Stalled:
     writing: bool  # the run's files are still being written (hung save) vs. nothing written (dead)
 
 
-def stalled_threshold(checkpoint_times: Sequence[float], configured: float | None) -> tuple[float, str] | None:
+def stalled_threshold(checkpoint_times: Sequence[float],
+                      configured: float | None) -> tuple[float, str] | None:
     """The silence after which a run counts as stalled, and where that number came from.
 
     Inferred (no ``alerts.stalled_after``): three times the median interval between the last ``RECENT``
@@ -111,5 +112,6 @@ def disk_low(usage: DiskUsage, *, percent: float, free_bytes: int | None, next_s
     if free_bytes is not None and usage.free < free_bytes * margin:
         reasons.append(f"alerts.disk_low_free = {human_bytes(free_bytes)}")
     if next_save_bytes and usage.free < next_save_bytes * margin:
-        reasons.append(f"the size of the next save ({human_bytes(next_save_bytes)}, as big as the newest checkpoint)")
+        reasons.append(f"the size of the next save ({human_bytes(next_save_bytes)}, as big as the newest "
+                       "checkpoint)")
     return DiskLow(usage, tuple(reasons)) if reasons else None

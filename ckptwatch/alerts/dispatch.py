@@ -101,10 +101,6 @@ class AlertDispatcher:
         """Close ``key``; if it was open, send ``recovery_alert`` (on the route of its kind)."""
         self._put(("clear", key, recovery_alert))
 
-    def send_now(self, alert: Alert) -> None:
-        """Send ``alert`` to its route without asking or telling the ledger (notices that are not state)."""
-        self._put(("send", alert))
-
     def flush(self, timeout: float) -> bool:
         """Wait until everything queued so far is handled (and due digests/probes tried); False on timeout."""
         done = threading.Event()
@@ -169,8 +165,6 @@ class AlertDispatcher:
         elif item[0] == "clear":
             if self.ledger.clear(item[1], now):
                 self._send_routed(item[2], now)
-        elif item[0] == "send":
-            self._send_routed(item[1], now)
 
     def _send_routed(self, alert: Alert, now: float) -> None:
         for url in self.config.route(alert.kind, alert.severity):
@@ -210,7 +204,8 @@ class AlertDispatcher:
         return False
 
     def _attempt(self, ch: _Channel, alert: Alert, attempt: int) -> SendResult:
-        attachments = tuple(p for p in alert.attachments if os.path.isfile(p))  # a lost plot must not fail the alert
+        # a lost plot must not fail the alert
+        attachments = tuple(p for p in alert.attachments if os.path.isfile(p))
         try:
             result = self.sender.send(ch.url, alert.title, alert.body, attachments)
         except Exception as exc:  # noqa: BLE001 - a Sender must not raise, but if it does: a failure
@@ -232,7 +227,8 @@ class AlertDispatcher:
         ch.missed += [a.title for a in ch.held]
         ch.held.clear()
         self._schedule_probe(ch, now)
-        self.log.error("alert_channel_failing", channel=ch.masked, attempts=self.config.retries, error=ch.reason)
+        self.log.error("alert_channel_failing", channel=ch.masked, attempts=self.config.retries,
+                       error=ch.reason)
         notice = messages.channel_failing_notice(channel=ch.masked, since=now, attempts=self.config.retries,
                                                  reason=ch.reason, host=self.host, now=now)
         for other in self._channels.values():
@@ -250,8 +246,8 @@ class AlertDispatcher:
         ch.sent.append(now)
         self.log.info("alert_channel_recovered", channel=ch.masked, missed=len(missed),
                       down_seconds=round(now - since, 1))
-        notice = messages.channel_recovered_notice(channel=ch.masked, since=since, missed=missed, host=self.host,
-                                                   now=now)
+        notice = messages.channel_recovered_notice(channel=ch.masked, since=since, missed=missed,
+                                                   host=self.host, now=now)
         for other in self._channels.values():
             if other.failing_since is None and not (told_itself and other is ch):
                 self._deliver(other, notice, now)
@@ -274,5 +270,6 @@ class AlertDispatcher:
                 if not self.config.max_per_hour or len(ch.sent) < self.config.max_per_hour:
                     held, since = ch.held, ch.held_since
                     ch.held = []
-                    self._deliver(ch, messages.digest(channel=ch.masked, held=held, since=since, host=self.host,
-                                                      now=now), now)
+                    digest = messages.digest(channel=ch.masked, held=held, since=since, host=self.host,
+                                             now=now)
+                    self._deliver(ch, digest, now)

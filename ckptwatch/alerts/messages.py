@@ -144,7 +144,8 @@ def checkpoint_alerts(v: Verdict, *, run_root: str, host: str, now: float, resum
              ("Layout", v.layout), ("Status", v.status.value)]
     if v.ranks and v.ranks.expected is not None:
         facts.append(("Ranks", f"{len(v.ranks.present)} of {v.ranks.expected} present"
-                               + (f", missing {', '.join(map(str, v.ranks.missing))}" if v.ranks.missing else "")))
+                               + (f", missing {', '.join(map(str, v.ranks.missing))}" if v.ranks.missing
+                                  else "")))
     problems, problem_advice = _findings(v.problems)
     hazards, hazard_advice = _findings(v.hazards)
     out = []
@@ -166,7 +167,8 @@ def checkpoint_alerts(v: Verdict, *, run_root: str, host: str, now: float, resum
                   if resume_from and resume_from != v.path else
                   "fix the hazard before resuming from it (What to do, above)")
         out.append(Alert(
-            kind="resume_hazard", severity=KIND_SEVERITY["resume_hazard"], key=(run_root, v.path, "resume_hazard"),
+            kind="resume_hazard", severity=KIND_SEVERITY["resume_hazard"],
+            key=(run_root, v.path, "resume_hazard"),
             title=f"{PREFIX} {run}: {ckpt} would resume wrongly ({first.kind}{more})",
             body=_render(facts, [("Resume hazards", hazards), ("What to do", hazard_advice)], advice, now),
             fingerprint=repr(sorted((h.kind, h.file) for h in v.hazards))))
@@ -229,15 +231,17 @@ def stalled_alert(*, run_root: str, host: str, now: float, last_checkpoint: str 
                  body=_render(facts, [], advice, now), fingerprint=repr(last_at))
 
 
-def disk_low_alert(*, path: str, host: str, now: float, free: int, total: int, reasons: Sequence[str]) -> Alert:
+def disk_low_alert(*, path: str, host: str, now: float, free: int, total: int,
+                   reasons: Sequence[str]) -> Alert:
     """A watched filesystem running out of space: the next save may be truncated."""
     pct = 100.0 * free / total if total else 0.0
-    facts = [("Host", host), ("Path", path), ("Free", f"{human_bytes(free)} of {human_bytes(total)} ({pct:.1f}%)")]
+    facts = [("Host", host), ("Path", path),
+             ("Free", f"{human_bytes(free)} of {human_bytes(total)} ({pct:.1f}%)")]
     return Alert(kind="disk_low", severity=KIND_SEVERITY["disk_low"], key=(path, "", "disk_low"),
                  title=f"{PREFIX} {host}: disk low at {path} ({human_bytes(free)} free, {pct:.1f}%)",
                  body=_render(facts, [("Below", list(reasons))],
-                              "free space (old checkpoints: `ckptwatch once --json` shows which are complete) "
-                              "before the next save is truncated", now))
+                              "free space (old checkpoints: `ckptwatch once --json` shows which are "
+                              "complete) before the next save is truncated", now))
 
 
 def condition_cleared(key: AlertKey, *, host: str, now: float, detail: str) -> Alert:
@@ -295,14 +299,16 @@ def loss_jump_alert(*, run: str, at_step: int, from_step: int | None, from_check
         advice = (f"stop the run; fix what the hazards above say in {_name(from_checkpoint)}, "
                   "or resume from the checkpoint `ckptwatch latest` names")
     else:
-        advice = "stop the run and check what the resume loaded (the trainer log's first lines after the restart)"
+        advice = ("stop the run and check what the resume loaded (the trainer log's first lines after the "
+                  "restart)")
     return Alert(kind="loss_jump", severity=KIND_SEVERITY["loss_jump"],
                  key=(run, from_checkpoint or f"step-{at_step}", "loss_jump"),
                  title=(f"{PREFIX} {name}: loss is {num(after)} after resuming at step {at_step}" if nonfinite
                         or ratio is None else
                         f"{PREFIX} {name}: loss jumped x{ratio:.1f} after resuming at step {at_step}"
                         + (" (from scratch?)" if scratch else "")),
-                 body=_render(facts, [("Hazards of the resumed-from checkpoint", list(hazards))], advice, now),
+                 body=_render(facts, [("Hazards of the resumed-from checkpoint", list(hazards))], advice,
+                              now),
                  attachments=(plot,) if plot else (), fingerprint=repr((at_step, from_step)))
 
 
@@ -316,11 +322,12 @@ def channel_failing_notice(*, channel: str, since: float, attempts: int, reason:
                  title=f"{PREFIX} {host}: alert channel {channel} failing since {utc_iso(since)}",
                  body=_render([("Host", host), ("Channel", channel), ("Failing since", utc_iso(since)),
                                ("Attempts", str(attempts)), ("Last error", reason)], [],
-                              "check the channel's URL and credentials with `ckptwatch alert test`; alerts for it "
-                              "are kept and summarised once it works again", now))
+                              "check the channel's URL and credentials with `ckptwatch alert test`; alerts "
+                              "for it are kept and summarised once it works again", now))
 
 
-def channel_recovered_notice(*, channel: str, since: float, missed: Sequence[str], host: str, now: float) -> Alert:
+def channel_recovered_notice(*, channel: str, since: float, missed: Sequence[str], host: str,
+                             now: float) -> Alert:
     """Sent everywhere when a failing channel works again, listing what it missed."""
     return Alert(kind="service_error", severity=ERROR, key=("service", f"channel {channel}", "service_error"),
                  title=f"{PREFIX} RESOLVED {host}: alert channel {channel} works again",
@@ -333,7 +340,8 @@ def channel_recovered_notice(*, channel: str, since: float, missed: Sequence[str
 
 def digest(*, channel: str, held: Sequence[Alert], since: float, host: str, now: float) -> Alert:
     """What the rate limit held back on one channel, sent as one message when the window allows."""
-    return Alert(kind="service_error", severity=WARNING, key=("service", f"digest {channel}", "service_error"),
+    return Alert(kind="service_error", severity=WARNING,
+                 key=("service", f"digest {channel}", "service_error"),
                  title=f"{PREFIX} {host}: {len(held)} alert{'s' if len(held) != 1 else ''} held back by the "
                        f"rate limit",
                  body=_render([("Host", host), ("Channel", channel), ("Held since", utc_iso(since))],
@@ -347,4 +355,5 @@ def alert_test_message(*, host: str, now: float) -> Alert:
     """What ``ckptwatch alert test`` sends."""
     return Alert(kind="service_error", severity=WARNING, key=("service", "alert test", "service_error"),
                  title=f"{PREFIX} {host}: test alert",
-                 body=_render([("Host", host)], [], "nothing; this checks that alerts reach this channel", now))
+                 body=_render([("Host", host)], [], "nothing; this checks that alerts reach this channel",
+                              now))

@@ -33,6 +33,7 @@ from ckptwatch.alerts import messages
 from ckptwatch.alerts.conditions import stalled
 from ckptwatch.alerts.messages import Alert, AlertKey
 from ckptwatch.model import Hazard, RunReport, Status, Verdict
+from ckptwatch.vocabulary import full_message
 
 FINISHED_AFTER = 86400.0  # silence beyond threshold + this: the run ended; no stalled alert
 RUN_HAZARDS_HANDLED_ELSEWHERE = {"newest_not_resumable"}
@@ -47,7 +48,7 @@ class RunAlertPlan:
 
 def plan_run(run: RunReport, *, open_keys: Mapping[AlertKey, str], now: float, host: str, stale_after: float,
              stalled_after: float | None, stalled_enabled: bool = True) -> RunAlertPlan:
-    """The alerts ``run`` calls for at ``now``; ``open_keys`` (key -> fingerprint) is what the ledger holds."""
+    """The alerts ``run`` calls for at ``now``; ``open_keys`` (key -> fingerprint): what the ledger holds."""
     raises: list[Alert] = []
     wanted: set[AlertKey] = set()
     wake: list[float] = []
@@ -62,7 +63,8 @@ def plan_run(run: RunReport, *, open_keys: Mapping[AlertKey, str], now: float, h
             continue
         for alert in messages.checkpoint_alerts(v, run_root=run.root, host=host, now=now,
                                                 resume_from=run.latest_resumable, resume_step=resume_step):
-            if alert.kind == "incomplete" and not _incomplete_is_final(v, i, complete_after, now, stale_after):
+            if alert.kind == "incomplete" and not _incomplete_is_final(v, i, complete_after, now,
+                                                                       stale_after):
                 wake.append(v.newest_mtime + stale_after + 1.0)
                 if alert.key in open_keys:
                     wanted.add(alert.key)
@@ -116,23 +118,26 @@ def plan_vanished_runs(root: str, live_runs: set[str], *, open_keys: Mapping[Ale
         if kind in (*messages.VERDICT_KINDS, "stalled") and (run_root == root or run_root.startswith(base)) \
                 and run_root not in live_runs:
             out.append((key, messages.checkpoint_gone(key, host=host, now=now) if key[1] else
-                        messages.condition_cleared(key, host=host, now=now, detail="the run no longer exists")))
+                        messages.condition_cleared(key, host=host, now=now,
+                                                   detail="the run no longer exists")))
     return tuple(out)
 
 
-def _incomplete_is_final(v: Verdict, index: int, newest_complete: int, now: float, stale_after: float) -> bool:
+def _incomplete_is_final(v: Verdict, index: int, newest_complete: int, now: float,
+                         stale_after: float) -> bool:
     return newest_complete > index or now - v.newest_mtime >= stale_after
 
 
 def _run_hazard_alert(run: RunReport, hazards: list[Hazard], host: str, now: float) -> Alert:
     first = hazards[0]
-    lines = [f"{h.kind}: {h.full_message}" for h in hazards]
+    lines = [f"{h.kind}: {full_message(h)}" for h in hazards]
+    nxt = (f"resume from {run.latest_resumable}" if run.latest_resumable
+           else "no complete checkpoint exists in this run")
     body = (f"Host: {host}\nRun:  {run.root}\n\nResume hazards:\n" + "\n".join(f"- {x}" for x in lines)
-            + f"\n\nNext: {'resume from ' + run.latest_resumable if run.latest_resumable else 'no complete checkpoint exists in this run'}"
-            + f"\nTime: {messages.utc_iso(now)}")
+            + f"\n\nNext: {nxt}\nTime: {messages.utc_iso(now)}")
     return Alert(kind="resume_hazard", severity="warning", key=(run.root, "", "resume_hazard"),
-                 title=f"{messages.PREFIX} {os.path.basename(run.root.rstrip(os.sep))}: a resume would pick the "
-                       f"wrong checkpoint ({first.kind})",
+                 title=f"{messages.PREFIX} {os.path.basename(run.root.rstrip(os.sep))}: a resume would pick "
+                       f"the wrong checkpoint ({first.kind})",
                  body=body, fingerprint=repr(sorted((h.kind, h.file) for h in hazards)))
 
 

@@ -14,7 +14,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class AppriseSender:
         for name in ("apprise", "apprise.plugins"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
 
-    def _instance(self, url: str):
+    def _instance(self, url: str) -> Any:  # an apprise.Apprise (apprise is imported lazily)
         with self._lock:
             if url not in self._cache:
                 a = self._apprise.Apprise()
@@ -62,18 +62,12 @@ class AppriseSender:
                 self._cache[url] = a
             return self._cache[url]
 
-    def supports(self, url: str) -> bool:
-        """Does apprise understand this URL (a known scheme, parseable)? Cheap; no network."""
-        try:
-            return len(self._instance(url)) == 1  # type: ignore[arg-type]
-        except Exception:  # noqa: BLE001 - any parse failure means "no"
-            return False
-
     def send(self, url: str, title: str, body: str, attachments: Sequence[str] = ()) -> SendResult:
         try:
             a = self._instance(url)
             if len(a) == 0:  # type: ignore[arg-type]
-                return SendResult(False, "apprise does not understand this URL (unknown scheme or bad syntax)")
+                return SendResult(False,
+                                  "apprise does not understand this URL (unknown scheme or bad syntax)")
             kwargs = {}
             if attachments:
                 attach = self._apprise.AppriseAttachment()

@@ -28,6 +28,7 @@ from ckptwatch.formats._io import FormatError
 from ckptwatch.formats._stream import display, oserror_problem
 from ckptwatch.formats.pickle_stub import MAX_PICKLE_BYTES, Stub, TensorRef, TorchDtype, get, walk_pickle
 from ckptwatch.model import FileCheck, Problem
+from ckptwatch.vocabulary import file_ok
 
 DISTCP = re.compile(r"^(?P<group>.*)__(?P<rank>\d+)_(?P<n>\d+)\.distcp$")
 RANK_METADATA = re.compile(r"^__(?P<rank>\d+)\.metadata$")
@@ -147,7 +148,7 @@ def check_dcp_dir(dir: str, *, deep: bool = False) -> FileCheck:  # noqa: A002 -
 
 
 def _judge_coverage(
-    dir: str,
+    dirpath: str,
     metas: list[tuple[str, int | None]],
     parsed: list[_Items],
     problems: list[Problem],
@@ -157,11 +158,11 @@ def _judge_coverage(
     if not parsed:
         return []
     if not rank_local:
-        where = display(os.path.join(dir, metas[0][0]))
+        where = display(os.path.join(dirpath, metas[0][0]))
         gaps, overlaps = _coverage(parsed[0])
         out = [_listing("size_mismatch", where, where, gaps + overlaps)] if gaps or overlaps else []
         return out
-    shown = display(dir)
+    shown = display(dirpath)
     bad: list[str] = []
     gaps, overlaps = _coverage(_merge(parsed, bad))
     out = [_listing("bad_header", shown, f"{shown} (rank-local metadata)", bad)] if bad else []
@@ -178,15 +179,15 @@ def _judge_coverage(
     return out
 
 
-def _mtime(dir: str, name: str) -> float | None:
+def _mtime(dirpath: str, name: str) -> float | None:
     try:
-        return os.stat(os.path.join(dir, name)).st_mtime
+        return os.stat(os.path.join(dirpath, name)).st_mtime
     except OSError:
         return None
 
 
-def _read_metadata(dir: str, meta_name: str) -> tuple[Any, os.stat_result]:
-    path = os.path.join(dir, meta_name)
+def _read_metadata(dirpath: str, meta_name: str) -> tuple[Any, os.stat_result]:
+    path = os.path.join(dirpath, meta_name)
     shown = display(path)
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -224,12 +225,12 @@ def _read_metadata(dir: str, meta_name: str) -> tuple[Any, os.stat_result]:
 
 
 def _check_metadata(
-    dir: str, meta_name: str, deep: bool, facts: dict[str, Any], referenced: dict[str, int]
+    dirpath: str, meta_name: str, deep: bool, facts: dict[str, Any], referenced: dict[str, int]
 ) -> tuple[list[Problem], _Items | None]:
-    meta_path = os.path.join(dir, meta_name)
+    meta_path = os.path.join(dirpath, meta_name)
     mshown = display(meta_path)
     try:
-        md, mst = _read_metadata(dir, meta_name)
+        md, mst = _read_metadata(dirpath, meta_name)
     except FormatError as exc:
         return [Problem(exc.kind, mshown, exc.message)], None
     except OSError as exc:
@@ -261,7 +262,7 @@ def _check_metadata(
     # Rule 2: every referenced file exists and is long enough; rule 1: the marker is not older.
     newest = 0.0
     for path, n in sorted(need.items()):
-        full = os.path.join(dir, path)
+        full = os.path.join(dirpath, path)
         fshown = display(full)
         try:
             st = os.stat(full)
@@ -309,7 +310,7 @@ def _check_metadata(
         problems.append(_listing("bad_header", mshown, mshown, faults))
 
     if deep and not any(p.kind in ("missing_shard", "truncated") for p in problems):
-        problems.extend(_deep(dir, entries, sdm, mshown))
+        problems.extend(_deep(dirpath, entries, sdm, mshown))
     return problems, items
 
 
@@ -478,7 +479,7 @@ def _overlap(boxes: list[tuple[tuple[int, ...], tuple[int, ...]]]) -> bool:
     return False
 
 
-def _unreferenced(dir: str, names: list[str], referenced: dict[str, int]) -> list[Problem]:
+def _unreferenced(dirpath: str, names: list[str], referenced: dict[str, int]) -> list[Problem]:
     """Rule 4: data files no metadata refers to (empty buckets are normal; non-empty ones are reported)."""
     ref_ranks = [r for p in referenced if (r := rank_of(p)) is not None]
     top = max(ref_ranks, default=None)
@@ -487,7 +488,7 @@ def _unreferenced(dir: str, names: list[str], referenced: dict[str, int]) -> lis
         r = rank_of(n)
         if r is None or n in referenced:
             continue
-        full = os.path.join(dir, n)
+        full = os.path.join(dirpath, n)
         try:
             size = os.stat(full).st_size
         except OSError:
@@ -517,7 +518,7 @@ def _unreferenced(dir: str, names: list[str], referenced: dict[str, int]) -> lis
 # Rule 6 (deep): every byte window is a torch.save zip that checks out and matches its chunk
 
 
-def _deep(dir: str, entries: list[_Entry], sdm: dict[Any, Any], mshown: str) -> list[Problem]:
+def _deep(dirpath: str, entries: list[_Entry], sdm: dict[Any, Any], mshown: str) -> list[Problem]:
     from ckptwatch.formats.safetensors import check_safetensors
     from ckptwatch.formats.torchzip import check_torch_window
 
@@ -537,7 +538,7 @@ def _deep(dir: str, entries: list[_Entry], sdm: dict[Any, Any], mshown: str) -> 
     problems: list[Problem] = []
     safetensors_files: set[str] = set()
     for e in sorted(entries, key=lambda x: (x.path, x.offset)):
-        full = os.path.join(dir, e.path)
+        full = os.path.join(dirpath, e.path)
         if e.transformed:
             continue  # an extension (e.g. compression) re-encoded this window; its bytes are not a zip
         if e.path in safetensors_files:
@@ -549,7 +550,7 @@ def _deep(dir: str, entries: list[_Entry], sdm: dict[Any, Any], mshown: str) -> 
         label = f"{display(full)}[{e.offset}:{e.offset + e.length}] ({e.fqn})"
         fc = check_torch_window(full, e.offset, e.length, deep=True, label=label)
         problems.extend(fc.problems)
-        if not fc.ok or e.index_offset is None:
+        if not file_ok(fc) or e.index_offset is None:
             continue
         expect = chunk_of.get((e.fqn, e.index_offset))
         obj = fc.facts.get("object")

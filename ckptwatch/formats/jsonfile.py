@@ -48,7 +48,8 @@ def read_text(path: str, *, limit: int = 4096) -> tuple[str | None, Problem | No
     except OSError as exc:
         return None, problem_from_oserror(path, exc)
     if len(raw) > limit:
-        return None, Problem("pointer_unreadable", path, f"{path} is larger than {limit} bytes; not a pointer")
+        return None, Problem("pointer_unreadable", path,
+                             f"{path} is larger than {limit} bytes; not a pointer")
     try:
         return raw.decode("utf-8").strip(), None
     except UnicodeDecodeError:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckptwatch.formats._io import FormatError
-from ckptwatch.formats._stream import crc32_concat, run_check, read_all
+from ckptwatch.formats._stream import crc32_concat, read_all, run_check
 from ckptwatch.model import FileCheck, Problem
 
 CRC_TRAILER = b"crc_num"
@@ -244,8 +244,8 @@ def check_ms_ckpt(path: str, *, deep: bool = False) -> FileCheck:
     file ends with MindFormers' epoch_num/step_num/global_step/loss_scale tags), ``step`` (global_step or
     step_num value when stored as a small integer tensor, else None), ``size``.
     """
-    return run_check(path, lambda fd, shown, size, problems, facts: _check(fd, path, shown, size, deep, problems,
-                                                                           facts))
+    return run_check(path, lambda fd, shown, size, problems, facts:
+                     _check(fd, path, shown, size, deep, problems, facts))
 
 
 def _check(

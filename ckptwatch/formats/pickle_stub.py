@@ -239,10 +239,6 @@ class Stub:
     def stub_state(self) -> Any:
         return self._pk_state
 
-    @property
-    def stub_items(self) -> dict[Any, Any]:
-        return self._pk_items or {}
-
     def _pk_lookup(self, key: Any, depth: int = 0) -> Any:
         """The pickled value named ``key``: state dict, slot state, dict items, then list/args by index."""
         st = self._pk_state
@@ -719,7 +715,7 @@ def walk_pickle(data: bytes, *, what: str, start: int = 0) -> PickleWalk:
         obj = walker.load()
     # UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, RecursionError,
     # MemoryError, struct.error, ...: no fault in hostile bytes may escape as a traceback.
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - hostile bytes may raise anything
         raise FormatError(
             "bad_pickle", f"{what}: malformed pickle ({type(exc).__name__}: {str(exc)[:200]})"
         ) from None

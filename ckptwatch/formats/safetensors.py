@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ckptwatch.formats._io import FormatError, read_exact_at
-from ckptwatch.formats._stream import run_check, read_all
+from ckptwatch.formats._stream import read_all, run_check
 from ckptwatch.model import FileCheck, Problem
 
 MAX_HEADER_SIZE = 100_000_000

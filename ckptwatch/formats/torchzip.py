@@ -22,7 +22,7 @@ import zipfile
 from typing import Any
 
 from ckptwatch.formats._io import FormatError, read_exact_at
-from ckptwatch.formats._stream import crc32_ranges, display, run_check, read_all
+from ckptwatch.formats._stream import crc32_ranges, display, read_all, run_check
 from ckptwatch.formats.pickle_stub import (
     MAX_PICKLE_BYTES,
     PickleTruncated,
@@ -93,7 +93,8 @@ class _Window(io.RawIOBase):
         try:
             got = os.preadv(self.fd, [memoryview(b)[:n]], self.base + self.pos)
         except OSError as exc:
-            exc.ckptwatch_where = f"bytes {self.base + self.pos}..{self.base + self.pos + n}"  # type: ignore[attr-defined]
+            where = f"bytes {self.base + self.pos}..{self.base + self.pos + n}"
+            exc.ckptwatch_where = where  # type: ignore[attr-defined]
             self.error = exc
             raise
         self.pos += got
@@ -299,7 +300,8 @@ _CDIR = struct.Struct("<4s2H2H2H3I5H2I")  # central directory file header, 46 by
 _ZIP64_LOCATOR = b"PK\x06\x07"
 
 
-def _fast_directory_check(fd: int, shown: str, size: int, problems: list[Problem], facts: dict[str, Any]) -> bool:
+def _fast_directory_check(fd: int, shown: str, size: int, problems: list[Problem],
+                          facts: dict[str, Any]) -> bool:
     """The structural check of a stored torch zip without ``zipfile``: one read of the directory.
 
     ``zipfile.ZipFile`` builds a Python object per record (0.2-0.5 ms for an optimizer state); this

@@ -9,7 +9,6 @@ from siblings, stale temp markers) the same way for every layout.
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -111,11 +110,6 @@ class NoRunFindings:
         return [], []
 
 
-def step_of(name: str, pattern: re.Pattern[str]) -> int | None:
-    m = pattern.match(name)
-    return int(m.group(1)) if m else None
-
-
 def listdir_names(path: str) -> tuple[list[str], Problem | None]:
     try:
         return sorted(os.listdir(path)), None
@@ -137,6 +131,7 @@ def pointer_hazard(pointer_path: str, named: str, target: Verdict | None,
                       f"{display(pointer_path)} names {named!r}, which does not exist; {use}")
     if target.status.value in ("incomplete", "corrupt"):
         return Hazard("latest_points_to_incomplete", display(pointer_path),
-                      f"{display(pointer_path)} names {display(target.path)}, which is {target.status.value}; "
-                      f"a resume through this pointer will fail or load garbage; {use}")
+                      f"{display(pointer_path)} names {display(target.path)}, which is "
+                      f"{target.status.value}; a resume through this pointer will fail or load garbage; "
+                      f"{use}")
     return None

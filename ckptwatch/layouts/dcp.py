@@ -13,8 +13,15 @@ import os
 import re
 
 from ckptwatch.filecheck import check_file
-from ckptwatch.layouts.base import (CheckOptions, Candidate, Judgement, NoRunFindings, RankFile, RunFound,
-                                    listdir_names)
+from ckptwatch.layouts.base import (
+    Candidate,
+    CheckOptions,
+    Judgement,
+    NoRunFindings,
+    RankFile,
+    RunFound,
+    listdir_names,
+)
 from ckptwatch.model import Problem
 from ckptwatch.scan import Entry, display
 
@@ -69,5 +76,6 @@ class DcpRun(NoRunFindings):
                 j.problems.extend(check_file(meta, opts).problems)
             else:
                 j.problems.append(Problem("no_commit_marker", display(meta), f"{display(meta)} is missing: "
-                                          "Lightning writes it after the sharded save, so this save did not finish"))
+                                          "Lightning writes it after the sharded save, so this save did not "
+                                          "finish"))
         return j

@@ -13,8 +13,16 @@ import re
 
 from ckptwatch.filecheck import check_file
 from ckptwatch.formats.jsonfile import read_text
-from ckptwatch.layouts.base import (CheckOptions, Candidate, Judgement, RankFile, RunFound, listdir_names,
-                                    missing, pointer_hazard)
+from ckptwatch.layouts.base import (
+    Candidate,
+    CheckOptions,
+    Judgement,
+    RankFile,
+    RunFound,
+    listdir_names,
+    missing,
+    pointer_hazard,
+)
 from ckptwatch.model import Hazard, Problem, Verdict
 from ckptwatch.scan import Entry, display
 
@@ -52,9 +60,11 @@ def judge_tag_dir(tag_dir: str, opts: CheckOptions) -> Judgement:
     shown = display(tag_dir)
     model_mp = {int(m.group(1)): n for n in names if (m := MODEL_MP.match(n))}
     model_z3 = {(int(m.group(1)), int(m.group(2))): n for n in names if (m := MODEL_ZERO3.match(n))}
-    optim = {(int(m.group(2)), int(m.group(3))): (m.group(1) or "", n) for n in names if (m := OPTIM.match(n))}
+    optim = {(int(m.group(2)), int(m.group(3))): (m.group(1) or "", n) for n in names
+             if (m := OPTIM.match(n))}
     if not (model_mp or model_z3 or optim or any(LAYER.match(n) for n in names)):
-        j.problems.append(Problem("no_weights", shown, f"{shown} holds no DeepSpeed model or optimizer states"))
+        j.problems.append(Problem("no_weights", shown,
+                                  f"{shown} holds no DeepSpeed model or optimizer states"))
         return j
 
     facts: dict[str, int] = {}
@@ -84,8 +94,8 @@ def judge_tag_dir(tag_dir: str, opts: CheckOptions) -> Judgement:
 
     prefixes = {p for p, _ in optim.values()}
     if len(prefixes) > 1:
-        j.problems.append(Problem("bad_header", shown, f"{shown} mixes bf16_ and plain optimizer state files; "
-                                  "they come from two different saves into the same tag"))
+        j.problems.append(Problem("bad_header", shown, f"{shown} mixes bf16_ and plain optimizer state "
+                                  "files; they come from two different saves into the same tag"))
 
     mp_world = facts.get("mp_world_size") or (1 + max([*model_mp, *(m for _, m in model_z3),
                                                        *(m for _, m in optim)], default=0))
@@ -103,8 +113,8 @@ def judge_tag_dir(tag_dir: str, opts: CheckOptions) -> Judgement:
             dp_present = sorted({d for d, m in optim if m == 0} & {d for d, m in model_z3 if m == 0})
             for d, m in sorted(set(optim) ^ set(model_z3)):
                 have = "optimizer" if (d, m) in optim else "model"
-                j.problems.append(Problem("missing_rank", shown, f"{shown}: dp rank {d} (mp {m}) has its ZeRO-3 "
-                                          f"{have} states but not the other half"))
+                j.problems.append(Problem("missing_rank", shown, f"{shown}: dp rank {d} (mp {m}) has its "
+                                          f"ZeRO-3 {have} states but not the other half"))
         j.present_ranks = tuple(dp_present)
         j.expected_ranks = dp_expected
         prefix = next(iter(prefixes), "")
@@ -113,8 +123,9 @@ def judge_tag_dir(tag_dir: str, opts: CheckOptions) -> Judgement:
             total = len(optim)
             want = dp_expected * mp_world
             if total > want:
-                j.problems.append(Problem("unreferenced_file", shown, f"{shown} holds {total} optimizer state "
-                                          f"files but partition_count x mp = {want}: leftovers of a larger run?"))
+                j.problems.append(Problem("unreferenced_file", shown, f"{shown} holds {total} optimizer "
+                                          f"state files but partition_count x mp = {want}: leftovers of a "
+                                          "larger run?"))
     if "global_steps" in facts:
         j.step = facts["global_steps"]
     j.facts.update(facts)
@@ -159,7 +170,8 @@ def deepspeed_pointer_findings(save_dir: str, verdicts: list[Verdict],
             continue
         tag, problem = read_text(path)
         if problem or not tag:
-            problems.append(problem or Problem("pointer_unreadable", display(path), f"{display(path)} is empty"))
+            problems.append(problem
+                            or Problem("pointer_unreadable", display(path), f"{display(path)} is empty"))
             continue
         target = by_path.get(os.path.normpath(os.path.join(save_dir, tag)))
         if target is None and os.path.isdir(os.path.join(save_dir, tag)):

@@ -7,20 +7,20 @@ protobuf); there are no ranks. The step is read from the name (``ckpt_step_20.pt
 from __future__ import annotations
 
 from ckptwatch.filecheck import check_file, sniff
-from ckptwatch.layouts.base import CheckOptions, Candidate, Judgement, NoRunFindings, RunFound
+from ckptwatch.layouts.base import Candidate, CheckOptions, Judgement, NoRunFindings, RunFound
 from ckptwatch.layouts.dcp import step_from_name
 from ckptwatch.model import Problem
 from ckptwatch.scan import Entry, display
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
-TEMP_MARKERS = (".tmp",)
 
 
 class Generic(NoRunFindings):
     name = "generic"
 
     def find(self, directory: str, entries: list[Entry]) -> RunFound | None:
-        cands = [Candidate(e.path, step_from_name(e.name), self.name, order=(step_from_name(e.name) or -1, e.name))
+        cands = [Candidate(e.path, step_from_name(e.name), self.name,
+                           order=(step_from_name(e.name) or -1, e.name))
                  for e in entries if e.is_file and e.name.endswith(WEIGHT_SUFFIXES)]
         temps = [e for e in entries if e.is_file and _is_temp_of_weights(e.name)]
         if not cands and not temps:

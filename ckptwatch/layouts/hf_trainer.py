@@ -15,11 +15,20 @@ from typing import Any
 
 from ckptwatch.filecheck import check_file
 from ckptwatch.formats.jsonfile import read_json
-from ckptwatch.layouts.base import (CheckOptions, Candidate, Judgement, NoRunFindings, RankFile, RunFound,
-                                    listdir_names, missing)
+from ckptwatch.layouts.base import (
+    Candidate,
+    CheckOptions,
+    Judgement,
+    NoRunFindings,
+    RankFile,
+    RunFound,
+    listdir_names,
+    missing,
+)
 from ckptwatch.layouts.deepspeed import is_tag_dir, judge_tag_dir
 from ckptwatch.model import FileCheck, Problem
 from ckptwatch.scan import Entry, display, tree
+from ckptwatch.vocabulary import file_ok
 
 CKPT = re.compile(r"^checkpoint-(\d+)$")
 STAGING = re.compile(r"^tmp-checkpoint-(.*)$")
@@ -60,7 +69,8 @@ def check_index(ckpt: str, index_name: str, opts: CheckOptions,
     data_bytes = 0
     for shard in shards:
         if "/" in shard or shard in ("", ".", ".."):
-            problems.append(Problem("unsafe_path", shown, f"{shown} names shard {shard!r} outside the checkpoint"))
+            problems.append(Problem("unsafe_path", shown,
+                                    f"{shown} names shard {shard!r} outside the checkpoint"))
             continue
         spath = os.path.join(ckpt, shard)
         if not os.path.exists(spath):
@@ -77,12 +87,12 @@ def check_index(ckpt: str, index_name: str, opts: CheckOptions,
         data_bytes += sum(t.end - t.begin for t in tensors.values())
         absent = [k for k, v in weight_map.items() if v == shard and k not in tensors]
         if absent:
-            problems.append(Problem("missing_tensor", display(spath), f"{display(spath)} lacks {len(absent)} tensors "
-                                    f"that {shown} maps to it (e.g. {absent[0]})"))
+            problems.append(Problem("missing_tensor", display(spath), f"{display(spath)} lacks {len(absent)} "
+                                    f"tensors that {shown} maps to it (e.g. {absent[0]})"))
     total = index.get("metadata", {}).get("total_size") if isinstance(index.get("metadata"), dict) else None
     if isinstance(total, int) and data_bytes and total != data_bytes and not problems:
-        problems.append(Problem("size_total_mismatch", shown, f"{shown} says total_size {total} but the shards "
-                                f"hold {data_bytes} bytes of tensors"))
+        problems.append(Problem("size_total_mismatch", shown, f"{shown} says total_size {total} but the "
+                                f"shards hold {data_bytes} bytes of tensors"))
     return problems
 
 
@@ -140,8 +150,8 @@ class HfTrainer(NoRunFindings):
         state_path = os.path.join(ckpt, "trainer_state.json")
         state: Any = None
         if "trainer_state.json" not in nameset:
-            j.problems.append(Problem("no_commit_marker", display(state_path), f"{display(state_path)} is missing: "
-                                      "the Trainer writes it last, so this save did not finish"))
+            j.problems.append(Problem("no_commit_marker", display(state_path), f"{display(state_path)} is "
+                                      "missing: the Trainer writes it last, so this save did not finish"))
         else:
             state = checked[state_path].facts.get("json")
             if isinstance(state, dict):
@@ -151,10 +161,11 @@ class HfTrainer(NoRunFindings):
                                               f"{display(state_path)} has no integer global_step"))
                 elif cand.step is not None and gs != cand.step:
                     j.problems.append(Problem("step_mismatch", display(state_path),
-                                              f"{display(state_path)} says global_step {gs} but the directory is "
-                                              f"checkpoint-{cand.step}"))
+                                              f"{display(state_path)} says global_step {gs} but the "
+                                              f"directory is checkpoint-{cand.step}"))
             elif state is not None:
-                j.problems.append(Problem("bad_json", display(state_path), f"{display(state_path)} is not a JSON object"))
+                j.problems.append(Problem("bad_json", display(state_path),
+                                          f"{display(state_path)} is not a JSON object"))
 
         # training_args.bin: world size and save_only_model, without executing the pickle.
         args_obj = None
@@ -188,13 +199,15 @@ class HfTrainer(NoRunFindings):
                 describe = dj.rank_file or RankFile("rank {r}")
                 for r in sorted(set(range(dj.expected_ranks)) - set(dj.present_ranks)):
                     f = os.path.join(ckpt, tag, describe(r))
-                    j.problems.append(Problem("missing_rank", display(f), f"{display(f)} is missing: DeepSpeed "
-                                              f"data-parallel rank {r} of {dj.expected_ranks} did not save"))
+                    j.problems.append(Problem("missing_rank", display(f), f"{display(f)} is missing: "
+                                              f"DeepSpeed data-parallel rank {r} of {dj.expected_ranks} did "
+                                              "not save"))
         has_weights = bool(full or indexes or adapters or fsdp_dirs or fsdp_rank_files or ds_tags
                            or "pytorch_model_fsdp.bin" in nameset)
         if not has_weights:
-            j.problems.append(Problem("no_weights", shown, f"{shown} holds no model weights (no model.safetensors, "
-                                      "pytorch_model.bin, index + shards, adapter, FSDP or DeepSpeed state)"))
+            j.problems.append(Problem("no_weights", shown, f"{shown} holds no model weights (no "
+                                      "model.safetensors, pytorch_model.bin, index + shards, adapter, FSDP "
+                                      "or DeepSpeed state)"))
         if (full or indexes) and not fsdp_dirs and "training_args.bin" not in nameset:
             j.problems.append(missing(args_path, "the Trainer saves it with the weights"))
 
@@ -221,21 +234,23 @@ class HfTrainer(NoRunFindings):
             j.rank_file = RankFile("rng_state.pth" if world == 1 else "rng_state_{r}.pth")
             if world is not None and world > 1 and "rng_state.pth" in rng:
                 j.problems.append(Problem("step_mismatch", display(os.path.join(ckpt, "rng_state.pth")),
-                                          f"{shown} has rng_state.pth (one process) but training_args.bin says "
-                                          f"{world} processes"))
+                                          f"{shown} has rng_state.pth (one process) but training_args.bin "
+                                          f"says {world} processes"))
 
         # Commit-marker rule: trainer_state.json must not be older than the files it covers. Other ranks'
         # rng_state_<i>.pth are written without a barrier and may land after it (layouts.md §3.1).
         if "trainer_state.json" in nameset:
             marker_mtime = os.stat(state_path).st_mtime
             covered = [e for e in files
-                       if e.path != state_path and not (RNG.match(e.name) and RNG.match(e.name).group(1) not in (None, "0"))]
+                       if e.path != state_path
+                       and not (RNG.match(e.name) and RNG.match(e.name).group(1) not in (None, "0"))]
             newer = [e for e in covered if e.mtime > marker_mtime + MARKER_SKEW_SECONDS]
             if newer:
                 worst = max(newer, key=lambda e: e.mtime)
                 j.problems.append(Problem("stale_commit_marker", display(state_path),
-                                          f"{display(state_path)} is {worst.mtime - marker_mtime:.0f} s older than "
-                                          f"{display(worst.path)}: a later save rewrote files here and did not finish"))
+                                          f"{display(state_path)} is {worst.mtime - marker_mtime:.0f} s "
+                                          f"older than {display(worst.path)}: a later save rewrote files "
+                                          "here and did not finish"))
 
         j.facts["adapters"] = adapters
         j.facts["full_weights"] = full
@@ -252,7 +267,8 @@ class HfTrainer(NoRunFindings):
             weights = [w for w in ADAPTER_WEIGHTS if w in files]
             if not weights and "adapter_config.json" not in files:
                 continue
-            info: dict[str, Any] = {"dir": where, "config": None, "weights": None, "size": None, "tensors": None}
+            info: dict[str, Any] = {"dir": where, "config": None, "weights": None, "size": None,
+                                    "tensors": None}
             cfg_path = os.path.join(where, "adapter_config.json")
             if "adapter_config.json" in files:
                 fc = checked.get(cfg_path)
@@ -267,7 +283,8 @@ class HfTrainer(NoRunFindings):
                 fc = checked.get(wpath)
                 info["tensors"] = fc.facts.get("tensors") if fc else None
                 info["data_start"] = fc.facts.get("data_start") if fc else None
-                if info["tensors"] is not None and info["data_start"] is not None and fc is not None and fc.ok:
+                if (info["tensors"] is not None and info["data_start"] is not None and fc is not None
+                        and file_ok(fc)):
                     from ckptwatch.adapters import lora_b_all_zero, tensor_digest
 
                     info["b_all_zero"] = lora_b_all_zero(wpath, info["tensors"], info["data_start"])

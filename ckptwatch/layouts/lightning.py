@@ -12,10 +12,11 @@ import os
 import re
 
 from ckptwatch.filecheck import check_file, sniff
-from ckptwatch.layouts.base import CheckOptions, Candidate, Judgement, RunFound, pointer_hazard
+from ckptwatch.layouts.base import Candidate, CheckOptions, Judgement, RunFound, pointer_hazard
 from ckptwatch.layouts.dcp import step_from_name
 from ckptwatch.model import Hazard, Problem, Verdict
 from ckptwatch.scan import Entry, display
+from ckptwatch.vocabulary import file_ok
 
 STEP_IN_NAME = re.compile(r"step=(\d+)")
 LAST = re.compile(r"^last(-v?\d+)?\.ckpt$|-last\.ckpt$")
@@ -47,7 +48,7 @@ class Lightning:
         fc = check_file(cand.path, opts, need_object=True)
         j = Judgement(list(fc.problems))
         obj = fc.facts.get("object")
-        if obj is None or not fc.ok:
+        if obj is None or not file_ok(fc):
             return j
         shown = display(cand.path)
         if get(obj, "state_dict") is None:
@@ -57,8 +58,8 @@ class Lightning:
             j.step = gs
             named = STEP_IN_NAME.search(os.path.basename(cand.path))
             if named and int(named.group(1)) != gs:
-                j.problems.append(Problem("step_mismatch", shown, f"{shown} is named step={named.group(1)} but "
-                                          f"holds global_step {gs}"))
+                j.problems.append(Problem("step_mismatch", shown, f"{shown} is named step={named.group(1)} "
+                                          f"but holds global_step {gs}"))
         return j
 
     def run_findings(self, run: RunFound, verdicts: list[Verdict],

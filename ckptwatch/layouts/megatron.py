@@ -13,10 +13,19 @@ import re
 
 from ckptwatch.filecheck import check_file
 from ckptwatch.formats.jsonfile import read_json, read_text
-from ckptwatch.layouts.base import (CheckOptions, Candidate, Judgement, RankFile, RunFound, listdir_names,
-                                    missing, pointer_hazard)
+from ckptwatch.layouts.base import (
+    Candidate,
+    CheckOptions,
+    Judgement,
+    RankFile,
+    RunFound,
+    listdir_names,
+    missing,
+    pointer_hazard,
+)
 from ckptwatch.model import Hazard, Problem, Verdict
 from ckptwatch.scan import Entry, display
+from ckptwatch.vocabulary import file_ok
 
 ITER = re.compile(r"^iter_(\d{7})$")
 MP_DIR = re.compile(r"^mp_rank_(\d{2})(?:_(\d{3}))?(?:_(\d{3}))?$")
@@ -30,7 +39,7 @@ class Megatron:
         cands = [Candidate(e.path, int(m.group(1)), self.name) for e in entries
                  if e.is_dir and not e.is_symlink and (m := ITER.match(e.name))]
         if not cands:
-            return None  # (MindFormers' new iteration_XXXXXXXX format shares the tracker name: not judged yet)
+            return None  # MindFormers' iteration_XXXXXXXX dirs share the tracker name; they are not judged
         dist_runs = any(os.path.exists(os.path.join(c.path, "metadata.json")) for c in cands)
         for c in cands:
             c.data["run_uses_torch_dist"] = dist_runs
@@ -61,10 +70,12 @@ class Megatron:
             if problem:
                 j.problems.append(problem)
             elif not isinstance(value, dict) or "sharded_backend" not in value:
-                j.problems.append(Problem("bad_json", display(meta), f"{display(meta)} lacks sharded_backend"))
+                j.problems.append(Problem("bad_json", display(meta),
+                                          f"{display(meta)} lacks sharded_backend"))
         elif cand.data.get("run_uses_torch_dist"):
-            j.problems.append(Problem("no_commit_marker", display(meta), f"{display(meta)} is missing: Megatron's "
-                                      "rank 0 writes it after all ranks saved, so this save did not finish"))
+            j.problems.append(Problem("no_commit_marker", display(meta), f"{display(meta)} is missing: "
+                                      "Megatron's rank 0 writes it after all ranks saved, so this save did "
+                                      "not finish"))
         if "common.pt" in names:
             fc = check_file(os.path.join(cand.path, "common.pt"), opts, need_object=True)
             j.problems.extend(fc.problems)
@@ -92,18 +103,19 @@ class Megatron:
                 continue
             fc = check_file(f, opts, need_object=tp_size is None)
             j.problems.extend(fc.problems)
-            if not fc.ok:
+            if not file_ok(fc):
                 continue
             present_cells.add((tp, pp))
             obj = fc.facts.get("object")
             if tp_size is None:
-                t, p = get(obj, "args", "tensor_model_parallel_size"), get(obj, "args", "pipeline_model_parallel_size")
+                t, p = get(obj, "args", "tensor_model_parallel_size"), get(obj, "args",
+                                                                           "pipeline_model_parallel_size")
                 if isinstance(t, int) and isinstance(p, int):
                     tp_size, pp_size = t, p
                 it = get(obj, "iteration")
                 if isinstance(it, int) and cand.step is not None and it != cand.step:
-                    j.problems.append(Problem("step_mismatch", display(f), f"{display(f)} holds iteration {it} "
-                                              f"but lives in iter_{cand.step:07d}"))
+                    j.problems.append(Problem("step_mismatch", display(f), f"{display(f)} holds iteration "
+                                              f"{it} but lives in iter_{cand.step:07d}"))
         if not present_cells and not j.problems:
             j.problems.append(Problem("no_weights", display(cand.path), f"{display(cand.path)} has no "
                                       "mp_rank_XX/model_optim_rng.pt"))
@@ -111,7 +123,8 @@ class Megatron:
         j.present_ranks = tuple(sorted(tp + pp * width for tp, pp in present_cells))
         j.expected_ranks = tp_size * pp_size if tp_size and pp_size else None
         pp_known = (pp_size or 1) > 1 or any(pp for _, pp in present_cells)
-        j.rank_file = RankFile("mp_rank_{tp:02d}" + ("_{pp:03d}" if pp_known else "") + "/model_optim_rng.pt", width)
+        j.rank_file = RankFile("mp_rank_{tp:02d}" + ("_{pp:03d}" if pp_known else "") + "/model_optim_rng.pt",
+                               width)
         return j
 
     def run_findings(self, run: RunFound, verdicts: list[Verdict],
@@ -148,7 +161,8 @@ def _integrity(directory: str, *, deep: bool) -> list[Problem]:
         if "/" in name or name.startswith(".."):
             problems.append(Problem("unsafe_path", display(path), f"{display(path)} lists {name!r}"))
         elif not os.path.exists(f):
-            problems.append(Problem("missing_file", display(f), f"{display(f)} is listed in integrity.json but absent"))
+            problems.append(Problem("missing_file", display(f),
+                                    f"{display(f)} is listed in integrity.json but absent"))
         elif deep:
             import hashlib
 
@@ -163,6 +177,7 @@ def _integrity(directory: str, *, deep: bool) -> list[Problem]:
                 problems.append(problem_from_oserror(display(f), exc))
                 continue
             if h.hexdigest() != digest:
-                problems.append(Problem("hash_mismatch", display(f), f"{display(f)} SHA-256 {h.hexdigest()[:16]}... "
-                                        f"differs from integrity.json's {str(digest)[:16]}..."))
+                problems.append(Problem("hash_mismatch", display(f), f"{display(f)} SHA-256 "
+                                        f"{h.hexdigest()[:16]}... differs from integrity.json's "
+                                        f"{str(digest)[:16]}..."))
     return problems

@@ -15,12 +15,15 @@ from collections import defaultdict
 
 from ckptwatch.filecheck import check_file
 from ckptwatch.formats.jsonfile import read_json
-from ckptwatch.layouts.base import CheckOptions, Candidate, Judgement, RankFile, RunFound, listdir_names
+from ckptwatch.layouts.base import Candidate, CheckOptions, Judgement, RankFile, RunFound, listdir_names
 from ckptwatch.model import Hazard, Problem, Verdict
 from ckptwatch.scan import Entry, display
+from ckptwatch.vocabulary import file_ok
 
 RANK_DIR = re.compile(r"^rank_(\d+)$")
-CKPT_FILE = re.compile(r"^(?P<prefix>.*?)(?:_rank_\d+)?-(?P<epoch>\d+)_(?P<step>\d+)\.(?P<ext>ckpt|safetensors)$")
+CKPT_FILE = re.compile(r"^(?P<prefix>.*?)(?:_rank_\d+)?-(?P<epoch>\d+)_(?P<step>\d+)"
+                       r"\.(?P<ext>ckpt|safetensors)$")
+RESUME_KEYS = {"last_epoch", "last_step", "last_ckpt_file"}  # what MindFormers' resume reads from meta.json
 
 
 class MindSpore:
@@ -40,8 +43,8 @@ class MindSpore:
                     temps[rank].append(os.path.join(path, n))
                 m = CKPT_FILE.match(n)
                 if m and "-network-" not in n and "-trainable_params-" not in n:
-                    keys[(m.group("prefix"), int(m.group("epoch")), int(m.group("step")), m.group("ext"))][rank] = \
-                        os.path.join(path, n)
+                    key = (m.group("prefix"), int(m.group("epoch")), int(m.group("step")), m.group("ext"))
+                    keys[key][rank] = os.path.join(path, n)
         if not keys and not temps:
             return None
         cache: dict[str, object] = {}
@@ -49,8 +52,10 @@ class MindSpore:
         for (prefix, epoch, step, ext), files in sorted(keys.items(), key=lambda kv: (kv[0][1], kv[0][2])):
             pattern = os.path.join(directory, "rank_*", f"{prefix}_rank_*-{epoch}_{step}.{ext}")
             stems = {os.path.splitext(f)[0] for f in files.values()}
-            members = (*files.values(), *(t for ts in temps.values() for t in ts if os.path.splitext(t)[0] in stems))
-            cands.append(Candidate(pattern, step, self.name, order=(epoch, step), members=tuple(sorted(members)),
+            members = (*files.values(),
+                       *(t for ts in temps.values() for t in ts if os.path.splitext(t)[0] in stems))
+            cands.append(Candidate(pattern, step, self.name, order=(epoch, step),
+                                   members=tuple(sorted(members)),
                                    data={"files": files, "ranks": sorted(rank_dirs), "key": (epoch, step),
                                          "temps": temps, "cache": cache, "rank_dirs": rank_dirs}))
         return RunFound(directory, self, cands, consumed=set(rank_dirs.values()))
@@ -71,7 +76,7 @@ class MindSpore:
             cache[path] = fc
             j.problems.extend(fc.problems)
             params = fc.facts.get("params")
-            if params is not None and fc.ok:
+            if params is not None and file_ok(fc):
                 j.problems.extend(self._compare_with_siblings(rank, path, set(params), cand))
             gs = fc.facts.get("step")
             if isinstance(gs, int) and j.step is None:
@@ -80,7 +85,7 @@ class MindSpore:
 
     @staticmethod
     def _compare_with_siblings(rank: int, path: str, tags: set[str], cand: Candidate) -> list[Problem]:
-        """A file with fewer parameters than the same rank's other checkpoints was cut at a record boundary."""
+        """A file with fewer parameters than the rank's other checkpoints was cut at a record boundary."""
         cache = cand.data["cache"]
         rank_dir = cand.data["rank_dirs"][rank]
         names, _ = listdir_names(rank_dir)
@@ -91,13 +96,14 @@ class MindSpore:
             if other not in cache:
                 cache[other] = check_file(other, CheckOptions())
             ofc = cache[other]
-            if not ofc.ok or ofc.facts.get("params") is None:
+            if not file_ok(ofc) or ofc.facts.get("params") is None:
                 continue
             lacking = set(ofc.facts["params"]) - tags
             if lacking:
                 example = sorted(lacking)[0]
-                return [Problem("truncated", display(path), f"{display(path)} lacks {len(lacking)} parameters that "
-                                f"{display(other)} holds (e.g. {example}): the file was cut at a record boundary")]
+                return [Problem("truncated", display(path), f"{display(path)} lacks {len(lacking)} "
+                                f"parameters that {display(other)} holds (e.g. {example}): the file was cut "
+                                "at a record boundary")]
             return []
         return []
 
@@ -113,7 +119,8 @@ class MindSpore:
             value, problem = read_json(meta)
             if problem:
                 problems.append(problem)
-            elif not isinstance(value, dict) or not {"last_epoch", "last_step", "last_ckpt_file"} <= set(value):
-                problems.append(Problem("bad_json", display(meta), f"{display(meta)} lacks last_epoch/last_step/"
-                                        "last_ckpt_file; MindFormers' resume reads all three"))
+            elif not isinstance(value, dict) or not RESUME_KEYS <= set(value):
+                problems.append(Problem("bad_json", display(meta), f"{display(meta)} lacks "
+                                        "last_epoch/last_step/last_ckpt_file; MindFormers' resume reads all "
+                                        "three"))
         return problems, []

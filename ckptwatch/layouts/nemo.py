@@ -11,8 +11,15 @@ import os
 import re
 
 from ckptwatch.formats.jsonfile import read_json
-from ckptwatch.layouts.base import (CheckOptions, Candidate, Judgement, NoRunFindings, RankFile, RunFound,
-                                    listdir_names)
+from ckptwatch.layouts.base import (
+    Candidate,
+    CheckOptions,
+    Judgement,
+    NoRunFindings,
+    RankFile,
+    RunFound,
+    listdir_names,
+)
 from ckptwatch.model import Problem
 from ckptwatch.scan import Entry, display
 
@@ -48,8 +55,8 @@ class Nemo(NoRunFindings):
         j = Judgement()
         marker = cand.data.get("marker")
         if marker and os.path.exists(marker):
-            j.problems.append(Problem("in_progress", display(marker), f"{display(marker)} exists: NeMo is saving "
-                                      f"(or deleting) {display(cand.path)}"))
+            j.problems.append(Problem("in_progress", display(marker), f"{display(marker)} exists: NeMo is "
+                                      f"saving (or deleting) {display(cand.path)}"))
             return j
         weights = os.path.join(cand.path, "weights")
         names, problem = listdir_names(weights)
@@ -64,14 +71,14 @@ class Nemo(NoRunFindings):
             j.rank_file = RankFile("weights/__{r}_0.distcp")
         meta = os.path.join(weights, "metadata.json")
         if "metadata.json" not in names:
-            j.problems.append(Problem("no_commit_marker", display(meta), f"{display(meta)} is missing: written "
-                                      "after all ranks saved, so this save did not finish"))
+            j.problems.append(Problem("no_commit_marker", display(meta), f"{display(meta)} is missing: "
+                                      "written after all ranks saved, so this save did not finish"))
         else:
             _, problem = read_json(meta)
             if problem:
                 j.problems.append(problem)
         context = os.path.join(cand.path, "context")
         if not os.path.isdir(context):
-            j.problems.append(Problem("missing_file", display(context), f"{display(context)} is missing (NeMo "
-                                      "needs io.json and the model config to restore the model)"))
+            j.problems.append(Problem("missing_file", display(context), f"{display(context)} is missing "
+                                      "(NeMo needs io.json and the model config to restore the model)"))
         return j

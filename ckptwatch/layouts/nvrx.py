@@ -13,8 +13,15 @@ import re
 from collections import defaultdict
 
 from ckptwatch.filecheck import check_file
-from ckptwatch.layouts.base import (CheckOptions, Candidate, Judgement, NoRunFindings, RankFile, RunFound,
-                                    listdir_names)
+from ckptwatch.layouts.base import (
+    Candidate,
+    CheckOptions,
+    Judgement,
+    NoRunFindings,
+    RankFile,
+    RunFound,
+    listdir_names,
+)
 from ckptwatch.model import Problem
 from ckptwatch.scan import Entry, display
 
@@ -57,8 +64,8 @@ class NvrxLocal(NoRunFindings):
         j = Judgement(present_ranks=tuple(sorted(files)))
         j.rank_file = RankFile("{r}/iter_" + f"{cand.step:07d}" + "_{r}_local.pt")
         for rank, marker in sorted(cand.data["dirty"].items()):
-            j.problems.append(Problem("in_progress", display(marker), f"{display(marker)}: rank {rank} is writing "
-                                      "this iteration (renamed to _local.pt when done)"))
+            j.problems.append(Problem("in_progress", display(marker), f"{display(marker)}: rank {rank} is "
+                                      "writing this iteration (renamed to _local.pt when done)"))
         for _, path in sorted(files.items()):
             j.problems.extend(check_file(path, opts).problems)
         return j

@@ -11,7 +11,7 @@ import os
 import re
 
 from ckptwatch.formats.jsonfile import read_json
-from ckptwatch.layouts.base import CheckOptions, Candidate, Judgement, NoRunFindings, RunFound, listdir_names
+from ckptwatch.layouts.base import Candidate, CheckOptions, Judgement, NoRunFindings, RunFound, listdir_names
 from ckptwatch.model import Problem
 from ckptwatch.scan import Entry, display
 
@@ -48,26 +48,26 @@ class Orbax(NoRunFindings):
     def judge(self, cand: Candidate, opts: CheckOptions) -> Judgement:
         shown = display(cand.path)
         if cand.data.get("tmp"):
-            return Judgement([Problem("in_progress", shown, f"{shown} is an Orbax staging dir; it is renamed to its "
-                                      "step when every process finished")])
+            return Judgement([Problem("in_progress", shown, f"{shown} is an Orbax staging dir; it is renamed "
+                                      "to its step when every process finished")])
         names, problem = listdir_names(cand.path)
         j = Judgement([problem] if problem else [])
         tmp_items = [n for n in names if ".orbax-checkpoint-tmp" in n]
         for n in tmp_items:
-            j.problems.append(Problem("in_progress", display(os.path.join(cand.path, n)),
-                                      f"{display(os.path.join(cand.path, n))} is an item still being written"))
+            item = display(os.path.join(cand.path, n))
+            j.problems.append(Problem("in_progress", item, f"{item} is an item still being written"))
         if cand.data.get("commit_file") and COMMIT not in names:
             j.problems.append(Problem("no_commit_marker", display(os.path.join(cand.path, COMMIT)),
-                                      f"{display(os.path.join(cand.path, COMMIT))} is missing: Orbax writes it "
-                                      "last on filesystems without atomic rename"))
+                                      f"{display(os.path.join(cand.path, COMMIT))} is missing: Orbax writes "
+                                      "it last on filesystems without atomic rename"))
         if META in names:
             _, problem = read_json(os.path.join(cand.path, META))
             if problem:
                 j.problems.append(problem)
         elif not tmp_items:
             j.problems.append(Problem("no_commit_marker", display(os.path.join(cand.path, META)),
-                                      f"{display(os.path.join(cand.path, META))} is missing: the step was not "
-                                      "finalized"))
+                                      f"{display(os.path.join(cand.path, META))} is missing: the step was "
+                                      "not finalized"))
         for n in names:
             item = os.path.join(cand.path, n)
             if os.path.isdir(item) and ".orbax-checkpoint-tmp" not in n:

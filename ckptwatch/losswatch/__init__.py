@@ -1,4 +1,4 @@
-"""Loss watch: catch a resume that quietly restarted training (issue 5).
+"""Loss watch: catch a resume that quietly restarted training.
 
 A run resumes from a checkpoint, the step counter continues, but the model is not the trained one (a stub
 ``pytorch_model.bin`` loaded instead of the adapter; a fresh adapter created before loading). The loss

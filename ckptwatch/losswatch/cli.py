@@ -13,29 +13,37 @@ import math
 import os
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from ckptwatch.errors import EXIT_OK, CkptwatchError, UsageError
 from ckptwatch.errors import EXIT_PROBLEMS as EXIT_JUMP
 
+if TYPE_CHECKING:
+    from ckptwatch.losswatch.report import LossReport
+    from ckptwatch.losswatch.settings import LossSettings
 
-def add_parser(subparsers) -> argparse.ArgumentParser:
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     from ckptwatch.config.loss import LossSettings
 
     defaults = LossSettings()  # the one home of the defaults the help states
     p = subparsers.add_parser("loss", help="find resumes in a run's loss history and judge each (loss jump?)")
-    p.add_argument("path", metavar="PATH", help="a run dir (or one loss file: events, metrics.csv, .jsonl, log)")
+    p.add_argument("path", metavar="PATH",
+                   help="a run dir (or one loss file: events, metrics.csv, .jsonl, log)")
     p.add_argument("--plot", metavar="FILE.png", help="also draw the loss history with resumes marked")
     p.add_argument("--json", action="store_true", help='print {"version": 1, "root": ..., "loss": {...}}')
     p.add_argument("--metric", action="append", metavar="NAME",
                    help=f"loss name in structured sources (repeatable; default: {', '.join(defaults.metric)})")
-    p.add_argument("--regex", metavar="REGEX", help="extra text-log pattern with groups (?P<loss>...) [(?P<step>...)]")
-    p.add_argument("--jump-ratio", type=float, metavar="R", help=f"alert when after/before >= R (default {defaults.jump_ratio:g})")
+    p.add_argument("--regex", metavar="REGEX",
+                   help="extra text-log pattern with groups (?P<loss>...) [(?P<step>...)]")
+    p.add_argument("--jump-ratio", type=float, metavar="R",
+                   help=f"alert when after/before >= R (default {defaults.jump_ratio:g})")
     p.add_argument("--window", type=int, metavar="K", help=f"losses in each median (default {defaults.window})")
     p.set_defaults(func=cmd_loss)
     return p
 
 
-def _settings(args: argparse.Namespace):
+def _settings(args: argparse.Namespace) -> LossSettings:
     from ckptwatch.errors import ConfigError
     from ckptwatch.losswatch.settings import parse_loss_settings
 
@@ -95,21 +103,22 @@ def _f(x: float | None) -> str:
     return f"{x:.4g}" if math.isfinite(x) else str(x)
 
 
-def _print(report) -> None:
+def _print(report: LossReport) -> None:
     out = sys.stdout
     print(f"run {report.root}", file=out)
     if not report.segments:
         print("  no loss found (looked for trainer_state.json, TensorBoard events, metrics.csv, *.jsonl, "
               "*.log/*.txt)", file=out)
     for s in report.segments:
-        print(f"  {s.source:13} {os.path.relpath(s.writer, report.root) if s.writer.startswith('/') else s.writer}:"
-              f" steps {s.first_step}-{s.last_step} ({s.points} points), loss {_f(s.first_loss)} -> "
+        print(f"  {s.source:13} "
+              f"{os.path.relpath(s.writer, report.root) if s.writer.startswith('/') else s.writer}: steps "
+              f"{s.first_step}-{s.last_step} ({s.points} points), loss {_f(s.first_loss)} -> "
               f"{_f(s.last_loss)}", file=out)
     for r in report.resumes:
         mark = "ALERT" if r.alert else ("?" if not r.judged else "ok")
         ratio = f"{r.ratio:.2f}x" if r.ratio is not None else "-"
-        print(f"  resume at step {r.at_step} (from {r.from_checkpoint or r.from_step}): before {_f(r.before)}, "
-              f"after {_f(r.after)}, {ratio} [{mark}]", file=out)
+        print(f"  resume at step {r.at_step} (from {r.from_checkpoint or r.from_step}): before "
+              f"{_f(r.before)}, after {_f(r.after)}, {ratio} [{mark}]", file=out)
         print(f"    {r.reason}", file=out)
     for note in report.notes:
         print(f"  note: {note}", file=out)

@@ -46,8 +46,8 @@ _EPOCH_STEPS = TextPattern("epoch_steps", b"Steps: ", re.compile(rb"Steps: (\d+)
 # MindFormers prints the step *within the epoch* (``Epoch:[  2/  5], step:[   42/  100]``): the global step
 # is (epoch - 1) * steps_per_epoch + step, else every epoch would look like a resume.
 _MS_BRACKET = TextPattern("mindspore", b"step:[",
-                          re.compile(rb"(?:Epoch:\[\s*(\d+)\s*/\s*\d+\s*\],\s*)?step:\[\s*(\d+)\s*/\s*(\d+)\s*\],"
-                                     rb"\s*loss: " + _NUM))
+                          re.compile(rb"(?:Epoch:\[\s*(\d+)\s*/\s*\d+\s*\],\s*)?"
+                                     rb"step:\[\s*(\d+)\s*/\s*(\d+)\s*\],\s*loss: " + _NUM))
 BUILTIN_PATTERNS = (_HF_DICT, _EPOCH_STEPS, _MS_BRACKET)
 
 
@@ -61,7 +61,8 @@ def patterns_for(regex: str | None) -> tuple[TextPattern, ...]:
     return ((custom_pattern(regex),) if regex else ()) + BUILTIN_PATTERNS
 
 
-def _pairs(pat: TextPattern, chunk: bytes, with_pos: bool) -> list[tuple[int, bytes, bytes]] | list[tuple[bytes, bytes]]:
+def _pairs(pat: TextPattern, chunk: bytes,
+           with_pos: bool) -> list[tuple[int, bytes, bytes]] | list[tuple[bytes, bytes]]:
     """(loss, step) byte pairs of every match, with the match position first when ``with_pos``."""
     rx = pat.regex
     if pat.name == "custom":
@@ -99,7 +100,8 @@ def _matches(chunk: bytes, patterns: Sequence[TextPattern]) -> list[tuple[bytes,
     return [(v, s) for _, v, s in found]
 
 
-def parse_text_chunk(chunk: bytes, patterns: Sequence[TextPattern], ordinal: int) -> tuple[list[LossPoint], int]:
+def parse_text_chunk(chunk: bytes, patterns: Sequence[TextPattern],
+                     ordinal: int) -> tuple[list[LossPoint], int]:
     """Loss points in ``chunk`` (complete lines only), in file order, and the updated loss-line ordinal.
 
     ``ordinal`` counts loss lines seen so far in this writer; a line without a step gets ``ordinal + 1``.
@@ -117,11 +119,13 @@ def parse_text_chunk(chunk: bytes, patterns: Sequence[TextPattern], ordinal: int
                    for i, (v, s) in enumerate(pairs, 1)]
     except ValueError:  # a non-number in some match (``Loss: n/a``): drop those lines
         pairs = [(v, s) for v, s in pairs if _is_float(v)]
-        out = [new(LossPoint, (int(s) if s else ordinal + i, float(v), None)) for i, (v, s) in enumerate(pairs, 1)]
+        out = [new(LossPoint, (int(s) if s else ordinal + i, float(v), None))
+               for i, (v, s) in enumerate(pairs, 1)]
     return out, ordinal + len(out)
 
 
-def parse_text_chunk_lazy(chunk: bytes, patterns: Sequence[TextPattern], ordinal: int) -> tuple[LazyPoints, int]:
+def parse_text_chunk_lazy(chunk: bytes, patterns: Sequence[TextPattern],
+                          ordinal: int) -> tuple[LazyPoints, int]:
     """``parse_text_chunk`` for the bulk path: steps and values converted with C-level ``map``, the
     ``LossPoint`` tuples made only for the points a segment keeps."""
     pairs = _matches(chunk, patterns)
@@ -198,7 +202,8 @@ def point_from_record(rec: dict, metrics: Sequence[str], ordinal: int) -> LossPo
     return LossPoint(ordinal if step is None else step, value, wall)
 
 
-def parse_jsonl_lines(lines: Iterable[bytes], metrics: Sequence[str], ordinal: int) -> tuple[list[LossPoint], int]:
+def parse_jsonl_lines(lines: Iterable[bytes], metrics: Sequence[str],
+                      ordinal: int) -> tuple[list[LossPoint], int]:
     """Loss points from complete JSON lines; lines that do not parse or lack the metric are skipped."""
     needles = [m.encode() for m in metrics]
     out: list[LossPoint] = []

@@ -35,7 +35,8 @@ def plot_history(report: LossReport, path: str) -> None:
             label = f"{os.path.relpath(seg.writer.split(' (')[0], report.root)}"
             if " (" in seg.writer:
                 label += " (" + seg.writer.split(" (", 1)[1]
-            ax.plot(xs, ys, marker=".", markersize=3, linewidth=1, color=colours[n % len(colours)], label=label)
+            ax.plot(xs, ys, marker=".", markersize=3, linewidth=1, color=colours[n % len(colours)],
+                    label=label)
             n += 1
         for r in report.resumes:
             if r.source != family:
@@ -55,7 +56,8 @@ def plot_history(report: LossReport, path: str) -> None:
         alerts = [r for r in report.resumes if r.alert]
         if alerts:
             r = alerts[0]
-            title += f" (before {r.before:.3g}, after {r.after:.3g})" if r.before is not None and r.after is not None else ""
+            if r.before is not None and r.after is not None:
+                title += f" (before {r.before:.3g}, after {r.after:.3g})"
         ax.set_title(title, color="red" if alerts else "black", fontsize=10)
         if n:
             ax.legend(fontsize=7, loc="upper right")

@@ -11,8 +11,8 @@ decimated history for plots.
 
 from __future__ import annotations
 
-import math
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -66,7 +66,7 @@ class Decimated:
         self.points: list[LossPoint] = []
         self._seen = 0
 
-    def extend(self, pts) -> None:
+    def extend(self, pts: list[LossPoint] | LazyPoints) -> None:
         """``add`` for each point, in C-speed slices."""
         off = (-self._seen) % self.stride
         self.points.extend(pts[off::self.stride])
@@ -109,7 +109,7 @@ class Segment:
         self.max_step = max(self.max_step, p.step)
         self.last = p
 
-    def extend(self, pts) -> None:
+    def extend(self, pts: list[LossPoint] | LazyPoints) -> None:
         """Append points whose steps do not go back (the caller splits segments where they do); only
         the points kept are materialised."""
         if not len(pts):
@@ -165,14 +165,10 @@ class LazyPoints:
     def __len__(self) -> int:
         return len(self.steps)
 
-    def __getitem__(self, i):
+    def __getitem__(self, i: int | slice) -> LossPoint | LazyPoints:
         if isinstance(i, slice):
             return LazyPoints(self.steps[i], self.values[i])
         return LossPoint(self.steps[i], self.values[i])
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[LossPoint]:
         return map(LossPoint, self.steps, self.values)
-
-
-def is_finite(x: float) -> bool:
-    return not (math.isnan(x) or math.isinf(x))

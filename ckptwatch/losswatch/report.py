@@ -100,7 +100,8 @@ class LossReport:
         alerts = [r for r in self.resumes if r.alert]
         if alerts:
             r = alerts[0]
-            what = "restarted from scratch" if r.scratch else ("non-finite loss" if r.nonfinite else "loss jump")
+            what = "restarted from scratch" if r.scratch else ("non-finite loss" if r.nonfinite
+                                                               else "loss jump")
             return f"ALERT: {what} after the resume at step {r.at_step}"
         if self.resumes:
             return f"{len(self.resumes)} resume(s), no loss jump"

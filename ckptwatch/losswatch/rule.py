@@ -54,7 +54,8 @@ def judge(before: Sequence[float], after: Sequence[float], initial: Sequence[flo
     if any(not math.isfinite(x) for x in after):
         fin_before = [x for x in before if math.isfinite(x)]
         b = median(fin_before) if fin_before else None
-        return Judgement(b, math.nan, None, None, None, alert=True, scratch=False, nonfinite=True, judged=True)
+        return Judgement(b, math.nan, None, None, None, alert=True, scratch=False, nonfinite=True,
+                         judged=True)
     before = [x for x in before if math.isfinite(x)]
     if len(before) < settings.min_points or len(after) < settings.min_points:
         b = median(before) if before else None
@@ -73,7 +74,8 @@ def judge(before: Sequence[float], after: Sequence[float], initial: Sequence[flo
         # only meaningful when the run had learned something before the resume
         if i > b and (i - b) > threshold:
             scratch = (a - b) >= settings.scratch_fraction * (i - b)
-    return Judgement(b, a, ratio, spread, threshold, alert=jumped, scratch=scratch, nonfinite=False, judged=True)
+    return Judgement(b, a, ratio, spread, threshold, alert=jumped, scratch=scratch, nonfinite=False,
+                     judged=True)
 
 
 def _ratio(b: float | None, a: float | None) -> float | None:

@@ -24,6 +24,7 @@ import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from ckptwatch.losswatch.parse import (
     parse_jsonl_lines,
@@ -263,10 +264,11 @@ class TensorBoardReader:
         if pts:
             new = self.announced != self.generation
             self.announced = self.generation
-            yield Batch("tensorboard", self.src.path, self.generation, tuple(pts), new, pts[0].wall_time or 0.0)
+            yield Batch("tensorboard", self.src.path, self.generation, tuple(pts), new,
+                        pts[0].wall_time or 0.0)
 
 
-def _scalar(v) -> float | None:
+def _scalar(v: Any) -> float | None:  # a TensorBoard Summary.Value
     if v.HasField("simple_value"):
         return float(v.simple_value)
     if v.HasField("tensor"):

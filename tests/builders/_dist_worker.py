@@ -189,9 +189,10 @@ def _dcp_rank(rank: int, world: int, args: dict[str, Any]) -> None:
 
 
 def task_dcp(args: dict[str, Any]) -> None:
-    import torch.distributed.checkpoint  # noqa: F401  (imported before the fork)
-    import torch.distributed.checkpoint.state_dict  # noqa: F401
-    import torch.distributed.fsdp  # noqa: F401
+    # imported here, before the fork, so that no rank pays for them
+    import torch.distributed.checkpoint
+    import torch.distributed.checkpoint.state_dict
+    import torch.distributed.fsdp  # noqa: F401 - for the ranks
 
     _spawn(_dcp_rank, args["nprocs"], args)
 
@@ -380,8 +381,9 @@ def _sharded_dcp_rank(rank: int, world: int, args: dict[str, Any]) -> None:
 
 
 def task_sharded_dcp(args: dict[str, Any]) -> None:
-    import torch.distributed.checkpoint  # noqa: F401
-    import torch.distributed.tensor  # noqa: F401
+    # imported here, before the fork, so that no rank pays for them
+    import torch.distributed.checkpoint
+    import torch.distributed.tensor  # noqa: F401 - for the ranks
 
     _spawn(_sharded_dcp_rank, args["nprocs"], args)
 
