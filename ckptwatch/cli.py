@@ -61,7 +61,8 @@ def _check_args(p: argparse.ArgumentParser) -> None:
     defaults = ServiceConfig()  # the one home of the defaults the help states
     p.add_argument("--json", action="store_true", help="print the versioned JSON report (see README)")
     p.add_argument("--deep", action="store_true",
-                   help="also read every byte: zip CRCs, full safetensors reads, MindSpore CRC, Megatron hashes")
+                   help="also read every byte: zip CRCs, full safetensors reads, MindSpore CRC, "
+                        "Megatron hashes")
     p.add_argument("--scan-values", action="store_true",
                    help="with --deep: flag NaN/Inf and all-zero tensors in safetensors files")
     p.add_argument("--settle", type=float, default=None, metavar="SECONDS",
@@ -92,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     latest = sub.add_parser("latest", help="print the newest resumable checkpoint of the run(s) at PATH")
     latest.add_argument("path", metavar="PATH")
     _check_args(latest)
-    run = sub.add_parser("run", help="the long-running service: watch the config's roots, judge settled checkpoints")
+    run = sub.add_parser("run",
+                         help="the long-running service: watch the config's roots, judge settled checkpoints")
     run.add_argument("--config", required=True, metavar="FILE")
     alert = sub.add_parser("alert", help="alert channel tools")
     alert_sub = alert.add_subparsers(dest="alert_command", required=True, parser_class=_Parser)
@@ -100,12 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     alert_test.add_argument("--config", metavar="FILE", help="default: /etc/ckptwatch/config.toml")
     config = sub.add_parser("config", help="config file tools")
     config_sub = config.add_subparsers(dest="config_command", required=True, parser_class=_Parser)
-    check = config_sub.add_parser("check", help="validate a config file and say what the service would do with it")
+    check = config_sub.add_parser("check",
+                                  help="validate a config file and say what the service would do with it")
     check.add_argument("file", metavar="FILE")
     from ckptwatch.losswatch.cli import add_parser as add_loss_parser
 
     add_loss_parser(sub)
-    status = sub.add_parser("status", help="what the service knows: per run, newest complete and open problems")
+    status = sub.add_parser("status",
+                            help="what the service knows: per run, newest complete and open problems")
     status.add_argument("--config", metavar="FILE", help="the service's config (for its state_dir)")
     status.add_argument("--json", action="store_true")
     return parser
@@ -141,7 +145,8 @@ def cmd_once(args: argparse.Namespace) -> int:
     from ckptwatch.report import write_json, write_table
 
     config = load_config(args.config) if args.config else None
-    targets = [WatchConfig(path=p, layout=args.layout, expected_ranks=args.expected_ranks) for p in args.paths]
+    targets = [WatchConfig(path=p, layout=args.layout, expected_ranks=args.expected_ranks)
+               for p in args.paths]
     if config:
         for i, w in enumerate(config.watches):
             if not os.path.exists(w.path):
@@ -198,7 +203,8 @@ def cmd_latest(args: argparse.Namespace) -> int:
         if args.json:
             import json
 
-            print(json.dumps({"root": run.root, "path": chosen.path, "step": chosen.step, "layout": run.layout}))
+            print(json.dumps({"root": run.root, "path": chosen.path, "step": chosen.step,
+                              "layout": run.layout}))
         else:
             print(chosen.path)
         for h in chosen.hazards:
@@ -249,7 +255,8 @@ def cmd_config(args: argparse.Namespace) -> int:
             warnings.append(f"watch[{i}].path: {w.path} is not a directory; the service cannot watch it")
         else:
             where = "does not exist yet"
-            warnings.append(f"watch[{i}].path: {w.path} does not exist yet; the service waits for it to appear")
+            warnings.append(f"watch[{i}].path: {w.path} does not exist yet; "
+                            "the service waits for it to appear")
         ranks = w.expected_ranks or "inferred"
         print(f"  watch[{i}] {w.path}: layout {w.layout}, {where}, expected ranks {ranks}, "
               f"latest_good {'on' if w.latest_good else 'off'}")
@@ -302,7 +309,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         r["alerts_open"] = alerts.pop(r["run"], [])
     service_alerts = [a for group in alerts.values() for a in group]  # disk_low, service_error: no run
     if args.json:
-        json.dump({"version": 1, "state": path, "runs": runs, "alerts_open": service_alerts}, sys.stdout, indent=2)
+        json.dump({"version": 1, "state": path, "runs": runs, "alerts_open": service_alerts}, sys.stdout,
+                  indent=2)
         sys.stdout.write("\n")
     else:
         for r in runs:
@@ -330,8 +338,8 @@ def _cmd_loss(args: argparse.Namespace) -> int:
     return cmd_loss(args)
 
 
-COMMANDS = {"once": cmd_once, "verify": cmd_verify, "latest": cmd_latest, "run": cmd_run, "status": cmd_status,
-            "config": cmd_config, "alert": cmd_alert, "loss": _cmd_loss}
+COMMANDS = {"once": cmd_once, "verify": cmd_verify, "latest": cmd_latest, "run": cmd_run,
+            "status": cmd_status, "config": cmd_config, "alert": cmd_alert, "loss": _cmd_loss}
 
 
 

@@ -65,7 +65,8 @@ def build_row(config: Config, state: StateStore, state_dir: str, log: object, cl
     from ckptwatch.sinks.state import StateSink
 
     alerts = ServiceAlerts(config.alerts, os.path.join(state_dir, "state.sqlite"), clock, log,
-                           stale_after=config.service.stale_after, roots=tuple(w.path for w in config.watches))
+                           stale_after=config.service.stale_after,
+                           roots=tuple(w.path for w in config.watches))
     if not alerts.enabled:
         log.info("alerts_off", reason="no [alerts] channel configured")
     faults.alerts = alerts
@@ -131,7 +132,8 @@ class Daemon:
         self._start_sinks()
         for w in self.config.watches:  # catch-up: what was written while the service was down
             self.judge_watch(w)
-        self.log.info("service_ready", roots=[w.path for w in self.config.watches], checkpoints=self.state.counts())
+        self.log.info("service_ready", roots=[w.path for w in self.config.watches],
+                      checkpoints=self.state.counts())
         self.notifier.send("READY=1", f"STATUS={self._status_line()}")
         self.next_rescan = self.clock() + self.config.service.rescan_seconds
         while not self.stopping:

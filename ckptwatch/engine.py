@@ -133,14 +133,15 @@ def _stat_candidate(run: RunFound, cand: Candidate) -> TreeStat:
 
 def _temp_files(stat: TreeStat) -> list[Problem]:
     """Writer temp files (safetensors 0.8's ``.tmpXXXXXX``, ``name.json.tmp``...) mean a save in flight."""
-    return [Problem("in_progress", display(e.path), f"{display(e.path)} is a writer's temp file: a save is in "
-                    "progress (or was killed)") for e in stat.files if TEMP_NAME.match(e.name)]
+    return [Problem("in_progress", display(e.path),
+                    f"{display(e.path)} is a writer's temp file: a save is in progress (or was killed)")
+            for e in stat.files if TEMP_NAME.match(e.name)]
 
 
 def _fingerprint(stat: TreeStat) -> tuple:
     """What must be unchanged for an earlier judgement to still hold (and for two looks to agree)."""
-    return (tuple((e.path, e.size, e.mtime, e.mode, e.ino, e.ctime) for e in stat.files), stat.newest_dir_mtime,
-            stat.problems)
+    return (tuple((e.path, e.size, e.mtime, e.mode, e.ino, e.ctime) for e in stat.files),
+            stat.newest_dir_mtime, stat.problems)
 
 
 def _judge_candidate(run: RunFound, cand: Candidate, opts: CheckOptions,
@@ -185,7 +186,8 @@ def _changed_files(before: TreeStat, after: TreeStat) -> str:
     return names + (f" and {len(diff) - 3} more" if len(diff) > 3 else "")
 
 
-def _rank_facts(cand: Candidate, j: Judgement, widest: int, opts: CheckOptions) -> tuple[Ranks | None, list[Problem]]:
+def _rank_facts(cand: Candidate, j: Judgement, widest: int,
+                opts: CheckOptions) -> tuple[Ranks | None, list[Problem]]:
     if j.present_ranks is None:
         return None, []
     own = max(j.present_ranks) + 1 if j.present_ranks else 0
@@ -205,7 +207,8 @@ def _rank_facts(cand: Candidate, j: Judgement, widest: int, opts: CheckOptions) 
            "siblings": "as the widest checkpoint of this run has",
            "config": "as expected_ranks says",
            "files": "as the files present imply"}.get(source, "")
-    problems = [Problem("missing_rank", display(os.path.join(cand.path, describe(r))) if os.path.isdir(cand.path)
+    problems = [Problem("missing_rank",
+                        display(os.path.join(cand.path, describe(r))) if os.path.isdir(cand.path)
                         else display(cand.path),
                         f"{display(cand.path)}: rank {r} of {expected} ({why}) is missing: no {describe(r)}")
                 for r in ranks.missing]
@@ -229,7 +232,8 @@ def _apply_time_rules(cand: Candidate, problems: list[Problem], stat: TreeStat, 
     if stat.files or stat.newest_dir_mtime:
         if settle_state(stat.newest_mtime, now, opts.settle_seconds) is Settle.SETTLING:
             age = max(0.0, now - stat.newest_mtime)
-            out.append(Problem("in_progress", display(cand.path), f"{display(cand.path)} was modified {age:.0f} s "
+            out.append(Problem("in_progress", display(cand.path),
+                               f"{display(cand.path)} was modified {age:.0f} s "
                                f"ago (settle_seconds {opts.settle_seconds:g})"))
     if any(severity_of(p.kind) is Severity.TRANSIENT for p in out):
         # Unsettled: withhold the findings a half-written file would produce.
@@ -262,7 +266,8 @@ def judge_run(run: RunFound, opts: CheckOptions, now: float, *, only: str | None
         problems = _apply_time_rules(cand, [*j.problems, *stat.problems, *_temp_files(stat), *rank_problems],
                                      stat, opts, now)
         step = j.step if cand.step is None else cand.step
-        cf = CheckpointFacts(cand.path, step, j.facts.get("adapters") or {}, j.facts.get("full_weights") or [])
+        cf = CheckpointFacts(cand.path, step, j.facts.get("adapters") or {},
+                             j.facts.get("full_weights") or [])
         facts.append(cf)
         verdicts.append(Verdict(display(cand.path), step, cand.layout, status_from(problems), ranks,
                                 tuple(_dedupe(problems)), tuple(checkpoint_hazards(cf)), stat.newest_mtime,
@@ -276,10 +281,12 @@ def judge_run(run: RunFound, opts: CheckOptions, now: float, *, only: str | None
     if newest is not None and newest.status in (Status.INCOMPLETE, Status.CORRUPT):
         use = f"resume from {latest.path}" if latest else "no complete checkpoint exists in this run"
         run_hazards_.append(Hazard("newest_not_resumable", newest.path,
-                                   f"the newest checkpoint {newest.path} is {newest.status.value}; a trainer that "
-                                   f"resumes from the highest step will fail or load garbage; {use}"))
+                                   f"the newest checkpoint {newest.path} is {newest.status.value}; "
+                                   f"a trainer that resumes from the highest step will fail or load garbage; "
+                                   f"{use}"))
     return RunReport(display(run.root), run.layout.name, tuple(verdicts), newest_complete,
-                     tuple(_dedupe([*run.problems, *run_problems])), tuple(run_hazards_), newest_resumable=latest)
+                     tuple(_dedupe([*run.problems, *run_problems])), tuple(run_hazards_),
+                     newest_resumable=latest)
 
 
 PARALLEL_MIN_CHECKPOINTS = 200  # below this, forking workers costs more than it saves

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 
 class Observers:
-    def __init__(self, dirty: DirtyScopes, clock: Callable[[], float], log: Any, faults: FaultReporter) -> None:
+    def __init__(self, dirty: DirtyScopes, clock: Callable[[], float], log: Any,
+                 faults: FaultReporter) -> None:
         self.dirty = dirty
         self.clock = clock
         self.log = log
@@ -103,7 +104,8 @@ class Observers:
             return
         now = self.clock()
         taken, self.overflows = self.overflows, []
-        self.overflow_history = [(t, r) for t, r in [*self.overflow_history, *taken] if now - t <= OVERFLOW_WINDOW_S]
+        self.overflow_history = [(t, r) for t, r in [*self.overflow_history, *taken]
+                                 if now - t <= OVERFLOW_WINDOW_S]
         for root in sorted({r for _, r in taken}):
             recent = sum(1 for _, r in self.overflow_history if r == root)
             self.log.warning("inotify_overflow", root=root, recent=recent,
@@ -111,7 +113,8 @@ class Observers:
             watcher = self.watchers.get(root)
             if recent >= OVERFLOW_LIMIT and watcher is not None and watcher.kind == "inotify":
                 self.log.warning("observer_fallback", root=root, observer="polling",
-                                 error=f"inotify queue overflowed {recent} times in {OVERFLOW_WINDOW_S:.0f} s",
+                                 error=f"inotify queue overflowed {recent} times in "
+                                       f"{OVERFLOW_WINDOW_S:.0f} s",
                                  action="raise fs.inotify.max_queued_events (sysctl) above the number of "
                                         "directories below the root, or set observer = \"polling\" for it")
                 watcher.stop()

@@ -120,7 +120,7 @@ class StateStore:
 
     @_mapped
     def record(self, report: RunReport, now: float) -> list[Change]:
-        """Store one run's verdicts and resume choice; return the verdicts that changed, in one transaction."""
+        """Store a run's verdicts and resume choice in one transaction; return the verdicts that changed."""
         run, verdicts = report.root, report.checkpoints
         changes: list[Change] = []
         complete, resumable = report.newest_complete, report.newest_resumable
@@ -143,8 +143,9 @@ class StateStore:
                     changes.append(Change(v, run, None))
                 elif row[1] != fp:
                     self._db.execute(
-                        "UPDATE checkpoints SET status=?, fingerprint=?, problems=?, hazards=?, step=?, judged_at=? "
-                        "WHERE path=?", (v.status.value, fp, problems, hazards, v.step, now, v.path))
+                        "UPDATE checkpoints SET status=?, fingerprint=?, problems=?, hazards=?, step=?, "
+                        "judged_at=? WHERE path=?",
+                        (v.status.value, fp, problems, hazards, v.step, now, v.path))
                     changes.append(Change(v, run, row[0]))
         return changes
 
@@ -174,8 +175,8 @@ class StateStore:
                 "FROM runs")}
         out = []
         for (run,) in self._db.execute("SELECT DISTINCT run FROM checkpoints ORDER BY run").fetchall():
-            rows = self._db.execute("SELECT path, step, status, problems, hazards, judged_at FROM checkpoints "
-                                    "WHERE run = ? ORDER BY step, path", (run,)).fetchall()
+            rows = self._db.execute("SELECT path, step, status, problems, hazards, judged_at "
+                                    "FROM checkpoints WHERE run = ? ORDER BY step, path", (run,)).fetchall()
             counts: dict[str, int] = {}
             for _, _, status, _, _, _ in rows:
                 counts[status] = counts.get(status, 0) + 1
@@ -184,7 +185,8 @@ class StateStore:
                               "hazards": json.loads(r[4])}
                              for r in rows if r[2] in ("incomplete", "corrupt") or json.loads(r[4])]
             out.append({"run": run, "counts": counts,
-                        "newest_complete": {"path": complete_path, "step": complete_step} if complete_path else None,
+                        "newest_complete": {"path": complete_path, "step": complete_step} if complete_path
+                        else None,
                         "newest_resumable": {"path": resumable_path, "step": resumable_step} if resumable_path
                         else None,
                         "last_judged": max(r[5] for r in rows), "open": open_problems})
@@ -199,7 +201,8 @@ class StateStore:
                                 "ORDER BY first_sent").fetchall()
         out: dict[str, list[dict[str, object]]] = {}
         for run, checkpoint, kind, first_sent in rows:
-            out.setdefault(run, []).append({"checkpoint": checkpoint or None, "kind": kind, "since": first_sent})
+            out.setdefault(run, []).append({"checkpoint": checkpoint or None, "kind": kind,
+                                            "since": first_sent})
         return out
 
     @_mapped

@@ -12,7 +12,8 @@ from ckptwatch.model import RunReport, Verdict
 REPO = Path(__file__).resolve().parent.parent
 
 
-def run_cli(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, timeout: float = 120,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``python -m ckptwatch ARGS`` as a user would, capturing output."""
     return subprocess.run([sys.executable, "-m", "ckptwatch", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=REPO, env={**os.environ, **(env or {})})
@@ -68,8 +69,8 @@ def make_daemon(state_dir: Path, root: Path, *, observer: str = "auto", alerts: 
     if alerts is not None:
         raw["alerts"] = alerts
     extra = {"engine": engine} if engine is not None else {}
-    return Daemon("test.toml", parse_config(raw, "test.toml"), notifier=Notifier(None), clock=clock or time.time,
-                  **extra)
+    return Daemon("test.toml", parse_config(raw, "test.toml"), notifier=Notifier(None),
+                  clock=clock or time.time, **extra)
 
 
 def two_trainer_runs(artefact, tmp_path: Path) -> Path:

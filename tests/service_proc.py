@@ -29,7 +29,8 @@ class Service:
     def __init__(self, config: Path, notify_path: Path | None = None) -> None:
         self.messages: list[str] = []
         self.events: list[dict] = []
-        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
         self.sock: socket.socket | None = None
         if notify_path is not None:
             self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -39,7 +40,8 @@ class Service:
             self.sock.settimeout(0.2)
             env.update(NOTIFY_SOCKET=str(notify_path), WATCHDOG_USEC="2000000")
         self.proc = subprocess.Popen([sys.executable, "-m", "ckptwatch", "run", "--config", str(config)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                                     env=env)
         self._threads = [threading.Thread(target=self._read_log, daemon=True)]
         if self.sock is not None:
             self._threads.append(threading.Thread(target=self._read_notify, daemon=True))
@@ -78,7 +80,8 @@ class Service:
         raise AssertionError(f"timed out waiting for {what}; events: {self.events[-10:]}")
 
     def ready(self) -> None:
-        self.wait_for(lambda: any(e.get("event") == "service_ready" for e in self.events), "service_ready", 60.0)
+        self.wait_for(lambda: any(e.get("event") == "service_ready" for e in self.events), "service_ready",
+                      60.0)
 
     def judged(self, name: str) -> list[dict]:
         return [e for e in self.events if e.get("event") == "checkpoint_judged"

@@ -124,7 +124,8 @@ def test_growing_log_keeps_its_run_polled_without_events(tmp_path: Path) -> None
         log.flush()
         d = _daemon(tmp_path, root)
         loss = d.sink("loss watch")
-        loss.runs[str(run)] = LossRun(str(root), str(run), LossSettings(), ((10, str(run / "checkpoint-10")),))
+        loss.runs[str(run)] = LossRun(str(root), str(run), LossSettings(),
+                                      ((10, str(run / "checkpoint-10")),))
         now = time.time()
 
         def grew_at() -> float | None:

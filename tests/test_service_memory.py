@@ -99,7 +99,8 @@ def test_thousand_runs_come_and_go_and_leave_nothing(artefact, tmp_path: Path) -
             assert rss_warm is not None
             assert rss_end - rss_warm < RSS_GROWTH_LIMIT, \
                 f"RSS grew {(rss_end - rss_warm) / 2**20:.1f} MiB over {RUNS - 2 * BATCH} runs"
-            assert not [p for p in hook.posts if "service error" in p["title"]], [p["title"] for p in hook.posts]
+            assert not [p for p in hook.posts if "service error" in p["title"]], \
+                [p["title"] for p in hook.posts]
         finally:
             for w in d.observers.watchers.values():
                 w.stop()

@@ -62,7 +62,8 @@ class AlertLedger:
     def should_raise(self, key: AlertKey, fingerprint: str) -> bool:
         """True unless an alert with this key is open and said the same thing (same fingerprint)."""
         with self._lock, state_errors(self.path):
-            row = self._db.execute("SELECT state, fingerprint FROM alerts WHERE key = ?", (_k(key),)).fetchone()
+            row = self._db.execute("SELECT state, fingerprint FROM alerts WHERE key = ?",
+                                   (_k(key),)).fetchone()
         return row is None or row[0] != "open" or row[1] != fingerprint
 
     def mark_sent(self, key: AlertKey, fingerprint: str, now: float) -> None:
@@ -92,7 +93,8 @@ class AlertLedger:
         with self._lock, state_errors(self.path):
             rows = self._db.execute("SELECT key, first_sent, last_sent, fingerprint FROM alerts "
                                     "WHERE state = 'open' ORDER BY first_sent, key").fetchall()
-        return [OpenAlert(tuple(json.loads(k)), f, l, fp) for k, f, l, fp in rows]  # type: ignore[arg-type]
+        return [OpenAlert(tuple(json.loads(k)), f, last, fp)  # type: ignore[arg-type]
+                for k, f, last, fp in rows]
 
     def close(self) -> None:
         with self._lock:

@@ -91,8 +91,8 @@ class ServiceAlerts(Sink):
 
     def service_error(self, component: str, error: str, action: str, *, now: float) -> None:
         if self.enabled:
-            self._apply((messages.service_error_alert(component=component, error=error, host=self.host, now=now,
-                                                      action=action),), ())
+            self._apply((messages.service_error_alert(component=component, error=error, host=self.host,
+                                                      now=now, action=action),), ())
 
     def service_ok(self, component: str, *, now: float) -> None:
         key = ("service", component, "service_error")

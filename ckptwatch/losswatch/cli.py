@@ -33,12 +33,14 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     p.add_argument("--plot", metavar="FILE.png", help="also draw the loss history with resumes marked")
     p.add_argument("--json", action="store_true", help='print {"version": 1, "root": ..., "loss": {...}}')
     p.add_argument("--metric", action="append", metavar="NAME",
-                   help=f"loss name in structured sources (repeatable; default: {', '.join(defaults.metric)})")
+                   help=f"loss name in structured sources "
+                        f"(repeatable; default: {', '.join(defaults.metric)})")
     p.add_argument("--regex", metavar="REGEX",
                    help="extra text-log pattern with groups (?P<loss>...) [(?P<step>...)]")
     p.add_argument("--jump-ratio", type=float, metavar="R",
                    help=f"alert when after/before >= R (default {defaults.jump_ratio:g})")
-    p.add_argument("--window", type=int, metavar="K", help=f"losses in each median (default {defaults.window})")
+    p.add_argument("--window", type=int, metavar="K",
+                   help=f"losses in each median (default {defaults.window})")
     p.set_defaults(func=cmd_loss)
     return p
 

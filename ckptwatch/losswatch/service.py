@@ -81,7 +81,8 @@ class LossSink(Sink):
         old = self.runs.get(run.root)
         if old is not None and old.loss_root != where:
             self.forget(run.root)
-        self.runs[run.root] = LossRun(watch.path, where, watch.loss, tuple((v.step, v.path) for v in run.checkpoints),
+        self.runs[run.root] = LossRun(watch.path, where, watch.loss,
+                                      tuple((v.step, v.path) for v in run.checkpoints),
                                       old.resume_ratio if old else None)
         self.poll(run.root, now)
         return None
@@ -107,8 +108,8 @@ class LossSink(Sink):
 
             watch = self.watches[run.loss_root] = LossWatch(RunLossWatcher(run.loss_root, run.settings))
         resumes = self.faults.call(f"loss watch of {run.loss_root}", watch.watcher.poll, run.checkpoints,
-                                   action=f"retrying at the next pass; `ckptwatch loss {run.loss_root}` shows "
-                                          "what the loss watch reads", context={"run": run_root})
+                                   action=f"retrying at the next pass; `ckptwatch loss {run.loss_root}` "
+                                          "shows what the loss watch reads", context={"run": run_root})
         if resumes is None:
             return
         if watch.watcher.grew:

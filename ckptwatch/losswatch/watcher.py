@@ -78,7 +78,8 @@ class _Family:
         keep = []
         for pend in self.pending:
             if pend.segment is seg:
-                self.decided.append(self._resume(pend, pend.segment.first[:self.settings.window], self.checkpoints))
+                self.decided.append(self._resume(pend, pend.segment.first[:self.settings.window],
+                                                 self.checkpoints))
             else:
                 keep.append(pend)
         self.pending = keep
@@ -158,15 +159,17 @@ class _Family:
         self.pending = keep
         return out
 
-    def _resume(self, pend: _Pending, after: list[LossPoint], checkpoints: Sequence[tuple[int | None, str]]) -> Resume:
+    def _resume(self, pend: _Pending, after: list[LossPoint],
+                checkpoints: Sequence[tuple[int | None, str]]) -> Resume:
         s = self.settings
         before = pend.earlier.before(pend.at_step, s.window) if pend.earlier else ()
         initial = self.segments[0].first[:s.window] if self.segments else []
         j = judge([p.value for p in before], [p.value for p in after], [p.value for p in initial], s)
         from_step, from_ckpt = self._from(pend.at_step, before, checkpoints)
         r = Resume(
-            at_step=pend.at_step, from_step=from_step, from_checkpoint=from_ckpt, before=j.before, after=j.after,
-            ratio=j.ratio, alert=j.alert, reason="", scratch=j.scratch, nonfinite=j.nonfinite, judged=j.judged,
+            at_step=pend.at_step, from_step=from_step, from_checkpoint=from_ckpt, before=j.before,
+            after=j.after, ratio=j.ratio, alert=j.alert, reason="", scratch=j.scratch, nonfinite=j.nonfinite,
+            judged=j.judged,
             initial=_median(initial), source=self.kind, writer=pend.segment.writer.label(),
             before_writer=pend.earlier.writer.label() if pend.earlier else "",
             before_steps=(before[0].step, before[-1].step) if before else None,
@@ -178,7 +181,8 @@ class _Family:
     def _from(self, at_step: int, before: Sequence[LossPoint],
               checkpoints: Sequence[tuple[int | None, str]]) -> tuple[int | None, str | None]:
         zero = self.zero_based
-        ok = [(st, p) for st, p in checkpoints if st is not None and (st <= at_step if zero else st < at_step)]
+        ok = [(st, p) for st, p in checkpoints
+              if st is not None and (st <= at_step if zero else st < at_step)]
         if ok:
             st, p = max(ok, key=lambda t: t[0])
             return st, p
@@ -209,18 +213,19 @@ def _with_reason(r: Resume, s: LossSettings) -> Resume:
                                  "the checkpoint it resumed from")
     if r.nonfinite:
         msg = (f"loss is not finite right after the resume at step {r.at_step} {frm} {where} (last good loss "
-               f"before it {_fmt(r.before)}). The resumed state is broken; stop the run and check that {ckpt} "
-               f"is complete and was loaded as a whole (weights, optimizer, scaler).")
+               f"before it {_fmt(r.before)}). The resumed state is broken; stop the run and check that "
+               f"{ckpt} is complete and was loaded as a whole (weights, optimizer, scaler).")
     elif not r.judged:
         msg = (f"resume at step {r.at_step} {frm} {where}: too few losses to judge (need {s.min_points} on "
                f"each side; before {_fmt(r.before)}, after {_fmt(r.after)})")
     elif r.alert:
         ratio = f"{r.ratio:.1f}x" if r.ratio is not None else f"by {r.after - r.before:.3g}"  # type: ignore[operator]
         msg = (f"loss jumped {ratio} after the resume at step {r.at_step} {frm}: median of the last "
-               f"{s.window} losses before it {_fmt(r.before)}, of the first {s.window} after it {_fmt(r.after)} "
-               f"({where.removeprefix('in ')})")
+               f"{s.window} losses before it {_fmt(r.before)}, of the first {s.window} after it "
+               f"{_fmt(r.after)} ({where.removeprefix('in ')})")
         if r.scratch:
-            where_to = ("at or above" if r.initial is not None and r.after is not None and r.after >= r.initial
+            where_to = ("at or above"
+                        if r.initial is not None and r.after is not None and r.after >= r.initial
                         else "back near")
             msg += (f"; that is {where_to} the run's initial loss {_fmt(r.initial)}: training probably "
                     f"restarted from scratch")
@@ -286,7 +291,8 @@ class RunLossWatcher:
             fam = self.families[kind] = _Family(kind, self.settings)
         return fam
 
-    def poll(self, checkpoints: Sequence[tuple[int | None, str]] = (), *, final: bool = False) -> list[Resume]:
+    def poll(self, checkpoints: Sequence[tuple[int | None, str]] = (), *,
+             final: bool = False) -> list[Resume]:
         # Each reader streams its batches (one chunk in memory at a time). Only the first batch of each is
         # peeked first, so that writers appearing in the same poll are fed in the order they started
         # (wall time or mtime): the earlier process first.
@@ -296,7 +302,8 @@ class RunLossWatcher:
         for src in sources:
             reader = self.readers.get(src.path)
             if reader is None:
-                reader = self.readers[src.path] = (TensorBoardReader(src, self.settings) if src.kind == "tensorboard"
+                reader = self.readers[src.path] = (TensorBoardReader(src, self.settings)
+                                                   if src.kind == "tensorboard"
                                                    else LineReader(src, self.tailer, self.settings))
             it = reader.read()
             head = self._next(src, it)
@@ -372,7 +379,8 @@ class RunLossWatcher:
             self._ts_seen[path] = sig
             grew = True
             hist = self._ts_hist
-            diverge = next((i for i, p in enumerate(pts) if p.step in hist and not _same(hist[p.step], p.value)), None)
+            diverge = next((i for i, p in enumerate(pts)
+                            if p.step in hist and not _same(hist[p.step], p.value)), None)
             if diverge is not None:
                 new = pts[diverge:]
                 gen = len(fam.segments)

@@ -81,7 +81,8 @@ class FaultReporter:
         self.alerts = alerts  # replaced by the daemon when a reload brings new alert settings
         self.clock = clock
 
-    def call(self, component: str, fn: Callable[..., T], *args: Any, action: str = "retrying at the next pass",
+    def call(self, component: str, fn: Callable[..., T], *args: Any,
+             action: str = "retrying at the next pass",
              context: dict[str, Any] | None = None) -> T | None:
         try:
             result = fn(*args)
