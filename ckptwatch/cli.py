@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     latest = sub.add_parser("latest", help="print the newest resumable checkpoint of the run(s) at PATH")
     latest.add_argument("path", metavar="PATH")
     _check_args(latest)
+    for p in (once, latest):
+        p.add_argument("--allow-hazards", action="store_true",
+                       help="a complete checkpoint whose resume hazards would load the wrong weights may "
+                            "still be named as the one to resume from (by default it is skipped)")
     run = sub.add_parser("run",
                          help="the long-running service: watch the config's roots, judge settled checkpoints")
     run.add_argument("--config", required=True, metavar="FILE")
@@ -128,7 +132,8 @@ def _options(args: argparse.Namespace, config: "Config | None" = None,
                        {"settle_seconds": args.settle, "stale_after": args.stale_after})
     ranks = args.expected_ranks or (watch.expected_ranks if watch else None)
     return CheckOptions(deep=args.deep, scan_values=args.scan_values, settle_seconds=service.settle_seconds,
-                        stale_after=service.stale_after, expected_ranks=ranks)
+                        stale_after=service.stale_after, expected_ranks=ranks,
+                        allow_hazards=getattr(args, "allow_hazards", False))
 
 
 def _existing(path: str) -> str:
@@ -192,25 +197,39 @@ def cmd_latest(args: argparse.Namespace) -> int:
     if not report.runs:
         print(f"ckptwatch: no checkpoints found under {root}", file=sys.stderr)
         return EXIT_PROBLEMS
+    from ckptwatch.resume import blocking_hazards, skipped_newer
+
     code = EXIT_OK
     for run in report.runs:
         chosen = run.newest_resumable
+        skipped = skipped_newer(run)
         if chosen is None:
-            print(f"ckptwatch: {run.root}: no complete checkpoint to resume from", file=sys.stderr)
             code = EXIT_PROBLEMS
+            blocked = [v for v, _ in skipped if blocking_hazards(v)]
+            if not blocked:
+                print(f"ckptwatch: {run.root}: no complete checkpoint to resume from", file=sys.stderr)
+                continue
+            print(f"ckptwatch: {run.root}: no checkpoint is safe to resume from: every complete one would "
+                  "make the trainer load the wrong weights. Fix one of these, or pass --allow-hazards to "
+                  "resume from the newest complete checkpoint anyway:", file=sys.stderr)
+            for v in blocked:
+                for h in blocking_hazards(v):
+                    print(f"ckptwatch:   {v.path}: {h.kind}: {full_message(h)}", file=sys.stderr)
             continue
-        index = run.checkpoints.index(chosen)
         if args.json:
             import json
 
             print(json.dumps({"root": run.root, "path": chosen.path, "step": chosen.step,
-                              "layout": run.layout}))
+                              "layout": run.layout,
+                              "skipped": [{"path": v.path, "reason": why} for v, why in skipped]}))
         else:
             print(chosen.path)
         for h in chosen.hazards:
             print(f"ckptwatch: warning: {h.kind}: {full_message(h)}", file=sys.stderr)
-        for v in run.checkpoints[index + 1:]:  # newer than the one chosen (checkpoints are in step order)
-            print(f"ckptwatch: note: skipped newer {v.path} ({v.status.value})", file=sys.stderr)
+        for v, why in skipped:  # newer than the one chosen (checkpoints are in step order)
+            print(f"ckptwatch: note: skipped newer {v.path} ({why})", file=sys.stderr)
+            for h in blocking_hazards(v):
+                print(f"ckptwatch:   {h.kind}: {full_message(h)}", file=sys.stderr)
     return code
 
 

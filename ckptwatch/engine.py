@@ -24,7 +24,8 @@ from typing import Any
 from ckptwatch.discover import discover
 from ckptwatch.hazards import CheckpointFacts, checkpoint_hazards, run_hazards
 from ckptwatch.layouts.base import Candidate, CheckOptions, Judgement, RankFile, RunFound
-from ckptwatch.model import Hazard, Problem, Ranks, RunReport, Severity, Status, Verdict, resume_choice
+from ckptwatch.model import Hazard, Problem, Ranks, RunReport, Severity, Status, Verdict
+from ckptwatch.resume import resume_choice
 from ckptwatch.scan import TreeStat, display, tree
 from ckptwatch.settle import Settle, is_abandoned, settle_state
 from ckptwatch.vocabulary import severity_of, status_from
@@ -275,7 +276,8 @@ def judge_run(run: RunFound, opts: CheckOptions, now: float, *, only: str | None
 
     across = run_hazards(facts)
     verdicts = [_with_hazards(v, across.get(f.path, [])) for v, f in zip(verdicts, facts)]
-    newest_complete, latest = resume_choice(verdicts)
+    choice = resume_choice(verdicts, allow_hazards=opts.allow_hazards)
+    newest_complete, latest = choice.newest_complete, choice.newest_resumable
     run_problems, run_hazards_ = run.layout.run_findings(run, verdicts, latest)
     newest = verdicts[-1] if verdicts else None
     if newest is not None and newest.status in (Status.INCOMPLETE, Status.CORRUPT):

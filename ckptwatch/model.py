@@ -7,7 +7,7 @@ not raise. Everything here is frozen so a verdict can be cached, compared across
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -110,9 +110,9 @@ class RunReport:
     """Every checkpoint of one training run, and which one a resume should use.
 
     ``newest_complete`` and ``newest_resumable`` are verdicts set by whoever builds the report from
-    ``resume_choice`` (the engine, or ``with_checkpoints`` after a verdict changed): every consumer
-    (``latest``, the resume pointer, alerts, metrics, state, status) reads them instead of deriving
-    them again, so the rule retention's most important guard depends on lives in one place.
+    ``resume.resume_choice`` (the engine, or ``resume.with_checkpoints`` after a verdict changed):
+    every consumer (``latest``, the resume pointer, alerts, metrics, state, status) reads them instead
+    of deriving them again, so the rule retention's most important guard depends on lives in one place.
     """
 
     root: str
@@ -124,32 +124,8 @@ class RunReport:
     loss: Any = None  # a losswatch.LossReport when the loss watch ran (model does not import losswatch)
     newest_resumable: Verdict | None = None
 
-    @classmethod
-    def of(cls, root: str, layout: str, checkpoints: tuple[Verdict, ...], problems: tuple[Problem, ...] = (),
-           hazards: tuple[Hazard, ...] = ()) -> RunReport:
-        """A report whose resume choice is computed from ``checkpoints`` by ``resume_choice``."""
-        newest, resumable = resume_choice(checkpoints)
-        return cls(root, layout, tuple(checkpoints), newest, problems, hazards, newest_resumable=resumable)
-
     @property
     def latest_resumable(self) -> str | None:
         """The path ``latest`` prints and the JSON's ``latest_resumable`` (a contract field)."""
         return self.newest_resumable.path if self.newest_resumable is not None else None
-
-
-def resume_choice(verdicts: tuple[Verdict, ...] | list[Verdict]) -> tuple[Verdict | None, Verdict | None]:
-    """(newest complete, newest resumable) of a run's verdicts, which are in step order.
-
-    The one definition of both. Today they are the same checkpoint: a complete checkpoint is
-    resumable.
-    """
-    complete = [v for v in verdicts if v.status is Status.COMPLETE]
-    newest = complete[-1] if complete else None
-    return newest, newest
-
-
-def with_checkpoints(run: RunReport, verdicts: tuple[Verdict, ...]) -> RunReport:
-    """``run`` with its verdicts replaced (the service's open-files rule) and its choice recomputed."""
-    newest, resumable = resume_choice(verdicts)
-    return replace(run, checkpoints=tuple(verdicts), newest_complete=newest, newest_resumable=resumable)
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from ckptwatch.layouts.base import CheckOptions
-from ckptwatch.model import Problem, RunReport, Status, Verdict, with_checkpoints
+from ckptwatch.model import Problem, RunReport, Status, Verdict
+from ckptwatch.resume import with_checkpoints
 
 if TYPE_CHECKING:
     from ckptwatch.config import ServiceConfig, WatchConfig

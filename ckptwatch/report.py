@@ -15,6 +15,7 @@ from typing import Any, TextIO
 from ckptwatch.engine import RootReport
 from ckptwatch.findings import hazard_json, problem_json
 from ckptwatch.model import Hazard, Problem, RunReport, Status, Verdict
+from ckptwatch.resume import skipped_newer
 from ckptwatch.vocabulary import advice_for, full_message
 
 JSON_VERSION = 1
@@ -34,7 +35,8 @@ def verdict_json(v: Verdict) -> dict[str, Any]:
 def run_json(r: RunReport) -> dict[str, Any]:
     out = {"root": r.root, "layout": r.layout, "latest_resumable": r.latest_resumable,
            "checkpoints": [verdict_json(v) for v in r.checkpoints],
-           "problems": [problem_json(p) for p in r.problems], "hazards": [hazard_json(h) for h in r.hazards]}
+           "problems": [problem_json(p) for p in r.problems], "hazards": [hazard_json(h) for h in r.hazards],
+           "resume_skipped": [{"path": v.path, "reason": why} for v, why in skipped_newer(r)]}
     if r.loss is not None:
         out["loss"] = r.loss.to_json()
     return out
@@ -79,8 +81,12 @@ def write_table(reports: list[RootReport], out: TextIO = sys.stdout, *, colour: 
                       f"{ranks}{flag}\n")
             _write_findings(out, "      ", v.problems, v.hazards)
         _write_findings(out, "  ", r.problems, r.hazards, problem_label="run ")
-        latest = r.latest_resumable or "none: no complete checkpoint"
+        latest = r.latest_resumable or ("none: every complete checkpoint has a resume hazard that blocks it"
+                                        if r.newest_complete else "none: no complete checkpoint")
         out.write(f"  newest resumable: {latest}\n")
+        for v, why in skipped_newer(r):
+            if v.status is Status.COMPLETE:
+                out.write(f"  skipped {_short(v.path, r.root)}: {why}\n")
         if r.loss is not None:
             for res in r.loss.resumes:
                 flag = "LOSS JUMP" if res.alert else "resume"

@@ -16,6 +16,7 @@ from ckptwatch.engine import RootReport, judge_run
 from ckptwatch.errors import UsageError
 from ckptwatch.layouts.base import Candidate, CheckOptions, RunFound
 from ckptwatch.model import RunReport, Verdict
+from ckptwatch.resume import run_report
 from ckptwatch.scan import display
 
 
@@ -27,7 +28,7 @@ class VerifyResult:
     def as_root_report(self) -> RootReport:
         root, layout = (self.run.root, self.run.layout) if self.run else (os.path.dirname(self.verdict.path),
                                                                           self.verdict.layout)
-        only = RunReport.of(root, layout, (self.verdict,))
+        only = run_report(root, layout, (self.verdict,))
         return RootReport(root, [only], [])
 
 

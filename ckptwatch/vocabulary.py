@@ -22,6 +22,9 @@ class Kind:
     severity: Severity
     meaning: str
     advice: str
+    # Hazards only: the trainer would load the wrong weights from this checkpoint, so `latest`, the
+    # resume pointer and the alerts' "resume from" line skip it (``resume.resume_choice``).
+    blocks_resume: bool = False
 
 
 _NOT_THIS = "Do not resume from this checkpoint; `ckptwatch latest RUN_DIR` names the newest complete one"
@@ -120,10 +123,10 @@ HAZARD_KINDS: dict[str, Kind] = {
              "a full-weights file beside a PEFT adapter: the Trainer loads it first (non-strict) and never "
              "loads the adapter (transformers#24551)",
              "Move the full-weights file out of the checkpoint before resuming, or resume the adapter "
-             "explicitly"),
+             "explicitly", blocks_resume=True),
         Kind("empty_adapter", Severity.WARNING,
              "an adapter weights file of about 1 KB or less holds no LoRA weights",
-             "Check the PEFT save; resuming from it trains a fresh adapter"),
+             "Check the PEFT save; resuming from it trains a fresh adapter", blocks_resume=True),
         Kind("adapter_config_drift", Severity.WARNING,
              "r, lora_alpha or target_modules changed between checkpoints of one run",
              "Resume with the adapter_config.json the run was trained with"),
@@ -132,7 +135,8 @@ HAZARD_KINDS: dict[str, Kind] = {
              "Check that the adapter parameters are trainable and reach the optimizer"),
         Kind("adapter_b_zero", Severity.WARNING,
              "every LoRA B matrix is zero past step 0: the adapter was never trained or was re-initialised",
-             "Check the resume path: a fresh add_adapter() before loading discards the trained weights"),
+             "Check the resume path: a fresh add_adapter() before loading discards the trained weights",
+             blocks_resume=True),
         Kind("latest_points_to_incomplete", Severity.WARNING,
              "the framework's latest pointer names a checkpoint that is not complete",
              "Resume from the checkpoint ckptwatch names instead (pass it explicitly to the trainer)"),
@@ -152,8 +156,9 @@ def markdown_table() -> str:
     rows = ["| problem kind | severity | meaning | what to do |", "|---|---|---|---|"]
     rows += [f"| `{k.name}` | {k.severity.value} | {k.meaning} | {k.advice} |"
              for k in PROBLEM_KINDS.values()]
-    rows += ["", "| hazard kind | meaning | what to do |", "|---|---|---|"]
-    rows += [f"| `{k.name}` | {k.meaning} | {k.advice} |" for k in HAZARD_KINDS.values()]
+    rows += ["", "| hazard kind | blocks `latest` | meaning | what to do |", "|---|---|---|---|"]
+    rows += [f"| `{k.name}` | {'yes' if k.blocks_resume else 'no'} | {k.meaning} | {k.advice} |"
+             for k in HAZARD_KINDS.values()]
     return "\n".join(rows)
 
 
@@ -161,6 +166,12 @@ def severity_of(kind: str) -> Severity:
     """The severity of a problem kind; a kind the table does not know counts as corruption."""
     k = PROBLEM_KINDS.get(kind)
     return k.severity if k else Severity.CORRUPT
+
+
+def blocks_resume(kind: str) -> bool:
+    """Does a hazard of this kind make its checkpoint unfit to resume from (see ``Kind.blocks_resume``)?"""
+    k = HAZARD_KINDS.get(kind)
+    return k.blocks_resume if k else False
 
 
 def advice_for(kind: str) -> str:

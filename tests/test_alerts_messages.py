@@ -53,7 +53,7 @@ def test_incomplete_body_has_host_run_step_path_problem_advice_and_time() -> Non
 def test_no_resumable_checkpoint_says_so() -> None:
     """When no checkpoint of the run is complete, the advice says there is none instead of naming one."""
     (a,) = alerts_for(incomplete_verdict(), resume_from=None, step=None)
-    assert "this run has no complete checkpoint to resume from" in a.body
+    assert "this run has no checkpoint that is safe to resume from" in a.body and "ckptwatch latest" in a.body
 
 
 def test_corrupt_title_uses_first_problem_and_count() -> None:

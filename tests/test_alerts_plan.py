@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ckptwatch.alerts.plan import FINISHED_AFTER, plan_run, plan_vanished_runs
 from ckptwatch.model import Hazard, Problem, RunReport, Status, Verdict
+from ckptwatch.resume import run_report
 
 T = 1_795_000_000.0
 RUN = "/data/runs/run-a"
@@ -17,7 +18,7 @@ def _v(step: int, status: Status, at: float, problems=(), hazards=()) -> Verdict
 
 
 def _run(*verdicts: Verdict, hazards=()) -> RunReport:
-    return RunReport.of(RUN, "hf-trainer", verdicts, (), tuple(hazards))
+    return run_report(RUN, "hf-trainer", verdicts, (), tuple(hazards))
 
 
 MISSING = Problem("missing_file", f"{RUN}/checkpoint-3/optimizer.pt", "optimizer.pt is missing")

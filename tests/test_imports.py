@@ -34,6 +34,7 @@ FLOORS: dict[str, int] = {
     "ckptwatch.alerts.kinds": VOCABULARY,  # alert kinds and severities
     "ckptwatch.settle": PURE,
     "ckptwatch.findings": PURE,  # the one JSON form of a problem and a hazard
+    "ckptwatch.resume": PURE,  # which checkpoint a resume should use
     "ckptwatch.config.reader": PURE,  # the typed table reader and the sections that need no layouts
     "ckptwatch.config.kinds": PURE,
     "ckptwatch.config.secrets": PURE,

@@ -93,7 +93,8 @@ def _render(lines: Sequence[tuple[str, str]], sections: Sequence[tuple[str, Sequ
 
 def _resume_advice(resume_from: str | None, resume_step: int | None) -> str:
     if not resume_from:
-        return "this run has no complete checkpoint to resume from: `ckptwatch once RUN_DIR` shows why"
+        return ("this run has no checkpoint that is safe to resume from (none is complete, or each complete "
+                "one has a resume hazard that blocks it): `ckptwatch latest RUN_DIR` says why")
     step = f" (step {resume_step})" if resume_step is not None else ""
     return f"ckptwatch latest says resume from {_name(resume_from)}{step}: {resume_from}"
 

@@ -30,6 +30,8 @@ class CheckOptions:
     # and a checkpoint whose files changed in between is in_progress (a writer that keeps old mtimes,
     # e.g. rsync -t or cp -p, defeats the settle rule alone).
     second_look: bool = False
+    # `latest --allow-hazards`: a complete checkpoint whose hazards block a resume may still be named.
+    allow_hazards: bool = False
 
 
 @dataclass
