@@ -2,7 +2,7 @@
 
 Why sqlite: one file in the state dir, atomic commits, and WAL mode lets ``ckptwatch status`` read
 while the service writes. A verdict is recorded once per change (status, problems or hazards), so
-a restart after ``kill -9`` neither re-logs nor (later) re-alerts what was already judged.
+a restart after ``kill -9`` neither re-logs nor re-alerts what was already judged.
 
 The service opens its store with ``open_for_service``: one service per state dir (``statelock``).
 Every method raises a failure of the file as an operator error (``errors.StateError``, ``statedb``):

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
 from ckptwatch.alerts import messages
 from ckptwatch.alerts.conditions import disk_low, disk_usage
@@ -32,8 +32,9 @@ class ServiceAlerts(Sink):
 
     name = "alerts"
 
-    def __init__(self, config: AlertsConfig, state_db: str, clock, log, *, sender=None,  # noqa: ANN001
-                 host: str | None = None, stale_after: float = 0.0, roots: tuple[str, ...] = ()) -> None:
+    def __init__(self, config: AlertsConfig, state_db: str, clock: Callable[[], float], log: Any, *,
+                 sender: Any = None, host: str | None = None, stale_after: float = 0.0,
+                 roots: tuple[str, ...] = ()) -> None:
         self.config = config
         self.log = log
         self.host = host or socket.gethostname()

@@ -110,7 +110,8 @@ class FaultReporter:
 
 
 class Background:
-    """One worker thread for work that can take long (plots; copies and deletions to come).
+    """One worker thread for work that can take long (plots today; the mirror and retention sinks' copies
+    and deletions will share it).
 
     The loop thread never waits on it: ``submit(work, then)`` runs ``work`` on the worker and queues
     ``then(result)`` for the loop thread, which runs it in ``drain`` (so ``then`` may touch the sinks'
