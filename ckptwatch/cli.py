@@ -225,13 +225,13 @@ def cmd_latest(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ckptwatch.config import config_warnings, load_config
-    from ckptwatch.daemon import Daemon
+    from ckptwatch.daemon import NO_WATCH, Daemon
 
     config = load_config(args.config)
     for warning in config_warnings(args.config):
         print(f"ckptwatch: warning: {warning}", file=sys.stderr)
     if not config.watches:
-        raise ConfigError(f"{args.config}: watch: at least one [[watch]] table is needed for the service")
+        raise ConfigError(f"{args.config}: {NO_WATCH}")
     return Daemon(os.path.abspath(args.config), config).run()
 
 

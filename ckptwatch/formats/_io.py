@@ -112,7 +112,7 @@ def _check_confined(path: str, fd: int | None, root: str) -> None:
         raise OutsideRoot(path, real, root)
 
 
-def open_regular(path: str) -> int:
+def open_regular(path: str, *, follow: bool = True) -> int:
     """A read-only fd of ``path``, only when it is a regular file (inside the watched root, if one is set).
 
     The open never blocks (``O_NONBLOCK``; a FIFO opens at once and is then refused), the type is checked
@@ -120,16 +120,18 @@ def open_regular(path: str) -> int:
     cleared before the caller reads. A symlink leaving the root is refused before it is opened, and
     what was opened is checked again through ``/proc/self/fd`` (a link swapped in between). Raises
     ``NotRegularFile``, ``OutsideRoot`` or the ``OSError`` of the open; ``problem_from_oserror`` turns
-    each into its finding.
+    each into its finding. ``follow=False``: a symlink at ``path`` itself is refused (a file of ours
+    that someone may have replaced with a link).
     """
     root = _ROOT.get()
-    if root is not None and os.path.islink(path):
+    if root is not None and follow and os.path.islink(path):
         _check_confined(path, None, root)
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY | (0 if follow else os.O_NOFOLLOW)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+        fd = os.open(path, flags)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise NotRegularFile(path, "a symlink loop") from None
+            raise NotRegularFile(path, "a symlink loop" if follow else "a symlink") from None
         raise
     try:
         st = os.fstat(fd)
@@ -144,9 +146,9 @@ def open_regular(path: str) -> int:
     return fd
 
 
-def open_regular_file(path: str) -> BinaryIO:
+def open_regular_file(path: str, *, follow: bool = True) -> BinaryIO:
     """``open_regular`` as a buffered binary file object (``with open_regular_file(p) as f``)."""
-    return os.fdopen(open_regular(path), "rb")
+    return os.fdopen(open_regular(path, follow=follow), "rb")
 
 
 def problem_from_oserror(path: str, exc: OSError) -> Problem:
