@@ -10,6 +10,8 @@ import hashlib
 import os
 from typing import Any
 
+from ckptwatch.formats._io import open_regular_file
+
 MAX_ADAPTER_BYTES = 256 * 1024 * 1024
 CHUNK = 4 * 1024 * 1024
 
@@ -23,7 +25,7 @@ def lora_b_all_zero(path: str, tensors: dict[str, Any], data_start: int) -> bool
     if not zero_init or sum(t.end - t.begin for t in zero_init) > MAX_ADAPTER_BYTES:
         return None
     try:
-        with open(path, "rb") as f:
+        with open_regular_file(path) as f:
             for t in zero_init:
                 f.seek(data_start + t.begin)
                 remaining = t.end - t.begin
@@ -42,7 +44,7 @@ def lora_b_all_zero(path: str, tensors: dict[str, Any], data_start: int) -> bool
 def tensor_digest(path: str, data_start: int) -> str | None:
     """SHA-256 of the tensor bytes (header excluded: metadata may differ while weights do not)."""
     try:
-        with open(path, "rb") as f:
+        with open_regular_file(path) as f:
             size = os.fstat(f.fileno()).st_size
             if size - data_start > MAX_ADAPTER_BYTES:
                 return None

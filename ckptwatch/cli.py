@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     _check_args(verify)
     latest = sub.add_parser("latest", help="print the newest resumable checkpoint of the run(s) at PATH")
     latest.add_argument("path", metavar="PATH")
+    latest.add_argument("--print0", action="store_true",
+                        help="end the path with NUL instead of a newline, and print any path (one with a "
+                             "newline in its name included), byte for byte")
     _check_args(latest)
     for p in (once, latest):
         p.add_argument("--allow-hazards", action="store_true",
@@ -190,6 +193,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_latest(args: argparse.Namespace) -> int:
     from ckptwatch.engine import check_root
+    from ckptwatch.shellpath import path_b64, write_path
 
     opts = _options(args)
     root = _existing(args.path)
@@ -220,10 +224,15 @@ def cmd_latest(args: argparse.Namespace) -> int:
             import json
 
             print(json.dumps({"root": run.root, "path": chosen.path, "step": chosen.step,
-                              "layout": run.layout,
+                              "layout": run.layout, "path_b64": path_b64(chosen.path),
                               "skipped": [{"path": v.path, "reason": why} for v, why in skipped]}))
         else:
-            print(chosen.path)
+            sys.stdout.flush()
+            refusal = write_path(chosen.path, sys.stdout.buffer, print0=args.print0)
+            if refusal:
+                print(f"ckptwatch: refusing to print the checkpoint to resume from: {refusal}",
+                      file=sys.stderr)
+                code = EXIT_PROBLEMS
         for h in chosen.hazards:
             print(f"ckptwatch: warning: {h.kind}: {full_message(h)}", file=sys.stderr)
         for v, why in skipped:  # newer than the one chosen (checkpoints are in step order)
@@ -235,13 +244,13 @@ def cmd_latest(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from ckptwatch.config import config_warnings, load_config
-    from ckptwatch.daemon import Daemon
+    from ckptwatch.daemon import NO_WATCH, Daemon
 
     config = load_config(args.config)
     for warning in config_warnings(args.config):
         print(f"ckptwatch: warning: {warning}", file=sys.stderr)
     if not config.watches:
-        raise ConfigError(f"{args.config}: watch: at least one [[watch]] table is needed for the service")
+        raise ConfigError(f"{args.config}: {NO_WATCH}")
     return Daemon(os.path.abspath(args.config), config).run()
 
 

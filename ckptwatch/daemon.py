@@ -30,6 +30,7 @@ from ckptwatch.state import StateStore, default_state_dir
 from ckptwatch.watch import DirtyScopes, install_overflow_log
 
 LOOP_MAX_SLEEP = 5.0
+NO_WATCH = "watch: at least one [[watch]] table is needed for the service"  # startup and reload refuse it
 
 
 def configure_logging(fmt: str) -> object:
@@ -209,6 +210,10 @@ class Daemon:
             new = load_config(self.config_path)
         except ConfigError as exc:
             self.log.error("config_reload_failed", error=str(exc), keeping="the previous config")
+            return
+        if not new.watches:  # startup refuses this config (cmd_run): a service that watches nothing
+            self.log.error("config_reload_failed", error=f"{self.config_path}: {NO_WATCH}",
+                           keeping="the previous config")
             return
         self.observers.stop()
         for sink in self.row.sinks:

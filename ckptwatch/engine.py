@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ckptwatch.discover import discover
+from ckptwatch.formats._io import confined_to
 from ckptwatch.hazards import CheckpointFacts, checkpoint_hazards, run_hazards
 from ckptwatch.layouts.base import Candidate, CheckOptions, Judgement, RankFile, RunFound
 from ckptwatch.model import Hazard, Problem, Ranks, RunReport, Severity, Status, Verdict
@@ -51,7 +52,7 @@ def check_root(root: str, opts: CheckOptions, now: float, *, layout: str = "auto
     The time rules (settle, stale markers), ranks and hazards are still applied afresh.
     """
     found = discover(root, layout=layout)
-    runs = [judge_run(run, opts, now, cache=cache) for run in found.runs]
+    runs = [_judge_run_guarded(run, opts, now, cache) for run in found.runs]
     if loss is not None:
         memo: dict[str, Any] = {}
         runs = [with_loss(r, loss, memo) for r in runs]
@@ -74,13 +75,40 @@ def check_run_dir(run_root: str, opts: CheckOptions, now: float, *, layout: str 
     found = discover(run_root, layout=layout)
     if not any(os.path.normpath(r.root) == os.path.normpath(run_root) for r in found.runs):
         return None
-    reports = [judge_run(run, opts, now, cache=cache) for run in found.runs]
+    reports = [_judge_run_guarded(run, opts, now, cache) for run in found.runs]
     if cache is not None:
         seen = {c.path for run in found.runs for c in run.candidates}
         base = run_root.rstrip(os.sep) + os.sep
         for gone in [p for p in cache if p.startswith(base) and p not in seen]:
             del cache[gone]
     return reports
+
+
+def fault_problem(where: str, exc: Exception) -> Problem:
+    """A fault of ckptwatch itself while judging ``where``, as a finding of that checkpoint or run.
+
+    One bad checkpoint or run must never blind the others (DESIGN.md invariant 5): the fault is
+    confined to what was being judged, and the message says where in our code it happened, since
+    the traceback is not shown.
+    """
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    at = f" at {os.path.basename(tb.tb_frame.f_code.co_filename)}:{tb.tb_lineno}" if tb is not None else ""
+    detail = str(exc)[:300]
+    return Problem("check_failed", display(where), f"ckptwatch failed while checking {display(where)}: "
+                   f"{type(exc).__name__}{': ' + detail if detail else ''}{at}")
+
+
+def _judge_run_guarded(run: RunFound, opts: CheckOptions, now: float,
+                       cache: JudgementCache | None) -> RunReport:
+    """``judge_run``, with a fault of ours becoming a finding of this run instead of failing the pass."""
+    try:
+        return judge_run(run, opts, now, cache=cache)
+    except Exception as exc:  # see fault_problem
+        if os.environ.get("CKPTWATCH_DEBUG"):
+            raise
+        return RunReport.of(display(run.root), run.layout.name, (), (fault_problem(run.root, exc),))
 
 
 def loss_root(run: RunReport) -> str:
@@ -111,7 +139,8 @@ def with_loss(run: RunReport, settings: Any, memo: dict[str, Any] | None = None)
     if memo is not None and where in memo:
         return replace(run, loss=memo[where])
     try:
-        report = analyse_run(where, settings, [(v.step, v.path) for v in run.checkpoints])
+        with confined_to(where):
+            report = analyse_run(where, settings, [(v.step, v.path) for v in run.checkpoints])
     except Exception as exc:  # noqa: BLE001 - see the docstring
         from ckptwatch.losswatch import LossReport
 
@@ -163,6 +192,10 @@ def _judge_candidate(run: RunFound, cand: Candidate, opts: CheckOptions,
     except FileNotFoundError as exc:  # the whole checkpoint vanished between listing and judging
         judgement = Judgement([Problem("deleted", display(cand.path), f"{display(cand.path)} vanished during "
                                        f"the scan ({exc.strerror})")])
+    except Exception as exc:  # one checkpoint's fault is its finding (fault_problem)
+        if os.environ.get("CKPTWATCH_DEBUG"):
+            raise
+        judgement = Judgement([fault_problem(cand.path, exc)])
     if opts.second_look and not any(severity_of(p.kind) is Severity.TRANSIENT for p in judgement.problems):
         again = _stat_candidate(run, cand)
         if _fingerprint(again) != _fingerprint(stat):
@@ -249,7 +282,14 @@ def judge_run(run: RunFound, opts: CheckOptions, now: float, *, only: str | None
     ``only`` (``ckptwatch verify``): judge that candidate with ``opts``, and of its siblings only what
     its verdict needs, structurally: the previous checkpoint (hazards compare successive
     checkpoints) and, when its own metadata does not record the world size, all of them (ranks).
+    The readers open nothing outside the run's directory (a symlink out of it is ``unsafe_path``).
     """
+    with confined_to(run.root):
+        return _judge_run(run, opts, now, only=only, cache=cache)
+
+
+def _judge_run(run: RunFound, opts: CheckOptions, now: float, *, only: str | None,
+               cache: JudgementCache | None) -> RunReport:
     cands = sorted(run.candidates, key=lambda c: c.sort_key())
     if cache is not None and only is None:
         judged = [(c, *_judge_candidate(run, c, opts, cache)) for c in cands]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from ckptwatch.formats._io import problem_from_oserror
+from ckptwatch.formats._io import open_regular, problem_from_oserror
 from ckptwatch.formats.jsonfile import read_json
 from ckptwatch.layouts.base import CheckOptions
 from ckptwatch.model import FileCheck, Problem
@@ -23,7 +23,7 @@ TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl")
 def sniff(path: str) -> tuple[str, Problem | None]:
     """The format of ``path``: safetensors | torch | mindspore | json | empty | unknown."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = open_regular(path)
         try:
             head = os.pread(fd, 16, 0)
         finally:

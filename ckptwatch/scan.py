@@ -11,7 +11,13 @@ import os
 import stat
 from dataclasses import dataclass
 
-from ckptwatch.formats._io import display, problem_from_oserror
+from ckptwatch.formats._io import (
+    display,
+    kind_of_mode,
+    not_regular_problem,
+    problem_from_oserror,
+    unsafe_link_problem,
+)
 from ckptwatch.model import Problem
 
 
@@ -92,11 +98,17 @@ class TreeStat:
         return max(max((e.mtime for e in self.files), default=0.0), self.newest_dir_mtime)
 
 
+MAX_TREE_DEPTH = 32  # levels below a checkpoint; the deepest real layout (Orbax) uses about 6
+
+
 def tree(path: str, root: str) -> TreeStat:
     """Regular files below ``path`` (or ``path`` itself when it is a file), not following links out of root.
 
     A symlinked directory inside the root is not descended into (its target is judged where it lives);
-    a symlinked file is stat'ed through (Lightning's ``last.ckpt``).
+    a symlinked file is stat'ed through (Lightning's ``last.ckpt``). A link that leaves ``root`` is
+    ``unsafe_path`` and a FIFO, socket or device is ``not_regular_file``: neither is listed, so no
+    reader opens it. Directories deeper than ``MAX_TREE_DEPTH`` are a ``too_deep`` warning, not walked:
+    a tree nested past the system's path length limit is no reason to call a checkpoint corrupt.
     """
     files: list[Entry] = []
     problems: list[Problem] = []
@@ -108,22 +120,29 @@ def tree(path: str, root: str) -> TreeStat:
         return TreeStat((Entry(os.path.basename(path), path, False, stat.S_ISREG(st.st_mode),
                                os.path.islink(path), st.st_size, st.st_mtime, st.st_mode, st.st_ino,
                                st.st_ctime),), ())
-    stack = [path]
+    stack = [(path, 0)]
     newest_dir = st.st_mtime
     while stack:
-        d = stack.pop()
+        d, depth = stack.pop()
         entries, probs = list_dir(d)
         problems.extend(probs)
         for e in entries:
             if e.is_symlink and not inside(e.path, root):
-                problems.append(Problem("symlink_outside_root", display(e.path),
-                                        f"{display(e.path)} points outside {display(root)}"))
+                problems.append(unsafe_link_problem(e.path, os.path.realpath(e.path), os.path.realpath(root)))
                 continue
             if e.is_dir:
-                if not e.is_symlink:
-                    stack.append(e.path)
-                    newest_dir = max(newest_dir, e.mtime)
+                if e.is_symlink:
+                    continue
+                newest_dir = max(newest_dir, e.mtime)
+                if depth + 1 < MAX_TREE_DEPTH:
+                    stack.append((e.path, depth + 1))
+                else:
+                    problems.append(Problem("too_deep", display(e.path), f"{display(e.path)} is nested "
+                                            f"{MAX_TREE_DEPTH} directories below {display(path)}; what lies "
+                                            "below it was not examined"))
             elif e.is_file:
                 files.append(e)
+            else:
+                problems.append(not_regular_problem(e.path, kind_of_mode(e.mode)))
     files.sort(key=lambda e: e.path)
     return TreeStat(tuple(files), tuple(problems), newest_dir)

@@ -88,7 +88,19 @@ PROBLEM_KINDS: dict[str, Kind] = {
         Kind("no_weights", Severity.INCOMPLETE, "a checkpoint holds no model weights in any known form",
              _NOT_THIS),
         Kind("unsafe_path", Severity.INCOMPLETE,
-             "metadata names a file outside the checkpoint (absolute path or ..)", _NOT_THIS),
+             "metadata names a file outside the checkpoint (absolute path or ..), or a symlink in a "
+             "checkpoint leads outside the watched root; it is not read",
+             "Replace the link with the real file (or watch the directory it points into); do not resume "
+             "from this checkpoint until it is judged"),
+        Kind("not_regular_file", Severity.INCOMPLETE,
+             "a FIFO, directory, device, socket or symlink loop is where a checkpoint file belongs; it is "
+             "never read",
+             "Remove it and re-save the checkpoint (or restore the real file); do not resume from this "
+             "checkpoint"),
+        Kind("check_failed", Severity.INCOMPLETE,
+             "ckptwatch itself failed while checking this checkpoint or run (a bug); the others were judged",
+             "Report it with the message (rerun `ckptwatch once` with CKPTWATCH_DEBUG=1 for the traceback); "
+             "do not resume from this checkpoint until it is judged"),
         # --- transient: being written or deleted; judged again once settled ---
         Kind("in_progress", Severity.TRANSIENT,
              "files were modified within settle_seconds, or a temp/staging marker is present",
@@ -106,6 +118,10 @@ PROBLEM_KINDS: dict[str, Kind] = {
              "Point the watch at the real location, or keep checkpoints inside the root"),
         Kind("symlink_loop", Severity.WARNING, "a symlink loop; not followed", "Remove or fix the link"),
         Kind("dangling_symlink", Severity.INCOMPLETE, "a symlink whose target does not exist", _NOT_THIS),
+        Kind("too_deep", Severity.WARNING,
+             "directories nested deeper than any checkpoint format uses (or a path longer than the system "
+             "allows); what lies below was not examined",
+             "Usually harmless; remove the nested directories if they do not belong to the checkpoint"),
         Kind("bad_name", Severity.WARNING, "a file or directory name is not valid UTF-8",
              "Rename it; some tools cannot open it"),
         Kind("unknown_world_size", Severity.WARNING,

@@ -161,7 +161,7 @@ def test_empty_and_garbage(tmp_path):
 
 def test_directory_is_not_a_file(tmp_path):
     """A directory where a file is expected is reported, not raised."""
-    assert kinds(check_torch_file(str(tmp_path))) == ["bad_header"]
+    assert kinds(check_torch_file(str(tmp_path))) == ["not_regular_file"]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ FLOORS: dict[str, int] = {
     "ckptwatch.losswatch.report": PURE,
     "ckptwatch.formats": READERS,
     "ckptwatch.adapters": READERS,  # PEFT adapter weights
+    "ckptwatch.shellpath": READERS,  # is a path safe to print for a shell; its exact bytes
     "ckptwatch.losswatch": READERS,  # loss sources, tailing, plots and the watcher over them
     "ckptwatch.alerts.sender": READERS,  # apprise
     "ckptwatch.watch": READERS,  # watchdog

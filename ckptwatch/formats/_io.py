@@ -4,12 +4,25 @@ Why a module of its own: every reader must turn the same OS errors into the same
 vanishes mid-read was rotated away (``deleted``, transient), a permission error is ``unreadable`` (not
 corruption: safetensors 0.8 writes 0600 files), and EIO is a real ``read_error``. Readers call
 ``problem_from_oserror`` instead of each inventing its own wording.
+
+It is also the one way a reader opens a file (``open_regular``; DESIGN.md invariant 7): only a regular
+file is ever read, because opening a FIFO for reading blocks until a writer appears (for ever, in the
+service's loop) and a directory or device where a file belongs is a finding, not an I/O error. And
+while a watched root is set (``confined_to``), nothing outside it is opened through a symlink: roots are
+writable by others, and a link planted in a checkpoint must not make ckptwatch read (or, for a
+device, even open) what it points to.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import errno
+import fcntl
 import os
+import stat
+from collections.abc import Iterator
+from typing import BinaryIO
 
 from ckptwatch.model import Problem
 
@@ -28,9 +41,125 @@ class FormatError(Exception):
         self.message = message
 
 
+class NotRegularFile(OSError):
+    """``open_regular`` found a FIFO, directory, device, socket or symlink loop where a file belongs."""
+
+    def __init__(self, path: str, what: str) -> None:
+        super().__init__(errno.EINVAL, f"{what}, not a regular file", path)
+        self.what = what
+
+
+class OutsideRoot(OSError):
+    """``open_regular`` refused a path whose real location is outside the watched root."""
+
+    def __init__(self, path: str, target: str, root: str) -> None:
+        super().__init__(errno.EACCES, f"leads outside {root}", path)
+        self.target = target
+        self.root = root
+
+
+def not_regular_problem(path: str, what: str) -> Problem:
+    """The one wording of ``not_regular_file`` (the listing and the readers report the same finding)."""
+    return Problem("not_regular_file", display(path),
+                   f"{display(path)} is {what} where a regular file belongs; it was not read")
+
+
+def unsafe_link_problem(path: str, target: str, root: str) -> Problem:
+    """The one wording of a symlink leaving the watched root (the listing and the readers agree)."""
+    return Problem("unsafe_path", display(path), f"{display(path)} is a symlink to {display(target)}, "
+                   f"outside {display(root)}; it was not read")
+
+
+def kind_of_mode(mode: int) -> str:
+    """What a non-regular file is, for messages."""
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
+_ROOT: contextvars.ContextVar[str | None] = contextvars.ContextVar("ckptwatch_root", default=None)
+
+
+@contextlib.contextmanager
+def confined_to(root: str) -> Iterator[None]:
+    """While active, ``open_regular`` opens nothing whose real location is outside ``root``."""
+    token = _ROOT.set(os.path.realpath(root))
+    try:
+        yield
+    finally:
+        _ROOT.reset(token)
+
+
+def _inside(real: str, root: str) -> bool:
+    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _check_confined(path: str, fd: int | None, root: str) -> None:
+    """Raise ``OutsideRoot`` when ``path`` (or what the open ``fd`` really is) lies outside ``root``."""
+    real = None
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            real = os.readlink(f"/proc/self/fd/{fd}")  # what the kernel opened: no race with a swap
+    if real is None or not real.startswith(os.sep):
+        real = os.path.realpath(path)
+    if not _inside(real, root):
+        raise OutsideRoot(path, real, root)
+
+
+def open_regular(path: str, *, follow: bool = True) -> int:
+    """A read-only fd of ``path``, only when it is a regular file (inside the watched root, if one is set).
+
+    The open never blocks (``O_NONBLOCK``; a FIFO opens at once and is then refused), the type is checked
+    with ``fstat`` on the open fd (no race with a rename between a stat and the open), and O_NONBLOCK is
+    cleared before the caller reads. A symlink leaving the root is refused before it is opened, and
+    what was opened is checked again through ``/proc/self/fd`` (a link swapped in between). Raises
+    ``NotRegularFile``, ``OutsideRoot`` or the ``OSError`` of the open; ``problem_from_oserror`` turns
+    each into its finding. ``follow=False``: a symlink at ``path`` itself is refused (a file of ours
+    that someone may have replaced with a link).
+    """
+    root = _ROOT.get()
+    if root is not None and follow and os.path.islink(path):
+        _check_confined(path, None, root)
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY | (0 if follow else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise NotRegularFile(path, "a symlink loop" if follow else "a symlink") from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFile(path, kind_of_mode(st.st_mode))
+        if root is not None:
+            _check_confined(path, fd, root)
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_regular_file(path: str, *, follow: bool = True) -> BinaryIO:
+    """``open_regular`` as a buffered binary file object (``with open_regular_file(p) as f``)."""
+    return os.fdopen(open_regular(path, follow=follow), "rb")
+
+
 def problem_from_oserror(path: str, exc: OSError) -> Problem:
     """The finding an OS error on ``path`` means (never a traceback)."""
+    if isinstance(exc, NotRegularFile):
+        return not_regular_problem(path, exc.what)
+    if isinstance(exc, OutsideRoot):
+        return unsafe_link_problem(path, exc.target, exc.root)
     code = exc.errno
+    if code == errno.ENOENT and os.path.islink(path):
+        return Problem("dangling_symlink", path, f"{path} points to {_readlink(path)}, which does not exist")
     if code in (errno.ENOENT, errno.ESTALE):
         return Problem("deleted", path, f"{path} vanished while it was being read")
     if code in (errno.EACCES, errno.EPERM):
@@ -43,8 +172,18 @@ def problem_from_oserror(path: str, exc: OSError) -> Problem:
     if code == errno.ELOOP:
         return Problem("symlink_loop", path, f"{path} is a symlink loop")
     if code == errno.EISDIR:
-        return Problem("bad_header", path, f"{path} is a directory where a file was expected")
+        return not_regular_problem(path, "a directory")
+    if code == errno.ENAMETOOLONG:
+        return Problem("too_deep", path, f"{path[:200]}...: the path is longer than the system allows "
+                       "(a directory nested too deep); not examined")
     return Problem("read_error", path, f"{path}: {exc.strerror or exc} (errno {code})")
+
+
+def _readlink(path: str) -> str:
+    try:
+        return display(os.readlink(path))
+    except OSError:
+        return "?"
 
 
 def read_exact_at(fd: int, offset: int, length: int, path: str) -> bytes:

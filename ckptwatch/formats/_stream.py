@@ -23,7 +23,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ckptwatch.formats._io import FormatError, display, problem_from_oserror
+from ckptwatch.formats._io import FormatError, display, open_regular, problem_from_oserror
 from ckptwatch.model import FileCheck, Problem
 
 PAGE = mmap.PAGESIZE
@@ -62,7 +62,7 @@ def run_check(path: str, body: Callable[[int, str, int, list[Problem], dict[str,
     """
     shown = display(path)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = open_regular(path)
     except OSError as exc:
         return FileCheck(shown, (oserror_problem(path, exc),))
     facts: dict[str, Any] = {}

@@ -24,7 +24,7 @@ import stat
 from dataclasses import dataclass
 from typing import Any
 
-from ckptwatch.formats._io import FormatError
+from ckptwatch.formats._io import FormatError, open_regular, open_regular_file
 from ckptwatch.formats._stream import display, oserror_problem
 from ckptwatch.formats.pickle_stub import MAX_PICKLE_BYTES, Stub, TensorRef, TorchDtype, get, walk_pickle
 from ckptwatch.model import FileCheck, Problem
@@ -189,7 +189,7 @@ def _mtime(dirpath: str, name: str) -> float | None:
 def _read_metadata(dirpath: str, meta_name: str) -> tuple[Any, os.stat_result]:
     path = os.path.join(dirpath, meta_name)
     shown = display(path)
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fd = open_regular(path)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -583,7 +583,7 @@ def _deep(dirpath: str, entries: list[_Entry], sdm: dict[Any, Any], mshown: str)
 def _looks_like_safetensors(path: str) -> bool:
     """DCP's SerializationFormat.SAFETENSORS writes one safetensors file per bucket instead of zips."""
     try:
-        with open(path, "rb") as f:
+        with open_regular_file(path) as f:
             head = f.read(9)
     except OSError:
         return False

@@ -11,7 +11,7 @@ import json
 import os
 from typing import Any
 
-from ckptwatch.formats._io import problem_from_oserror
+from ckptwatch.formats._io import open_regular_file, problem_from_oserror
 from ckptwatch.model import Problem
 
 MAX_JSON_BYTES = 64 * 1024 * 1024  # trainer_state.json of a very long run is a few MB
@@ -21,7 +21,7 @@ def read_json(path: str, *, what: str = "") -> tuple[Any, Problem | None]:
     """Parse ``path``; return (value, None) or (None, problem). Never raises for bad input."""
     label = what or os.path.basename(path)
     try:
-        with open(path, "rb") as f:
+        with open_regular_file(path) as f:
             size = os.fstat(f.fileno()).st_size
             if size > MAX_JSON_BYTES:
                 return None, Problem("bad_json", path, f"{label} is {size} bytes, more than the "
@@ -43,7 +43,7 @@ def read_json(path: str, *, what: str = "") -> tuple[Any, Problem | None]:
 def read_text(path: str, *, limit: int = 4096) -> tuple[str | None, Problem | None]:
     """A small text pointer file (DeepSpeed ``latest``, Megatron tracker), stripped."""
     try:
-        with open(path, "rb") as f:
+        with open_regular_file(path) as f:
             raw = f.read(limit + 1)
     except OSError as exc:
         return None, problem_from_oserror(path, exc)

@@ -13,7 +13,7 @@ import os
 import re
 from typing import Any
 
-from ckptwatch.filecheck import check_file
+from ckptwatch.filecheck import check_file, file_size
 from ckptwatch.formats.jsonfile import read_json
 from ckptwatch.layouts.base import (
     Candidate,
@@ -39,7 +39,15 @@ OPTIM_RANK = re.compile(r"^optimizer_\d+_rank(\d+)\.bin$")
 FULL_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+FILE_SUFFIXES = (".json", ".safetensors", ".pt", ".pth", ".bin")  # the files this layout reads
 MARKER_SKEW_SECONDS = 2.0  # NFS/Lustre mtime skew allowed by the commit-marker rule (§1.3)
+
+
+def _mtime(path: str) -> float | None:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
 
 
 def _is_dcp_dir(path: str) -> bool:
@@ -73,7 +81,7 @@ def check_index(ckpt: str, index_name: str, opts: CheckOptions,
                                     f"{shown} names shard {shard!r} outside the checkpoint"))
             continue
         spath = os.path.join(ckpt, shard)
-        if not os.path.exists(spath):
+        if not os.path.lexists(spath):  # a loop or dangling link is judged by check_file, precisely
             keys = [k for k, v in weight_map.items() if v == shard]
             problems.append(Problem("missing_shard", display(spath),
                                     f"{display(spath)} is missing; {shown} maps {len(keys)} tensors to it "
@@ -141,9 +149,18 @@ class HfTrainer(NoRunFindings):
             top = entry.path[len(ckpt) + 1:].split(os.sep, 1)[0]
             if top in dcp_dirs or top in ds_tags:
                 continue  # judged by their own rules below
-            if entry.name.endswith((".json", ".safetensors", ".pt", ".pth", ".bin")):
+            if entry.name.endswith(FILE_SUFFIXES):
                 fc = check_file(entry.path, opts, need_object=entry.name == "training_args.bin")
                 checked[entry.path] = fc
+                j.problems.extend(fc.problems)
+        # Names of checkpoint files the listing did not show as regular files (a FIFO, a directory or a
+        # symlink loop named model.safetensors; trainer_state.json written after the listing): the
+        # reader says what each is, and never blocks on it.
+        for n in names:
+            path = os.path.join(ckpt, n)
+            if n.endswith(FILE_SUFFIXES) and path not in checked and n not in dcp_dirs and n not in ds_tags:
+                fc = check_file(path, opts, need_object=n == "training_args.bin")
+                checked[path] = fc
                 j.problems.extend(fc.problems)
 
         # trainer_state.json: the commit marker and the step.
@@ -153,7 +170,7 @@ class HfTrainer(NoRunFindings):
             j.problems.append(Problem("no_commit_marker", display(state_path), f"{display(state_path)} is "
                                       "missing: the Trainer writes it last, so this save did not finish"))
         else:
-            state = checked[state_path].facts.get("json")
+            state = checked[state_path].facts.get("json") if state_path in checked else None
             if isinstance(state, dict):
                 gs = state.get("global_step")
                 if not isinstance(gs, int):
@@ -180,7 +197,7 @@ class HfTrainer(NoRunFindings):
         # Weights, in any form the Trainer (or DeepSpeed/FSDP) can resume from.
         adapters = self._adapters(ckpt, names, sub_dirs, checked)
         j.problems.extend(self.adapter_problems(ckpt, adapters))
-        full = [(os.path.join(ckpt, n), os.path.getsize(os.path.join(ckpt, n)))
+        full = [(os.path.join(ckpt, n), file_size(os.path.join(ckpt, n)) or 0)
                 for n in FULL_WEIGHTS if n in nameset]
         indexes = [n for n in INDEXES if n in nameset]
         for idx in indexes:
@@ -239,8 +256,8 @@ class HfTrainer(NoRunFindings):
 
         # Commit-marker rule: trainer_state.json must not be older than the files it covers. Other ranks'
         # rng_state_<i>.pth are written without a barrier and may land after it (layouts.md §3.1).
-        if "trainer_state.json" in nameset:
-            marker_mtime = os.stat(state_path).st_mtime
+        marker_mtime = _mtime(state_path) if "trainer_state.json" in nameset else None
+        if marker_mtime is not None:
             covered = [e for e in files
                        if e.path != state_path
                        and not (RNG.match(e.name) and RNG.match(e.name).group(1) not in (None, "0"))]

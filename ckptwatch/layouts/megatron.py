@@ -12,6 +12,7 @@ import os
 import re
 
 from ckptwatch.filecheck import check_file
+from ckptwatch.formats._io import open_regular_file
 from ckptwatch.formats.jsonfile import read_json, read_text
 from ckptwatch.layouts.base import (
     Candidate,
@@ -168,7 +169,7 @@ def _integrity(directory: str, *, deep: bool) -> list[Problem]:
 
             h = hashlib.sha256()
             try:
-                with open(f, "rb") as fh:
+                with open_regular_file(f) as fh:
                     while block := fh.read(4 * 1024 * 1024):
                         h.update(block)
             except OSError as exc:

@@ -22,10 +22,12 @@ import io
 import json
 import os
 import re
+import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ckptwatch.formats._io import open_regular_file
 from ckptwatch.losswatch.parse import (
     parse_jsonl_lines,
     parse_log_history,
@@ -240,6 +242,8 @@ class TensorBoardReader:
             st = os.stat(self.src.path)
         except OSError:
             return
+        if not stat.S_ISREG(st.st_mode):
+            return  # tensorboard's loader would block on a FIFO: only regular files are read
         ident = (st.st_dev, st.st_ino)
         if self.loader is None or ident != self.ident or st.st_size < self.size:
             from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
@@ -290,7 +294,7 @@ def read_trainer_state(path: str, metrics: Sequence[str]) -> list[LossPoint] | N
     """The loss points of one ``trainer_state.json``; None when it cannot be read or parsed (a checkpoint
     being written is judged by the validators, not here)."""
     try:
-        with open(path, "rb") as f:
+        with open_regular_file(path) as f:
             state = json.load(f)
     except (OSError, ValueError):
         return None

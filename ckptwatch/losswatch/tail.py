@@ -18,6 +18,8 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from ckptwatch.formats._io import open_regular_file
+
 CHUNK_SIZE = 8 << 20
 MAX_LINE = 1 << 20
 PREFIX = 64
@@ -78,7 +80,7 @@ class Tailer:
         elif st.st_size == state.size and st.st_mtime_ns == state.mtime_ns:
             return  # the cheap path: nothing changed
         try:
-            f = open(path, "rb")  # noqa: SIM115 - closed by the `with f:` below; open errors handled here
+            f = open_regular_file(path)  # closed by the `with f:` below; open errors handled here
         except OSError:
             return
         with f:
