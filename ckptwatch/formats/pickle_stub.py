@@ -77,6 +77,18 @@ class PickleTruncated(FormatError):
     """The stream ended before its STOP opcode (a reader of a file prefix may fetch more and retry)."""
 
 
+class PickleMalformed(FormatError):
+    """The walk failed part-way; ``globals`` holds every ``module.name`` resolved before it did.
+
+    A stream can be both malformed and hostile: a caller that judges globals still sees the ones that a
+    real ``pickle.load`` would have imported (and run) before reaching the fault.
+    """
+
+    def __init__(self, kind: str, message: str, globals_: frozenset[str]) -> None:
+        super().__init__(kind, message)
+        self.globals = globals_
+
+
 # --------------------------------------------------------------------------------------------------
 # What the walker produces
 
@@ -672,11 +684,11 @@ class _Walker(pickle.Unpickler):
         if pid[0] == "module" and len(pid) == 4:  # legacy torch.save of an nn.Module class
             return pid[1]
         if pid[0] != "storage" or len(pid) not in (5, 6):
-            raise pickle.UnpicklingError(f"persistent id of kind {str(pid[0])[:40]!r} with {len(pid)} fields")
+            raise pickle.UnpicklingError(f"persistent id of kind {brief(pid[0])} with {len(pid)} fields")
         _, stype, key, location, numel = pid[:5]
         if not isinstance(stype, StorageType):
             raise pickle.UnpicklingError(
-                f"storage {str(key)[:40]!r} has a type that is not a torch storage class"
+                f"storage {brief(key)} has a type that is not a torch storage class"
             )
         if not isinstance(key, str) or not isinstance(location, str) or type(numel) is not int or numel < 0:
             raise pickle.UnpicklingError("storage persistent id has a malformed key, location or size")
@@ -685,6 +697,37 @@ class _Walker(pickle.Unpickler):
         if old is None or (old.nbytes or 0) < (ref.nbytes or 0):
             self.storages[key] = ref
         return ref
+
+
+def brief(value: Any, limit: int = 40) -> str:
+    """A short, safe description of a value taken from a pickle, for messages.
+
+    Never ``str()``/``repr()`` of a hostile object graph: a 7 KB stream can describe a container whose
+    repr is gigabytes (one list memoised and referenced many times at every level) or recursion deep
+    enough to crash; an int of more than 4,300 digits refuses ``str()`` outright.
+    """
+    if isinstance(value, (str, bytes)):
+        return repr(value[:limit]) + ("..." if len(value) > limit else "")
+    if type(value) is int:
+        return str(value) if value.bit_length() <= 64 else f"an integer of {value.bit_length()} bits"
+    if type(value) in (float, bool) or value is None:
+        return repr(value)
+    if isinstance(value, Stub):
+        return f"a {value.stub_global[:limit]} object"
+    return f"a {type(value).__name__}"
+
+
+def num(value: int) -> str:
+    """An integer from a pickle in decimal, or its size in bits when ``str()`` would refuse it or bloat."""
+    return str(value) if value.bit_length() <= 256 else f"<an integer of {value.bit_length()} bits>"
+
+
+def _error_text(exc: BaseException) -> str:
+    """At most 200 characters of an exception's text; never raises (a repr may recurse or be huge)."""
+    try:
+        return str(exc)[:200]
+    except Exception:  # noqa: BLE001 - str() of an error built from hostile values
+        return "unprintable"
 
 
 def walk_pickle(data: bytes, *, what: str, start: int = 0) -> PickleWalk:
@@ -716,8 +759,9 @@ def walk_pickle(data: bytes, *, what: str, start: int = 0) -> PickleWalk:
     # UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, RecursionError,
     # MemoryError, struct.error, ...: no fault in hostile bytes may escape as a traceback.
     except Exception as exc:  # noqa: BLE001 - hostile bytes may raise anything
-        raise FormatError(
-            "bad_pickle", f"{what}: malformed pickle ({type(exc).__name__}: {str(exc)[:200]})"
+        raise PickleMalformed(
+            "bad_pickle", f"{what}: malformed pickle ({type(exc).__name__}: {_error_text(exc)})",
+            frozenset(f"{m}.{n}" for m, n in walker.seen),
         ) from None
     return PickleWalk(
         obj,
