@@ -93,9 +93,18 @@ class PickleMalformed(FormatError):
 # What the walker produces
 
 
+def _refuse_build(self: Any, state: Any) -> None:
+    """BUILD on one of our records: refused. A frozen slots dataclass would otherwise get the
+    ``__setstate__`` that ``dataclasses`` adds (it writes with ``object.__setattr__``), letting the stream
+    overwrite a tensor's size or a storage's numel after the walker validated them."""
+    raise pickle.UnpicklingError(f"BUILD applied to a {type(self).__name__} (the walker's own record)")
+
+
 @dataclass(frozen=True, slots=True)
 class StorageType:
     """Marker for a pickled ``torch.<X>Storage`` class. ``element_size`` is None for unknown names."""
+
+    __setstate__ = _refuse_build
 
     name: str
     element_size: int | None
@@ -104,6 +113,8 @@ class StorageType:
 @dataclass(frozen=True, slots=True)
 class TorchDtype:
     """A pickled ``torch.<dtype>`` global (pickled by name; never imported)."""
+
+    __setstate__ = _refuse_build
 
     name: str
     itemsize: int
@@ -120,6 +131,8 @@ class StorageRef:
     the element size is unknown.
     """
 
+    __setstate__ = _refuse_build
+
     key: str
     storage_type: str
     element_size: int | None
@@ -134,6 +147,8 @@ class StorageRef:
 @dataclass(frozen=True, slots=True)
 class TensorRef:
     """``torch._utils._rebuild_tensor[_v2|_v3]`` arguments: a view of ``storage`` (counts in elements)."""
+
+    __setstate__ = _refuse_build
 
     storage: Any
     offset: int
@@ -415,9 +430,10 @@ _ARG[ord(".")] = _STOP
 def _scan(data: bytes, start: int, what: str) -> tuple[int, int]:
     """Return (offset after STOP, protocol) of the pickle at ``start``; raise on unsafe or broken streams.
 
-    Memo rule: every PUT/LONG_BINPUT index must be below max(256, stream length). A pickler's indices
-    count its memo writes, which are fewer than its bytes, so real streams always pass, and the C
-    unpickler's memo array then stays within 16 bytes per stream byte.
+    Memo rule: every PUT/LONG_BINPUT index must be below max(256, opcode count). A pickler's indices
+    count its memo writes, which are fewer than its opcodes, so real streams always pass, and the C
+    unpickler's memo array then stays within 16 bytes per opcode (a stream length rule let a 64 KB
+    deflated zip record expand to 64 MB and ask for a 1 GB memo).
     """
     n = len(data)
     i = start
@@ -475,11 +491,11 @@ def _scan(data: bytes, start: int, what: str) -> tuple[int, int]:
             raise FormatError("bad_pickle", f"{what}: byte {i} is 0x{op:02x}, not a pickle opcode")
     if not stopped or i > n:
         raise PickleTruncated("bad_pickle", f"{what}: pickle stream ends at byte {n} without its STOP opcode")
-    if max_idx >= max(256, i - start):
+    if max_idx >= max(256, ops):
         raise FormatError(
             "bad_pickle",
-            f"{what}: memo index {max_idx} in a {i - start}-byte stream (no pickler writes that; refused "
-            "because the C unpickler would allocate a memo of that size)",
+            f"{what}: memo index {max_idx} in a stream of {ops} opcodes (a pickler numbers its memo writes, "
+            "so no pickler writes that; refused because the C unpickler would allocate a memo of that size)",
         )
     if ops > MAX_PICKLE_OPCODES:  # checked once: the scan itself is bounded by MAX_PICKLE_BYTES
         raise FormatError(

@@ -226,6 +226,15 @@ def _check_zip(
                 f"{label}: record {i.filename} (at byte {i.header_offset}, "
                 f"{i.compress_size} bytes) overlaps the central directory at byte {zf.start_dir}",
             )
+    packed = [i for i in infos if i.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)]
+    if packed:
+        # Checked before anything is decompressed: zipfile inflates a bzip2/lzma record in one call, so
+        # 2.3 KB of bzip2 would cost GBs, and torch.load (miniz) reads only stored and deflated records.
+        raise FormatError(
+            "bad_zip",
+            f"{label}: record {packed[0].filename} is compressed with method {packed[0].compress_type} "
+            "(torch.save writes stored records; torch.load reads only stored or deflated ones)",
+        )
     names = {i.filename: i for i in infos}
     pkl_name = f"{prefix}/data.pkl"
     if pkl_name not in names:
