@@ -113,7 +113,7 @@ def test_unsettled_checkpoint_is_in_progress_not_incomplete(artefact) -> None:
     run = _judge(root, CheckOptions(settle_seconds=60))
     v = verdicts_by_name(run)["checkpoint-6"]
     assert v.status is Status.IN_PROGRESS
-    assert kinds_of(v) == {"in_progress"}
+    assert kinds_of(v) - {"needs_weights_only_false"} == {"in_progress"}  # warnings are not withheld
 
 
 def test_staging_dir_in_progress_then_abandoned(artefact) -> None:
