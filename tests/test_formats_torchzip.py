@@ -492,7 +492,7 @@ def _real_zip(tmp_path, name="optimizer.pt"):
 
 
 def test_fast_path_accepts_real_file(tmp_path, monkeypatch):
-    """A real torch.save zip passes the fast check without zipfile, with the same facts as the zipfile path."""
+    """A real torch.save zip passes the fast check without zipfile, with the facts the zipfile path finds."""
     p = _real_zip(tmp_path)
     full = check_torch_file(str(p), deep=True)
     monkeypatch.setattr(zipfile, "ZipFile", None)  # the fast path must not need it
