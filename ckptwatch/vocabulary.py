@@ -43,6 +43,13 @@ PROBLEM_KINDS: dict[str, Kind] = {
              _NOT_THIS),
         Kind("bad_pickle", Severity.CORRUPT, "a pickle stream is malformed or exceeds the safety caps",
              _NOT_THIS),
+        Kind("unsafe_pickle", Severity.CORRUPT,
+             "a pickle names a global that runs code when the file is loaded (builtins.exec, os.system, "
+             "subprocess, importlib, ...; docs/unsafe-pickles.md has the list). Severity corrupt: no trainer "
+             "saves such a pickle, so the file was tampered with or is not what the trainer wrote, and a "
+             "resume that loads it (torch.load with weights_only=False, pickle.load) runs the payload",
+             "Do not load this file or resume from this checkpoint. Inspect it without loading it "
+             "(python -m pickletools FILE) and restore the checkpoint from a copy you trust"),
         Kind("bad_protobuf", Severity.CORRUPT, "a MindSpore protobuf checkpoint does not parse", _NOT_THIS),
         Kind("size_mismatch", Severity.CORRUPT,
              "a tensor or storage has fewer bytes than its dtype x shape needs", _NOT_THIS),
@@ -113,6 +120,12 @@ PROBLEM_KINDS: dict[str, Kind] = {
              "Usually harmless; if it is a leftover of an older, larger save, remove it by hand"),
         Kind("size_total_mismatch", Severity.WARNING, "an index's total_size differs from the shards' data",
              "Usually harmless (shared storages); re-save if loading fails"),
+        Kind("needs_weights_only_false", Severity.WARNING,
+             "a pickle names globals outside what torch.load(weights_only=True) accepts (e.g. "
+             "transformers.TrainingArguments): loading it needs weights_only=False, which trusts the file. "
+             "Advisory: normal for training_args.bin and RNG state",
+             "Load such files only from a source you trust, or allow-list the named globals with "
+             "torch.serialization.add_safe_globals"),
         Kind("symlink_outside_root", Severity.WARNING,
              "a symlink points outside the watched root; not followed",
              "Point the watch at the real location, or keep checkpoints inside the root"),

@@ -387,7 +387,8 @@ def test_io_error_inside_zipfile_is_not_bad_zip(real, tmp_path, monkeypatch):
 
     p = copy(real["zip"], tmp_path)
     monkeypatch.setattr(torchzip, "os", _FailingOs())
-    assert kinds(check_torch_file(str(p))) == ["read_error"]
+    # --deep: the default pass reads a stored zip with pread, not through zipfile
+    assert kinds(check_torch_file(str(p), deep=True)) == ["read_error"]
 
 
 def test_non_utf8_name(real, tmp_path):
@@ -478,7 +479,7 @@ def test_crc_ranges_threaded_and_combine_fallback(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------------------------------
-# the directory-only fast path (read_pickle=False), used for torch files whose pickle no check needs
+# the fast path: one directory read and one data.pkl read, without zipfile (the default pass)
 
 
 def _real_zip(tmp_path, name="optimizer.pt"):
@@ -490,12 +491,16 @@ def _real_zip(tmp_path, name="optimizer.pt"):
     return p
 
 
-def test_fast_path_accepts_real_file(tmp_path):
-    """A real torch.save zip passes the directory-only check, with the prefix found and no pickle walked."""
+def test_fast_path_accepts_real_file(tmp_path, monkeypatch):
+    """A real torch.save zip passes the fast check without zipfile, with the facts the zipfile path finds."""
     p = _real_zip(tmp_path)
+    full = check_torch_file(str(p), deep=True)
+    monkeypatch.setattr(zipfile, "ZipFile", None)  # the fast path must not need it
     fc = check_torch_file(str(p), read_pickle=False)
-    assert file_ok(fc) and fc.problems == ()
-    assert fc.facts["prefix"] == "optimizer" and fc.facts["object"] is None
+    assert file_ok(fc) and fc.problems == () == full.problems
+    assert fc.facts["prefix"] == "optimizer" and fc.facts["object"] is not None
+    assert fc.facts["storages"] == full.facts["storages"] and len(fc.facts["storages"]) == 40
+    assert fc.facts["globals"] == full.facts["globals"]
 
 
 @pytest.mark.parametrize("cut", [1, 22, 60, 98, 500, "half"])

@@ -26,7 +26,18 @@ from typing import Any
 
 from ckptwatch.formats._io import FormatError, open_regular, open_regular_file
 from ckptwatch.formats._stream import display, oserror_problem
-from ckptwatch.formats.pickle_stub import MAX_PICKLE_BYTES, Stub, TensorRef, TorchDtype, get, walk_pickle
+from ckptwatch.formats.pickle_policy import pickle_problems
+from ckptwatch.formats.pickle_stub import (
+    MAX_PICKLE_BYTES,
+    PickleMalformed,
+    Stub,
+    TensorRef,
+    TorchDtype,
+    brief,
+    get,
+    num,
+    walk_pickle,
+)
 from ckptwatch.model import FileCheck, Problem
 from ckptwatch.vocabulary import file_ok
 
@@ -186,7 +197,13 @@ def _mtime(dirpath: str, name: str) -> float | None:
         return None
 
 
-def _read_metadata(dirpath: str, meta_name: str) -> tuple[Any, os.stat_result]:
+def _read_metadata(dirpath: str, meta_name: str, found: list[Problem]) -> tuple[Any, os.stat_result]:
+    """The walked Metadata of one metadata file; its globals are judged into ``found`` first.
+
+    DCP loads ``.metadata`` with plain ``pickle.load`` (torch 2.13 ``FileSystemReader.read_metadata``):
+    a code-execution global there runs on every load, so it is ``unsafe_pickle`` even when the stream
+    is otherwise malformed or holds no Metadata. The weights_only advisory does not apply.
+    """
     path = os.path.join(dirpath, meta_name)
     shown = display(path)
     fd = open_regular(path)
@@ -212,7 +229,12 @@ def _read_metadata(dirpath: str, meta_name: str) -> tuple[Any, os.stat_result]:
         data = b"".join(chunks)
     finally:
         os.close(fd)
-    walk = walk_pickle(data, what=shown)
+    try:
+        walk = walk_pickle(data, what=shown)
+    except PickleMalformed as exc:
+        found.extend(pickle_problems(exc.globals, shown, shown, weights_only_applies=False))
+        raise
+    found.extend(pickle_problems(walk.globals, shown, shown, weights_only_applies=False))
     if walk.end != len(data):
         raise FormatError("trailing_data", f"{shown}: {len(data) - walk.end} bytes follow the pickle")
     md = walk.obj
@@ -229,17 +251,18 @@ def _check_metadata(
 ) -> tuple[list[Problem], _Items | None]:
     meta_path = os.path.join(dirpath, meta_name)
     mshown = display(meta_path)
+    judged: list[Problem] = []
     try:
-        md, mst = _read_metadata(dirpath, meta_name)
+        md, mst = _read_metadata(dirpath, meta_name, judged)
     except FormatError as exc:
-        return [Problem(exc.kind, mshown, exc.message)], None
+        return [*judged, Problem(exc.kind, mshown, exc.message)], None
     except OSError as exc:
-        return [oserror_problem(meta_path, exc)], None
+        return [*judged, oserror_problem(meta_path, exc)], None
     facts["metadata"][meta_name] = md
     version = get(md, "version")
     if facts["version"] is None and isinstance(version, str):
         facts["version"] = version
-    problems: list[Problem] = []
+    problems: list[Problem] = judged
     sdm = get(md, "state_dict_metadata")
     storage = get(md, "storage_data")
     if not isinstance(sdm, dict) or not isinstance(storage, dict):
@@ -274,7 +297,8 @@ def _check_metadata(
                 Problem(
                     "missing_shard",
                     fshown,
-                    f"{fshown}{who} is missing; {mshown} stores {len(users)} items in it (e.g. {users[0]!r})",
+                    f"{fshown}{who} is missing; {mshown} stores {len(users)} items in it "
+                    f"(e.g. {_fqn(users[0])})",
                 )
             )
             continue
@@ -311,7 +335,41 @@ def _check_metadata(
 
     if deep and not any(p.kind in ("missing_shard", "truncated") for p in problems):
         problems.extend(_deep(dirpath, entries, sdm, mshown))
+    elif not deep and not any(p.kind in ("missing_shard", "truncated") for p in problems):
+        problems.extend(_byte_items(dirpath, entries, sdm))
     return problems, items
+
+
+def _byte_items(dirpath: str, entries: list[_Entry], sdm: dict[Any, Any]) -> list[Problem]:
+    """The default pass over non-tensor values: each is a torch.save zip that DCP's load planner opens with
+    ``torch.load(weights_only=False)``, so its pickle is walked and judged like any other (tensors are
+    loaded with ``weights_only=True``, which refuses foreign globals itself; ``--deep`` checks them all).
+    """
+    from ckptwatch.formats.torchzip import check_torch_window
+
+    problems: list[Problem] = []
+    for e in sorted(entries, key=lambda x: (x.path, x.offset)):
+        if e.transformed or e.index_offset is not None:
+            continue
+        if not _is(_lookup(sdm, e.fqn), "BytesStorageMetadata"):
+            continue
+        full = os.path.join(dirpath, e.path)
+        label = f"{display(full)}[{e.offset}:{e.offset + e.length}] ({brief(e.fqn, 80)})"
+        fc = check_torch_window(full, e.offset, e.length, label=label)
+        problems.extend(_dcp_window_problems(fc.problems))
+    return problems
+
+
+def _lookup(sdm: dict[Any, Any], key: Any) -> Any:
+    try:
+        return sdm.get(key)
+    except TypeError:  # an unhashable fqn from a hostile stream
+        return None
+
+
+def _dcp_window_problems(problems: tuple[Problem, ...]) -> list[Problem]:
+    """A window's findings without the weights_only advisory: DCP loads byte items with weights_only=False."""
+    return [p for p in problems if p.kind != "needs_weights_only_false"]
 
 
 def _entries(storage: dict[Any, Any], mshown: str) -> tuple[list[_Entry], list[Problem]]:
@@ -330,7 +388,7 @@ def _entries(storage: dict[Any, Any], mshown: str) -> tuple[list[_Entry], list[P
             or not _nonneg(length)
             or not (off_idx is None or _int_tuple(off_idx))
         ):
-            malformed.append(f"{str(fqn)[:80]!r} -> {str(path)[:80]!r} [{offset!r}, +{length!r}]")
+            malformed.append(f"{_fqn(fqn)} -> {brief(path, 80)} [{brief(offset)}, +{brief(length)}]")
             continue
         if path in ("", ".", "..") or "/" in path or "\\" in path or "\0" in path:
             unsafe.append(path)
@@ -371,6 +429,18 @@ def _nonneg(v: Any) -> bool:
     return type(v) is int and v >= 0
 
 
+def _dims(v: Any) -> str:
+    """Offsets or sizes for a message: at most 8, each in decimal or as its size in bits."""
+    v = list(v)
+    more = ", ..." if len(v) > 8 else ""
+    return "[" + ", ".join(num(x) if type(x) is int else brief(x) for x in v[:8]) + more + "]"
+
+
+def _fqn(fqn: Any) -> str:
+    """A state-dict key from the pickle, quoted and cut; never the repr of a hostile object."""
+    return brief(fqn, 80)
+
+
 def _int_tuple(v: Any) -> bool:
     return isinstance(v, (tuple, list)) and all(type(x) is int for x in v)
 
@@ -389,32 +459,32 @@ def _normalise(sdm: dict[Any, Any], keys: set[tuple[Any, Any]], bad: list[str]) 
     for fqn, t in sdm.items():
         if _is(t, "BytesStorageMetadata"):
             if (fqn, None) not in keys:
-                bad.append(f"value {fqn!r} has no storage entry")
+                bad.append(f"value {_fqn(fqn)} has no storage entry")
             items[fqn] = None
             continue
         if not _is(t, "TensorStorageMetadata"):
-            bad.append(f"{fqn!r} has unknown metadata type {type(t).__name__}")
+            bad.append(f"{_fqn(fqn)} has unknown metadata type {type(t).__name__}")
             continue
         size, chunks = get(t, "size"), get(t, "chunks")
         if not _int_tuple(size) or not isinstance(chunks, list):
-            bad.append(f"tensor {fqn!r} lacks an integer size or a chunk list")
+            bad.append(f"tensor {_fqn(fqn)} lacks an integer size or a chunk list")
             continue
         size = tuple(size)
         boxes: dict[tuple[int, ...], tuple[int, ...]] = {}
         for c in chunks:
             offs, sizes = get(c, "offsets"), get(c, "sizes")
             if not (_int_tuple(offs) and _int_tuple(sizes) and len(offs) == len(sizes) == len(size)):
-                bad.append(f"tensor {fqn!r} has a chunk without offsets/sizes of rank {len(size)}")
+                bad.append(f"tensor {_fqn(fqn)} has a chunk without offsets/sizes of rank {len(size)}")
                 break
             offs, sizes = tuple(offs), tuple(sizes)
             if any(o < 0 or s < 0 or o + s > d for o, s, d in zip(offs, sizes, size, strict=True)):
                 bad.append(
-                    f"chunk at {list(offs)} (sizes {list(sizes)}) of tensor {fqn!r} lies outside its "
-                    f"size {list(size)}"
+                    f"chunk at {_dims(offs)} (sizes {_dims(sizes)}) of tensor {_fqn(fqn)} lies outside "
+                    f"its size {_dims(size)}"
                 )
                 break
             if (fqn, offs) not in keys:
-                bad.append(f"chunk at {list(offs)} of tensor {fqn!r} has no storage entry")
+                bad.append(f"chunk at {_dims(offs)} of tensor {_fqn(fqn)} has no storage entry")
                 break
             boxes[offs] = sizes
         else:
@@ -433,19 +503,20 @@ def _merge(per_rank: list[_Items], bad: list[str]) -> _Items:
             have = merged.get(fqn, item)
             if item is None or have is None:
                 if (item is None) != (have is None):
-                    bad.append(f"{fqn!r} is a tensor in one rank's metadata and a value in another's")
+                    bad.append(f"{_fqn(fqn)} is a tensor in one rank's metadata and a value in another's")
                 merged[fqn] = item
                 continue
             if have[0] != item[0]:
                 bad.append(
-                    f"tensor {fqn!r} has size {list(have[0])} in one rank's metadata, "
-                    f"{list(item[0])} in another's"
+                    f"tensor {_fqn(fqn)} has size {_dims(have[0])} in one rank's metadata, "
+                    f"{_dims(item[0])} in another's"
                 )
                 continue
             boxes = dict(have[1])
             for offs, sizes in item[1].items():
                 if boxes.setdefault(offs, sizes) != sizes:
-                    bad.append(f"chunk at {list(offs)} of tensor {fqn!r} has different sizes in two ranks")
+                    bad.append(f"chunk at {_dims(offs)} of tensor {_fqn(fqn)} has different sizes in two "
+                               "ranks")
             merged[fqn] = (have[0], boxes)
     return merged
 
@@ -459,9 +530,10 @@ def _coverage(items: _Items) -> tuple[list[str], list[str]]:
         size, boxes = item
         total = sum(math.prod(s) for s in boxes.values())
         if total != math.prod(size):
-            gaps.append(f"chunks of {fqn!r} cover {total} of its {math.prod(size)} elements")
+            gaps.append(f"chunks of {_fqn(fqn)} cover {num(total)} of its {num(math.prod(size))} "
+                        "elements")
         elif len(boxes) <= MAX_PAIRWISE_CHUNKS and _overlap(list(boxes.items())):
-            overlaps.append(f"chunks of {fqn!r} overlap")
+            overlaps.append(f"chunks of {_fqn(fqn)} overlap")
     return gaps, overlaps
 
 
@@ -549,7 +621,7 @@ def _deep(dirpath: str, entries: list[_Entry], sdm: dict[Any, Any], mshown: str)
             continue
         label = f"{display(full)}[{e.offset}:{e.offset + e.length}] ({e.fqn})"
         fc = check_torch_window(full, e.offset, e.length, deep=True, label=label)
-        problems.extend(fc.problems)
+        problems.extend(_dcp_window_problems(fc.problems))
         if not file_ok(fc) or e.index_offset is None:
             continue
         expect = chunk_of.get((e.fqn, e.index_offset))
@@ -565,8 +637,8 @@ def _deep(dirpath: str, entries: list[_Entry], sdm: dict[Any, Any], mshown: str)
                 Problem(
                     "size_mismatch",
                     display(full),
-                    f"{label} holds a tensor of shape {list(obj.size)} "
-                    f"but {mshown} describes the chunk as {list(sizes)}",
+                    f"{label} holds a tensor of shape {_dims(obj.size)} "
+                    f"but {mshown} describes the chunk as {_dims(sizes)}",
                 )
             )
         elif dtype is not None and isinstance(have, int) and have < need:
@@ -574,7 +646,7 @@ def _deep(dirpath: str, entries: list[_Entry], sdm: dict[Any, Any], mshown: str)
                 Problem(
                     "size_mismatch",
                     display(full),
-                    f"{label} stores {have} bytes but the chunk needs {need} ({dtype} x {list(sizes)})",
+                    f"{label} stores {have} bytes but the chunk needs {need} ({dtype} x {_dims(sizes)})",
                 )
             )
     return problems

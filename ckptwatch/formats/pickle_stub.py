@@ -77,13 +77,34 @@ class PickleTruncated(FormatError):
     """The stream ended before its STOP opcode (a reader of a file prefix may fetch more and retry)."""
 
 
+class PickleMalformed(FormatError):
+    """The walk failed part-way; ``globals`` holds every ``module.name`` resolved before it did.
+
+    A stream can be both malformed and hostile: a caller that judges globals still sees the ones that a
+    real ``pickle.load`` would have imported (and run) before reaching the fault.
+    """
+
+    def __init__(self, kind: str, message: str, globals_: frozenset[str]) -> None:
+        super().__init__(kind, message)
+        self.globals = globals_
+
+
 # --------------------------------------------------------------------------------------------------
 # What the walker produces
+
+
+def _refuse_build(self: Any, state: Any) -> None:
+    """BUILD on one of our records: refused. A frozen slots dataclass would otherwise get the
+    ``__setstate__`` that ``dataclasses`` adds (it writes with ``object.__setattr__``), letting the stream
+    overwrite a tensor's size or a storage's numel after the walker validated them."""
+    raise pickle.UnpicklingError(f"BUILD applied to a {type(self).__name__} (the walker's own record)")
 
 
 @dataclass(frozen=True, slots=True)
 class StorageType:
     """Marker for a pickled ``torch.<X>Storage`` class. ``element_size`` is None for unknown names."""
+
+    __setstate__ = _refuse_build
 
     name: str
     element_size: int | None
@@ -92,6 +113,8 @@ class StorageType:
 @dataclass(frozen=True, slots=True)
 class TorchDtype:
     """A pickled ``torch.<dtype>`` global (pickled by name; never imported)."""
+
+    __setstate__ = _refuse_build
 
     name: str
     itemsize: int
@@ -108,6 +131,8 @@ class StorageRef:
     the element size is unknown.
     """
 
+    __setstate__ = _refuse_build
+
     key: str
     storage_type: str
     element_size: int | None
@@ -122,6 +147,8 @@ class StorageRef:
 @dataclass(frozen=True, slots=True)
 class TensorRef:
     """``torch._utils._rebuild_tensor[_v2|_v3]`` arguments: a view of ``storage`` (counts in elements)."""
+
+    __setstate__ = _refuse_build
 
     storage: Any
     offset: int
@@ -403,9 +430,10 @@ _ARG[ord(".")] = _STOP
 def _scan(data: bytes, start: int, what: str) -> tuple[int, int]:
     """Return (offset after STOP, protocol) of the pickle at ``start``; raise on unsafe or broken streams.
 
-    Memo rule: every PUT/LONG_BINPUT index must be below max(256, stream length). A pickler's indices
-    count its memo writes, which are fewer than its bytes, so real streams always pass, and the C
-    unpickler's memo array then stays within 16 bytes per stream byte.
+    Memo rule: every PUT/LONG_BINPUT index must be below max(256, opcode count). A pickler's indices
+    count its memo writes, which are fewer than its opcodes, so real streams always pass, and the C
+    unpickler's memo array then stays within 16 bytes per opcode (a stream length rule let a 64 KB
+    deflated zip record expand to 64 MB and ask for a 1 GB memo).
     """
     n = len(data)
     i = start
@@ -463,11 +491,11 @@ def _scan(data: bytes, start: int, what: str) -> tuple[int, int]:
             raise FormatError("bad_pickle", f"{what}: byte {i} is 0x{op:02x}, not a pickle opcode")
     if not stopped or i > n:
         raise PickleTruncated("bad_pickle", f"{what}: pickle stream ends at byte {n} without its STOP opcode")
-    if max_idx >= max(256, i - start):
+    if max_idx >= max(256, ops):
         raise FormatError(
             "bad_pickle",
-            f"{what}: memo index {max_idx} in a {i - start}-byte stream (no pickler writes that; refused "
-            "because the C unpickler would allocate a memo of that size)",
+            f"{what}: memo index {max_idx} in a stream of {ops} opcodes (a pickler numbers its memo writes, "
+            "so no pickler writes that; refused because the C unpickler would allocate a memo of that size)",
         )
     if ops > MAX_PICKLE_OPCODES:  # checked once: the scan itself is bounded by MAX_PICKLE_BYTES
         raise FormatError(
@@ -672,11 +700,11 @@ class _Walker(pickle.Unpickler):
         if pid[0] == "module" and len(pid) == 4:  # legacy torch.save of an nn.Module class
             return pid[1]
         if pid[0] != "storage" or len(pid) not in (5, 6):
-            raise pickle.UnpicklingError(f"persistent id of kind {str(pid[0])[:40]!r} with {len(pid)} fields")
+            raise pickle.UnpicklingError(f"persistent id of kind {brief(pid[0])} with {len(pid)} fields")
         _, stype, key, location, numel = pid[:5]
         if not isinstance(stype, StorageType):
             raise pickle.UnpicklingError(
-                f"storage {str(key)[:40]!r} has a type that is not a torch storage class"
+                f"storage {brief(key)} has a type that is not a torch storage class"
             )
         if not isinstance(key, str) or not isinstance(location, str) or type(numel) is not int or numel < 0:
             raise pickle.UnpicklingError("storage persistent id has a malformed key, location or size")
@@ -685,6 +713,37 @@ class _Walker(pickle.Unpickler):
         if old is None or (old.nbytes or 0) < (ref.nbytes or 0):
             self.storages[key] = ref
         return ref
+
+
+def brief(value: Any, limit: int = 40) -> str:
+    """A short, safe description of a value taken from a pickle, for messages.
+
+    Never ``str()``/``repr()`` of a hostile object graph: a 7 KB stream can describe a container whose
+    repr is gigabytes (one list memoised and referenced many times at every level) or recursion deep
+    enough to crash; an int of more than 4,300 digits refuses ``str()`` outright.
+    """
+    if isinstance(value, (str, bytes)):
+        return repr(value[:limit]) + ("..." if len(value) > limit else "")
+    if type(value) is int:
+        return str(value) if value.bit_length() <= 64 else f"an integer of {value.bit_length()} bits"
+    if type(value) in (float, bool) or value is None:
+        return repr(value)
+    if isinstance(value, Stub):
+        return f"a {value.stub_global[:limit]} object"
+    return f"a {type(value).__name__}"
+
+
+def num(value: int) -> str:
+    """An integer from a pickle in decimal, or its size in bits when ``str()`` would refuse it or bloat."""
+    return str(value) if value.bit_length() <= 256 else f"<an integer of {value.bit_length()} bits>"
+
+
+def _error_text(exc: BaseException) -> str:
+    """At most 200 characters of an exception's text; never raises (a repr may recurse or be huge)."""
+    try:
+        return str(exc)[:200]
+    except Exception:  # noqa: BLE001 - str() of an error built from hostile values
+        return "unprintable"
 
 
 def walk_pickle(data: bytes, *, what: str, start: int = 0) -> PickleWalk:
@@ -716,8 +775,9 @@ def walk_pickle(data: bytes, *, what: str, start: int = 0) -> PickleWalk:
     # UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, RecursionError,
     # MemoryError, struct.error, ...: no fault in hostile bytes may escape as a traceback.
     except Exception as exc:  # noqa: BLE001 - hostile bytes may raise anything
-        raise FormatError(
-            "bad_pickle", f"{what}: malformed pickle ({type(exc).__name__}: {str(exc)[:200]})"
+        raise PickleMalformed(
+            "bad_pickle", f"{what}: malformed pickle ({type(exc).__name__}: {_error_text(exc)})",
+            frozenset(f"{m}.{n}" for m, n in walker.seen),
         ) from None
     return PickleWalk(
         obj,

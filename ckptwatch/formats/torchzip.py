@@ -19,16 +19,22 @@ import io
 import os
 import struct
 import zipfile
+import zlib
 from typing import Any
 
 from ckptwatch.formats._io import FormatError, read_exact_at
 from ckptwatch.formats._stream import crc32_ranges, display, read_all, run_check
+from ckptwatch.formats.pickle_policy import pickle_problems
 from ckptwatch.formats.pickle_stub import (
     MAX_PICKLE_BYTES,
+    PickleMalformed,
     PickleTruncated,
     PickleWalk,
     StorageRef,
+    Stub,
     TensorRef,
+    brief,
+    num,
     walk_pickle,
 )
 from ckptwatch.model import FileCheck, Problem
@@ -108,11 +114,10 @@ class _Window(io.RawIOBase):
 def check_torch_file(path: str, *, deep: bool = False, read_pickle: bool = True) -> FileCheck:
     """Judge one ``torch.save`` file (zip or legacy) without torch and without executing its pickle.
 
-    ``read_pickle=False`` (zip files only, ignored with ``deep``) stops after the central directory:
-    it is written last, so a zip whose end record and directory parse was fully written; walking
-    ``data.pkl`` to cross-check every storage against its record costs about 3 ms for an optimizer
-    state and is left to ``--deep`` for files whose contents no check needs (layouts ask for the
-    pickle where they need metadata from it: world size, step, parallel sizes). ``object`` is then None.
+    Every pickle is walked and its globals judged (``pickle_policy``): ``unsafe_pickle`` when loading the
+    file would run code, ``needs_weights_only_false`` when ``torch.load(weights_only=True)`` refuses it.
+    ``read_pickle`` is kept for callers that say whether they read ``facts["object"]``; a stored zip is
+    read without ``zipfile`` either way (one directory read, one ``data.pkl`` read, a cached walk).
 
     facts: ``format`` ("zip" | "legacy" | "pickle"), ``prefix`` (zip top-level folder, "" otherwise),
     ``object`` (the walked object graph, for ``pickle_stub.get``), ``storages`` ({key: StorageRef}),
@@ -121,9 +126,9 @@ def check_torch_file(path: str, *, deep: bool = False, read_pickle: bool = True)
     def body(fd: int, shown: str, size: int, problems: list[Problem], facts: dict[str, Any]) -> None:
         head = os.pread(fd, 4, 0)
         if head.startswith(ZIP_MAGIC):
-            if not (read_pickle or deep) and _fast_directory_check(fd, shown, size, problems, facts):
+            if not deep and _fast_zip_check(fd, shown, size, problems, facts):
                 return
-            _check_zip(fd, path, shown, 0, size, deep, problems, facts, read_pickle=read_pickle or deep)
+            _check_zip(fd, path, shown, 0, size, deep, problems, facts)
         elif head[:1] == b"\x80":
             _check_legacy(fd, path, shown, size, deep, problems, facts)
         elif len(head) < 4 and ZIP_MAGIC.startswith(head):
@@ -221,6 +226,15 @@ def _check_zip(
                 f"{label}: record {i.filename} (at byte {i.header_offset}, "
                 f"{i.compress_size} bytes) overlaps the central directory at byte {zf.start_dir}",
             )
+    packed = [i for i in infos if i.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)]
+    if packed:
+        # Checked before anything is decompressed: zipfile inflates a bzip2/lzma record in one call, so
+        # 2.3 KB of bzip2 would cost GBs, and torch.load (miniz) reads only stored and deflated records.
+        raise FormatError(
+            "bad_zip",
+            f"{label}: record {packed[0].filename} is compressed with method {packed[0].compress_type} "
+            "(torch.save writes stored records; torch.load reads only stored or deflated ones)",
+        )
     names = {i.filename: i for i in infos}
     pkl_name = f"{prefix}/data.pkl"
     if pkl_name not in names:
@@ -247,7 +261,7 @@ def _check_zip(
             f"{MAX_PICKLE_BYTES >> 20} MiB safety cap",
         )
     data = _read_member(zf, pkl, MAX_PICKLE_BYTES, label)
-    walk = _walk_cached(data, f"{label}: {pkl_name}")
+    walk = _walk_judged(data, f"{label}: {pkl_name}", shown, problems)
     if walk.end != len(data):
         problems.append(
             Problem(
@@ -257,17 +271,43 @@ def _check_zip(
             )
         )
     _facts_from_walk(walk, facts)
+    problems.extend(_storage_problems(walk, {n: i.file_size for n, i in names.items()}, prefix, pkl_name,
+                                      shown, label))
 
+    if deep:
+        _crc_all(fd, path, zf, infos, base, label, shown, problems)
+
+
+_SORTED: dict[int, tuple[PickleWalk, list[tuple[str, StorageRef]]]] = {}
+
+
+def _sorted_storages(walk: PickleWalk) -> list[tuple[str, StorageRef]]:
+    """A walk's storages in key order, remembered like ``_view_faults`` (one sort per distinct pickle)."""
+    hit = _SORTED.get(id(walk))
+    if hit is not None and hit[0] is walk:
+        return hit[1]
+    out = sorted(walk.storages.items(), key=lambda kv: _key_order(kv[0]))
+    if len(_SORTED) >= _WALK_CACHE_ENTRIES:
+        _SORTED.pop(next(iter(_SORTED)))
+    _SORTED[id(walk)] = (walk, out)
+    return out
+
+
+def _storage_problems(walk: PickleWalk, record_sizes: dict[str, int], prefix: str, pkl_name: str,
+                      shown: str, label: str) -> list[Problem]:
+    """Storages the pickle references that have no record, or a record too short; views past their end."""
+    problems: list[Problem] = []
     short: list[str] = []
     absent: list[str] = []
-    for key, ref in sorted(walk.storages.items(), key=lambda kv: _key_order(kv[0])):
-        rec = names.get(f"{prefix}/data/{key}")
-        if rec is None:
+    for key, ref in _sorted_storages(walk):
+        rec = f"{prefix}/data/{key}"
+        size = record_sizes.get(rec)
+        if size is None:
             absent.append(key)
-        elif ref.nbytes is not None and rec.file_size < ref.nbytes:
+        elif ref.nbytes is not None and size < ref.nbytes:
             short.append(
-                f"{rec.filename} holds {rec.file_size} bytes but its {ref.storage_type} of {ref.numel} "
-                f"elements needs {ref.nbytes}"
+                f"{prefix}/data/{_key(key)} holds {size} bytes but its {ref.storage_type} of "
+                f"{num(ref.numel)} elements needs {num(ref.nbytes)}"
             )
     if absent:
         problems.append(
@@ -291,17 +331,14 @@ def _check_zip(
             )
         )
     problems.extend(_view_problems(walk.tensors, shown, label))
-
-    if deep:
-        _crc_all(fd, path, zf, infos, base, label, shown, problems)
+    return problems
 
 
 _CDIR = struct.Struct("<4s2H2H2H3I5H2I")  # central directory file header, 46 bytes
 _ZIP64_LOCATOR = b"PK\x06\x07"
 
 
-def _fast_directory_check(fd: int, shown: str, size: int, problems: list[Problem],
-                          facts: dict[str, Any]) -> bool:
+def _fast_zip_check(fd: int, shown: str, size: int, problems: list[Problem], facts: dict[str, Any]) -> bool:
     """The structural check of a stored torch zip without ``zipfile``: one read of the directory.
 
     ``zipfile.ZipFile`` builds a Python object per record (0.2-0.5 ms for an optimizer state); this
@@ -309,6 +346,7 @@ def _fast_directory_check(fd: int, shown: str, size: int, problems: list[Problem
     ``struct`` and applies the same rules: one top-level folder, ``data.pkl`` present, every record
     before the directory, ``byteorder`` little or big. Returns False on anything unusual (compressed or
     encrypted records, a cut or malformed directory) so the full ``zipfile`` path gives the precise finding.
+    Then ``data.pkl`` is read with one pread, its CRC-32 checked, walked (cached) and judged, as there.
     """
     # torch writes [zip64 end record (56)][zip64 locator (20)][end record (22)] with no comment.
     tail_len = min(size, 98)
@@ -325,18 +363,18 @@ def _fast_directory_check(fd: int, shown: str, size: int, problems: list[Problem
         if len(rec) != 56 or rec[:4] != b"PK\x06\x06":
             return False
         count, cd_size, cd_offset = struct.unpack_from("<QQQ", rec, 32)
-    if cd_offset + cd_size > size or count == 0:
-        return False
+    if cd_offset + cd_size > size or count == 0 or cd_size > MAX_SINGLE_READ or cd_size < 46 * count:
+        return False  # the zipfile path names the fault (and refuses a directory over the read cap)
     cd = os.pread(fd, cd_size, cd_offset)
     if len(cd) != cd_size:
         return False
     pos = 0
-    names: dict[bytes, tuple[int, int]] = {}  # name -> (local header offset, size)
+    names: dict[bytes, tuple[int, int, int]] = {}  # name -> (local header offset, size, crc)
     unpack, end = _CDIR.unpack_from, len(cd)
     for _ in range(count):
         if pos + 46 > end:
             return False
-        (sig, _vm, _vn, flags, method, _t, _d, _crc, csize, usize, nlen, xlen, clen, _disk, _ia, _ea,
+        (sig, _vm, _vn, flags, method, _t, _d, crc, csize, usize, nlen, xlen, clen, _disk, _ia, _ea,
          lho) = unpack(cd, pos)
         if sig != b"PK\x01\x02" or method != 0 or flags & 0x1:
             return False
@@ -350,7 +388,7 @@ def _fast_directory_check(fd: int, shown: str, size: int, problems: list[Problem
             usize, csize, lho = (next(it) if w else v for w, v in zip(wanted, (usize, csize, lho)))
         if csize != usize or lho + 30 + nlen + csize > cd_offset:
             return False
-        names[name] = (lho, csize)
+        names[name] = (lho, csize, crc)
         pos += 46 + nlen + xlen + clen
     first = next(iter(names))
     prefix = first.split(b"/", 1)[0] + b"/" if b"/" in first else b""
@@ -360,16 +398,40 @@ def _fast_directory_check(fd: int, shown: str, size: int, problems: list[Problem
         return False
     bo = names.get(prefix + b"byteorder")
     if bo is not None:
-        lho, n = bo
-        header = os.pread(fd, 30, lho)
-        if len(header) != 30 or header[:4] != ZIP_MAGIC:
-            return False
-        nlen, xlen = struct.unpack_from("<HH", header, 26)
-        value = os.pread(fd, min(n, 64), lho + 30 + nlen + xlen)
+        value = _stored_member(fd, bo, 64)
         if value not in (b"little", b"big"):
             return False
-    facts.update(format="zip", prefix=prefix[:-1].decode("utf-8", "backslashreplace"), object=None)
+    pkl = names[prefix + b"data.pkl"]
+    if pkl[1] > MAX_PICKLE_BYTES:
+        return False  # the full path names the cap
+    data = _stored_member(fd, pkl, pkl[1])
+    if data is None or len(data) != pkl[1] or (zlib.crc32(data) & 0xFFFFFFFF) != pkl[2]:
+        return False
+    try:
+        text_names = {n.decode("utf-8"): v[1] for n, v in names.items()}
+    except UnicodeDecodeError:
+        return False
+    text_prefix = prefix[:-1].decode("utf-8")
+    pkl_name = f"{text_prefix}/data.pkl"
+    mark = len(problems)
+    walk = _walk_judged(data, f"{shown}: {pkl_name}", shown, problems)
+    if walk.end != len(data):
+        del problems[mark:]  # the full path reports the trailing bytes, and judges the pickle again
+        return False
+    facts.update(format="zip", prefix=text_prefix)
+    _facts_from_walk(walk, facts)
+    problems.extend(_storage_problems(walk, text_names, text_prefix, pkl_name, shown, shown))
     return True
+
+
+def _stored_member(fd: int, rec: tuple[int, int, int], cap: int) -> bytes | None:
+    """The bytes of a stored record (at most ``cap``), found through its local header; None if it has none."""
+    lho, n = rec[0], rec[1]
+    header = os.pread(fd, 30, lho)
+    if len(header) != 30 or header[:4] != ZIP_MAGIC:
+        return None
+    nlen, xlen = struct.unpack_from("<HH", header, 26)
+    return os.pread(fd, min(n, cap), lho + 30 + nlen + xlen)
 
 
 def _zip64_extra(extra: bytes, wanted: int) -> list[int] | None:
@@ -403,6 +465,26 @@ def _walk_cached(data: bytes, what: str) -> PickleWalk:
             _WALKS.pop(next(iter(_WALKS)))
         _WALKS[data] = walk
     return walk
+
+
+def _walk_judged(data: bytes, what: str, shown: str, problems: list[Problem], *,
+                 cached: bool = True) -> PickleWalk:
+    """Walk one stream and judge its globals into ``problems`` (``unsafe_pickle``, or the advisory).
+
+    A stream that fails part-way is still judged on the globals it resolved before the fault: a payload
+    followed by garbage is reported as unsafe, not merely malformed.
+    """
+    try:
+        walk = _walk_cached(data, what) if cached else walk_pickle(data, what=what)
+    except PickleMalformed as exc:
+        problems.extend(p for p in pickle_problems(exc.globals, shown, what) if p.kind == "unsafe_pickle")
+        raise
+    problems.extend(pickle_problems(walk.globals, shown, what, root=_root_class(walk.obj)))
+    return walk
+
+
+def _root_class(obj: Any) -> str | None:
+    return obj.stub_global if isinstance(obj, Stub) else None
 
 
 def _check_eocd(
@@ -536,21 +618,20 @@ def _facts_from_walk(walk: PickleWalk, facts: dict[str, Any]) -> None:
     facts["globals"] = walk.globals
 
 
+def _key(key: str) -> str:
+    """A storage key for a message: as it is when short and printable (torch writes "0", "1", ...)."""
+    return key if len(key) <= 40 and key.isprintable() else brief(key)
+
+
+def _shape(size: tuple[int, ...]) -> str:
+    """A tensor shape for a message: at most 8 dims, each in decimal or as its size in bits."""
+    more = ", ..." if len(size) > 8 else ""
+    return "[" + ", ".join(num(x) for x in size[:8]) + more + "]"
+
+
 def _view_problems(tensors: tuple[TensorRef, ...], shown: str, label: str) -> list[Problem]:
     """Tensors whose (offset, size, stride) reach past their storage: torch.load would refuse them."""
-    out: list[str] = []
-    for t in tensors:
-        s = t.storage
-        if not isinstance(s, StorageRef) or any(x < 0 for x in t.size) or any(x < 0 for x in t.stride):
-            continue
-        need = t.storage_elements_needed()
-        if t.dtype is not None:  # v3: UntypedStorage counts bytes, the view counts dtype elements
-            need *= t.dtype.itemsize
-        if need > s.numel:
-            out.append(
-                f"a tensor of shape {list(t.size)} at offset {t.offset} needs {need} elements of storage "
-                f"{s.key}, which holds {s.numel}"
-            )
+    out = _view_faults(tensors)
     if not out:
         return []
     return [
@@ -562,6 +643,43 @@ def _view_problems(tensors: tuple[TensorRef, ...], shown: str, label: str) -> li
             + (f" (and {len(out) - MAX_REPORTED} more)" if len(out) > MAX_REPORTED else ""),
         )
     ]
+
+
+_VIEW_FAULTS: dict[int, tuple[tuple[TensorRef, ...], list[str]]] = {}
+
+
+def _view_faults(tensors: tuple[TensorRef, ...]) -> list[str]:
+    """The faults of one walk's tensor views, remembered by identity while the walk is cached.
+
+    Every checkpoint of a run repeats the same optimizer pickle: its walk comes from ``_walk_cached`` and
+    the 0.1-0.3 ms of arithmetic over its tensors is done once. Keyed by ``id`` of the tuple, which the
+    entry keeps alive, so an id is never reused while its entry exists.
+    """
+    hit = _VIEW_FAULTS.get(id(tensors))
+    if hit is not None and hit[0] is tensors:
+        return hit[1]
+    out = _compute_view_faults(tensors)
+    if len(_VIEW_FAULTS) >= _WALK_CACHE_ENTRIES:
+        _VIEW_FAULTS.pop(next(iter(_VIEW_FAULTS)))
+    _VIEW_FAULTS[id(tensors)] = (tensors, out)
+    return out
+
+
+def _compute_view_faults(tensors: tuple[TensorRef, ...]) -> list[str]:
+    out: list[str] = []
+    for t in tensors:
+        s = t.storage
+        if not isinstance(s, StorageRef) or any(x < 0 for x in t.size) or any(x < 0 for x in t.stride):
+            continue
+        need = t.storage_elements_needed()
+        if t.dtype is not None:  # v3: UntypedStorage counts bytes, the view counts dtype elements
+            need *= t.dtype.itemsize
+        if need > s.numel:
+            out.append(
+                f"a tensor of shape {_shape(t.size)} at offset {num(t.offset)} needs {num(need)} elements "
+                f"of storage {_key(s.key)}, which holds {num(s.numel)}"
+            )
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -605,8 +723,14 @@ def _walk_prefix(fd: int, path: str, shown: str, size: int) -> tuple[list[Pickle
 def _check_legacy(
     fd: int, path: str, shown: str, size: int, deep: bool, problems: list[Problem], facts: dict[str, Any]
 ) -> None:
-    walks, legacy = _walk_prefix(fd, path, shown, size)
+    try:
+        walks, legacy = _walk_prefix(fd, path, shown, size)
+    except PickleMalformed as exc:
+        problems.extend(p for p in pickle_problems(exc.globals, shown, shown) if p.kind == "unsafe_pickle")
+        raise
     facts["prefix"] = ""
+    problems.extend(pickle_problems(frozenset().union(*(w.globals for w in walks)), shown, shown,
+                                    root=_root_class(walks[-2].obj if legacy else walks[0].obj)))
     if not legacy:
         facts["format"] = "pickle"
         _facts_from_walk(walks[0], facts)
@@ -627,7 +751,7 @@ def _check_legacy(
     if type(proto.obj) is not int or proto.obj != LEGACY_PROTOCOL:
         raise FormatError(
             "bad_header",
-            f"{shown}: legacy torch protocol version is {str(proto.obj)[:40]}, not {LEGACY_PROTOCOL}",
+            f"{shown}: legacy torch protocol version is {brief(proto.obj)}, not {LEGACY_PROTOCOL}",
         )
     little = True
     if isinstance(sys_info.obj, dict):
@@ -672,7 +796,8 @@ def _check_legacy(
             count = int.from_bytes(os.pread(fd, 8, pos), "little" if little else "big")
             if count != ref.numel:
                 mismatched.append(
-                    f"storage {key} at byte {pos} records {count} elements, the pickle says {ref.numel}"
+                    f"storage {_key(key)} at byte {num(pos)} records {count} elements, the pickle says "
+                    f"{num(ref.numel)}"
                 )
         pos += 8 + ref.nbytes
     if mismatched:
@@ -682,7 +807,7 @@ def _check_legacy(
             Problem(
                 "truncated",
                 shown,
-                f"{shown} is {size} bytes, but its {len(key_list)} storages end at byte {pos}",
+                f"{shown} is {size} bytes, but its {len(key_list)} storages end at byte {num(pos)}",
             )
         )
     elif pos < size:
@@ -691,6 +816,6 @@ def _check_legacy(
                 "trailing_data",
                 shown,
                 f"{shown} is {size} bytes, but its {len(key_list)} "
-                f"storages end at byte {pos} ({size - pos} extra bytes)",
+                f"storages end at byte {num(pos)} ({num(size - pos)} extra bytes)",
             )
         )

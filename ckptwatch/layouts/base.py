@@ -112,6 +112,24 @@ class NoRunFindings:
         return [], []
 
 
+MAX_RANKS = 1 << 20  # more processes than any job runs: a pickled count above it is not believed
+MAX_STEP = (1 << 63) - 1
+
+
+def pickled_count(value: Any) -> int | None:
+    """A world size or parallel width read from a pickle, or None when it is not a plausible one.
+
+    Pickled values are attacker-controlled: a count of 10**5000 would make the rank rules enumerate
+    that many ranks, and a message that formats it raises (Python refuses str() past 4,300 digits).
+    """
+    return value if type(value) is int and 1 <= value <= MAX_RANKS else None
+
+
+def pickled_step(value: Any) -> int | None:
+    """A training step read from a pickle, or None when it is not a plausible one (see ``pickled_count``)."""
+    return value if type(value) is int and 0 <= value <= MAX_STEP else None
+
+
 def listdir_names(path: str) -> tuple[list[str], Problem | None]:
     try:
         return sorted(os.listdir(path)), None

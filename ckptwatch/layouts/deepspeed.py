@@ -21,6 +21,8 @@ from ckptwatch.layouts.base import (
     RunFound,
     listdir_names,
     missing,
+    pickled_count,
+    pickled_step,
     pointer_hazard,
 )
 from ckptwatch.model import Hazard, Problem, Verdict
@@ -81,11 +83,12 @@ def judge_tag_dir(tag_dir: str, opts: CheckOptions) -> Judgement:
             continue
         if "dp_world_size" not in facts and (MODEL_MP.match(name) or MODEL_ZERO3.match(name)):
             for key in ("dp_world_size", "mp_world_size", "global_steps"):
-                v = _int_or_max(get(obj, key))
+                raw = _int_or_max(get(obj, key))
+                v = pickled_step(raw) if key == "global_steps" else pickled_count(raw)
                 if v is not None:
                     facts[key] = v
         if "partition_count" not in facts and OPTIM.match(name):
-            v = _int_or_max(get(obj, "optimizer_state_dict", "partition_count"))
+            v = pickled_count(_int_or_max(get(obj, "optimizer_state_dict", "partition_count")))
             if v is not None:
                 facts["partition_count"] = v
             z = get(obj, "optimizer_state_dict", "zero_stage")

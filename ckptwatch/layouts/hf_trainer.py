@@ -24,6 +24,7 @@ from ckptwatch.layouts.base import (
     RunFound,
     listdir_names,
     missing,
+    pickled_count,
 )
 from ckptwatch.layouts.deepspeed import is_tag_dir, judge_tag_dir
 from ckptwatch.model import FileCheck, Problem
@@ -189,9 +190,7 @@ class HfTrainer(NoRunFindings):
         args_path = os.path.join(ckpt, "training_args.bin")
         if args_path in checked:
             args_obj = checked[args_path].facts.get("object")
-        world = get(args_obj, "distributed_state", "num_processes") if args_obj is not None else None
-        if not isinstance(world, int) or isinstance(world, bool) or world < 1:
-            world = None
+        world = pickled_count(get(args_obj, "distributed_state", "num_processes"))
         save_only_model = get(args_obj, "save_only_model") is True if args_obj is not None else False
 
         # Weights, in any form the Trainer (or DeepSpeed/FSDP) can resume from.

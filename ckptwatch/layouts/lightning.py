@@ -12,7 +12,7 @@ import os
 import re
 
 from ckptwatch.filecheck import check_file, sniff
-from ckptwatch.layouts.base import Candidate, CheckOptions, Judgement, RunFound, pointer_hazard
+from ckptwatch.layouts.base import Candidate, CheckOptions, Judgement, RunFound, pickled_step, pointer_hazard
 from ckptwatch.layouts.dcp import step_from_name
 from ckptwatch.model import Hazard, Problem, Verdict
 from ckptwatch.scan import Entry, display
@@ -53,8 +53,8 @@ class Lightning:
         shown = display(cand.path)
         if get(obj, "state_dict") is None:
             j.problems.append(Problem("no_weights", shown, f"{shown} holds no state_dict"))
-        gs = get(obj, "global_step")
-        if isinstance(gs, int) and not isinstance(gs, bool):
+        gs = pickled_step(get(obj, "global_step"))
+        if gs is not None:
             j.step = gs
             named = STEP_IN_NAME.search(os.path.basename(cand.path))
             if named and int(named.group(1)) != gs:

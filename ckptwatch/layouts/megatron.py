@@ -22,6 +22,8 @@ from ckptwatch.layouts.base import (
     RunFound,
     listdir_names,
     missing,
+    pickled_count,
+    pickled_step,
     pointer_hazard,
 )
 from ckptwatch.model import Hazard, Problem, Verdict
@@ -80,8 +82,8 @@ class Megatron:
         if "common.pt" in names:
             fc = check_file(os.path.join(cand.path, "common.pt"), opts, need_object=True)
             j.problems.extend(fc.problems)
-            world = get(fc.facts.get("object"), "args", "world_size")
-            if isinstance(world, int) and not isinstance(world, bool) and j.present_ranks is not None:
+            world = pickled_count(get(fc.facts.get("object"), "args", "world_size"))
+            if world is not None and j.present_ranks is not None:
                 j.expected_ranks = world
         if "integrity.json" in names:
             j.problems.extend(_integrity(cand.path, deep=opts.deep))
@@ -109,12 +111,12 @@ class Megatron:
             present_cells.add((tp, pp))
             obj = fc.facts.get("object")
             if tp_size is None:
-                t, p = get(obj, "args", "tensor_model_parallel_size"), get(obj, "args",
-                                                                           "pipeline_model_parallel_size")
-                if isinstance(t, int) and isinstance(p, int):
+                t = pickled_count(get(obj, "args", "tensor_model_parallel_size"))
+                p = pickled_count(get(obj, "args", "pipeline_model_parallel_size"))
+                if t is not None and p is not None:
                     tp_size, pp_size = t, p
-                it = get(obj, "iteration")
-                if isinstance(it, int) and cand.step is not None and it != cand.step:
+                it = pickled_step(get(obj, "iteration"))
+                if it is not None and cand.step is not None and it != cand.step:
                     j.problems.append(Problem("step_mismatch", display(f), f"{display(f)} holds iteration "
                                               f"{it} but lives in iter_{cand.step:07d}"))
         if not present_cells and not j.problems:
