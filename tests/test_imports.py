@@ -48,6 +48,7 @@ FLOORS: dict[str, int] = {
     "ckptwatch.losswatch.rule": PURE,
     "ckptwatch.losswatch.parse": PURE,
     "ckptwatch.losswatch.report": PURE,
+    "ckptwatch.losswatch.signals": PURE,  # resume signals besides the writers: run config, initial level
     "ckptwatch.formats": READERS,
     "ckptwatch.adapters": READERS,  # PEFT adapter weights
     "ckptwatch.losswatch": READERS,  # loss sources, tailing, plots and the watcher over them
