@@ -102,6 +102,13 @@ def _hf_ow_base(dest: Path) -> None:
     _BUILT["hf_ow_base"] = keep
 
 
+@builder("loss_hf_overwrite_first")
+def build_loss_hf_overwrite_first(dest: Path) -> None:
+    """The first process of the ``loss_hf_overwrite_*`` runs alone: ``max_steps=20``, ``save_steps=5``,
+    ``checkpoint-{5,10,15,20}``, one events file, ``train.log``."""
+    _hf_ow_base(dest)
+
+
 @builder("loss_hf_overwrite_fresh")
 def build_loss_hf_overwrite_fresh(dest: Path) -> None:
     """Issue 10 section 3: a full run (``max_steps=20``, ``save_steps=5``: ``checkpoint-{5,10,15,20}``),
