@@ -486,6 +486,11 @@ class RunLossWatcher:
                         fam.extend(fam.segments[-1], new, path)
                     else:
                         fam.add(Batch("trainer_state", path, 0, tuple(new), True, 0.0))
+            if diverge is not None and pts:
+                # the steps past this file's last belong to the timeline it replaced (a checkpoint saved
+                # over by a resumed process): its next checkpoints continue this one, not that one
+                for st in [st for st in hist if st > pts[-1].step]:
+                    del hist[st]
             for p in pts:
                 hist[p.step] = p.value
             while len(hist) > 4 * 4096:  # bounded: forget the oldest steps
