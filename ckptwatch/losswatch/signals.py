@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ckptwatch.losswatch.points import LazyPoints, LossPoint
-from ckptwatch.losswatch.rule import Judgement, judge
+from ckptwatch.losswatch.rule import Judgement, judge, median
 from ckptwatch.losswatch.settings import LossSettings
 
 # The run-configuration fields of a transformers 5.23 ``trainer_state.json``: fixed within one process.
@@ -70,9 +70,11 @@ class LevelHit:
 class LevelScan:
     """Streaming "back to the initial loss" scan of one history: fed its points in order, in batches.
 
-    Cost: one ``sorted`` of ``window`` values per ``window`` points (list slices otherwise), and ``judge``
-    only for a block whose median is at least ``jump_ratio`` times the previous block's; the points of
-    an unfinished block are carried to the next batch. Memory: two blocks.
+    Cost: a batch none of whose losses reaches the lowest level a return could have (``quiet``) costs
+    a ``min`` and a ``max`` in C: that is every batch of a run that is learning. Otherwise one ``sorted``
+    of ``window`` values per ``window`` points, and ``judge`` only for a block whose median is at least
+    ``jump_ratio`` times the previous block's. The points of an unfinished block are carried to the next
+    batch. Memory: two blocks.
     """
 
     __slots__ = ("carry_steps", "carry_values", "prev_median", "prev_steps", "prev_values")
@@ -105,6 +107,15 @@ class LevelScan:
             steps, values = self.carry_steps + list(steps), self.carry_values + list(values)
         hits: list[LevelHit] = []
         n, half, ratio = len(values), k // 2, settings.jump_ratio
+        full = n - n % k
+        if full and self._quiet(values, initial, settings):
+            last = values[full - k:full]
+            if math.isfinite(sum(last)):
+                s = sorted(last)
+                self.prev_steps, self.prev_values = steps[full - k:full], last
+                self.prev_median = s[half] if k % 2 else (s[half - 1] + s[half]) / 2
+            self.carry_steps, self.carry_values = list(steps[full:]), list(values[full:])
+            return hits
         i = 0
         while i + k <= n:
             vals = values[i:i + k]
@@ -122,6 +133,21 @@ class LevelScan:
             i += k
         self.carry_steps, self.carry_values = list(steps[i:]), list(values[i:])
         return hits
+
+    def _quiet(self, values: list[float], initial: Sequence[float], settings: LossSettings) -> bool:
+        """No block of ``values`` can be a return to the initial loss: its median would have to reach
+        ``f * initial + (1 - f) * before`` (``rule.judge``'s scratch test, ``f`` = ``scratch_fraction``),
+        and ``before``, a median of losses, is at least the lowest of them. A NaN makes ``min``/``max``
+        answer NaN or a true bound, never a wrong "quiet"."""
+        init = [x for x in initial if math.isfinite(x)]
+        if not init:
+            return True  # nothing is judged "from scratch" before the initial loss is known
+        lo = min(values)
+        if self.prev_values:
+            lo = min(lo, min(self.prev_values))
+        f = settings.scratch_fraction
+        level = f * median(init) + (1 - f) * lo
+        return max(values) < level
 
 
 def _hit(b_steps: list[int], b_values: list[float], a_steps: list[int], a_values: list[float],
