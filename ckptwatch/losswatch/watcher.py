@@ -12,10 +12,16 @@ What the real Trainer writes (transformers 5.23, checked with ``tests/builders/l
 writes a new ``events.out.tfevents.*`` file; ``trainer_state.json`` of a checkpoint holds the
 ``log_history`` of the checkpoint it resumed from *verbatim*, then the new entries; the steps the dead
 process logged after its last checkpoint never reach any ``trainer_state.json``. So a resume from the
-newest checkpoint leaves no overlap in ``trainer_state.json``: it is seen only when the watcher saw an
+newest checkpoint leaves no overlap in ``trainer_state.json``: it is seen when the watcher saw an
 earlier history that a later one contradicts (a rewritten ``checkpoint-N``, or an older checkpoint whose
-entries after the resume step differ). TensorBoard and text logs show it directly; they win when
-several families report the same resume step.
+entries after the resume step differ), or when the run configuration the file records changed between
+two consecutive checkpoints (``signals``: the later one was written by another process, resumed from
+the earlier one). TensorBoard and text logs show it directly; they win when several families report
+the same resume step.
+
+Where nothing shows a resume, each history is still scanned for the loss going back to the run's
+initial level (``signals.LevelScan``): reported as a resume with ``signal="loss_level"`` unless a resume
+was reported within ``2 * window`` steps of it (the same event, seen better).
 
 The reference window is the last ``window`` points below the resume's first step in the newest earlier
 segment that has any; the resumed-from step is the newest checkpoint step at or below that first step
