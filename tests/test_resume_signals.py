@@ -247,4 +247,35 @@ def test_service_logs_a_checkpoint_written_again_and_alerts_the_loss(artefact, t
         assert "max_steps 20 in checkpoint-10, 30 in checkpoint-15" in loss["evidence"]
     finally:
         d.close(timeout=WAIT)
-    assert time.time()  # the daemon closed without raising
+
+
+def test_a_pointer_that_moves_on_is_not_a_rewrite(tmp_path: Path) -> None:
+    """Lightning's last.ckpt (save_last=True) is written again at every save, each time at a newer step:
+    not logged. Written again at the step it already held (a resumed process saving over it): logged."""
+    from structlog.testing import capture_logs
+
+    from ckptwatch.model import RunReport, Status, Verdict
+
+    root = tmp_path / "root"
+    last = root / "run" / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    d = make_daemon(tmp_path / "state", root, alerts={})
+    sink, watch = d.sink("loss watch"), d.config.watches[0]
+
+    def save(step: int, at: float) -> list[dict]:
+        last.write_bytes(b"step %d" % step)
+        os.utime(last, (at, at))
+        v = Verdict(str(last), step, "lightning", Status.COMPLETE, newest_mtime=at)
+        with capture_logs() as logs:
+            sink.judged(watch, RunReport.of(str(root / "run"), "lightning", (v,)), at)
+        return [e for e in logs if e["event"] == "resume_detected"]
+
+    try:
+        now = time.time()
+        assert save(8, now - 300) == []
+        assert save(12, now - 200) == []  # moved on to step 12
+        (e,) = save(12, now - 100)  # step 12 written again
+        assert (e["signal"], e["step"], e["alert"]) == ("rewritten", 12, False)
+        assert e["checkpoint"] == str(last) and "written again" in e["message"]
+    finally:
+        d.close(timeout=WAIT)

@@ -11,8 +11,9 @@ active; the slow round over quiet runs is the safety net for one that only appen
 A checkpoint written again after it was judged complete (a second process resumed from an earlier
 checkpoint and saved over it: the same step, new files) is a resume the loss writers may not show. The
 sink remembers when each complete checkpoint's files were last written (the verdict's ``newest_mtime``);
-when a later complete verdict of the same path has newer files and most of them were rewritten (not one
-file added, such as a ``.ckptwatch-keep`` pin, or touched), it logs ``resume_detected`` with
+when a later complete verdict of the same path, at the same step (a ``last.ckpt`` that moves on to a newer
+step is a pointer, not a rewrite), has newer files and most of them were rewritten (not one file added,
+such as a ``.ckptwatch-keep`` pin, or touched), it logs ``resume_detected`` with
 ``signal="rewritten"``. That alone is not alerted: rolling back to an earlier checkpoint is a legitimate
 way to get past a loss spike; the loss across the resume is judged like any other. Nothing of this
 survives a restart of the service (the sink keeps it in memory).
@@ -55,7 +56,8 @@ class LossRun:
     settings: LossSettings
     checkpoints: tuple[tuple[int | None, str], ...]  # (step, path): resumes are named after these
     resume_ratio: float | None = None  # of its last judged resume (metrics)
-    written: dict[str, float] = field(default_factory=dict)  # complete checkpoint -> its newest_mtime
+    # complete checkpoint -> (its newest_mtime, its step) when last judged complete
+    written: dict[str, tuple[float, int | None]] = field(default_factory=dict)
 
 
 @dataclass
@@ -109,10 +111,11 @@ class LossSink(Sink):
             if v.status is not Status.COMPLETE:
                 continue
             before = written.pop(v.path, None)
-            written[v.path] = v.newest_mtime  # (re)inserted: the newest judged are kept
-            if before is None or v.newest_mtime <= before:
+            written[v.path] = (v.newest_mtime, v.step)  # (re)inserted: the newest judged are kept
+            # at the same step only: a pointer that moves on (Lightning's last.ckpt) is not a rewrite
+            if before is None or v.newest_mtime <= before[0] or v.step is None or v.step != before[1]:
                 continue
-            again, total = _written_since(v.path, watch_root, before)
+            again, total = _written_since(v.path, watch_root, before[0])
             if total and 2 * again > total:
                 when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v.newest_mtime))
                 self.log.info(
