@@ -26,7 +26,7 @@ from ckptwatch.formats._io import confined_to
 from ckptwatch.hazards import CheckpointFacts, checkpoint_hazards, run_hazards
 from ckptwatch.layouts.base import Candidate, CheckOptions, Judgement, RankFile, RunFound
 from ckptwatch.model import Hazard, Problem, Ranks, RunReport, Severity, Status, Verdict
-from ckptwatch.resume import resume_choice
+from ckptwatch.resume import resume_choice, run_report
 from ckptwatch.scan import TreeStat, display, tree
 from ckptwatch.settle import Settle, is_abandoned, settle_state
 from ckptwatch.vocabulary import severity_of, status_from
@@ -108,7 +108,7 @@ def _judge_run_guarded(run: RunFound, opts: CheckOptions, now: float,
     except Exception as exc:  # see fault_problem
         if os.environ.get("CKPTWATCH_DEBUG"):
             raise
-        return RunReport.of(display(run.root), run.layout.name, (), (fault_problem(run.root, exc),))
+        return run_report(display(run.root), run.layout.name, (), (fault_problem(run.root, exc),))
 
 
 def loss_root(run: RunReport) -> str:

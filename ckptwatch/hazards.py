@@ -21,6 +21,10 @@ from ckptwatch.scan import display
 
 EMPTY_ADAPTER_BYTES = 1024
 DRIFT_KEYS = ("r", "lora_alpha", "target_modules")
+# Also compared, but only when both checkpoints record them (older PEFT versions write fewer keys): each
+# changes what the same weights compute. ``base_model_name_or_path`` is not: a base model moved to another
+# path on the machine the run resumed on is the same model.
+DRIFT_KEYS_IF_RECORDED = ("use_rslora", "use_dora", "modules_to_save", "rank_pattern", "alpha_pattern")
 
 
 @dataclass(frozen=True)
@@ -64,10 +68,23 @@ def _drift_view(config: Any) -> dict[str, Any] | None:
     if not isinstance(config, dict):
         return None
     view = {}
-    for key in DRIFT_KEYS:
-        value = config.get(key)
-        view[key] = sorted(value) if isinstance(value, list) else value
+    for key in DRIFT_KEYS + DRIFT_KEYS_IF_RECORDED:
+        if key in DRIFT_KEYS or key in config:
+            value = config.get(key)
+            view[key] = sorted(value, key=repr) if isinstance(value, list) else value
     return view
+
+
+def _drift(old: dict[str, Any], new: dict[str, Any], old_name: str, new_name: str) -> str:
+    """Each changed key with both values and both checkpoints ("lora_alpha 8 in checkpoint-20, 16 in
+    checkpoint-30"); "" when none changed."""
+    keys = [k for k in DRIFT_KEYS + DRIFT_KEYS_IF_RECORDED
+            if k in old and k in new and old[k] != new[k]]
+    return "; ".join(f"{k} {old[k]!r} in {old_name}, {new[k]!r} in {new_name}" for k in keys)
+
+
+def _name(path: str) -> str:
+    return display(os.path.basename(path.rstrip(os.sep)) or path)
 
 
 def run_hazards(ordered: list[CheckpointFacts]) -> dict[str, list[Hazard]]:
@@ -79,13 +96,16 @@ def run_hazards(ordered: list[CheckpointFacts]) -> dict[str, list[Hazard]]:
             if not before:
                 continue
             old, new = _drift_view(before.get("config")), _drift_view(info.get("config"))
-            if old and new and old != new:
-                changed = ", ".join(f"{k} {old[k]!r} -> {new[k]!r}" for k in DRIFT_KEYS if old[k] != new[k])
+            changed = _drift(old, new, _name(prev.path), _name(cur.path)) if old and new else ""
+            if changed:
                 where = info.get("dir", cur.path)
+                adapter = f"the adapter {label!r}" if label else "the adapter"
                 out.setdefault(cur.path, []).append(Hazard(
                     "adapter_config_drift", display(os.path.join(where, "adapter_config.json")),
-                    f"adapter config changed between {display(prev.path)} and {display(cur.path)}: "
-                    f"{changed}"))
+                    f"{changed}: {adapter} was re-created with other settings between {display(prev.path)} "
+                    f"and {display(cur.path)} (a training script that builds the adapter itself when it "
+                    f"resumes), so the process that wrote {_name(cur.path)} trained the loaded weights in "
+                    f"an adapter that computes something else"))
             d_old, d_new = before.get("digest"), info.get("digest")
             if label == "" and d_old and d_new and d_old == d_new and info.get("weights"):
                 out.setdefault(cur.path, []).append(Hazard(

@@ -157,8 +157,11 @@ HAZARD_KINDS: dict[str, Kind] = {
              "an adapter weights file of about 1 KB or less holds no LoRA weights",
              "Check the PEFT save; resuming from it trains a fresh adapter", blocks_resume=True),
         Kind("adapter_config_drift", Severity.WARNING,
-             "r, lora_alpha or target_modules changed between checkpoints of one run",
-             "Resume with the adapter_config.json the run was trained with"),
+             "r, lora_alpha or target_modules (or use_rslora, use_dora, modules_to_save, rank_pattern, "
+             "alpha_pattern) changed between consecutive checkpoints of one run: the adapter was re-created "
+             "with other settings when the run resumed",
+             "Resume with the adapter_config.json the run was trained with (build the adapter from the "
+             "checkpoint's adapter_config.json, not from the script's settings)"),
         Kind("adapter_unchanged", Severity.WARNING,
              "adapter weights are byte-identical to the previous checkpoint's: the adapter is not training",
              "Check that the adapter parameters are trainable and reach the optimizer"),

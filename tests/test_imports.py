@@ -49,6 +49,7 @@ FLOORS: dict[str, int] = {
     "ckptwatch.losswatch.rule": PURE,
     "ckptwatch.losswatch.parse": PURE,
     "ckptwatch.losswatch.report": PURE,
+    "ckptwatch.losswatch.signals": PURE,  # resume signals besides the writers: run config, initial level
     "ckptwatch.formats": READERS,
     "ckptwatch.adapters": READERS,  # PEFT adapter weights
     "ckptwatch.shellpath": READERS,  # is a path safe to print for a shell; its exact bytes

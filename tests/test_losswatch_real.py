@@ -86,15 +86,21 @@ def test_hf_text_log_alone_sees_the_resume(artefact):
     assert r.alert and r.at_step == 21 and "segment 1" in r.writer
 
 
-def test_hf_trainer_state_alone_cannot_see_a_resume_from_the_newest_checkpoint(artefact):
+def test_hf_trainer_state_alone_sees_the_return_to_the_initial_loss(artefact):
     """What the real Trainer writes: checkpoint-30's log_history is checkpoint-20's verbatim plus the new
-    entries, so trainer_state.json alone shows one continuous history and no resume."""
+    entries, so trainer_state.json alone shows one continuous history (same run configuration: no resume
+    to see). The fresh adapter's loss going back to the run's initial level in it is alerted all the same,
+    at step 21, after checkpoint-20."""
     run = artefact("loss_hf_resume_fresh")
     h20 = json.loads((run / "checkpoint-20" / "trainer_state.json").read_text())["log_history"]
     h30 = json.loads((run / "checkpoint-30" / "trainer_state.json").read_text())["log_history"]
     assert h30[:len(h20)] == h20 and [e["step"] for e in h30] == list(range(1, 31))
     report = analyse_run(str(run), LossSettings(sources=("trainer_state",)))
-    assert report.resumes == () and report.segments[0].last_step == 40
+    assert len(report.segments) == 1 and report.segments[0].last_step == 40
+    r = _only(report, "trainer_state")
+    assert (r.signal, r.at_step, r.from_checkpoint, r.alert, r.scratch) == (
+        "loss_level", 21, str(run / "checkpoint-20"), True, True)
+    assert "initial level" in r.reason and "checkpoint-30" in r.writer
 
 
 def test_lightning_correct_resume_no_alert(artefact):

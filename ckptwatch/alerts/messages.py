@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from ckptwatch.alerts.kinds import ERROR, KIND_SEVERITY, WARNING
-from ckptwatch.model import Hazard, Problem, Status, Verdict
-from ckptwatch.vocabulary import advice_for
+from ckptwatch.model import Hazard, Problem, Severity, Status, Verdict
+from ckptwatch.vocabulary import advice_for, severity_of
 
 PREFIX = "[ckptwatch]"
 MAX_LISTED = 10  # problems listed in one message; chat clients truncate long posts
@@ -125,10 +125,11 @@ def _summary(v: Verdict) -> str:
     if missing:
         shown = ", ".join(str(r) for r in missing[:5]) + (", ..." if len(missing) > 5 else "")
         return f"rank{'s' if len(missing) > 1 else ''} {shown} missing"
-    if not v.problems:
+    decisive = [p for p in v.problems if severity_of(p.kind) is not Severity.WARNING]  # why not complete
+    if not decisive:
         return ""
-    first = v.problems[0]
-    more = f" +{len(v.problems) - 1} more" if len(v.problems) > 1 else ""
+    first = decisive[0]
+    more = f" +{len(decisive) - 1} more" if len(decisive) > 1 else ""
     return f"{first.kind}: {_name(first.file)}{more}"
 
 

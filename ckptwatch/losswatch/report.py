@@ -34,6 +34,12 @@ class Resume:
     before_steps: tuple[int, int] | None = None  # first and last step of the reference window
     after_steps: tuple[int, int] | None = None
     kind: str = "loss_jump"  # alert kind when ``alert``
+    # what showed the resume: "writer" (a new writer, or steps that go back in one), "history" (a
+    # checkpoint's trainer_state.json history contradicts an earlier one), "config" (the run configuration
+    # in trainer_state.json changed between consecutive checkpoints), "loss_level" (none of these: the loss
+    # went back to the run's initial level inside one continuous history)
+    signal: str = "writer"
+    evidence: str = ""  # for "config": what changed, naming both values and both checkpoints
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -53,6 +59,8 @@ class Resume:
             "writer": self.writer,
             "before_steps": list(self.before_steps) if self.before_steps else None,
             "after_steps": list(self.after_steps) if self.after_steps else None,
+            "signal": self.signal,
+            "evidence": self.evidence or None,
             "message": self.reason,
         }
 
@@ -100,6 +108,8 @@ class LossReport:
         alerts = [r for r in self.resumes if r.alert]
         if alerts:
             r = alerts[0]
+            if r.signal == "loss_level":
+                return f"ALERT: loss back at its initial level at step {r.at_step} (restarted from scratch)"
             what = "restarted from scratch" if r.scratch else ("non-finite loss" if r.nonfinite
                                                                else "loss jump")
             return f"ALERT: {what} after the resume at step {r.at_step}"

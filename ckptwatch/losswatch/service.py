@@ -8,15 +8,26 @@ listens to (only creates, closes after writing, moves and deletes), so growth se
 counts too. A resumed process creates files (an events file, its next checkpoint) that make the run
 active; the slow round over quiet runs is the safety net for one that only appends to an old log.
 
-Memory: one ``LossRun`` per run and one ``RunLossWatcher`` per loss root (runs that share a loss
-root, Lightning's ``version_N`` dirs, share it); ``forget`` drops both, so a root where runs come and go
-does not grow.
+A checkpoint written again after it was judged complete (a second process resumed from an earlier
+checkpoint and saved over it: the same step, new files) is a resume the loss writers may not show. The
+sink remembers when each complete checkpoint's files were last written (the verdict's ``newest_mtime``);
+when a later complete verdict of the same path, at the same step (a ``last.ckpt`` that moves on to a newer
+step is a pointer, not a rewrite), has newer files and most of them were rewritten (not one file added,
+such as a ``.ckptwatch-keep`` pin, or touched), it logs ``resume_detected`` with
+``signal="rewritten"``. That alone is not alerted: rolling back to an earlier checkpoint is a legitimate
+way to get past a loss spike; the loss across the resume is judged like any other. Nothing of this
+survives a restart of the service (the sink keeps it in memory).
+
+Memory: one ``LossRun`` per run (with one float per complete checkpoint, at most ``MAX_WRITTEN``) and
+one ``RunLossWatcher`` per loss root (runs that share a loss root, Lightning's ``version_N`` dirs, share
+it); ``forget`` drops both, so a root where runs come and go does not grow.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -33,6 +44,7 @@ if TYPE_CHECKING:
 POLL_SECONDS = 5.0
 ACTIVE_SECONDS = 600.0
 IDLE_SECONDS = 300.0
+MAX_WRITTEN = 4096  # complete checkpoints per run whose write time is remembered (the newest judged)
 
 
 @dataclass
@@ -44,6 +56,8 @@ class LossRun:
     settings: LossSettings
     checkpoints: tuple[tuple[int | None, str], ...]  # (step, path): resumes are named after these
     resume_ratio: float | None = None  # of its last judged resume (metrics)
+    # complete checkpoint -> (its newest_mtime, its step) when last judged complete
+    written: dict[str, tuple[float, int | None]] = field(default_factory=dict)
 
 
 @dataclass
@@ -83,9 +97,37 @@ class LossSink(Sink):
             self.forget(run.root)
         self.runs[run.root] = LossRun(watch.path, where, watch.loss,
                                       tuple((v.step, v.path) for v in run.checkpoints),
-                                      old.resume_ratio if old else None)
+                                      old.resume_ratio if old else None, old.written if old else {})
+        self._rewritten(watch.path, run)
         self.poll(run.root, now)
         return None
+
+    def _rewritten(self, watch_root: str, run: RunReport) -> None:
+        """Log each complete checkpoint whose files were written again since it was judged complete."""
+        from ckptwatch.model import Status
+
+        written = self.runs[run.root].written
+        for v in run.checkpoints:
+            if v.status is not Status.COMPLETE:
+                continue
+            before = written.pop(v.path, None)
+            written[v.path] = (v.newest_mtime, v.step)  # (re)inserted: the newest judged are kept
+            # at the same step only: a pointer that moves on (Lightning's last.ckpt) is not a rewrite
+            if before is None or v.newest_mtime <= before[0] or v.step is None or v.step != before[1]:
+                continue
+            again, total = _written_since(v.path, watch_root, before[0])
+            if total and 2 * again > total:
+                when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v.newest_mtime))
+                self.log.info(
+                    "resume_detected", run=run.root, checkpoint=v.path, step=v.step, signal="rewritten",
+                    alert=False, rewritten_files=again, files=total,
+                    message=(f"{v.path} was written again after it was judged complete ({again} of its "
+                             f"{total} files rewritten, the newest at {when}): another process resumed "
+                             f"from an earlier checkpoint and saved over it. If that was not a deliberate "
+                             f"roll-back, check which checkpoint that process loaded; the loss watch "
+                             f"judges the loss across the resume."))
+        while len(written) > MAX_WRITTEN:
+            written.pop(next(iter(written)))
 
     def tick(self, now: float) -> float | None:
         """Poll active runs now; every run on the slow round."""
@@ -117,7 +159,7 @@ class LossSink(Sink):
         for r in resumes:
             self.log.info("resume_detected", run=run_root, checkpoint=r.from_checkpoint, step=r.at_step,
                           from_step=r.from_step, before=r.before, after=r.after, ratio=r.ratio, alert=r.alert,
-                          scratch=r.scratch, message=r.reason)
+                          scratch=r.scratch, signal=r.signal, evidence=r.evidence or None, message=r.reason)
             if r.ratio is not None:
                 run.resume_ratio = r.ratio
             if r.alert:
@@ -165,3 +207,11 @@ class LossSink(Sink):
 
     def remembered(self) -> set[str]:
         return set(self.runs) | set(self.watches)
+
+
+def _written_since(path: str, root: str, since: float) -> tuple[int, int]:
+    """(files of the checkpoint at ``path`` modified after ``since``, all its files but hidden ones)."""
+    from ckptwatch.scan import tree
+
+    files = [e for e in tree(path, root).files if not e.name.startswith(".")]
+    return sum(e.mtime > since for e in files), len(files)

@@ -290,14 +290,16 @@ def _scalar(v: Any) -> float | None:  # a TensorBoard Summary.Value
     return None
 
 
-def read_trainer_state(path: str, metrics: Sequence[str]) -> list[LossPoint] | None:
-    """The loss points of one ``trainer_state.json``; None when it cannot be read or parsed (a checkpoint
-    being written is judged by the validators, not here)."""
+def read_trainer_state(path: str, metrics: Sequence[str]) -> tuple[list[LossPoint], dict[str, Any]] | None:
+    """The loss points of one ``trainer_state.json`` and its other top-level fields (the run's
+    configuration among them); None when it cannot be read or parsed (a checkpoint being written is
+    judged by the validators, not here)."""
     try:
         with open_regular_file(path) as f:
             state = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     if not isinstance(state, dict):
         return None
-    return parse_log_history(state.get("log_history"), metrics)
+    history = state.pop("log_history", None)
+    return parse_log_history(history, metrics), state

@@ -12,10 +12,16 @@ What the real Trainer writes (transformers 5.23, checked with ``tests/builders/l
 writes a new ``events.out.tfevents.*`` file; ``trainer_state.json`` of a checkpoint holds the
 ``log_history`` of the checkpoint it resumed from *verbatim*, then the new entries; the steps the dead
 process logged after its last checkpoint never reach any ``trainer_state.json``. So a resume from the
-newest checkpoint leaves no overlap in ``trainer_state.json``: it is seen only when the watcher saw an
+newest checkpoint leaves no overlap in ``trainer_state.json``: it is seen when the watcher saw an
 earlier history that a later one contradicts (a rewritten ``checkpoint-N``, or an older checkpoint whose
-entries after the resume step differ). TensorBoard and text logs show it directly; they win when
-several families report the same resume step.
+entries after the resume step differ), or when the run configuration the file records changed between
+two consecutive checkpoints (``signals``: the later one was written by another process, resumed from
+the earlier one). TensorBoard and text logs show it directly; they win when several families report
+the same resume step.
+
+Where nothing shows a resume, each history is still scanned for the loss going back to the run's
+initial level (``signals.LevelScan``): reported as a resume with ``signal="loss_level"`` unless a resume
+was reported within ``2 * window`` steps of it (the same event, seen better).
 
 The reference window is the last ``window`` points below the resume's first step in the newest earlier
 segment that has any; the resumed-from step is the newest checkpoint step at or below that first step
@@ -32,11 +38,13 @@ import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ckptwatch.losswatch.points import LazyPoints, LossPoint, Segment, WriterId
 from ckptwatch.losswatch.report import LossReport, Resume, SegmentSummary
 from ckptwatch.losswatch.rule import judge
 from ckptwatch.losswatch.settings import LossSettings
+from ckptwatch.losswatch.signals import LevelHit, LevelScan, config_change, run_config
 from ckptwatch.losswatch.sources import (
     Batch,
     LineReader,
@@ -60,6 +68,8 @@ class _Pending:
     segment: Segment
     at_step: int
     earlier: Segment | None  # the segment the reference window comes from
+    signal: str = "writer"  # what showed it (``Resume.signal``)
+    evidence: str = ""
 
 
 @dataclass
@@ -71,6 +81,8 @@ class _Family:
     pending: list[_Pending] = field(default_factory=list)
     decided: list[Resume] = field(default_factory=list)  # closed before the end of the poll
     checkpoints: Sequence[tuple[int | None, str]] = ()  # the current poll's
+    scans: dict[WriterId, LevelScan] = field(default_factory=dict)  # per segment: back to the initial loss?
+    level_hits: list[Resume] = field(default_factory=list)  # found by the scans, not yet reported
 
     def _close(self, seg: Segment) -> None:
         """``seg`` can grow no more (its writer went back in steps): decide its pending resume now, so
@@ -84,14 +96,16 @@ class _Family:
                 keep.append(pend)
         self.pending = keep
 
-    def add(self, batch: Batch) -> None:
+    def add(self, batch: Batch, *, evidence: str = "") -> None:
+        """Feed a batch of one writer. ``evidence``: another signal (the run configuration changed) says
+        the batch's first new segment is a resumed process, even where its steps do not go back."""
         key = (batch.path, batch.generation)
         seg = self.current.get(key)
         pts = batch.points
         if seg is None:
             for old in [k for k in self.current if k[0] == batch.path]:  # an older generation of this file
                 del self.current[old]
-            seg = self._new_segment(WriterId(batch.kind, batch.path, batch.generation, 0), pts[0])
+            seg = self._new_segment(WriterId(batch.kind, batch.path, batch.generation, 0), pts[0], evidence)
             self.current[key] = seg
         # split where the step goes back (a resumed process appending to the same file)
         steps = pts.steps if isinstance(pts, LazyPoints) else [p.step for p in pts]
@@ -103,7 +117,7 @@ class _Family:
         start = 0
         for cut in cuts + [len(pts)]:
             if cut > start:
-                seg.extend(pts[start:cut])
+                self.extend(seg, pts[start:cut])
             if cut < len(pts):
                 self._close(seg)
                 seg = self._new_segment(WriterId(batch.kind, batch.path, batch.generation,
@@ -111,7 +125,20 @@ class _Family:
                 self.current[key] = seg
             start = cut
 
-    def _new_segment(self, writer: WriterId, first: LossPoint) -> Segment:
+    def extend(self, seg: Segment, pts: Sequence[LossPoint] | LazyPoints, where: str = "") -> None:
+        """Append points to a segment (steps not going back) and scan them for a return to the run's
+        initial loss. ``where``: the file they came from when it is not the segment's own (a later
+        checkpoint's trainer_state.json continuing the history)."""
+        seg.extend(pts)  # type: ignore[arg-type]
+        scan = self.scans.get(seg.writer)
+        if scan is None:
+            return
+        first = self.segments[0].first if self.segments else []
+        initial = [p.value for p in first] if len(first) >= self.settings.min_points else []
+        for hit in scan.feed(pts, initial, self.settings):
+            self.level_hits.append(self._level_resume(seg, hit, initial, where))
+
+    def _new_segment(self, writer: WriterId, first: LossPoint, evidence: str = "") -> Segment:
         seg = Segment(writer, keep_first=self.settings.window)
         earlier = list(self.segments)
         self.segments.append(seg)
@@ -124,11 +151,25 @@ class _Family:
                 if id(old) not in busy:
                     del self.segments[i]
                     break
+        resumed = False
         if earlier:
             max_seen = max(s.max_step for s in earlier)
-            if first.step <= max_seen and not self._concurrent(earlier[-1], first):
+            concurrent = self._concurrent(earlier[-1], first)
+            if (first.step <= max_seen and not concurrent) or evidence:
                 ref = next((s for s in reversed(earlier) if s.before(first.step, 1)), None)
-                self.pending.append(_Pending(seg, first.step, ref))
+                signal = "config" if evidence else "history" if self.kind == "trainer_state" else "writer"
+                self.pending.append(_Pending(seg, first.step, ref, signal, evidence))
+                resumed = True
+            # a writer that continues the history (a rotated log) continues its scan; a resumed or
+            # concurrent one starts its own (a resume's loss is judged by the resume rule)
+            prev_scan = self.scans.get(earlier[-1].writer)
+            inherit = prev_scan is not None and not resumed and not concurrent
+            self.scans[writer] = prev_scan.copy() if inherit else LevelScan()  # type: ignore[union-attr]
+        else:
+            self.scans[writer] = LevelScan()
+        live = {s.writer for s in self.segments}
+        for w in [w for w in self.scans if w not in live]:
+            del self.scans[w]
         return seg
 
     @staticmethod
@@ -174,9 +215,23 @@ class _Family:
             before_writer=pend.earlier.writer.label() if pend.earlier else "",
             before_steps=(before[0].step, before[-1].step) if before else None,
             after_steps=(after[0].step, after[-1].step) if after else None,
-            kind="loss_nonfinite" if j.nonfinite else "loss_jump",
+            kind="loss_nonfinite" if j.nonfinite else "loss_jump", signal=pend.signal, evidence=pend.evidence,
         )
         return _with_reason(r, s)
+
+    def _level_resume(self, seg: Segment, hit: LevelHit, initial: list[float], where: str) -> Resume:
+        """A return to the initial loss inside one history, as a resume no writer showed."""
+        j = hit.judgement
+        from_step, from_ckpt = self._from(hit.at_step, [p for p in hit.before if p.step < hit.at_step],
+                                          self.checkpoints)
+        r = Resume(
+            at_step=hit.at_step, from_step=from_step, from_checkpoint=from_ckpt, before=j.before,
+            after=j.after, ratio=j.ratio, alert=True, reason="", scratch=True, nonfinite=False, judged=True,
+            initial=_median_of(initial), source=self.kind, writer=where or seg.writer.label(),
+            before_writer=seg.writer.label(), before_steps=(hit.before[0].step, hit.before[-1].step),
+            after_steps=(hit.after[0].step, hit.after[-1].step), kind="loss_jump", signal="loss_level",
+        )
+        return _with_reason(r, self.settings)
 
     def _from(self, at_step: int, before: Sequence[LossPoint],
               checkpoints: Sequence[tuple[int | None, str]]) -> tuple[int | None, str | None]:
@@ -193,14 +248,22 @@ class _Family:
 
 
 def _median(pts: Sequence[LossPoint]) -> float | None:
+    return _median_of([p.value for p in pts])
+
+
+def _median_of(values: Sequence[float]) -> float | None:
     from ckptwatch.losswatch.rule import median
 
-    vals = [p.value for p in pts if math.isfinite(p.value)]
+    vals = [v for v in values if math.isfinite(v)]
     return median(vals) if vals else None
 
 
 def _fmt(x: float | None) -> str:
     return "?" if x is None else f"{x:.4g}"
+
+
+def _span(steps: tuple[int, int] | None) -> str:
+    return "?" if steps is None else f"{steps[0]}-{steps[1]}"
 
 
 def _with_reason(r: Resume, s: LossSettings) -> Resume:
@@ -211,7 +274,18 @@ def _with_reason(r: Resume, s: LossSettings) -> Resume:
            else f"from step {r.from_step}" if r.from_step is not None else "from an unknown step")
     ckpt = r.from_checkpoint or (f"the checkpoint of step {r.from_step}" if r.from_step is not None else
                                  "the checkpoint it resumed from")
-    if r.nonfinite:
+    if r.signal == "config":
+        frm += f" (trainer_state.json shows a new process: {r.evidence})"
+    if r.signal == "loss_level":
+        ratio = f" ({r.ratio:.1f}x)" if r.ratio is not None else ""
+        after = f"after {ckpt}" if r.from_step is not None else "here"
+        msg = (f"loss went back to the run's initial level at step {r.at_step} in {r.writer}, where no "
+               f"resume is visible: median {_fmt(r.before)} over steps {_span(r.before_steps)}, "
+               f"{_fmt(r.after)} over steps {_span(r.after_steps)}{ratio}; the run started at "
+               f"{_fmt(r.initial)}. Training probably restarted from scratch: a process that resumed {after} "
+               f"loaded no trained weights, or the run started over. Stop the run, check what its last start "
+               f"loaded, and resume again from {ckpt}.")
+    elif r.nonfinite:
         msg = (f"loss is not finite right after the resume at step {r.at_step} {frm} {where} (last good loss "
                f"before it {_fmt(r.before)}). The resumed state is broken; stop the run and check that "
                f"{ckpt} is complete and was loaded as a whole (weights, optimizer, scaler).")
@@ -284,6 +358,9 @@ class RunLossWatcher:
         self.notes: list[str] = []
         self._ts_seen: dict[str, tuple[int, int]] = {}
         self._ts_hist: dict[int, float] = {}  # step -> loss of the accumulated trainer_state history
+        # step -> (checkpoint name, run configuration) of the trainer_state.json last read at that step
+        self._ts_conf: dict[int, tuple[str, dict[str, Any]]] = {}
+        self.level_steps: list[int] = []  # steps of the returns to the initial loss reported
 
     def _family(self, kind: str) -> _Family:
         fam = self.families.get(kind)
@@ -324,6 +401,7 @@ class RunLossWatcher:
         self.grew = grew and self._polled  # the first poll reads the history; only later reads are growth
         self._polled = True
         decided: list[Resume] = []
+        near = 2 * self.settings.window  # a return to the initial loss this close to a resume is that resume
         for kind in PRIORITY:
             fam = self.families.get(kind)
             if fam is None:
@@ -333,7 +411,20 @@ class RunLossWatcher:
                 if self.reported.get(r.at_step, 0) >= n:
                     continue  # another source already reported this resume
                 self.reported[r.at_step] = n
+                if any(abs(s - r.at_step) <= near for s in self.level_steps):
+                    continue  # reported already, as the loss going back to its initial level
                 decided.append(r)
+        for kind in PRIORITY:
+            fam = self.families.get(kind)
+            if fam is None:
+                continue
+            hits, fam.level_hits = fam.level_hits, []
+            for r in hits:
+                if any(abs(s - r.at_step) <= near for s in [*self.reported, *self.level_steps]):
+                    continue  # a resume a writer showed, or another source's view of the same return
+                self.level_steps.append(r.at_step)
+                decided.append(r)
+        del self.level_steps[:-MAX_SEGMENTS]
         self.resumes.extend(decided)
         return decided
 
@@ -373,29 +464,39 @@ class RunLossWatcher:
             sig = (st.st_size, st.st_mtime_ns)
             if self._ts_seen.get(path) == sig:
                 continue
-            pts = read_trainer_state(path, self.settings.metric)
-            if pts is None:
+            read = read_trainer_state(path, self.settings.metric)
+            if read is None:
                 continue  # being written: try again next poll
+            pts, state = read
             self._ts_seen[path] = sig
             grew = True
+            evidence = self._config_evidence(step, path, run_config(state))
             hist = self._ts_hist
             diverge = next((i for i, p in enumerate(pts)
                             if p.step in hist and not _same(hist[p.step], p.value)), None)
             if diverge is not None:
                 new = pts[diverge:]
                 gen = len(fam.segments)
-                fam.add(Batch("trainer_state", path, gen, tuple(new), True, 0.0))
+                fam.add(Batch("trainer_state", path, gen, tuple(new), True, 0.0), evidence=evidence)
             else:
                 top = max(hist) if hist else -1
                 new = [p for p in pts if p.step > top]
-                if new:
+                if new and evidence and fam.segments:
+                    # the history continues, but another process wrote it: a resume from the newest
+                    # checkpoint before this one
+                    fam.add(Batch("trainer_state", path, len(fam.segments), tuple(new), True, 0.0),
+                            evidence=evidence)
+                elif new:
                     # the history continues: extend the newest segment (a continuation, not a new writer)
                     if fam.segments:
-                        seg = fam.segments[-1]
-                        for p in new:
-                            seg.add(p)
+                        fam.extend(fam.segments[-1], new, path)
                     else:
                         fam.add(Batch("trainer_state", path, 0, tuple(new), True, 0.0))
+            if diverge is not None and pts:
+                # the steps past this file's last belong to the timeline it replaced (a checkpoint saved
+                # over by a resumed process): its next checkpoints continue this one, not that one
+                for st in [st for st in hist if st > pts[-1].step]:
+                    del hist[st]
             for p in pts:
                 hist[p.step] = p.value
             while len(hist) > 4 * 4096:  # bounded: forget the oldest steps
@@ -403,6 +504,19 @@ class RunLossWatcher:
         for path in [p for p in self._ts_seen if not os.path.exists(p)]:  # rotated-away checkpoints
             del self._ts_seen[path]
         return grew
+
+    def _config_evidence(self, step: int, path: str, config: dict[str, Any] | None) -> str:
+        """What changed in the run configuration since the checkpoint before ``step`` ("" if nothing)."""
+        name = os.path.basename(os.path.dirname(path))
+        earlier = [s for s in self._ts_conf if s < step]
+        before = self._ts_conf[max(earlier)] if earlier else None
+        if config is not None:
+            self._ts_conf[step] = (name, config)
+            while len(self._ts_conf) > 4096:  # bounded: forget the oldest checkpoints
+                self._ts_conf.pop(min(self._ts_conf))
+        if before is None:
+            return ""
+        return config_change(before[1], before[0], config, name) or ""
 
     def report(self) -> LossReport:
         segs: list[SegmentSummary] = []

@@ -90,6 +90,88 @@ def build_loss_hf_resume_stub(dest: Path) -> None:
     _run("hf_resume_ok", dest, _hf_env(dest))
 
 
+def _hf_ow_base(dest: Path) -> None:
+    src = _BUILT.get("hf_ow_base")
+    if src is not None and (src / "checkpoint-20" / "trainer_state.json").is_file():
+        shutil.copytree(src, dest, symlinks=True, dirs_exist_ok=True)
+        return
+    _run("hf_ow_base", dest, _hf_env(dest))
+    keep = dest.parent / ".loss_hf_ow_base_pristine"
+    if not keep.exists():
+        shutil.copytree(dest, keep, symlinks=True)
+    _BUILT["hf_ow_base"] = keep
+
+
+@builder("loss_hf_overwrite_first")
+def build_loss_hf_overwrite_first(dest: Path) -> None:
+    """The first process of the ``loss_hf_overwrite_*`` runs alone: ``max_steps=20``, ``save_steps=5``,
+    ``checkpoint-{5,10,15,20}``, one events file, ``train.log``."""
+    _hf_ow_base(dest)
+
+
+@builder("loss_hf_overwrite_fresh")
+def build_loss_hf_overwrite_fresh(dest: Path) -> None:
+    """Issue 10 section 3: a full run (``max_steps=20``, ``save_steps=5``: ``checkpoint-{5,10,15,20}``),
+    then a second process with ``max_steps=30`` resumes from ``checkpoint-10`` with a fresh adapter and
+    no weight load, and saves over ``checkpoint-15`` and ``-20`` (then ``-25``, ``-30``). Its
+    trainer_state.json files record ``max_steps`` 30 and ``num_train_epochs`` 4 (were 20 and 3); their
+    ``log_history`` is checkpoint-10's verbatim, then losses back near the first one. TensorBoard
+    (``runs/``, one events file per process) and ``train.log`` are kept; tests remove them."""
+    _hf_ow_base(dest)
+    _run("hf_ow_fresh", dest, _hf_env(dest))
+
+
+@builder("loss_hf_overwrite_fresh_same_args")
+def build_loss_hf_overwrite_fresh_same_args(dest: Path) -> None:
+    """As ``loss_hf_overwrite_fresh`` with the same ``max_steps=20``: the run configuration does not
+    change, only the loss shows the restart (``checkpoint-15`` and ``-20`` overwritten)."""
+    _hf_ow_base(dest)
+    _run("hf_ow_fresh_same", dest, _hf_env(dest))
+
+
+@builder("loss_hf_overwrite_ok")
+def build_loss_hf_overwrite_ok(dest: Path) -> None:
+    """As ``loss_hf_overwrite_fresh`` but the second process resumes correctly (``max_steps=30``): an
+    honest resume from ``checkpoint-10`` that saves over ``-15`` and ``-20``."""
+    _hf_ow_base(dest)
+    _run("hf_ow_ok", dest, _hf_env(dest))
+
+
+@builder("loss_hf_resume_batch16")
+def build_loss_hf_resume_batch16(dest: Path) -> None:
+    """Interrupted at 25, resumed correctly from ``checkpoint-20`` with ``per_device_train_batch_size``
+    16 instead of 8: ``num_train_epochs`` in trainer_state.json goes from 5 to 10 (``train_batch_size``
+    stays 8: the Trainer keeps the loaded state's value)."""
+    _hf_base(dest)
+    _run("hf_resume_batch16", dest, _hf_env(dest))
+
+
+@builder("loss_hf_resume_alpha16")
+def build_loss_hf_resume_alpha16(dest: Path) -> None:
+    """Interrupted at 25, resumed from ``checkpoint-20`` by a script that re-creates the adapter with
+    ``lora_alpha=16`` (was 8) before the correct ``resume_from_checkpoint`` call: ``checkpoint-30`` and
+    ``-40`` hold an ``adapter_config.json`` with ``lora_alpha`` 16."""
+    _hf_base(dest)
+    _run("hf_resume_alpha16", dest, _hf_env(dest))
+
+
+@builder("loss_hf_restarts")
+def build_loss_hf_restarts(dest: Path) -> None:
+    """One healthy process of 40 steps with LR warm-up (3 steps) and ``cosine_with_restarts`` (4 hard
+    restarts: the LR jumps back to its peak every 9-10 steps), at a hot peak LR of 6e-2: the loss
+    overshoots to about 5.5 (above the first loss, 1.92) at the end of the warm-up, and doubles at the
+    restarts (0.67 -> 1.34 at step 17, 0.53 -> 1.14 at step 26) without going back to the start."""
+    _run("hf_restarts", dest, _hf_env(dest))
+
+
+@builder("loss_hf_eval_spike")
+def build_loss_hf_eval_spike(dest: Path) -> None:
+    """One healthy process of 40 steps evaluated every 5 steps on another task (stride-1 counting):
+    ``eval_loss`` climbs while the train loss falls; both in ``log_history`` and TensorBoard
+    (``eval/loss``)."""
+    _run("hf_eval_spike", dest, _hf_env(dest))
+
+
 @builder("loss_lightning_resume")
 def build_loss_lightning_resume(dest: Path) -> None:
     """Lightning 2.6 ``CSVLogger`` run (tiny MLP fitting ``tanh(x @ w)`` on 64 points, batch 16 in a fixed
@@ -146,40 +228,72 @@ def _preempt_callback(at: int):
     return Preempt()
 
 
+# Each Hugging Face process of a builder, by variant: what differs from the common run shape (module
+# docstring). ``resume``: the checkpoint step it resumes from; ``forgetful``: a fresh adapter and a Trainer
+# whose ``_load_from_checkpoint`` loads nothing; ``preempt``: stop after logging this step.
+HF_PROCESSES: dict[str, dict] = {
+    "hf_base": dict(preempt=PREEMPT_AT),
+    "hf_resume_ok": dict(resume=RESUME_FROM),
+    "hf_resume_fresh": dict(resume=RESUME_FROM, forgetful=True),
+    # issue 10 section 3: a full run of 20 steps saving every 5, then a second process that resumes from
+    # checkpoint-10 and saves over checkpoint-15 and -20
+    "hf_ow_base": dict(max_steps=20, save_steps=5),
+    "hf_ow_fresh": dict(max_steps=30, save_steps=5, resume=10, forgetful=True),
+    "hf_ow_fresh_same": dict(max_steps=20, save_steps=5, resume=10, forgetful=True),
+    "hf_ow_ok": dict(max_steps=30, save_steps=5, resume=10),
+    # healthy runs the new signals must not alert on
+    "hf_resume_batch16": dict(resume=RESUME_FROM, batch=16),
+    "hf_restarts": dict(scheduler="cosine_with_restarts", scheduler_kwargs={"num_cycles": 4}, warmup=3,
+                        lr=6e-2),
+    "hf_eval_spike": dict(eval_steps=5),
+    # a resume whose script re-creates the adapter with another lora_alpha (and loads the trained weights)
+    "hf_resume_alpha16": dict(resume=RESUME_FROM, lora_alpha=16),
+}
+
+
 def _child_hf(variant: str, out: Path) -> None:
     from transformers import Trainer, TrainingArguments, set_seed
     from transformers.utils import logging as hf_logging
 
     from tests.builders.hf import _dataset, _lora, _pretrained_gpt2
 
+    spec = HF_PROCESSES[variant]
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     set_seed(0)
     base = _pretrained_gpt2()
-    if variant == "hf_resume_fresh":
+    if spec.get("forgetful"):
         set_seed(1)  # a different fresh adapter (lora_A random, lora_B zero) from the trained one
-    model = _lora(base)
+    model = _lora(base, lora_alpha=spec.get("lora_alpha", 8))
+    evals: dict = {}
+    if spec.get("eval_steps"):
+        # evaluated on stride-1 counting while training on stride 2: eval_loss climbs as the adapter
+        # specialises, while the train loss falls (an eval spike, not a train-loss jump)
+        evals = dict(eval_strategy="steps", eval_steps=spec["eval_steps"], per_device_eval_batch_size=16)
     args = TrainingArguments(
-        output_dir=str(out), max_steps=MAX_STEPS, per_device_train_batch_size=8, learning_rate=1e-2,
-        warmup_steps=0, logging_steps=1, save_strategy="steps", save_steps=SAVE_STEPS,
-        report_to=["tensorboard"], use_cpu=True, seed=0, disable_tqdm=True, dataloader_num_workers=0,
-        dataloader_pin_memory=False,
+        output_dir=str(out), max_steps=spec.get("max_steps", MAX_STEPS),
+        per_device_train_batch_size=spec.get("batch", 8), learning_rate=spec.get("lr", 1e-2),
+        warmup_steps=spec.get("warmup", 0), lr_scheduler_type=spec.get("scheduler", "linear"),
+        lr_scheduler_kwargs=spec.get("scheduler_kwargs", {}), logging_steps=1, save_strategy="steps",
+        save_steps=spec.get("save_steps", SAVE_STEPS), report_to=["tensorboard"], use_cpu=True, seed=0,
+        disable_tqdm=True, dataloader_num_workers=0, dataloader_pin_memory=False, **evals,
     )
     callbacks = [_log_callback(out / "train.log")]
-    if variant == "hf_base":
-        callbacks.append(_preempt_callback(PREEMPT_AT))
+    if spec.get("preempt"):
+        callbacks.append(_preempt_callback(spec["preempt"]))
     cls = Trainer
-    if variant == "hf_resume_fresh":
+    if spec.get("forgetful"):
         class ForgetfulTrainer(Trainer):
             def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
                 pass  # the bug: weights are never loaded; everything else is restored
 
         cls = ForgetfulTrainer
-    trainer = cls(model=model, args=args, train_dataset=_dataset(64, seed=1, stride=2), callbacks=callbacks)
-    if variant == "hf_base":
+    trainer = cls(model=model, args=args, train_dataset=_dataset(64, seed=1, stride=2), callbacks=callbacks,
+                  eval_dataset=_dataset(16, seed=2, stride=1) if evals else None)
+    if spec.get("resume") is None:
         trainer.train()
     else:
-        trainer.train(resume_from_checkpoint=str(out / f"checkpoint-{RESUME_FROM}"))
+        trainer.train(resume_from_checkpoint=str(out / f"checkpoint-{spec['resume']}"))
 
 
 def _child_stub(out: Path) -> None:
