@@ -12,17 +12,16 @@ from __future__ import annotations
 import json
 import os
 
+from ckptwatch.formats.jsonfile import read_json
+
 LINK = "ckptwatch-latest"
 JSON_NAME = "ckptwatch-latest.json"
 
 
 def current(run_root: str) -> str | None:
-    try:
-        with open(os.path.join(run_root, JSON_NAME), encoding="utf-8") as f:
-            value = json.load(f).get("path")
-        return value if isinstance(value, str) else None
-    except (OSError, ValueError, AttributeError):
-        return None
+    doc, problem = read_json(os.path.join(run_root, JSON_NAME))  # bounded: the root is writable by others
+    value = doc.get("path") if problem is None and isinstance(doc, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def update(run_root: str, path: str, step: int | None, layout: str, now: float) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ckptwatch.formats._io import problem_from_oserror
+from ckptwatch.formats.limits import ReadLimits
 from ckptwatch.model import Hazard, Problem, Verdict
 from ckptwatch.scan import Entry, display
 
@@ -30,6 +31,9 @@ class CheckOptions:
     # and a checkpoint whose files changed in between is in_progress (a writer that keeps old mtimes,
     # e.g. rsync -t or cp -p, defeats the settle rule alone).
     second_look: bool = False
+    # What reading one file may cost (``[service] max_seconds_per_file``, ``max_memory_per_file``); None:
+    # the ``[service]`` defaults. The engine puts them in force around each judgement (formats/limits.py).
+    limits: ReadLimits | None = None
 
 
 @dataclass

@@ -19,13 +19,13 @@ from __future__ import annotations
 import csv
 import glob
 import io
-import json
 import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ckptwatch.formats.jsonfile import read_json
 from ckptwatch.losswatch.parse import (
     parse_jsonl_lines,
     parse_log_history,
@@ -289,11 +289,7 @@ def _scalar(v: Any) -> float | None:  # a TensorBoard Summary.Value
 def read_trainer_state(path: str, metrics: Sequence[str]) -> list[LossPoint] | None:
     """The loss points of one ``trainer_state.json``; None when it cannot be read or parsed (a checkpoint
     being written is judged by the validators, not here)."""
-    try:
-        with open(path, "rb") as f:
-            state = json.load(f)
-    except (OSError, ValueError):
-        return None
-    if not isinstance(state, dict):
+    state, problem = read_json(path)  # bounded: size, depth, digits, memory (formats/jsonfile.py)
+    if problem is not None or not isinstance(state, dict):
         return None
     return parse_log_history(state.get("log_history"), metrics)
