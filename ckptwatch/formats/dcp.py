@@ -586,7 +586,7 @@ def _deep(dirpath: str, entries: list[_Entry], sdm: dict[Any, Any], mshown: str)
             safetensors_files.add(e.path)
             problems.extend(check_safetensors(full, deep=True).problems)
             continue
-        label = f"{display(full)}[{show_int(e.offset)}:{show_int(e.offset + e.length)}] ({show(e.fqn)})"
+        label = f"{display(full)}[{show_int(e.offset)}:{show_int(e.offset + e.length)}] ({e.fqn})"
         fc = check_torch_window(full, e.offset, e.length, deep=True, label=label)
         problems.extend(fc.problems)
         if not file_ok(fc) or e.index_offset is None:
