@@ -12,6 +12,7 @@ import os
 import re
 
 from ckptwatch.filecheck import check_file, sniff
+from ckptwatch.formats._show import show_int
 from ckptwatch.layouts.base import Candidate, CheckOptions, Judgement, RunFound, pointer_hazard
 from ckptwatch.layouts.dcp import step_from_name
 from ckptwatch.model import Hazard, Problem, Verdict
@@ -54,7 +55,10 @@ class Lightning:
         if get(obj, "state_dict") is None:
             j.problems.append(Problem("no_weights", shown, f"{shown} holds no state_dict"))
         gs = get(obj, "global_step")
-        if isinstance(gs, int) and not isinstance(gs, bool):
+        if isinstance(gs, int) and not isinstance(gs, bool) and not 0 <= gs < 1 << 63:
+            j.problems.append(Problem("bad_pickle", shown, f"{shown} holds global_step {show_int(gs)}, not a "
+                                      "step a trainer writes (0 to 2^63-1)"))
+        elif isinstance(gs, int) and not isinstance(gs, bool):
             j.step = gs
             named = STEP_IN_NAME.search(os.path.basename(cand.path))
             if named and int(named.group(1)) != gs:
