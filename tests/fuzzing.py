@@ -164,6 +164,7 @@ def _torch_target(path: Path, rng: random.Random) -> None:
 
 def _run_file(name: str, suffix: str, call: Callable[[Path, random.Random], None]) -> Callable[..., None]:
     def run(data: bytes, work: Path, rng: random.Random, seeds: Seeds | None = None) -> None:
+        work.mkdir(parents=True, exist_ok=True)
         path = work / f"input{suffix}"
         path.write_bytes(data)
         call(path, rng)

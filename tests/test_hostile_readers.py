@@ -136,16 +136,6 @@ def test_loss_watch_reads_the_same_json_bounded(artefact):
     assert child.report()["runs"][0]["latest_resumable"].endswith("checkpoint-2")
 
 
-def test_deepspeed_latest_pointer_nested(artefact):
-    """A DeepSpeed ``latest`` pointer of 100,000 brackets is pointer_unreadable, named."""
-    run = artefact("deepspeed_zero2")
-    (run / "latest").write_bytes(JSON_CASES["nested_100k"])
-    child = run_bounded("once", "--json", "--settle", "0", str(run))
-    assert child.status in (0, 1), child.err[-2000:]
-    found = [p for p in child.report()["runs"][0]["problems"] if p["file"] == str(run / "latest")]
-    assert [p["kind"] for p in found] == ["pointer_unreadable"]
-
-
 # --------------------------------------------------------------------------------------------------
 # safetensors
 
@@ -193,7 +183,7 @@ def _zip64_records(data: bytes) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize(("case", "field", "value", "words"), [
-    ("central directory of 1 TB", "cd_size", 1 << 40, "central directory"),
+    ("central directory of 1 TB", "cd_size", 1 << 40, "1099511627776-byte central directory"),
     ("locator offset 2^64-1", "locator", (1 << 64) - 1, "past the end"),
     ("locator past end of file", "locator", None, "past the end"),
     ("2^64-1 records", "count", (1 << 64) - 1, "records"),
@@ -223,14 +213,14 @@ def test_zip64_end_records(artefact, case, field, value, words):
 
 
 def test_mindspore_dims_overflow_a_float(artefact):
-    """Dims whose product overflows a float (2^63-1 four times) are size_mismatch, named."""
+    """Dims whose product overflows a float (2^63-1, 20 times: about 2^1260) are size_mismatch, named."""
     from tests.builders.synthetic import write_mindspore_ckpt
 
     run = artefact("mindspore")
     target = run / "checkpoint" / "rank_0" / "llama2_7b_rank_0-1_15.ckpt"
     os.chmod(target, 0o644)
     target.unlink()
-    write_mindspore_ckpt(target, [("model.w", [(1 << 63) - 1] * 4, "Float32", b"\0" * 4)], crc=True)
+    write_mindspore_ckpt(target, [("model.w", [(1 << 63) - 1] * 20, "Float32", b"\0" * 4)], crc=True)
     child = run_bounded("once", "--json", "--settle", "0", str(run))
     assert child.status in (0, 1), child.err[-2000:]
     assert child.cpu < CPU_BOUND and child.maxrss < RSS_BOUND
