@@ -11,7 +11,8 @@ inside the stub unpickler) and so becomes a regression test of ``tests/test_fuzz
 when nothing failed, 1 otherwise.
 
 The atheris engine feeds libFuzzer's inputs as ``[target byte][file bytes]`` with the seeds as its
-starting corpus; the plain engine needs nothing beyond the project's venv.
+starting corpus; the process ends when libFuzzer does (its exit status), so look for the ``FAIL``
+lines, printed as failures are found. The plain engine needs nothing beyond the project's venv.
 """
 
 from __future__ import annotations
