@@ -31,17 +31,21 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ckptwatch.formats._io import FormatError
 
+if TYPE_CHECKING:
+    from ckptwatch.config.service import ServiceConfig
+
 KIND = "exceeds_limits"
-_RSS_EVERY = 0.02  # seconds between two looks at the resident set size
+_RSS_EVERY = 0.02  # CPU seconds between two looks at the resident set size
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 @dataclass(frozen=True)
 class ReadLimits:
-    """What one file may cost a reader: wall-clock seconds and bytes of memory."""
+    """What one file may cost a reader: CPU seconds of the reading thread and bytes of memory."""
 
     seconds: float
     memory: int
@@ -51,13 +55,12 @@ def default_limits() -> ReadLimits:
     """The ``[service]`` defaults (the config section is the only home of defaults)."""
     from ckptwatch.config.service import ServiceConfig
 
-    service = ServiceConfig()
+    return limits_of(ServiceConfig())
+
+
+def limits_of(service: ServiceConfig) -> ReadLimits:
+    """The limits a ``[service]`` section sets."""
     return ReadLimits(service.max_seconds_per_file, service.max_memory_per_file)
-
-
-def limits_of(service: object) -> ReadLimits:
-    """The limits a ``ServiceConfig`` (or anything with its two keys) sets."""
-    return ReadLimits(getattr(service, "max_seconds_per_file"), getattr(service, "max_memory_per_file"))
 
 
 class LimitExceeded(FormatError):
