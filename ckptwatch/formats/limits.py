@@ -12,8 +12,8 @@ time at a load of 4 on 2 cores). On an idle machine the two are the same. Reader
   JSON document and the objects parsing it builds), they ``reserve`` its estimated cost, so the
   allocation never happens when it would not fit;
 - their loops call ``tick()``, which stops the read once the deadline has passed or the process's
-  resident memory grew by more than the allowance since the file was opened (``/proc/self/statm``,
-  looked at every 20 ms of CPU time: a measurement, so it also catches costs no estimate foresaw).
+  resident memory grew by more than the allowance (``/proc/self/statm``, looked at every 20 ms of CPU
+  time from the file's first 20 ms on: a measurement, so it also catches costs no estimate foresaw).
 
 Either raises ``LimitExceeded``, a ``FormatError`` of kind ``exceeds_limits``: the file is named and
 not verified (the vocabulary says what to do). The limits are ``[service] max_seconds_per_file`` and
@@ -26,6 +26,7 @@ and give the outer one back when they end.
 from __future__ import annotations
 
 import contextvars
+import functools
 import os
 import time
 from collections.abc import Iterator
@@ -51,6 +52,7 @@ class ReadLimits:
     memory: int
 
 
+@functools.cache
 def default_limits() -> ReadLimits:
     """The ``[service]`` defaults (the config section is the only home of defaults)."""
     from ckptwatch.config.service import ServiceConfig
@@ -94,7 +96,10 @@ class Budget:
         self.shown, self.limits = shown, limits
         self.started = _clock()
         self.deadline = self.started + limits.seconds
-        self.rss0 = _rss()
+        # The baseline is taken at the first look, after 20 ms of CPU, not here: reading /proc costs
+        # ~20 us, more than the whole check of most files. What a file allocates in its first 20 ms
+        # (tens of MB at most) is left to ``reserve``.
+        self.rss0: int | None = None
         self.next_rss = self.started + _RSS_EVERY
 
     def tick(self, where: str = "") -> None:
@@ -104,10 +109,12 @@ class Budget:
             raise LimitExceeded(f"{self.shown}: reading stopped after {now - self.started:.1f} s of CPU{at}, "
                                 f"past the limit of {self.limits.seconds:g} s per file "
                                 "(service.max_seconds_per_file)")
-        if now >= self.next_rss and self.rss0 is not None:
+        if now >= self.next_rss:
             self.next_rss = now + _RSS_EVERY
             rss = _rss()
-            if rss is not None and rss - self.rss0 > self.limits.memory:
+            if self.rss0 is None:
+                self.rss0 = rss
+            elif rss is not None and rss - self.rss0 > self.limits.memory:
                 at = f" ({where})" if where else ""
                 raise LimitExceeded(f"{self.shown}: reading it grew memory by {_mib(rss - self.rss0)}{at}, "
                                     f"more than the limit of {_mib(self.limits.memory)} per file "
