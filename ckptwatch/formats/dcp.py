@@ -345,7 +345,7 @@ def _entries(storage: dict[Any, Any], mshown: str) -> tuple[list[_Entry], list[P
     malformed: list[str] = []
     unsafe: list[str] = []
     for n, (idx, info) in enumerate(storage.items()):
-        if not n & 1023:
+        if n & 1023 == 1023:
             tick("storage entries")
         fqn = get(idx, "fqn")
         off_idx = get(idx, "offset")
@@ -415,7 +415,7 @@ def _normalise(sdm: dict[Any, Any], keys: set[tuple[Any, Any]], bad: list[str]) 
     """Check each entry's own shape (chunk rank, bounds, storage entry) and reduce it to plain tuples."""
     items: _Items = {}
     for n, (fqn, t) in enumerate(sdm.items()):
-        if not n & 255:
+        if n & 255 == 255:
             tick("tensor metadata")
         if _is(t, "BytesStorageMetadata"):
             if (fqn, None) not in keys:
@@ -489,7 +489,7 @@ def _coverage(items: _Items) -> tuple[list[str], list[str]]:
     """(tensors whose chunks cover too little or too much, tensors whose chunks overlap)."""
     gaps, overlaps = [], []
     for n, (fqn, item) in enumerate(items.items()):
-        if not n & 255:
+        if n & 255 == 255:
             tick("chunk coverage")
         if item is None:
             continue

@@ -167,7 +167,7 @@ def _walk(r: _Reader, end: int, shown: str) -> list[_Param]:
     params: list[_Param] = []
     pos = 0
     while pos < end:
-        if not len(params) & 1023:
+        if params and not len(params) & 1023:
             tick("records")
             reserve(len(params) * PARAM_COST, f"its {len(params)} parameters")
         rec_at = pos

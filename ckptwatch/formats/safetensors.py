@@ -132,7 +132,7 @@ def parse_header(header: bytes, shown: str) -> tuple[dict[str, TensorInfo], dict
     metadata: dict[str, str] | None = None
     tensors: dict[str, TensorInfo] = {}
     for i, (name, entry) in enumerate(doc.items()):
-        if not i & 1023:
+        if i & 1023 == 1023:
             tick("header entries")
         if not name.isascii():
             _check_text(name, shown, "a tensor name")
@@ -150,9 +150,10 @@ def parse_header(header: bytes, shown: str) -> tuple[dict[str, TensorInfo], dict
 
     # Metadata::validate: sorted by (begin, end), contiguous from 0, exact byte spans.
     start = 0
-    tick("sorting the tensors")
+    if len(tensors) > 1024:
+        tick("sorting the tensors")
     for i, (_, _, name, t) in enumerate(sorted((t.begin, t.end, name, t) for name, t in tensors.items())):
-        if not i & 1023:
+        if i & 1023 == 1023:
             tick("tensor offsets")
         if t.begin != start or t.end < t.begin:
             if t.begin > start:

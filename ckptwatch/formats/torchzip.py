@@ -210,7 +210,6 @@ def _check_zip(
         raise FormatError("bad_zip", f"{label}: first record {first!r} is not inside a top-level folder")
     prefix = first.split("/", 1)[0]
     facts["prefix"] = prefix
-    tick("zip records")
     outside = [i.filename for i in infos if not i.filename.startswith(prefix + "/")]
     if outside:
         raise FormatError(
@@ -219,7 +218,7 @@ def _check_zip(
             f"{prefix}/ (e.g. {outside[0]!r})",
         )
     for n, i in enumerate(infos):
-        if not n & 1023:
+        if n & 1023 == 1023:
             tick("zip records")
         name_len = len(i.orig_filename.encode("utf-8" if i.flag_bits & 0x800 else "cp437", "replace"))
         end = i.header_offset + 30 + name_len + i.compress_size
@@ -346,7 +345,7 @@ def _fast_directory_check(fd: int, shown: str, size: int, problems: list[Problem
     names: dict[bytes, tuple[int, int]] = {}  # name -> (local header offset, size)
     unpack, end = _CDIR.unpack_from, len(cd)
     for n in range(count):
-        if not n & 1023:
+        if n & 1023 == 1023:
             tick("zip records")
         if pos + 46 > end:
             return False
@@ -542,7 +541,7 @@ def _crc_all(
     stored: list[tuple[zipfile.ZipInfo, int, int]] = []
     bad: list[str] = []
     for n, i in enumerate(sorted(infos, key=lambda z: z.header_offset)):
-        if not n & 255:
+        if n & 255 == 255:
             tick("zip record headers")
         hdr = read_exact_at(fd, base + i.header_offset, 30, path)
         if hdr[:4] != ZIP_MAGIC:
