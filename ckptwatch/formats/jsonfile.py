@@ -12,7 +12,7 @@ import os
 from typing import Any
 
 from ckptwatch.formats._io import display, problem_from_oserror
-from ckptwatch.formats.limits import LimitExceeded, file_budget, json_cost
+from ckptwatch.formats.limits import LimitExceeded, reserve_json
 from ckptwatch.model import Problem
 
 MAX_JSON_BYTES = 64 * 1024 * 1024  # trainer_state.json of a very long run is a few MB
@@ -43,11 +43,10 @@ def parse_json(raw: bytes, path: str, label: str) -> tuple[Any, Problem | None]:
     deeper than the interpreter's recursion limit (~1,000; real side files nest under 10) and integers
     over 4,300 digits (Python's limit on int parsing) are malformed files, not crashes.
     """
-    with file_budget(display(path)) as budget:
-        try:
-            budget.reserve(json_cost(raw), f"parsing its {len(raw)} bytes of JSON")
-        except LimitExceeded as exc:
-            return None, Problem(exc.kind, path, exc.message)
+    try:
+        reserve_json(raw, f"parsing its {len(raw)} bytes of JSON", display(path))
+    except LimitExceeded as exc:
+        return None, Problem(exc.kind, path, exc.message)
     try:
         return json.loads(raw.decode("utf-8")), None
     except UnicodeDecodeError as exc:

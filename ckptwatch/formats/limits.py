@@ -207,6 +207,22 @@ def reserve_seconds(seconds: float, what: str) -> None:
         budget.reserve_seconds(seconds, what)
 
 
+_JSON_MAX_FACTOR = 9 + 100  # json_cost never exceeds this many bytes per byte of text
+
+
+def reserve_json(text: bytes | str, what: str, shown: str = "") -> None:
+    """Refuse to parse JSON whose objects would not fit the file's memory allowance (``json_cost``).
+
+    Outside a file's budget, ``shown`` names the file. Text under 1/109 of the allowance (under 9.8 MB
+    at 1 GiB) always fits and is not even counted.
+    """
+    budget = _CURRENT.get()
+    limits = budget.limits if budget is not None else (_IN_FORCE.get() or default_limits())
+    if len(text) * _JSON_MAX_FACTOR <= limits.memory:
+        return
+    (budget or Budget(shown, limits)).reserve(json_cost(text), what)
+
+
 def json_cost(text: bytes | str) -> int:
     """An upper estimate of the bytes ``json.loads`` holds at its peak for ``text``.
 

@@ -36,7 +36,7 @@ from typing import Any
 from ckptwatch.formats._io import FormatError, read_exact_at
 from ckptwatch.formats._show import show
 from ckptwatch.formats._stream import read_all, run_check
-from ckptwatch.formats.limits import json_cost, reserve, tick
+from ckptwatch.formats.limits import reserve, reserve_json, tick
 from ckptwatch.model import FileCheck, Problem
 
 MAX_HEADER_SIZE = 100_000_000
@@ -108,7 +108,7 @@ def parse_header(header: bytes, shown: str) -> tuple[dict[str, TensorInfo], dict
     """
     # The parse cannot be interrupted: refuse it up front when the objects it would build do not fit the
     # file's memory allowance (a 40 MB header of empty objects builds ~1 GB of dicts).
-    reserve(json_cost(header), f"parsing its {len(header)}-byte JSON header")
+    reserve_json(header, f"parsing its {len(header)}-byte JSON header")
     try:
         text = header.decode("utf-8")
     except UnicodeDecodeError as exc:
