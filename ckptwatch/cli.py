@@ -24,6 +24,7 @@ from ckptwatch.errors import (
     UsageError,
 )
 from ckptwatch.errors import EXIT_USAGE as EXIT_USAGE  # unused here; re-exported beside the other three
+from ckptwatch.formats.limits import limits_of
 from ckptwatch.layouts.base import CheckOptions
 from ckptwatch.layouts.registry import NAMES
 from ckptwatch.settle import parse_duration
@@ -135,7 +136,7 @@ def _options(args: argparse.Namespace, config: "Config | None" = None,
                        {"settle_seconds": args.settle, "stale_after": args.stale_after})
     ranks = args.expected_ranks or (watch.expected_ranks if watch else None)
     return CheckOptions(deep=args.deep, scan_values=args.scan_values, settle_seconds=service.settle_seconds,
-                        stale_after=service.stale_after, expected_ranks=ranks,
+                        stale_after=service.stale_after, expected_ranks=ranks, limits=limits_of(service),
                         allow_hazards=getattr(args, "allow_hazards", False))
 
 

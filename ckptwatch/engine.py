@@ -23,6 +23,8 @@ from typing import Any
 
 from ckptwatch.discover import discover
 from ckptwatch.formats._io import confined_to
+from ckptwatch.formats.limits import KIND as EXCEEDS_LIMITS
+from ckptwatch.formats.limits import limits_in_force
 from ckptwatch.hazards import CheckpointFacts, checkpoint_hazards, run_hazards
 from ckptwatch.layouts.base import Candidate, CheckOptions, Judgement, RankFile, RunFound
 from ckptwatch.model import Hazard, Problem, Ranks, RunReport, Severity, Status, Verdict
@@ -188,7 +190,8 @@ def _judge_candidate(run: RunFound, cand: Candidate, opts: CheckOptions,
         if hit is not None and hit[0] == fingerprint:
             return hit[1], stat
     try:
-        judgement = run.layout.judge(cand, opts)
+        with limits_in_force(opts.limits):
+            judgement = run.layout.judge(cand, opts)
     except FileNotFoundError as exc:  # the whole checkpoint vanished between listing and judging
         judgement = Judgement([Problem("deleted", display(cand.path), f"{display(cand.path)} vanished during "
                                        f"the scan ({exc.strerror})")])
@@ -204,7 +207,10 @@ def _judge_candidate(run: RunFound, cand: Candidate, opts: CheckOptions,
                                            f"{display(cand.path)} changed while it was being checked "
                                            f"({changed}): a save is still in progress")])
             stat = again
-    if cache is not None and not any(severity_of(p.kind) is Severity.TRANSIENT for p in judgement.problems):
+    # A read stopped at a limit depends on the machine's load and on the limits (a reload may raise them):
+    # it is judged again next time, like a transient finding.
+    if cache is not None and not any(severity_of(p.kind) is Severity.TRANSIENT or p.kind == EXCEEDS_LIMITS
+                                     for p in judgement.problems):
         cache[cand.path] = (fingerprint, judgement)
     return judgement, stat
 

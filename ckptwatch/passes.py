@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from ckptwatch.formats.limits import limits_of
 from ckptwatch.layouts.base import CheckOptions
 from ckptwatch.model import Problem, RunReport, Status, Verdict
 from ckptwatch.resume import with_checkpoints
@@ -57,7 +58,8 @@ class Judge:
     def judge(self, watch: WatchConfig, scope: str | None, now: float) -> PassResult:
         """Judge the run ``scope`` or, when it is the root, unknown or no run any more, the whole root."""
         opts = CheckOptions(settle_seconds=self.service.settle_seconds, stale_after=self.service.stale_after,
-                            expected_ranks=watch.expected_ranks, second_look=True)
+                            expected_ranks=watch.expected_ranks, second_look=True,
+                            limits=limits_of(self.service))
         cache = self.caches.setdefault(watch.path, {})
         runs = None
         if scope and scope != watch.path:

@@ -92,6 +92,12 @@ PROBLEM_KINDS: dict[str, Kind] = {
         Kind("unreadable", Severity.INCOMPLETE,
              "a file cannot be read by ckptwatch (permissions); this is not corruption",
              "Give the ckptwatch user read access (group or ACL) so it can verify this checkpoint"),
+        Kind("exceeds_limits", Severity.INCOMPLETE,
+             "reading a file would take more time or memory than one file may cost "
+             "(service.max_seconds_per_file, max_memory_per_file); it is not verified, and not resumable",
+             "Inspect the file: a real checkpoint file needs milliseconds and a few MB, so this one is "
+             "probably corrupt or hostile; if it is genuine (an unusually large header or central "
+             "directory), raise max_seconds_per_file or max_memory_per_file in [service] and run again"),
         Kind("no_weights", Severity.INCOMPLETE, "a checkpoint holds no model weights in any known form",
              _NOT_THIS),
         Kind("unsafe_path", Severity.INCOMPLETE,

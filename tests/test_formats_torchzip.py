@@ -225,7 +225,7 @@ def test_corrupt_end_record_cannot_make_us_read_the_file(tmp_path):
         f.write(b"PK\x05\x06" + struct.pack("<HHHHIIH", 0, 0, 1, 1, 1 << 30, 0, 0))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     fc = check_torch_file(str(p))
-    assert kinds(fc) == ["bad_zip"] and "1073741824 bytes at once" in fc.problems[0].message
+    assert kinds(fc) == ["bad_zip"] and "no directory record starts there" in fc.problems[0].message
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100 << 10  # KiB
 
 

@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from ckptwatch.formats._io import FormatError, display, open_regular, problem_from_oserror
+from ckptwatch.formats.limits import KIND as LIMIT_KIND
+from ckptwatch.formats.limits import file_budget, unmetered
 from ckptwatch.model import FileCheck, Problem
 
 PAGE = mmap.PAGESIZE
@@ -56,8 +58,9 @@ CRC_IMPL, crc32, _crc32_combine, _CRC_RELEASES_GIL = _pick_crc()
 def run_check(path: str, body: Callable[[int, str, int, list[Problem], dict[str, Any]], None]) -> FileCheck:
     """Open ``path``, check it is a non-empty regular file, run ``body(fd, shown, size, problems, facts)``.
 
-    The one place where a reader's structural fault (``FormatError``) or an OS error (the file vanished,
-    permission denied, EIO) becomes a finding, so no reader lets an exception escape for bad input.
+    The one place where a reader's structural fault (``FormatError``, including a read stopped at the
+    file's limits) or an OS error (the file vanished, permission denied, EIO) becomes a finding, so no
+    reader lets an exception escape for bad input. The file's time and memory budget runs from here.
     ``facts["size"]`` is set before ``body`` runs.
     """
     shown = display(path)
@@ -74,11 +77,16 @@ def run_check(path: str, body: Callable[[int, str, int, list[Problem], dict[str,
         facts["size"] = st.st_size
         if st.st_size == 0:
             raise FormatError("empty_file", f"{shown} is empty (0 bytes)")
-        body(fd, shown, st.st_size, problems, facts)
+        with file_budget(shown):
+            body(fd, shown, st.st_size, problems, facts)
     except FormatError as exc:
         problems.append(Problem(exc.kind, shown, exc.message))
     except OSError as exc:
         problems.append(oserror_problem(path, exc))
+    except (RecursionError, MemoryError) as exc:  # a reader's stack or the heap: limits too
+        what = "nested deeper than the reader can follow" if isinstance(exc, RecursionError) \
+            else "needs more memory than the reader could allocate"
+        problems.append(Problem(LIMIT_KIND, shown, f"{shown}: its structure is {what}"))
     finally:
         os.close(fd)
     return FileCheck(shown, tuple(problems), facts)
@@ -232,6 +240,11 @@ def crc32_ranges(fd: int, ranges: list[tuple[int, int]], path: str, *, threads: 
     combines them in order; it only pays off with a CRC that releases the GIL (isal, stdlib zlib) and a
     free second core, so the default is one thread.
     """
+    with unmetered():
+        return _crc32_ranges(fd, ranges, path, threads)
+
+
+def _crc32_ranges(fd: int, ranges: list[tuple[int, int]], path: str, threads: int) -> list[int]:
     total = sum(e - s for s, e in ranges)
     if threads <= 1 or not _CRC_RELEASES_GIL or total < PARALLEL_MIN:
         if _CRC_RELEASES_GIL and total >= PIPE_MIN:
@@ -316,7 +329,7 @@ def read_all(
 ) -> None:
     """Read all bytes of ``[start, end)`` so I/O errors surface; ``consume(offset, view)`` gets each chunk."""
     pos = start
-    with AlignedBuffer() as buf:
+    with unmetered(), AlignedBuffer() as buf:
         for chunk in iter_range(fd, start, end, path, buf):
             if consume is not None:
                 consume(pos, chunk)

@@ -11,7 +11,8 @@ import json
 import os
 from typing import Any
 
-from ckptwatch.formats._io import open_regular_file, problem_from_oserror
+from ckptwatch.formats._io import display, open_regular_file, problem_from_oserror
+from ckptwatch.formats.limits import LimitExceeded, reserve_json
 from ckptwatch.model import Problem
 
 MAX_JSON_BYTES = 64 * 1024 * 1024  # trainer_state.json of a very long run is a few MB
@@ -31,6 +32,21 @@ def read_json(path: str, *, what: str = "") -> tuple[Any, Problem | None]:
         return None, problem_from_oserror(path, exc)
     if not raw.strip():
         return None, Problem("empty_file", path, f"{label} is empty ({len(raw)} bytes)")
+    return parse_json(raw, path, label)
+
+
+def parse_json(raw: bytes, path: str, label: str) -> tuple[Any, Problem | None]:
+    """``json.loads`` of a side file's bytes, bounded: (value, None) or (None, problem); never raises.
+
+    The parse cannot be interrupted, so its cost is refused up front when the file's memory allowance
+    cannot cover it (``limits.json_cost``); its time is bounded by ``MAX_JSON_BYTES`` (~1 s). Nesting
+    deeper than the interpreter's recursion limit (~1,000; real side files nest under 10) and integers
+    over 4,300 digits (Python's limit on int parsing) are malformed files, not crashes.
+    """
+    try:
+        reserve_json(raw, f"parsing its {len(raw)} bytes of JSON", display(path))
+    except LimitExceeded as exc:
+        return None, Problem(exc.kind, path, exc.message)
     try:
         return json.loads(raw.decode("utf-8")), None
     except UnicodeDecodeError as exc:
@@ -38,6 +54,12 @@ def read_json(path: str, *, what: str = "") -> tuple[Any, Problem | None]:
     except json.JSONDecodeError as exc:
         return None, Problem("bad_json", path, f"{label} is not valid JSON: {exc.msg} at line {exc.lineno} "
                              f"column {exc.colno} (file is {len(raw)} bytes; a save cut short?)")
+    except RecursionError:
+        return None, Problem("bad_json", path, f"{label} nests arrays or objects deeper than a JSON reader "
+                             f"follows (file is {len(raw)} bytes); no framework writes such a file")
+    except ValueError as exc:  # int(): "Exceeds the limit (4300 digits) for integer string conversion"
+        return None, Problem("bad_json", path, f"{label} holds a number too long to be read "
+                             f"({str(exc).split(';')[0]}); no framework writes such a file")
 
 
 def read_text(path: str, *, limit: int = 4096) -> tuple[str | None, Problem | None]:

@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckptwatch.formats._io import FormatError
+from ckptwatch.formats._show import show, show_int, show_shape
 from ckptwatch.formats._stream import crc32_concat, read_all, run_check
+from ckptwatch.formats.limits import reserve, tick
 from ckptwatch.model import FileCheck, Problem
 
 CRC_TRAILER = b"crc_num"
@@ -38,6 +40,8 @@ MS_BITS: dict[str, int] = {"Int8": 8, "UInt8": 8, "Int16": 16, "UInt16": 16, "In
                            "BFloat16": 16, "Int4": 4}
 # fmt: on
 MAX_TAG = 1 << 20  # bytes of a tag or type string we are willing to read
+MAX_DIMS = 64  # dims of one tensor; MindSpore's own limit is 8 (kMaxDims), numpy's 64
+PARAM_COST = 400  # bytes of heap per parameter kept while walking (the _Param, its tag and dims)
 WINDOW = 64 << 10
 MAX_REPORTED = 5
 
@@ -90,7 +94,11 @@ class _Tensor:
 def _fields(r: _Reader, start: int, end: int) -> Any:
     """Yield (field number, wire type, value) of the message in ``[start, end)`` (spans for lengths)."""
     pos = start
+    n = 0
     while pos < end:
+        n += 1
+        if not n & 4095:
+            tick("protobuf fields")
         key_at = pos
         key, pos = r.varint(pos, end)
         fno, wt = key >> 3, key & 7
@@ -131,7 +139,7 @@ def _parse_tensor(r: _Reader, span: tuple[int, int], t: _Tensor) -> None:
             t.dims.append(_signed64(v))
         elif fno == 1 and wt == 2:  # packed dims (accepted like protobuf does)
             pos, end = v
-            while pos < end:
+            while pos < end and len(t.dims) <= MAX_DIMS:
                 d, pos = r.varint(pos, end)
                 t.dims.append(_signed64(d))
         elif fno == 2 and wt == 2:
@@ -140,6 +148,8 @@ def _parse_tensor(r: _Reader, span: tuple[int, int], t: _Tensor) -> None:
             t.content = v  # last one wins, as protobuf merges a repeated singular field
         elif fno in (1, 2, 3):
             raise _WireError(f"TensorProto field {fno} has wire type {wt} in the record at byte {span[0]}")
+        if len(t.dims) > MAX_DIMS:
+            raise _WireError(f"a tensor in the record at byte {span[0]} has more than {MAX_DIMS} dims")
 
 
 @dataclass
@@ -157,6 +167,9 @@ def _walk(r: _Reader, end: int, shown: str) -> list[_Param]:
     params: list[_Param] = []
     pos = 0
     while pos < end:
+        if params and not len(params) & 1023:
+            tick("records")
+            reserve(len(params) * PARAM_COST, f"its {len(params)} parameters")
         rec_at = pos
         try:
             key, pos = r.varint(pos, end)
@@ -218,9 +231,9 @@ def params_add(params: list[_Param], r: _Reader, rec_at: int, span: tuple[int, i
         params.append(_Param(tag, (), "map", 0, rec_at, map=True))
         return
     if tensor is None:
-        raise _WireError(f"Value {tag!r} has neither a tensor nor a maptensor")
+        raise _WireError(f"Value {show(tag)} has neither a tensor nor a maptensor")
     if tensor.type is None or tensor.content is None:
-        raise _WireError(f"TensorProto of {tag!r} lacks its required tensor_type or tensor_content")
+        raise _WireError(f"TensorProto of {show(tag)} lacks its required tensor_type or tensor_content")
     nbytes = tensor.content[1] - tensor.content[0]
     last = params[-1] if params else None
     if last is not None and last.tag == tag and not last.map:  # another chunk of the same parameter
@@ -234,7 +247,7 @@ def _expected_bytes(p: _Param) -> int | None:
     if bits is None or any(d < 0 for d in p.dims):
         return None
     numel = 1 if p.dims in ((), (0,)) else math.prod(p.dims)  # MindSpore writes a scalar as dims [0]
-    return math.ceil(numel * bits / 8)
+    return (numel * bits + 7) // 8  # integers: dims of 2^63 overflow a float
 
 
 def check_ms_ckpt(path: str, *, deep: bool = False) -> FileCheck:
@@ -271,8 +284,8 @@ def _check(
         want = _expected_bytes(p)
         if want is not None and want != p.nbytes:
             wrong.append(
-                f"{p.tag!r} ({p.type} {list(p.dims)}, record at byte {p.at}) holds {p.nbytes} bytes, "
-                f"needs {want}"
+                f"{show(p.tag)} ({p.type} {show_shape(p.dims)}, record at byte {p.at}) holds {p.nbytes} "
+                f"bytes, needs {show_int(want)}"
             )
     if wrong:
         problems.append(

@@ -34,7 +34,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ckptwatch.formats._io import FormatError, read_exact_at
+from ckptwatch.formats._show import show
 from ckptwatch.formats._stream import read_all, run_check
+from ckptwatch.formats.limits import reserve, reserve_json, tick
 from ckptwatch.model import FileCheck, Problem
 
 MAX_HEADER_SIZE = 100_000_000
@@ -104,6 +106,9 @@ def parse_header(header: bytes, shown: str) -> tuple[dict[str, TensorInfo], dict
     Raises ``FormatError`` for everything the Rust reader rejects, except the final size equality,
     which the caller turns into truncated / trailing_data.
     """
+    # The parse cannot be interrupted: refuse it up front when the objects it would build do not fit the
+    # file's memory allowance (a 40 MB header of empty objects builds ~1 GB of dicts).
+    reserve_json(header, f"parsing its {len(header)}-byte JSON header")
     try:
         text = header.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -126,7 +131,9 @@ def parse_header(header: bytes, shown: str) -> tuple[dict[str, TensorInfo], dict
         raise FormatError("bad_header", f"{shown}: header is a JSON {type(doc).__name__}, not an object")
     metadata: dict[str, str] | None = None
     tensors: dict[str, TensorInfo] = {}
-    for name, entry in doc.items():
+    for i, (name, entry) in enumerate(doc.items()):
+        if i & 1023 == 1023:
+            tick("header entries")
         if not name.isascii():
             _check_text(name, shown, "a tensor name")
         if name == "__metadata__":
@@ -143,7 +150,11 @@ def parse_header(header: bytes, shown: str) -> tuple[dict[str, TensorInfo], dict
 
     # Metadata::validate: sorted by (begin, end), contiguous from 0, exact byte spans.
     start = 0
-    for _, _, name, t in sorted((t.begin, t.end, name, t) for name, t in tensors.items()):
+    if len(tensors) > 1024:
+        tick("sorting the tensors")
+    for i, (_, _, name, t) in enumerate(sorted((t.begin, t.end, name, t) for name, t in tensors.items())):
+        if i & 1023 == 1023:
+            tick("tensor offsets")
         if t.begin != start or t.end < t.begin:
             if t.begin > start:
                 why = f"starts at {t.begin} but the previous tensor ends at {start} (a gap)"
@@ -196,7 +207,7 @@ def _tensor_info(name: str, entry: Any, shown: str) -> TensorInfo:
     except KeyError as exc:
         raise FormatError("bad_header", f"{shown}: tensor {name!r} has no {exc.args[0]}") from None
     if type(dtype) is not str or dtype not in DTYPE_BITS:
-        raise FormatError("bad_header", f"{shown}: tensor {name!r} has unknown dtype {str(dtype)[:40]!r}")
+        raise FormatError("bad_header", f"{shown}: tensor {name!r} has unknown dtype {show(dtype, 40)}")
     if type(shape) is not list or not _usizes(shape):
         raise FormatError(
             "bad_header",
@@ -218,13 +229,14 @@ def _usizes(values: list[Any]) -> bool:
 
 
 def _show_json(v: Any) -> str:
+    """A header value in a message: bounded, whatever it holds (see formats/_show.py)."""
     if isinstance(v, list):
         return (
             "["
-            + ", ".join(x.text if isinstance(x, _NegativeInt) else json.dumps(x) for x in v[:8])
+            + ", ".join(x.text[:40] if isinstance(x, _NegativeInt) else show(x, 40) for x in v[:8])
             + (", ...]" if len(v) > 8 else "]")
         )
-    return json.dumps(v)[:60] if not isinstance(v, _NegativeInt) else v.text
+    return show(v, 60) if not isinstance(v, _NegativeInt) else v.text[:60]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -271,6 +283,7 @@ def _check(
             "bad_header",
             f"{shown} ({size} bytes) is an unwritten sparse hole from byte 0: the header was never written",
         )
+    reserve(n, f"its {n}-byte header")
     header = read_exact_at(fd, 8, n, path)
     tensors, metadata, buffer_end = parse_header(header, shown)
     facts.update(tensors=tensors, metadata=metadata, data_start=8 + n)

@@ -24,6 +24,7 @@ from typing import Any
 
 from ckptwatch.formats._io import FormatError, read_exact_at
 from ckptwatch.formats._stream import crc32_ranges, display, read_all, run_check
+from ckptwatch.formats.limits import reserve, reserve_seconds, tick
 from ckptwatch.formats.pickle_policy import pickle_problems
 from ckptwatch.formats.pickle_stub import (
     MAX_PICKLE_BYTES,
@@ -181,7 +182,10 @@ def _check_zip(
 ) -> None:
     shown = file_label or label
     facts["format"] = "zip"
-    _check_eocd(fd, path, label, base, length, problems, shown)
+    count, cd_size, _ = _check_eocd(fd, path, label, base, length, problems, shown)
+    # zipfile reads the directory in one uninterruptible call: charge its memory and time before it runs.
+    reserve(cd_size + count * RECORD_COST, f"its zip central directory ({count} records, {cd_size} bytes)")
+    reserve_seconds(count * RECORD_SECONDS, f"reading its zip central directory ({count} records)")
     window = _Window(fd, base, length, label)
     try:
         zf = zipfile.ZipFile(window)
@@ -217,7 +221,9 @@ def _check_zip(
             f"{label}: {len(outside)} records lie outside the top-level folder "
             f"{prefix}/ (e.g. {outside[0]!r})",
         )
-    for i in infos:
+    for n, i in enumerate(infos):
+        if n & 1023 == 1023:
+            tick("zip records")
         name_len = len(i.orig_filename.encode("utf-8" if i.flag_bits & 0x800 else "cp437", "replace"))
         end = i.header_offset + 30 + name_len + i.compress_size
         if i.header_offset < 0 or end > zf.start_dir:
@@ -254,6 +260,7 @@ def _check_zip(
     if not read_pickle:
         facts.setdefault("object", None)
         return
+    reserve(min(pkl.file_size, MAX_PICKLE_BYTES), f"its {pkl_name} record ({pkl.file_size} bytes)")
     if pkl.file_size > MAX_PICKLE_BYTES:
         raise FormatError(
             "bad_pickle",
@@ -359,19 +366,24 @@ def _fast_zip_check(fd: int, shown: str, size: int, problems: list[Problem], fac
     if loc >= 0 and tail[loc:loc + 4] == _ZIP64_LOCATOR:
         (z64_offset,) = struct.unpack_from("<Q", tail, loc + 8)
         rel = z64_offset - (size - tail_len)
-        rec = tail[rel:rel + 56] if 0 <= rel <= len(tail) - 56 else os.pread(fd, 56, z64_offset)
-        if len(rec) != 56 or rec[:4] != b"PK\x06\x06":
+        if rel != loc - 56 or rel < 0:  # not where torch writes it: the full path applies miniz's rules
+            return False
+        rec = tail[rel:rel + 56]
+        if rec[:4] != b"PK\x06\x06":
             return False
         count, cd_size, cd_offset = struct.unpack_from("<QQQ", rec, 32)
     if cd_offset + cd_size > size or count == 0 or cd_size > MAX_SINGLE_READ or cd_size < 46 * count:
         return False  # the zipfile path names the fault (and refuses a directory over the read cap)
+    reserve(cd_size + count * 200, f"its zip central directory ({count} records, {cd_size} bytes)")
     cd = os.pread(fd, cd_size, cd_offset)
     if len(cd) != cd_size:
         return False
     pos = 0
     names: dict[bytes, tuple[int, int, int]] = {}  # name -> (local header offset, size, crc)
     unpack, end = _CDIR.unpack_from, len(cd)
-    for _ in range(count):
+    for n in range(count):
+        if n & 1023 == 1023:
+            tick("zip records")
         if pos + 46 > end:
             return False
         (sig, _vm, _vn, flags, method, _t, _d, crc, csize, usize, nlen, xlen, clen, _disk, _ia, _ea,
@@ -487,10 +499,24 @@ def _root_class(obj: Any) -> str | None:
     return obj.stub_global if isinstance(obj, Stub) else None
 
 
+_EOCD = struct.Struct("<4s4H2IH")  # end of central directory record, 22 bytes
+_ZIP64_END = struct.Struct("<4sQ2H2I4Q")  # zip64 end of central directory record, 56 bytes
+_U32_MAX = 0xFFFFFFFF
+RECORD_COST = 600  # bytes of heap per record zipfile builds (ZipInfo and its strings), measured
+RECORD_SECONDS = 10e-6  # seconds per record for zipfile to read a directory, measured on a loaded 2-core box
+
+
 def _check_eocd(
     fd: int, path: str, label: str, base: int, length: int, problems: list[Problem], shown: str
-) -> None:
-    """Find the end-of-central-directory record; say "truncated" when it is absent or cut."""
+) -> tuple[int, int, int]:
+    """Find the end records; (record count, directory size, directory offset), or raise ``FormatError``.
+
+    "truncated" when the end record is absent or cut. The zip64 rules are those of miniz, torch's zip
+    reader (``mz_zip_reader_read_central_dir``), because Python's ``zipfile`` ignores the locator's
+    offset and would call complete a file ``torch.load`` refuses: the locator must place the zip64 end
+    record inside the data, its record count and directory size must fit 32 bits, one disk only, and
+    the directory must lie inside the data and hold at least 46 bytes per record.
+    """
     if length < 22:
         raise FormatError("truncated", f"{label} is {length} bytes, too short for a zip (22-byte end record)")
     tail_len = min(length, 22 + 65535)
@@ -519,6 +545,47 @@ def _check_eocd(
                 f"end-of-central-directory record (torch.load ignores them)",
             )
         )
+    eocd_at = length - tail_len + idx
+    _sig, this_disk, cd_disk, on_disk, count, cd_size, cd_offset, _clen = _EOCD.unpack_from(tail, idx)
+    if eocd_at >= 20 + 56:
+        loc = read_exact_at(fd, base + eocd_at - 20, 20, path)
+        if loc[:4] == _ZIP64_LOCATOR:
+            z64_at, disks = struct.unpack_from("<QI", loc, 8)
+            if z64_at > length - 56:
+                raise FormatError(
+                    "bad_zip",
+                    f"{label}: the zip64 locator at byte {eocd_at - 20} places the zip64 end record at byte "
+                    f"{z64_at}, past the end of the data ({length} bytes); torch.load refuses this file",
+                )
+            rec = read_exact_at(fd, base + z64_at, 56, path)
+            if rec[:4] == b"PK\x06\x06":
+                (_s, rec_size, _vm, _vn, this_disk, cd_disk, on_disk, count, cd_size,
+                 cd_offset) = _ZIP64_END.unpack(rec)
+                why = ""
+                if rec_size < 44:
+                    why = f"declares its own size as {rec_size} bytes (at least 44)"
+                elif disks != 1:
+                    why = f"says the zip spans {disks} disks"
+                elif count > _U32_MAX or on_disk > _U32_MAX:
+                    why = f"declares {count} records (torch reads at most {_U32_MAX})"
+                elif cd_size > _U32_MAX:
+                    why = f"declares a {cd_size}-byte central directory (torch reads at most {_U32_MAX})"
+                if why:
+                    raise FormatError("bad_zip", f"{label}: the zip64 end record at byte {z64_at} {why}; "
+                                      "torch.load refuses this file")
+    if count != on_disk or ((this_disk | cd_disk) and (this_disk, cd_disk) != (1, 1)):
+        raise FormatError("bad_zip", f"{label}: the zip end records describe a multi-disk zip "
+                          f"({on_disk} of {count} records on this disk); torch.load refuses it")
+    if cd_size < count * 46:
+        raise FormatError("bad_zip", f"{label}: the zip end records declare {count} records in a "
+                          f"{cd_size}-byte central directory, less than 46 bytes each")
+    if cd_offset + cd_size > length:
+        raise FormatError("bad_zip", f"{label}: the zip end records place the central directory at bytes "
+                          f"{cd_offset}..{cd_offset + cd_size}, past the end of the data ({length} bytes)")
+    if count and read_exact_at(fd, base + cd_offset, 4, path) != b"PK\x01\x02":
+        raise FormatError("bad_zip", f"{label}: the zip end records place the central directory at byte "
+                          f"{cd_offset}, but no directory record starts there")
+    return count, cd_size, cd_offset
 
 
 def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int, label: str) -> bytes:
@@ -554,7 +621,9 @@ def _crc_all(
     """CRC-32 of every record: stored records streamed from disk, compressed ones through zipfile."""
     stored: list[tuple[zipfile.ZipInfo, int, int]] = []
     bad: list[str] = []
-    for i in sorted(infos, key=lambda z: z.header_offset):
+    for n, i in enumerate(sorted(infos, key=lambda z: z.header_offset)):
+        if n & 255 == 255:
+            tick("zip record headers")
         hdr = read_exact_at(fd, base + i.header_offset, 30, path)
         if hdr[:4] != ZIP_MAGIC:
             raise FormatError(
@@ -583,7 +652,7 @@ def _crc_all(
             try:
                 with zf.open(i) as f:
                     while f.read(1 << 20):
-                        pass
+                        tick(f"decompressing record {i.filename}")
             except zipfile.BadZipFile as exc:
                 bad.append(f"{i.filename} ({exc})")
             except OSError:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ckptwatch.formats._io import problem_from_oserror
+from ckptwatch.formats.limits import ReadLimits
 from ckptwatch.model import Hazard, Problem, Verdict
 from ckptwatch.scan import Entry, display
 
@@ -32,6 +33,9 @@ class CheckOptions:
     second_look: bool = False
     # `latest --allow-hazards`: a complete checkpoint whose hazards block a resume may still be named.
     allow_hazards: bool = False
+    # What reading one file may cost (``[service] max_seconds_per_file``, ``max_memory_per_file``); None:
+    # the ``[service]`` defaults. The engine puts them in force around each judgement (formats/limits.py).
+    limits: ReadLimits | None = None
 
 
 @dataclass

@@ -12,6 +12,7 @@ import os
 import re
 
 from ckptwatch.filecheck import check_file, sniff
+from ckptwatch.formats._show import show_int
 from ckptwatch.layouts.base import Candidate, CheckOptions, Judgement, RunFound, pickled_step, pointer_hazard
 from ckptwatch.layouts.dcp import step_from_name
 from ckptwatch.model import Hazard, Problem, Verdict
@@ -53,8 +54,12 @@ class Lightning:
         shown = display(cand.path)
         if get(obj, "state_dict") is None:
             j.problems.append(Problem("no_weights", shown, f"{shown} holds no state_dict"))
-        gs = pickled_step(get(obj, "global_step"))
-        if gs is not None:
+        raw_gs = get(obj, "global_step")
+        gs = pickled_step(raw_gs)
+        if isinstance(raw_gs, int) and not isinstance(raw_gs, bool) and gs is None:
+            j.problems.append(Problem("bad_pickle", shown, f"{shown} holds global_step {show_int(raw_gs)}, "
+                                      "not a step a trainer writes"))
+        elif gs is not None:
             j.step = gs
             named = STEP_IN_NAME.search(os.path.basename(cand.path))
             if named and int(named.group(1)) != gs:

@@ -212,7 +212,7 @@ def parse_jsonl_lines(lines: Iterable[bytes], metrics: Sequence[str],
             continue
         try:
             rec = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, an int over 4,300 digits, or nested too deep
             continue
         if not isinstance(rec, dict):
             continue

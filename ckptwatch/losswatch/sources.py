@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import glob
 import io
-import json
 import os
 import re
 import stat
@@ -27,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ckptwatch.formats._io import open_regular_file
+from ckptwatch.formats.jsonfile import read_json
 from ckptwatch.losswatch.parse import (
     parse_jsonl_lines,
     parse_log_history,
@@ -294,12 +293,8 @@ def read_trainer_state(path: str, metrics: Sequence[str]) -> tuple[list[LossPoin
     """The loss points of one ``trainer_state.json`` and its other top-level fields (the run's
     configuration among them); None when it cannot be read or parsed (a checkpoint being written is
     judged by the validators, not here)."""
-    try:
-        with open_regular_file(path) as f:
-            state = json.load(f)
-    except (OSError, ValueError, RecursionError):
-        return None
-    if not isinstance(state, dict):
+    state, problem = read_json(path)  # bounded: regular file, size, depth, digits, memory (jsonfile.py)
+    if problem is not None or not isinstance(state, dict):
         return None
     history = state.pop("log_history", None)
     return parse_log_history(history, metrics), state
