@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from ckptwatch.layouts.base import CheckOptions
-from tests.helpers import REPO, kinds_of, make_daemon, run_cli, verdicts_by_name
+from tests.helpers import REPO, kinds_of, make_daemon, run_cli, two_trainer_runs, verdicts_by_name
 
 HANG_LIMIT = 60  # seconds; every case takes about 2 s, a FIFO opened for reading blocks for ever
 
@@ -257,17 +257,8 @@ def test_shellpath_refuses_a_name_it_cannot_map_back(tmp_path: Path) -> None:
 
 # --- the service -----------------------------------------------------------------------------------------
 
-def _two_runs(artefact, tmp_path: Path) -> Path:
-    root = tmp_path / "root"
-    root.mkdir()
-    built = artefact("hf_full")
-    for name in ("run-a", "run-b"):
-        shutil.copytree(built, root / name, symlinks=True)
-    return root
-
-
 def test_one_bad_run_and_hostile_entries_do_not_blind_the_others(artefact, tmp_path: Path) -> None:
-    root = _two_runs(artefact, tmp_path)
+    root = two_trainer_runs(artefact, tmp_path)
     state = root / "run-a" / "checkpoint-6" / "trainer_state.json"
     state.unlink()
     state.mkdir()
@@ -340,7 +331,7 @@ def test_reload_refuses_a_config_without_watches(artefact, tmp_path: Path) -> No
     from ckptwatch.daemon import Daemon
     from ckptwatch.notify import Notifier
 
-    root = _two_runs(artefact, tmp_path)
+    root = two_trainer_runs(artefact, tmp_path)
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'[service]\nstate_dir = "{tmp_path / "state"}"\nlog_format = "json"\nsettle_seconds = 0\n'
                    f'[[watch]]\npath = "{root}"\n')
