@@ -30,49 +30,69 @@ def sniff(path: str) -> tuple[str, Problem | None]:
             os.close(fd)
     except OSError as exc:
         return "unknown", problem_from_oserror(display(path), exc)
+    return format_of(path, head), None
+
+
+def format_of(path: str, head: bytes) -> str:
+    """The format the first 16 bytes ``head`` of ``path`` (and its name) call for; see ``sniff``."""
     if not head:
-        return "empty", None
+        return "empty"
     if head.startswith(ZIP_MAGIC) or head.startswith(LEGACY_TORCH_MAGIC):
-        return "torch", None
+        return "torch"
     if path.endswith(".json"):
-        return "json", None
+        return "json"
     if path.endswith(".safetensors"):
-        return "safetensors", None
+        return "safetensors"
     if len(head) > 8 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
-        return "safetensors", None
+        return "safetensors"
     if path.endswith(".ckpt") and head[:1] == b"\x0a":
-        return "mindspore", None
+        return "mindspore"
     if path.endswith(TORCH_SUFFIXES):
-        return "torch", None  # the torch reader says precisely why it is not a valid torch file
-    return "unknown", None
+        return "torch"  # the torch reader says precisely why it is not a valid torch file
+    return "unknown"
 
 
 def check_file(path: str, opts: CheckOptions, *, need_object: bool = False) -> FileCheck:
     """Judge one file with the reader its content calls for.
 
-    ``need_object``: the caller reads metadata from a torch file's pickle (``facts["object"]``); other
-    torch zips get the structural check only (see ``check_torch_file``), unless ``--deep``.
+    The file is opened once (``open_regular``): its first bytes pick the reader, which judges the same
+    fd, so a file swapped between the two is never judged under the other's format. ``need_object``: the
+    caller reads metadata from a torch file's pickle (``facts["object"]``); other torch zips get the
+    structural check only (see ``check_torch_file``), unless ``--deep``.
     """
-    kind, problem = sniff(path)
     shown = display(path)
-    if problem:
-        return FileCheck(shown, (problem,))
+    try:
+        fd = open_regular(path)
+    except OSError as exc:
+        return FileCheck(shown, (problem_from_oserror(shown, exc),))
+    try:
+        try:
+            head = os.pread(fd, 16, 0)
+        except OSError as exc:
+            return FileCheck(shown, (problem_from_oserror(shown, exc),))
+        return _judge_open(path, fd, format_of(path, head), opts, need_object)
+    finally:
+        os.close(fd)
+
+
+def _judge_open(path: str, fd: int, kind: str, opts: CheckOptions, need_object: bool) -> FileCheck:
+    shown = display(path)
     if kind == "empty":
         return FileCheck(shown, (Problem("empty_file", shown, f"{shown} is empty (0 bytes)"),))
     if kind == "safetensors":
         from ckptwatch.formats.safetensors import check_safetensors
 
-        return check_safetensors(path, deep=opts.deep, scan_values=opts.scan_values)
+        return check_safetensors(path, deep=opts.deep, scan_values=opts.scan_values, opened=fd)
     if kind == "torch":
         from ckptwatch.formats.torchzip import check_torch_file
 
-        return check_torch_file(path, deep=opts.deep, read_pickle=need_object)
+        return check_torch_file(path, deep=opts.deep, read_pickle=need_object, opened=fd)
     if kind == "mindspore":
         from ckptwatch.formats.mindspore import check_ms_ckpt
 
-        return check_ms_ckpt(path, deep=opts.deep)
+        return check_ms_ckpt(path, deep=opts.deep, opened=fd)
     if kind == "json":
-        value, problem = read_json(path)
+        value, problem = read_json(path, opened=fd)
         return FileCheck(shown, (problem,) if problem else (), {"json": value})
     return FileCheck(shown, (), {"format": "unknown"})
 

@@ -55,8 +55,12 @@ def _pick_crc() -> tuple[str, Callable[..., int], Callable[[int, int, int], int]
 CRC_IMPL, crc32, _crc32_combine, _CRC_RELEASES_GIL = _pick_crc()
 
 
-def run_check(path: str, body: Callable[[int, str, int, list[Problem], dict[str, Any]], None]) -> FileCheck:
+def run_check(path: str, body: Callable[[int, str, int, list[Problem], dict[str, Any]], None], *,
+              opened: int | None = None) -> FileCheck:
     """Open ``path``, check it is a non-empty regular file, run ``body(fd, shown, size, problems, facts)``.
+
+    ``opened``: an fd of ``path`` the caller already has from ``open_regular`` (``filecheck`` opens each
+    file once, to sniff it and to judge it); it stays the caller's to close.
 
     The one place where a reader's structural fault (``FormatError``, including a read stopped at the
     file's limits) or an OS error (the file vanished, permission denied, EIO) becomes a finding, so no
@@ -64,10 +68,13 @@ def run_check(path: str, body: Callable[[int, str, int, list[Problem], dict[str,
     ``facts["size"]`` is set before ``body`` runs.
     """
     shown = display(path)
-    try:
-        fd = open_regular(path)
-    except OSError as exc:
-        return FileCheck(shown, (oserror_problem(path, exc),))
+    if opened is not None:
+        fd = opened
+    else:
+        try:
+            fd = open_regular(path)
+        except OSError as exc:
+            return FileCheck(shown, (oserror_problem(path, exc),))
     facts: dict[str, Any] = {}
     problems: list[Problem] = []
     try:
@@ -88,7 +95,8 @@ def run_check(path: str, body: Callable[[int, str, int, list[Problem], dict[str,
             else "needs more memory than the reader could allocate"
         problems.append(Problem(LIMIT_KIND, shown, f"{shown}: its structure is {what}"))
     finally:
-        os.close(fd)
+        if opened is None:
+            os.close(fd)
     return FileCheck(shown, tuple(problems), facts)
 
 

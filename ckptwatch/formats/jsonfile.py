@@ -11,23 +11,32 @@ import json
 import os
 from typing import Any
 
-from ckptwatch.formats._io import display, open_regular_file, problem_from_oserror
+from ckptwatch.formats._io import display, open_regular, open_regular_file, problem_from_oserror, read_to_end
 from ckptwatch.formats.limits import LimitExceeded, reserve_json
 from ckptwatch.model import Problem
 
 MAX_JSON_BYTES = 64 * 1024 * 1024  # trainer_state.json of a very long run is a few MB
 
 
-def read_json(path: str, *, what: str = "") -> tuple[Any, Problem | None]:
-    """Parse ``path``; return (value, None) or (None, problem). Never raises for bad input."""
+def read_json(path: str, *, what: str = "", opened: int | None = None) -> tuple[Any, Problem | None]:
+    """Parse ``path``; return (value, None) or (None, problem). Never raises for bad input.
+
+    ``opened``: an fd of ``path`` from ``open_regular`` that the caller keeps and closes.
+    """
     label = what or os.path.basename(path)
     try:
-        with open_regular_file(path) as f:
-            size = os.fstat(f.fileno()).st_size
+        fd = open_regular(path) if opened is None else opened
+        try:
+            size = os.fstat(fd).st_size
+            if size <= MAX_JSON_BYTES:
+                raw = read_to_end(fd, size, MAX_JSON_BYTES + 1)
+                size = len(raw)  # it may have grown since the fstat
             if size > MAX_JSON_BYTES:
                 return None, Problem("bad_json", path, f"{label} is {size} bytes, more than the "
                                      f"{MAX_JSON_BYTES} a JSON side file may have")
-            raw = f.read()
+        finally:
+            if opened is None:
+                os.close(fd)
     except OSError as exc:
         return None, problem_from_oserror(path, exc)
     if not raw.strip():

@@ -250,15 +250,16 @@ def _expected_bytes(p: _Param) -> int | None:
     return (numel * bits + 7) // 8  # integers: dims of 2^63 overflow a float
 
 
-def check_ms_ckpt(path: str, *, deep: bool = False) -> FileCheck:
+def check_ms_ckpt(path: str, *, deep: bool = False, opened: int | None = None) -> FileCheck:
     """Judge one MindSpore protobuf checkpoint by walking its records with seeks.
 
     facts: ``params`` ({tag: (dims, type, nbytes)}), ``has_crc`` (bool), ``append_tags_last`` (bool: the
     file ends with MindFormers' epoch_num/step_num/global_step/loss_scale tags), ``step`` (global_step or
-    step_num value when stored as a small integer tensor, else None), ``size``.
+    step_num value when stored as a small integer tensor, else None), ``size``. ``opened``: as in
+    ``run_check``.
     """
     return run_check(path, lambda fd, shown, size, problems, facts:
-                     _check(fd, path, shown, size, deep, problems, facts))
+                     _check(fd, path, shown, size, deep, problems, facts), opened=opened)
 
 
 def _check(

@@ -243,14 +243,15 @@ def _show_json(v: Any) -> str:
 # The check
 
 
-def check_safetensors(path: str, *, deep: bool = False, scan_values: bool = False) -> FileCheck:
+def check_safetensors(path: str, *, deep: bool = False, scan_values: bool = False,
+                      opened: int | None = None) -> FileCheck:
     """Judge one safetensors file; read only its header unless ``deep`` (``scan_values`` implies deep).
 
     facts: ``tensors`` ({name: TensorInfo}), ``metadata`` (the ``__metadata__`` dict or None),
-    ``header_len`` (N), ``data_start`` (8 + N), ``size`` (file size).
+    ``header_len`` (N), ``data_start`` (8 + N), ``size`` (file size). ``opened``: as in ``run_check``.
     """
     return run_check(path, lambda fd, shown, size, problems, facts: _check(
-        fd, path, shown, size, deep or scan_values, scan_values, problems, facts))
+        fd, path, shown, size, deep or scan_values, scan_values, problems, facts), opened=opened)
 
 
 def _check(

@@ -112,7 +112,8 @@ class _Window(io.RawIOBase):
 # Public API
 
 
-def check_torch_file(path: str, *, deep: bool = False, read_pickle: bool = True) -> FileCheck:
+def check_torch_file(path: str, *, deep: bool = False, read_pickle: bool = True,
+                     opened: int | None = None) -> FileCheck:
     """Judge one ``torch.save`` file (zip or legacy) without torch and without executing its pickle.
 
     Every pickle is walked and its globals judged (``pickle_policy``): ``unsafe_pickle`` when loading the
@@ -122,7 +123,7 @@ def check_torch_file(path: str, *, deep: bool = False, read_pickle: bool = True)
 
     facts: ``format`` ("zip" | "legacy" | "pickle"), ``prefix`` (zip top-level folder, "" otherwise),
     ``object`` (the walked object graph, for ``pickle_stub.get``), ``storages`` ({key: StorageRef}),
-    ``globals`` (frozenset of "module.name"), ``size``.
+    ``globals`` (frozenset of "module.name"), ``size``. ``opened``: as in ``run_check``.
     """
     def body(fd: int, shown: str, size: int, problems: list[Problem], facts: dict[str, Any]) -> None:
         head = os.pread(fd, 4, 0)
@@ -140,7 +141,7 @@ def check_torch_file(path: str, *, deep: bool = False, read_pickle: bool = True)
                 f"{shown} starts with {head!r}: neither a torch.save zip (PK\\x03\\x04) nor a pickle",
             )
 
-    return run_check(path, body)
+    return run_check(path, body, opened=opened)
 
 
 def check_torch_window(
