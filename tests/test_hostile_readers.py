@@ -344,3 +344,96 @@ def test_tensor_shape_over_4300_digits(artefact):
     p = finding(verify(ckpt), ckpt)
     assert p["kind"] == "size_mismatch" and "integer of 16610 bits" in p["message"]
 
+
+
+# --------------------------------------------------------------------------------------------------
+# Pickles of keys with equal hashes (C dict insertion cannot be interrupted)
+
+
+MERSENNE_61 = 2 ** 61 - 1  # hash(k * MERSENNE_61) == 0 for every int k
+
+
+def _colliding_dict_stream(n: int) -> bytes:
+    """A pickle of ``{k * (2**61 - 1): 0 for k in 1..n}``, written opcode by opcode as a pickler would
+    (pickling the real dict here would itself take minutes): SETITEMS in batches of 1,000."""
+    out = bytearray(b"\x80\x02}q\x00(")
+    for k in range(1, n + 1):
+        v = k * MERSENNE_61
+        raw = v.to_bytes((v.bit_length() + 8) // 8, "little", signed=True)
+        out += b"\x8a" + bytes([len(raw)]) + raw + b"K\x00"
+        if k % 1000 == 0:
+            out += b"u("
+    return bytes(out + b"u.")
+
+
+def _replace_data_pkl(target: Path, stream: bytes) -> None:
+    """Rewrite a real torch.save zip with ``stream`` as its data.pkl, every other record kept."""
+    with zipfile.ZipFile(target) as z:
+        records = [(i, z.read(i)) for i in z.infolist()]
+    with zipfile.ZipFile(target, "w") as z:
+        for info, data in records:
+            z.writestr(info, stream if info.filename.endswith("/data.pkl") else data)
+
+
+def test_60000_hash_colliding_dict_keys_stop_at_the_file_limit(artefact, tmp_path):
+    """The 780 KB optimizer.pt whose dict keys all hash to 0 took 25-36 s per pass: now the guarded
+    walker inserts key by key and stops at ``max_seconds_per_file`` (1 s here) as exceeds_limits."""
+    run = artefact("hf_full")
+    target = run / "checkpoint-4" / "optimizer.pt"
+    stream = _colliding_dict_stream(60_000)
+    assert 700_000 < len(stream) < 900_000
+    _replace_data_pkl(target, stream)
+    config = tmp_path / "ckptwatch.toml"
+    config.write_text(f'[service]\nmax_seconds_per_file = 1\n[[watch]]\npath = "{run}"\n')
+    child = run_bounded("once", "--json", "--settle", "0", "--no-loss", "--config", str(config))
+    assert child.status == 1, child.err[-2000:]
+    assert child.cpu < 1 + 3 + 3, f"{child.cpu:.1f} s of CPU"  # the limit, the interpreter, the run
+    verdicts = {Path(v["path"]).name: v for v in child.report()["runs"][0]["checkpoints"]}
+    found = [p for p in verdicts["checkpoint-4"]["problems"] if p["file"] == str(target)]
+    assert [p["kind"] for p in found] == ["exceeds_limits"]
+    assert "building a pickled dict" in found[0]["message"]
+
+
+def test_a_few_thousand_colliding_keys_stay_on_the_fast_walker_and_are_judged(tmp_path):
+    """Below the collision-material threshold the C walker runs; 3,000 colliding keys cost < 1 s."""
+    from ckptwatch.formats.pickle_stub import MAX_COLLISION_MATERIAL, _scan, walk_pickle
+
+    stream = _colliding_dict_stream(3000)
+    assert _scan(stream, 0, "x")[2] == 3000 < MAX_COLLISION_MATERIAL
+    walk = walk_pickle(stream, what="x")
+    assert len(walk.obj) == 3000
+
+
+def test_guarded_walker_reads_real_checkpoints_like_the_c_walker(artefact, monkeypatch):
+    """Every pickle of a real Trainer checkpoint walks to the same result on both walkers."""
+    import ckptwatch.formats.pickle_stub as stub
+
+    run = artefact("hf_full")
+    seen = 0
+    for path in sorted((run / "checkpoint-4").iterdir()):
+        if not zipfile.is_zipfile(path):
+            continue
+        with zipfile.ZipFile(path) as z:
+            data = z.read(next(n for n in z.namelist() if n.endswith("/data.pkl")))
+        fast = stub.walk_pickle(data, what=path.name)
+        monkeypatch.setattr(stub, "MAX_COLLISION_MATERIAL", -1)
+        guarded = stub.walk_pickle(data, what=path.name)
+        monkeypatch.undo()
+        assert (guarded.globals, guarded.end, guarded.protocol) == (fast.globals, fast.end, fast.protocol)
+        assert guarded.storages == fast.storages and guarded.tensors == fast.tensors
+        assert stub.brief(guarded.obj) == stub.brief(fast.obj)
+        seen += 1
+    assert seen >= 4  # optimizer, scheduler, rng state, training args
+
+
+def test_a_legitimate_list_of_20000_floats_is_walked_by_the_guarded_walker(tmp_path):
+    """Floats are collision material, but a callback's loss history is no attack: walked, not refused."""
+    import pickle
+
+    from ckptwatch.formats.pickle_stub import MAX_COLLISION_MATERIAL, _scan, walk_pickle
+
+    history = {"losses": [1.0 / (i + 1) for i in range(20_000)], "frozen": frozenset({1.5, 2.5})}
+    stream = pickle.dumps(history, protocol=4)
+    assert _scan(stream, 0, "x")[2] > MAX_COLLISION_MATERIAL
+    walk = walk_pickle(stream, what="x")
+    assert walk.obj == history

@@ -26,7 +26,11 @@ the C unpickler's own constant: up to ~220 bytes of heap per opcode (an ``EMPTY_
 216-byte set). ``MAX_PICKLE_OPCODES`` (16 Mi) therefore bounds a hostile stream at about 3.5 GiB, and
 ``MAX_PICKLE_BYTES`` (256 MiB) bounds the bytes read; a real ``data.pkl`` is KBs to a few MBs (a DCP
 ``.metadata`` of a large sharded run tens of MBs; walking runs at ~7 MB/s, half of it the pre-scan).
-No wall-clock guard is needed.
+One cost is not linear: inserting keys whose hashes are equal into a dict or set is quadratic, and
+ints, floats, tuples and frozensets have hashes an attacker can choose (60,000 keys took 25-36 s inside
+one C call that no signal interrupts). ``_scan`` counts the literals such keys need; a stream with more
+than ``MAX_COLLISION_MATERIAL`` of them goes to ``_GuardedWalker``, which inserts key by key and stops at
+the file's CPU limit (``limits.tick``). Real pickles stay on the C walker.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from __future__ import annotations
 import _compat_pickle
 import collections
 import io
+import os
 import pickle
 import posixpath
 from collections.abc import Mapping
@@ -41,10 +46,17 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ckptwatch.formats._io import FormatError
+from ckptwatch.formats.limits import LimitExceeded, tick
 
 MAX_PICKLE_BYTES = 256 << 20
 MAX_PICKLE_OPCODES = 16 << 20
 MAX_GLOBALS = 10_000  # distinct (module, name) pairs; a real checkpoint has tens
+# Collision material (``_scan``) above which a stream is walked by the guarded, interruptible walker:
+# 4,096 colliding keys cost the C dict at most ~8 M comparisons (well under a second).
+MAX_COLLISION_MATERIAL = 4096
+# str and bytes keys collide only for someone who knows the hash key: a fixed PYTHONHASHSEED gives it away,
+# and then every stream goes the guarded way.
+STR_HASH_IS_SECRET = os.environ.get("PYTHONHASHSEED", "random") == "random"
 
 # Element size in bytes of the legacy typed storage classes torch pickles (torch/storage.py
 # _dtype_to_storage_type_map; UntypedStorage counts bytes). Float8 names never appear in torch 2.x files
@@ -402,6 +414,8 @@ def _hashable(key: Any) -> bool:
 # fmt: off
 _COUNT1, _COUNT4, _COUNT4S, _COUNT8, _LINE, _PUTLINE, _LINE2, _LONG_BINPUT, _PROTO, _STOP = \
     -1, -2, -3, -4, -5, -6, -7, -8, -9, -11
+# Opcodes that make hash-collision material (see ``_scan``): their own codes, counted when met.
+_FLOAT8, _LONG1, _LONG4, _NUMLINE, _FROZENSET = -12, -13, -14, -15, -16
 _BAD = -99
 _ARG = [_BAD] * 256
 for _c in b"(0123NRbae}dls]ut)o\x81\x85\x86\x87\x88\x89\x8f\x90\x91\x92\x93\x94Q\x97\x98":
@@ -419,6 +433,12 @@ for _c in b"\x8d\x8e\x96":
     _ARG[_c] = _COUNT8
 for _c in b"ILFSVgP":
     _ARG[_c] = _LINE
+_ARG[ord("G")] = _FLOAT8
+_ARG[0x8A] = _LONG1
+_ARG[0x8B] = _LONG4
+for _c in b"ILF":
+    _ARG[_c] = _NUMLINE
+_ARG[0x91] = _FROZENSET
 _ARG[ord("p")] = _PUTLINE
 _ARG[ord("c")] = _ARG[ord("i")] = _LINE2
 _ARG[ord("r")] = _LONG_BINPUT
@@ -427,19 +447,29 @@ _ARG[ord(".")] = _STOP
 # fmt: on
 
 
-def _scan(data: bytes, start: int, what: str) -> tuple[int, int]:
-    """Return (offset after STOP, protocol) of the pickle at ``start``; raise on unsafe or broken streams.
+def _scan(data: bytes, start: int, what: str) -> tuple[int, int, int]:
+    """Return (offset after STOP, protocol, collision material) of the pickle at ``start``.
 
-    Memo rule: every PUT/LONG_BINPUT index must be below max(256, opcode count). A pickler's indices
-    count its memo writes, which are fewer than its opcodes, so real streams always pass, and the C
-    unpickler's memo array then stays within 16 bytes per opcode (a stream length rule let a 64 KB
-    deflated zip record expand to 64 MB and ask for a 1 GB memo).
+    Raises on unsafe or broken streams. Memo rule: every PUT/LONG_BINPUT index must be below max(256,
+    opcode count). A pickler's indices count its memo writes, which are fewer than its opcodes, so real
+    streams always pass, and the C unpickler's memo array then stays within 16 bytes per opcode (a stream
+    length rule let a 64 KB deflated zip record expand to 64 MB and ask for a 1 GB memo).
+
+    Collision material: the literals from which dict keys or set members with chosen, equal hashes can
+    be built. Python hashes ``str`` and ``bytes`` with a per-process random key, but ints, floats,
+    tuples and frozensets without one: ``hash(k * (2**61 - 1)) == 0`` for every int ``k``, ``hash(0.5) ==
+    hash(2**60)``, a 2-tuple can be completed to collide with any other by a solved 61-bit second
+    member, and a frozenset's hash XORs its members' (linear algebra finds many equal ones among ~100
+    small ints). Each colliding key needs its own wide literal (a float, an int of 40 bits or more) or a
+    FROZENSET, so their count bounds how many colliding keys the stream can build; ``walk_pickle`` uses
+    the C unpickler only below ``MAX_COLLISION_MATERIAL`` (C dict insertion cannot be interrupted).
     """
     n = len(data)
     i = start
     ops = 0
     max_idx = -1
     protocol = 0
+    risky = 0
     arg = _ARG
     find = data.find
     stopped = False
@@ -473,6 +503,28 @@ def _scan(data: bytes, start: int, what: str) -> tuple[int, int]:
             i += 5 + ln
         elif k == _COUNT8:
             i += 9 + int.from_bytes(data[i + 1 : i + 9], "little")
+        elif k == _LONG1:
+            width = data[i + 1] if i + 1 < n else 0
+            risky += width >= 6  # 40 bits and more; a pickler writes smaller ints in fewer bytes
+            i += 2 + width
+        elif k == _FLOAT8:
+            risky += 1
+            i += 9
+        elif k == _LONG4:
+            ln = int.from_bytes(data[i + 1 : i + 5], "little", signed=True)
+            if ln < 0:
+                raise FormatError("bad_pickle", f"{what}: negative length {ln} at byte {i}")
+            risky += 1
+            i += 5 + ln
+        elif k == _FROZENSET:
+            risky += 1
+            i += 1
+        elif k == _NUMLINE:
+            j = find(b"\n", i + 1)
+            if j < 0:
+                break
+            risky += op == 0x46 or j - i > 12  # FLOAT, or INT/LONG of 12 digits or more
+            i = j + 1
         elif k == _LINE or k == _PUTLINE or k == _LINE2:
             j = find(b"\n", i + 1)
             if k == _LINE2 and j >= 0:
@@ -501,7 +553,7 @@ def _scan(data: bytes, start: int, what: str) -> tuple[int, int]:
         raise FormatError(
             "bad_pickle", f"{what}: {ops} pickle opcodes, more than the {MAX_PICKLE_OPCODES} safety cap"
         )
-    return i, protocol
+    return i, protocol, risky
 
 
 # --------------------------------------------------------------------------------------------------
@@ -517,8 +569,8 @@ def _tuple_of_ints(value: Any, what: str, budget: _Budget) -> tuple[int, ...]:
     return tuple(value)
 
 
-class _Walker(pickle.Unpickler):
-    """C unpickler whose globals are stubs and whose persistent ids are recorded, never resolved."""
+class _Resolver:
+    """Globals become stubs and persistent ids are recorded, never resolved: the part both walkers share."""
 
     def __init__(self, file: io.BytesIO, what: str, budget: _Budget) -> None:
         super().__init__(file, encoding="utf-8")
@@ -577,18 +629,26 @@ class _Walker(pickle.Unpickler):
         def ordered_dict(*args: Any) -> _PickledOrderedDict:
             if len(args) > 1:
                 raise pickle.UnpicklingError("OrderedDict takes at most one argument")
+            out = _PickledOrderedDict()
             if args:
                 b.charge(len(args[0]) if isinstance(args[0], (list, tuple, dict)) else 0)
                 if not isinstance(args[0], (list, tuple, dict)):
                     raise pickle.UnpicklingError("OrderedDict argument is not a list, tuple or dict")
-            return _PickledOrderedDict(*args)
+                pairs = args[0].items() if isinstance(args[0], dict) else args[0]
+                for n, pair in enumerate(pairs):  # one key at a time: colliding keys meet the deadline
+                    if n % _INSERT_TICK == 0:
+                        tick("building a pickled OrderedDict")
+                    if not isinstance(pair, (tuple, list)) or len(pair) != 2:  # Python 2 wrote lists
+                        raise pickle.UnpicklingError("OrderedDict item is not a (key, value) pair")
+                    out[pair[0]] = pair[1]
+            return out
 
         def make_set(items: Any = ()) -> set[Any] | list[Any]:
             if not isinstance(items, (list, tuple, set, frozenset)):
                 raise pickle.UnpicklingError("set argument is not a sequence")
             b.charge(len(items))
             try:
-                return set(items)
+                return _ticking_set(items)
             except TypeError:  # members are unhashable stubs' kin: keep them as a list
                 return list(items)
 
@@ -715,6 +775,73 @@ class _Walker(pickle.Unpickler):
         return ref
 
 
+class _Walker(_Resolver, pickle.Unpickler):
+    """The C unpickler with stub globals: fast, for streams without much collision material."""
+
+
+_INSERT_TICK = 64  # insertions between two looks at the file's deadline on the guarded path
+
+
+class _GuardedWalker(_Resolver, pickle._Unpickler):
+    """The pure-Python unpickler with stub globals, for streams rich in hash-collision material.
+
+    Every opcode runs as Python code, and the opcodes that insert into a dict or set do it one key at a
+    time, looking at the file's deadline (``limits.tick``) every ``_INSERT_TICK`` keys: a dict of 60,000
+    keys with equal hashes then stops at the limit as ``exceeds_limits`` instead of holding the thread for
+    minutes inside one C call. About 10x slower than the C walker; real pickles never come this way.
+    """
+
+    dispatch = dict(pickle._Unpickler.dispatch)
+
+    def _insert_pairs(self, target: Any, items: list[Any]) -> None:
+        for n in range(0, len(items) - 1, 2):
+            if n % (2 * _INSERT_TICK) == 0:
+                tick("building a pickled dict")
+            target[items[n]] = items[n + 1]
+
+    def load_setitems(self) -> None:
+        items = self.pop_mark()
+        self._insert_pairs(self.stack[-1], items)
+
+    dispatch[pickle.SETITEMS[0]] = load_setitems
+
+    def load_dict(self) -> None:
+        items = self.pop_mark()
+        d: dict[Any, Any] = {}
+        self._insert_pairs(d, items)
+        self.append(d)
+
+    dispatch[pickle.DICT[0]] = load_dict
+
+    def load_additems(self) -> None:
+        items = self.pop_mark()
+        target = self.stack[-1]
+        for n, item in enumerate(items):
+            if n % _INSERT_TICK == 0:
+                tick("building a pickled set")
+            target.add(item)
+
+    dispatch[pickle.ADDITEMS[0]] = load_additems
+
+    def load_frozenset(self) -> None:
+        items = self.pop_mark()
+        members = _ticking_set(items)
+        tick("building a pickled frozenset")
+        self.append(frozenset(members))
+
+    dispatch[pickle.FROZENSET[0]] = load_frozenset
+
+
+def _ticking_set(items: Any) -> set[Any]:
+    """``set(items)``, one member at a time with a look at the deadline every ``_INSERT_TICK`` members."""
+    out: set[Any] = set()
+    for n, item in enumerate(items):
+        if n % _INSERT_TICK == 0:
+            tick("building a pickled set")
+        out.add(item)
+    return out
+
+
 def brief(value: Any, limit: int = 40) -> str:
     """A short, safe description of a value taken from a pickle, for messages.
 
@@ -759,19 +886,22 @@ def walk_pickle(data: bytes, *, what: str, start: int = 0) -> PickleWalk:
         # Only the stream itself counts: scan a capped window so a long file tail costs nothing.
         window = data[start : start + MAX_PICKLE_BYTES]
         try:
-            end, protocol = _scan(window, 0, what)
+            end, protocol, risky = _scan(window, 0, what)
         except PickleTruncated:
             raise FormatError(
                 "bad_pickle", f"{what}: pickle larger than the {MAX_PICKLE_BYTES >> 20} MiB safety cap"
             ) from None
         end += start
     else:
-        end, protocol = _scan(data, start, what)
+        end, protocol, risky = _scan(data, start, what)
     budget = _Budget(4 * (end - start) + (1 << 20))
     stream = io.BytesIO(memoryview(data)[start:end])
-    walker = _Walker(stream, what, budget)
+    guarded = risky > MAX_COLLISION_MATERIAL or not STR_HASH_IS_SECRET
+    walker = (_GuardedWalker if guarded else _Walker)(stream, what, budget)
     try:
         obj = walker.load()
+    except LimitExceeded:
+        raise
     # UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, RecursionError,
     # MemoryError, struct.error, ...: no fault in hostile bytes may escape as a traceback.
     except Exception as exc:  # noqa: BLE001 - hostile bytes may raise anything
