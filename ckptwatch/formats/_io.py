@@ -29,6 +29,8 @@ from ckptwatch.model import Problem
 
 def display(path: str) -> str:
     """A path safe to print and to put in JSON (non-UTF-8 bytes shown as \\xNN escapes)."""
+    if type(path) is str and path.isascii():  # nearly every path (undecodable bytes are not ASCII)
+        return path
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 

@@ -301,9 +301,31 @@ def _sorted_storages(walk: PickleWalk) -> list[tuple[str, StorageRef]]:
     return out
 
 
+_NEEDS: dict[tuple[int, str], tuple[PickleWalk, list[tuple[str, int]]]] = {}
+
+
+def _record_needs(walk: PickleWalk, prefix: str) -> list[tuple[str, int]]:
+    """(record name, bytes it must hold) of every storage, remembered per distinct pickle and prefix.
+
+    The Trainer writes the same optimizer/scheduler pickles in checkpoint after checkpoint: the names and
+    sizes are computed once, and each checkpoint costs one dict lookup per storage.
+    """
+    hit = _NEEDS.get((id(walk), prefix))
+    if hit is not None and hit[0] is walk:
+        return hit[1]
+    out = [(f"{prefix}/data/{key}", ref.nbytes or 0) for key, ref in _sorted_storages(walk)]
+    if len(_NEEDS) >= _WALK_CACHE_ENTRIES:
+        _NEEDS.pop(next(iter(_NEEDS)))
+    _NEEDS[(id(walk), prefix)] = (walk, out)
+    return out
+
+
 def _storage_problems(walk: PickleWalk, record_sizes: dict[str, int], prefix: str, pkl_name: str,
                       shown: str, label: str) -> list[Problem]:
     """Storages the pickle references that have no record, or a record too short; views past their end."""
+    get = record_sizes.get
+    if all(get(rec, -1) >= needed for rec, needed in _record_needs(walk, prefix)):
+        return _view_problems(walk.tensors, shown, label)  # the common case: every record is there
     problems: list[Problem] = []
     short: list[str] = []
     absent: list[str] = []
