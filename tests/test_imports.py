@@ -41,6 +41,9 @@ FLOORS: dict[str, int] = {
     "ckptwatch.config.service": PURE,
     "ckptwatch.config.loss": PURE,
     "ckptwatch.config.alerts": PURE,
+    "ckptwatch.config.retention": PURE,
+    "ckptwatch.retention.policy": PURE,  # the keep rules and the plan
+    "ckptwatch.retention.guards": PURE,  # the invariants no plan may break
     "ckptwatch.alerts.config": PURE,  # the [alerts] section, read by the pure conditions
     "ckptwatch.alerts.messages": PURE,
     "ckptwatch.alerts.conditions": PURE,
@@ -65,9 +68,12 @@ FLOORS: dict[str, int] = {
     "ckptwatch.layouts": LAYOUTS,
     "ckptwatch.discover": LAYOUTS,
     "ckptwatch.hazards": LAYOUTS,  # pure rules over the facts the layouts gather (paths shown by scan)
+    "ckptwatch.retention.facts": LAYOUTS,  # metrics, pins, framework pointers, the best checkpoint
+    "ckptwatch.retention.delete": LAYOUTS,  # the one guarded deletion path (re-checks with the layouts)
     "ckptwatch.engine": ENGINE,
     "ckptwatch.passes": ENGINE,  # the service's pass: the engine with its caches and the open-files rule
     "ckptwatch.config": ENGINE,  # the whole file: the sections below, and the layouts' names
+    "ckptwatch.retention": SINKS,  # the package and its sink
     "ckptwatch.sinks": SINKS,  # the sink interface, the fault reporter, and the small sinks
     "ckptwatch.losswatch.service": SINKS,  # the loss watch's sink
     "ckptwatch.state": SINKS,
