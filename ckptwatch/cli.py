@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ckptwatch.losswatch.cli import add_parser as add_loss_parser
 
     add_loss_parser(sub)
+    from ckptwatch.retention.cli import add_parser as add_prune_parser
+
+    add_prune_parser(sub)
     status = sub.add_parser("status",
                             help="what the service knows: per run, newest complete and open problems")
     status.add_argument("--config", metavar="FILE", help="the service's config (for its state_dir)")
@@ -367,8 +370,15 @@ def _cmd_loss(args: argparse.Namespace) -> int:
     return cmd_loss(args)
 
 
+def _cmd_prune(args: argparse.Namespace) -> int:
+    from ckptwatch.retention.cli import cmd_prune
+
+    return cmd_prune(args)
+
+
 COMMANDS = {"once": cmd_once, "verify": cmd_verify, "latest": cmd_latest, "run": cmd_run,
-            "status": cmd_status, "config": cmd_config, "alert": cmd_alert, "loss": _cmd_loss}
+            "status": cmd_status, "config": cmd_config, "alert": cmd_alert, "loss": _cmd_loss,
+            "prune": _cmd_prune}
 
 
 

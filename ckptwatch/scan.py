@@ -38,8 +38,14 @@ class Entry:
     ctime: float = 0.0
 
 
+# Retention's trash (retention/delete.py): ckptwatch's own, never a checkpoint or a run, so no listing
+# shows it to the layouts, to discovery or to the settle rule.
+TRASH_NAME = ".ckptwatch-trash"
+
+
 def list_dir(path: str) -> tuple[list[Entry], list[Problem]]:
-    """Entries of ``path`` sorted by name; problems for entries that cannot be stat'ed."""
+    """Entries of ``path`` sorted by name (never retention's trash); problems for entries that cannot be
+    stat'ed."""
     entries: list[Entry] = []
     problems: list[Problem] = []
     try:
@@ -48,6 +54,8 @@ def list_dir(path: str) -> tuple[list[Entry], list[Problem]]:
     except OSError as exc:
         return [], [problem_from_oserror(path, exc)]
     for de in raw:
+        if de.name == TRASH_NAME:
+            continue
         try:
             de.name.encode("utf-8")
         except UnicodeEncodeError:
