@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ckptwatch import __version__
 from ckptwatch.errors import (
@@ -169,11 +169,26 @@ def cmd_once(args: argparse.Namespace) -> int:
     now = time.time()
     reports = [check_root(_existing(w.path), _options(args, config, w), now, layout=w.layout,
                           loss=None if args.no_loss else w.loss) for w in targets]
+    retention = _retention_plans(targets, reports, now)
     if args.json:
-        write_json(reports)
+        write_json(reports, retention=retention)
     else:
         write_table(reports)
     return EXIT_PROBLEMS if has_problems(reports) else EXIT_OK
+
+
+def _retention_plans(targets: "list[WatchConfig]", reports: list[Any], now: float) -> dict[str, dict[str, Any]]:
+    """Run root -> the retention plan's JSON, for the runs of watches with ``[watch.retention]``."""
+    out: dict[str, dict[str, Any]] = {}
+    for watch, report in zip(targets, reports, strict=True):
+        if watch.retention is None:
+            continue
+        from ckptwatch.retention.execute import plan_for, plan_json
+
+        for run in report.runs:
+            out[run.root] = plan_json(plan_for(run, watch.retention, watch.path, now),
+                                      dry_run=watch.retention.dry_run)
+    return out
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
