@@ -177,7 +177,8 @@ def cmd_once(args: argparse.Namespace) -> int:
     return EXIT_PROBLEMS if has_problems(reports) else EXIT_OK
 
 
-def _retention_plans(targets: "list[WatchConfig]", reports: list[Any], now: float) -> dict[str, dict[str, Any]]:
+def _retention_plans(targets: "list[WatchConfig]", reports: list[Any],
+                     now: float) -> dict[str, dict[str, Any]]:
     """Run root -> the retention plan's JSON, for the runs of watches with ``[watch.retention]``."""
     out: dict[str, dict[str, Any]] = {}
     for watch, report in zip(targets, reports, strict=True):
