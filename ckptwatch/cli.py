@@ -14,6 +14,8 @@ import time
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ckptwatch import __version__
+from ckptwatch.cliargs import add_check_args as _check_args
+from ckptwatch.cliargs import check_options as _options
 from ckptwatch.errors import (
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
@@ -24,57 +26,15 @@ from ckptwatch.errors import (
     UsageError,
 )
 from ckptwatch.errors import EXIT_USAGE as EXIT_USAGE  # unused here; re-exported beside the other three
-from ckptwatch.formats.limits import limits_of
-from ckptwatch.layouts.base import CheckOptions
-from ckptwatch.layouts.registry import NAMES
-from ckptwatch.settle import parse_duration
 from ckptwatch.vocabulary import full_message
 
 if TYPE_CHECKING:
-    from ckptwatch.config import Config, WatchConfig
+    from ckptwatch.config import WatchConfig
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse exits 2 itself; keep our wording and code
         raise UsageError(f"{self.prog}: {message} (see --help)")
-
-
-def _duration(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
-    return value
-
-
-def _check_args(p: argparse.ArgumentParser) -> None:
-    from ckptwatch.config import ServiceConfig
-
-    defaults = ServiceConfig()  # the one home of the defaults the help states
-    p.add_argument("--json", action="store_true", help="print the versioned JSON report (see README)")
-    p.add_argument("--deep", action="store_true",
-                   help="also read every byte: zip CRCs, full safetensors reads, MindSpore CRC, "
-                        "Megatron hashes")
-    p.add_argument("--scan-values", action="store_true",
-                   help="with --deep: flag NaN/Inf and all-zero tensors in safetensors files")
-    p.add_argument("--settle", type=float, default=None, metavar="SECONDS",
-                   help="anything modified within this many seconds is in_progress (default: the config's "
-                        f"service.settle_seconds, else {defaults.settle_seconds:g})")
-    p.add_argument("--stale-after", type=_duration, default=None, metavar="DURATION",
-                   help="a temp/staging marker older than this means a killed save (default: the config's "
-                        f"service.stale_after, else {defaults.stale_after:g} s)")
-    p.add_argument("--expected-ranks", type=_positive_int, metavar="N",
-                   help="ranks to expect when neither metadata nor sibling checkpoints tell")
-    p.add_argument("--layout", default="auto", choices=("auto", *NAMES), help="force one layout")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,23 +84,6 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--config", metavar="FILE", help="the service's config (for its state_dir)")
     status.add_argument("--json", action="store_true")
     return parser
-
-
-def _options(args: argparse.Namespace, config: "Config | None" = None,
-             watch: "WatchConfig | None" = None) -> CheckOptions:
-    """Command-line flags win over the config file, which wins over the defaults."""
-    if args.settle is not None and args.settle < 0:
-        raise UsageError(f"--settle must be 0 or more, not {args.settle:g}")
-    if args.scan_values and not args.deep:
-        raise UsageError("--scan-values reads every tensor; it needs --deep")
-    from ckptwatch.config import ServiceConfig, override
-
-    service = override(config.service if config else ServiceConfig(),
-                       {"settle_seconds": args.settle, "stale_after": args.stale_after})
-    ranks = args.expected_ranks or (watch.expected_ranks if watch else None)
-    return CheckOptions(deep=args.deep, scan_values=args.scan_values, settle_seconds=service.settle_seconds,
-                        stale_after=service.stale_after, expected_ranks=ranks, limits=limits_of(service),
-                        allow_hazards=getattr(args, "allow_hazards", False))
 
 
 def _existing(path: str) -> str:

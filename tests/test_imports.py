@@ -73,7 +73,9 @@ FLOORS: dict[str, int] = {
     "ckptwatch.engine": ENGINE,
     "ckptwatch.passes": ENGINE,  # the service's pass: the engine with its caches and the open-files rule
     "ckptwatch.config": ENGINE,  # the whole file: the sections below, and the layouts' names
-    "ckptwatch.retention": SINKS,  # the package and its sink
+    "ckptwatch.retention": PURE,  # the package itself is a docstring; its modules have their own floors
+    "ckptwatch.retention.execute": LAYOUTS,  # facts -> plan -> refusals -> the deletion path, for one run
+    "ckptwatch.retention.service": SINKS,  # the retention sink
     "ckptwatch.sinks": SINKS,  # the sink interface, the fault reporter, and the small sinks
     "ckptwatch.losswatch.service": SINKS,  # the loss watch's sink
     "ckptwatch.state": SINKS,
@@ -85,6 +87,7 @@ FLOORS: dict[str, int] = {
     "ckptwatch.daemon": DAEMON,
     "ckptwatch.observers": DAEMON,  # the daemon's filesystem observers
     "ckptwatch.cli": CLI,
+    "ckptwatch.cliargs": CLI,  # the check flags several commands share
     "ckptwatch.__main__": CLI,
     "ckptwatch.alerts.cli": CLI,
     "ckptwatch.losswatch.cli": CLI,

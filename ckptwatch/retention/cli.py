@@ -28,24 +28,24 @@ FLAGS = {"keep_last": "keep_last", "keep_every_steps": "keep_every_steps", "keep
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
-    from ckptwatch.cli import _check_args, _duration, _positive_int
+    from ckptwatch.cliargs import add_check_args, duration, positive_int
 
     p = subparsers.add_parser("prune", help="plan retention for the runs at PATH and delete what it allows")
     p.add_argument("path", nargs="?", metavar="PATH", help="an output dir (default: every [[watch]] with "
                    "[watch.retention] in --config)")
     p.add_argument("--config", metavar="FILE", help="read [watch.retention] from the watch holding PATH")
     p.add_argument("--dry-run", action="store_true", help="print the plan; delete nothing")
-    p.add_argument("--keep-last", type=_positive_int, metavar="N", help="keep the newest N complete")
-    p.add_argument("--keep-every-steps", type=_positive_int, metavar="K", help="keep steps divisible by K")
-    p.add_argument("--keep-best", type=_positive_int, metavar="M", help="keep the M best by --metric")
+    p.add_argument("--keep-last", type=positive_int, metavar="N", help="keep the newest N complete")
+    p.add_argument("--keep-every-steps", type=positive_int, metavar="K", help="keep steps divisible by K")
+    p.add_argument("--keep-best", type=positive_int, metavar="M", help="keep the M best by --metric")
     p.add_argument("--metric", metavar="NAME", help="e.g. eval_loss (what --keep-best ranks by)")
     p.add_argument("--mode", choices=("min", "max"), help="min (default): lower is better")
-    p.add_argument("--keep-within", type=_duration, metavar="DURATION", help="keep everything younger")
-    p.add_argument("--keep-interval", type=_duration, metavar="DURATION", help="keep one per interval")
-    p.add_argument("--delete-incomplete-after", type=_duration, metavar="DURATION",
+    p.add_argument("--keep-within", type=duration, metavar="DURATION", help="keep everything younger")
+    p.add_argument("--keep-interval", type=duration, metavar="DURATION", help="keep one per interval")
+    p.add_argument("--delete-incomplete-after", type=duration, metavar="DURATION",
                    help="delete crashed saves older than this when a newer checkpoint is complete")
     p.add_argument("--min-free", metavar="SIZE|PCT", help='free space to keep, e.g. "50G" or "10%%"')
-    _check_args(p)
+    add_check_args(p)
     return p
 
 
@@ -96,7 +96,7 @@ def _targets(args: argparse.Namespace) -> list[tuple[WatchConfig, RetentionConfi
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from ckptwatch.cli import _options
+    from ckptwatch.cliargs import check_options
     from ckptwatch.engine import check_root, check_run_dir
     from ckptwatch.retention import execute
 
@@ -104,7 +104,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     blocked_or_refused = False
     out_runs: list[dict[str, Any]] = []
     for watch, policy in _targets(args):
-        opts = _options(args, None, watch)
+        opts = check_options(args, None, watch)
         root_report = check_root(watch.path, opts, now, layout=watch.layout)
         for run in root_report.runs:
             run_plan = execute.plan_for(run, policy, watch.path, now)
