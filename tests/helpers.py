@@ -56,8 +56,9 @@ def run_as_nobody(fn, *args):
 
 
 def make_daemon(state_dir: Path, root: Path, *, observer: str = "auto", alerts: dict | None = None,
-                clock=None, engine=None, **service):
-    """An in-process service (no sd_notify, JSON logs, settle 0 unless given) watching ``root``."""
+                clock=None, engine=None, watch: dict | None = None, **service):
+    """An in-process service (no sd_notify, JSON logs, settle 0 unless given) watching ``root``;
+    ``watch``: more keys of its ``[[watch]]`` table (``{"retention": {"keep_last": 1}}``)."""
     import time
 
     from ckptwatch.config import parse_config
@@ -65,7 +66,7 @@ def make_daemon(state_dir: Path, root: Path, *, observer: str = "auto", alerts: 
     from ckptwatch.notify import Notifier
 
     raw = {"service": {"state_dir": str(state_dir), "log_format": "json", "settle_seconds": 0, **service},
-           "watch": [{"path": str(root), "observer": observer}]}
+           "watch": [{"path": str(root), "observer": observer, **(watch or {})}]}
     if alerts is not None:
         raw["alerts"] = alerts
     extra = {"engine": engine} if engine is not None else {}

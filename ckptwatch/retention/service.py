@@ -117,6 +117,9 @@ class RetentionSink(Sink):
             self.faults.report(component, f"{type(outcomes).__name__}: {outcomes}",
                                "nothing more is deleted in this run until the next pass")
             return
+        deleted = sum(1 for o in outcomes if o.result == "deleted")
+        if run_root in self._complete:  # our own deletions are no anomaly at the next pass
+            self._complete[run_root] = max(0, self._complete[run_root] - deleted)
         refused = [o for o in outcomes if o.result == "refused"]
         for o in outcomes:
             if o.result == "deleted":
