@@ -220,6 +220,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     """``config check FILE``: errors exit 2 naming the key; warnings are what would surprise at run time."""
     from ckptwatch.config import load_config
+    from ckptwatch.retention.access import check_delete_access, describe
     from ckptwatch.state import default_state_dir
     from ckptwatch.watch import choose_observer, filesystem_type
 
@@ -251,6 +252,13 @@ def cmd_config(args: argparse.Namespace) -> int:
         ranks = w.expected_ranks or "inferred"
         print(f"  watch[{i}] {w.path}: layout {w.layout}, {where}, expected ranks {ranks}, "
               f"latest_good {'on' if w.latest_good else 'off'}")
+        if w.retention is not None:
+            access = check_delete_access(w.path, w.layout)
+            line = describe(access)
+            if access.refused is None:
+                print(f"  {line}")
+            else:
+                warnings.append(line)  # a warning: the service still judges; its deletions would fail
     from ckptwatch.alerts.config import mask_url
 
     routes = {k: [mask_url(u) for u in v] for k, v in sorted(config.alerts.routes.items())}

@@ -70,6 +70,7 @@ FLOORS: dict[str, int] = {
     "ckptwatch.hazards": LAYOUTS,  # pure rules over the facts the layouts gather (paths shown by scan)
     "ckptwatch.retention.facts": LAYOUTS,  # metrics, pins, framework pointers, the best checkpoint
     "ckptwatch.retention.delete": LAYOUTS,  # the one guarded deletion path (re-checks with the layouts)
+    "ckptwatch.retention.access": LAYOUTS,  # may this user delete under a root (discovery + os.access)
     "ckptwatch.engine": ENGINE,
     "ckptwatch.passes": ENGINE,  # the service's pass: the engine with its caches and the open-files rule
     "ckptwatch.config": ENGINE,  # the whole file: the sections below, and the layouts' names
