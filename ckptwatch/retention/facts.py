@@ -74,8 +74,8 @@ def candidates_of(report: RunReport, policy: RetentionConfig, *, root: str,
     with confined_to(root):
         pointed = pointers_naming(report)
         best = best_paths(verdicts)
-        wants_metric = policy.keep_best is not None and policy.metric is not None
-        metrics = metrics_of(verdicts, policy.metric) if wants_metric and policy.metric else {}
+        metric = policy.metric if policy.keep_best is not None else None  # only keep_best reads one
+        metrics = metrics_of(verdicts, metric) if metric else {}
         return [
             Candidate(
                 path=v.path,
