@@ -63,6 +63,7 @@ FLOORS: dict[str, int] = {
     "ckptwatch.notify": READERS,  # sd_notify
     "ckptwatch.statedb": READERS,  # sqlite, its errors mapped to the state-store error tree
     "ckptwatch.statelock": READERS,  # one service per state dir (flock)
+    "ckptwatch.pointer": READERS,  # the ckptwatch-latest files (read and write; its sink is sinks.pointer)
     "ckptwatch.scan": LAYOUTS,
     "ckptwatch.filecheck": LAYOUTS,
     "ckptwatch.layouts": LAYOUTS,
@@ -81,7 +82,6 @@ FLOORS: dict[str, int] = {
     "ckptwatch.losswatch.service": SINKS,  # the loss watch's sink
     "ckptwatch.state": SINKS,
     "ckptwatch.alerts": SINKS,  # the service facade, the dispatcher and its ledger
-    "ckptwatch.pointer": SINKS,
     "ckptwatch.metrics": SINKS,
     "ckptwatch.report": SINKS,  # --json and the table of `once`
     "ckptwatch.verify": SINKS,  # `verify`: the engine on one checkpoint

@@ -102,6 +102,14 @@ def build_hf_full(dest: Path) -> None:
     _run_variant("full", dest)
 
 
+@builder("hf_best_first")
+def build_hf_best_first(dest: Path) -> None:
+    """``hf_full`` with ``greater_is_better=True`` on ``eval_loss``: the loss falls, so the Trainer's
+    recorded best (``best_model_checkpoint``, ``best_metric``) is ``checkpoint-2``, the oldest, not the
+    newest. Why: a reader that takes "the newest" for "the best" passes on ``hf_full`` and fails here."""
+    _run_variant("best_first", dest)
+
+
 @builder("hf_lora")
 def build_hf_lora(dest: Path) -> None:
     """LoRA (r=4, lora_alpha=8, target ``c_attn``, lr 1e-2) through PEFT on a briefly pre-trained tiny
@@ -278,7 +286,7 @@ def _child_train(variant: str, out: Path) -> None:
     elif variant == "ddp":
         max_steps = 4
         extra = dict(ddp_backend="gloo")
-    elif variant != "full":
+    elif variant not in ("full", "best_first"):
         raise SystemExit(f"unknown variant {variant!r}")
 
     args = TrainingArguments(
@@ -294,7 +302,7 @@ def _child_train(variant: str, out: Path) -> None:
         save_strategy="steps",
         save_steps=2,
         metric_for_best_model="eval_loss",
-        greater_is_better=False,
+        greater_is_better=variant == "best_first",
         load_best_model_at_end=True,
         report_to=report_to,
         use_cpu=True,
@@ -317,8 +325,8 @@ def _child_stub(path: Path) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) != 3:
-        raise SystemExit("usage: python -m tests.builders.hf {full,lora,lora_tensorboard,multi_adapter,"
-                         "sharded,ddp,stub} PATH")
+        raise SystemExit("usage: python -m tests.builders.hf {full,best_first,lora,lora_tensorboard,"
+                         "multi_adapter,sharded,ddp,stub} PATH")
     _variant, _path = sys.argv[1], Path(sys.argv[2])
     if _variant == "stub":
         _child_stub(_path)
