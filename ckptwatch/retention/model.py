@@ -1,9 +1,11 @@
-"""The retention plan: one decision, with its reasons, for every checkpoint of a run. Pure.
+"""What retention sees of a checkpoint (``Candidate``) and what it decides (``Decision``, ``Plan``). Pure.
 
-What the rules see of a checkpoint is a ``Candidate`` (built by ``facts`` from a run report and the
-disk); what they return is a ``Plan``. Nothing here touches the disk, so every plan can be shown before
-it is carried out (``prune --dry-run``, ``once --json``) and property-tested against the invariants of
-``guards``.
+A ``Candidate`` is built by ``facts`` from a run report and the disk; ``policy.plan_run`` turns a run's
+candidates into a ``Plan``; ``guards`` says which candidates no plan may delete. The types live in a
+module of their own, below both, because ``guards`` checks plans and ``policy`` consults the guards: each
+importing the other would be a cycle. ``policy`` re-exports them under their old names.
+Nothing here touches the disk, so every plan can be shown before it is carried out (``prune --dry-run``,
+``once --json``) and property-tested against the invariants of ``guards``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ class Candidate:
     best: bool = False  # the framework's recorded best (best_model_checkpoint, best_model_path)
     unsafe_path: bool = False  # reached through a symlink, or its real path is outside the watched root
     mirrored: bool | None = None  # None: no mirror configured; False: no committed, verified copy yet
+    # A blocking hazard (vocabulary.blocks_resume): complete, but a resume from it would load the wrong
+    # weights, so ``latest`` passes over it and the newest complete one WITHOUT such a hazard is what a
+    # resume uses (resume.resume_choice). guards protects that one too.
+    blocks_resume: bool = False
 
 
 @dataclass(frozen=True)
