@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from ckptwatch.config.kinds import Boolean, OneOf, Path, Table, Whole
 from ckptwatch.config.loss import LossSettings
-from ckptwatch.config.retention import RetentionConfig
 from ckptwatch.config.reader import setting
+from ckptwatch.config.retention import RetentionConfig
 from ckptwatch.layouts.registry import NAMES
 
 
