@@ -33,10 +33,11 @@ from ckptwatch.config.retention import RetentionConfig
 from ckptwatch.model import Status
 from ckptwatch.retention.model import Candidate, Plan
 
+RecencyKey = tuple[int, int, float, str]
 PIN_SHOWN = 80  # characters of a pin's text shown in a reason (the file is written by anyone in the root)
 
 
-def recency(c: Candidate) -> tuple[int, int, float, str]:
+def recency(c: Candidate) -> RecencyKey:
     """Sort key, oldest first: by step, then mtime; a checkpoint without a step sorts before any with one,
     as in the engine's order (``CheckpointCandidate.sort_key``); the path breaks exact ties."""
     if c.step is None:

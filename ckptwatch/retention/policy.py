@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 from ckptwatch.config.retention import FreeSpace, RetentionConfig
 from ckptwatch.model import Status
-from ckptwatch.retention.guards import label, newer, newest_complete, protections, recency
+from ckptwatch.retention.guards import RecencyKey, label, newer, newest_complete, protections, recency
 from ckptwatch.retention.model import Candidate, Decision, DiskSpace, Plan
 
 __all__ = ["Candidate", "Decision", "DiskSpace", "Plan", "plan_run", "rule_summary", "span"]
@@ -63,15 +63,16 @@ def _has_metric(c: Candidate) -> bool:
     return c.metric is not None and not math.isnan(c.metric)
 
 
-def _keep_reasons(complete: list[int], candidates: Sequence[Candidate], policy: RetentionConfig,
-                  now: float) -> dict[int, list[str]]:
-    """Index -> the reasons the keep rules keep that complete checkpoint (absent: no rule keeps it)."""
+def _keep_reasons(complete: list[int], candidates: Sequence[Candidate], keys: list[RecencyKey],
+                  policy: RetentionConfig, now: float) -> dict[int, list[str]]:
+    """Index -> the reasons the keep rules keep that complete checkpoint (absent: no rule keeps it).
+    ``keys`` are the candidates' ``recency`` keys, computed once per plan."""
     keep: dict[int, list[str]] = {}
 
     def add(i: int, reason: str) -> None:
         keep.setdefault(i, []).append(reason)
 
-    newest_first = sorted(complete, key=lambda i: recency(candidates[i]), reverse=True)
+    newest_first = sorted(complete, key=keys.__getitem__, reverse=True)
     if policy.keep_last is not None:
         n = policy.keep_last
         for rank, i in enumerate(newest_first[:n], 1):
@@ -99,10 +100,10 @@ def _keep_reasons(complete: list[int], candidates: Sequence[Candidate], policy: 
         width = policy.keep_interval
         oldest: dict[int, int] = {}
         for i in complete:
-            bucket = math.floor(candidates[i].mtime / width)
+            mtime = candidates[i].mtime
+            bucket = math.floor(mtime / width)
             j = oldest.get(bucket)
-            c = candidates[i]
-            if j is None or (c.mtime, recency(c)) < (candidates[j].mtime, recency(candidates[j])):
+            if j is None or (mtime, keys[i]) < (candidates[j].mtime, keys[j]):
                 oldest[bucket] = i
         reason = f"one per {span(width)}"
         for i in oldest.values():
@@ -130,7 +131,8 @@ def plan_run(candidates: Sequence[Candidate], policy: RetentionConfig, now: floa
     newest = newest_complete(candidates)
     guards = protections(candidates, policy)
     complete = [i for i, c in enumerate(candidates) if c.status is Status.COMPLETE]
-    kept_by_rule = _keep_reasons(complete, candidates, policy, now)
+    keys = [recency(c) for c in candidates]
+    kept_by_rule = _keep_reasons(complete, candidates, keys, policy, now)
     no_rule = not policy.keep_rules
     summary = rule_summary(policy)
 
@@ -160,16 +162,16 @@ def plan_run(candidates: Sequence[Candidate], policy: RetentionConfig, now: floa
 
     shortfall = 0
     if policy.min_free is not None and disk is not None:
-        shortfall = _relieve_pressure(candidates, policy.min_free, policy.keep_every_steps, disk, complete,
-                                      guards, keep, reasons)
+        shortfall = _relieve_pressure(candidates, keys, policy.min_free, policy.keep_every_steps, disk,
+                                      complete, guards, keep, reasons)
 
     return Plan(tuple(Decision(c.path, c.step, keep[i], reasons[i], c.bytes, bool(guards[i]))
                       for i, c in enumerate(candidates)), shortfall)
 
 
-def _relieve_pressure(candidates: Sequence[Candidate], min_free: FreeSpace, every: int | None,
-                      disk: DiskSpace, complete: list[int], guards: list[tuple[str, ...]], keep: list[bool],
-                      reasons: list[tuple[str, ...]]) -> int:
+def _relieve_pressure(candidates: Sequence[Candidate], keys: list[RecencyKey], min_free: FreeSpace,
+                      every: int | None, disk: DiskSpace, complete: list[int], guards: list[tuple[str, ...]],
+                      keep: list[bool], reasons: list[tuple[str, ...]]) -> int:
     """Turn kept, unprotected complete checkpoints into deletions until ``min_free`` is met (oldest first,
     milestones last); update ``keep`` and ``reasons`` in place and return the bytes still missing."""
     required = min_free.required(disk.total)
@@ -177,10 +179,10 @@ def _relieve_pressure(candidates: Sequence[Candidate], min_free: FreeSpace, ever
     if available >= required:
         return 0
 
-    def order(i: int) -> tuple[bool, tuple[int, int, float, str]]:
+    def order(i: int) -> tuple[bool, RecencyKey]:
         step = candidates[i].step
         milestone = every is not None and step is not None and step % every == 0
-        return (milestone, recency(candidates[i]))
+        return (milestone, keys[i])
 
     why = f"disk below min_free {min_free}: oldest kept first"
     for i in sorted((i for i in complete if keep[i] and not guards[i]), key=order):
