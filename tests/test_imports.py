@@ -42,6 +42,7 @@ FLOORS: dict[str, int] = {
     "ckptwatch.config.loss": PURE,
     "ckptwatch.config.alerts": PURE,
     "ckptwatch.config.retention": PURE,
+    "ckptwatch.retention.model": PURE,  # the plan's types, below policy and guards
     "ckptwatch.retention.policy": PURE,  # the keep rules and the plan
     "ckptwatch.retention.guards": PURE,  # the invariants no plan may break
     "ckptwatch.alerts.config": PURE,  # the [alerts] section, read by the pure conditions
