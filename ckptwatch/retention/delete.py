@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from ckptwatch.config.retention import RetentionConfig
 from ckptwatch.formats._io import display
 from ckptwatch.retention import guards
-from ckptwatch.retention.policy import Candidate, Decision, Plan
+from ckptwatch.retention.model import Candidate, Decision, Plan
 from ckptwatch.scan import TRASH_NAME
 
 JOURNAL = "journal.json"

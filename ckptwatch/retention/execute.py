@@ -16,7 +16,8 @@ from typing import Any
 from ckptwatch.config.retention import RetentionConfig
 from ckptwatch.model import RunReport, Status
 from ckptwatch.retention import delete, facts
-from ckptwatch.retention.policy import Candidate, DiskSpace, Plan, plan_run
+from ckptwatch.retention.model import Candidate, DiskSpace, Plan
+from ckptwatch.retention.policy import plan_run
 
 # Problem kinds that mean a listing or a read of the run's own directories failed: a plan made on such a
 # scan may be missing checkpoints, so it deletes nothing (restic#4619: an empty listing wiped a repo).

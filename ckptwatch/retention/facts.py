@@ -38,7 +38,8 @@ from ckptwatch.layouts.megatron import read_tracker
 from ckptwatch.layouts.nemo import Nemo
 from ckptwatch.losswatch.parse import parse_log_history
 from ckptwatch.model import RunReport, Verdict
-from ckptwatch.retention.policy import Candidate
+from ckptwatch.resume import blocking_hazards
+from ckptwatch.retention.model import Candidate
 from ckptwatch.scan import inside, list_dir
 
 PIN_NAME = ".ckptwatch-keep"
@@ -89,6 +90,7 @@ def candidates_of(report: RunReport, policy: RetentionConfig, *, root: str,
                 best=_key(v.path) in best,
                 unsafe_path=unsafe_path(v.path, root),
                 mirrored=None if mirrored is None else bool(mirrored(v.path)),
+                blocks_resume=bool(blocking_hazards(v)),
             )
             for v in verdicts
         ]
