@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import pytest
 
 from ckptwatch.retention import delete
 from ckptwatch.scan import TRASH_NAME
-from tests.helpers import REPO, run_cli
+from tests.helpers import REPO, cli_as_nobody, cli_in_process, nobody_dir, run_cli
 
 
 def _prune(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -157,20 +158,24 @@ def test_a_trash_dir_ckptwatch_did_not_make_stops_deletion(artefact, tmp_path, s
     assert delete.recover(str(run)) and (run / "checkpoint-2").is_dir()  # recover leaves it alone too
 
 
-def test_permission_denied_is_reported_once_and_nothing_else_is_touched(artefact):
+def test_permission_denied_is_reported_once_and_nothing_else_is_touched(artefact, tmp_path):
     """As uid nobody, on a run owned by root (dirs 0755, files 0644: readable, not deletable): the first
     deletion fails, the second is not tried."""
-    run = artefact("hf_full")
-    for d in [run, *run.rglob("*")]:
-        d.chmod(0o755 if d.is_dir() else 0o644)
-    argv = [sys.executable, "-m", "ckptwatch", "prune", "--settle", "0", "--keep-last", "1", "--json",
-            str(run)]
-    p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv], cwd=REPO,
-                       capture_output=True, text=True, timeout=120)
-    assert p.returncode == 1, p.stderr
-    (item,) = json.loads(p.stdout)["runs"]
-    results = sorted((Path(o["path"]).name, o["result"]) for o in item["outcomes"])
-    assert results == [("checkpoint-2", "refused"), ("checkpoint-4", "skipped")]
-    refused = next(o for o in item["outcomes"] if o["result"] == "refused")
-    assert "permission denied" in refused["reason"] and "uid 65534" in refused["reason"]
-    assert _names(run) == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    base = nobody_dir(tmp_path)
+    try:
+        run = base / "hf_full"
+        shutil.copytree(artefact("hf_full"), run, symlinks=True)
+        for d in [run, *run.rglob("*")]:
+            d.chmod(0o755 if d.is_dir() else 0o644)
+        argv = ["prune", "--settle", "0", "--keep-last", "1", "--json", str(run)]
+        assert cli_in_process([*argv, "--dry-run"])[0] == 0  # imports what the child will need
+        code, out, err = cli_as_nobody(argv)
+        assert code == 1, err
+        (item,) = json.loads(out)["runs"]
+        results = sorted((Path(o["path"]).name, o["result"]) for o in item["outcomes"])
+        assert results == [("checkpoint-2", "refused"), ("checkpoint-4", "skipped")]
+        refused = next(o for o in item["outcomes"] if o["result"] == "refused")
+        assert "permission denied" in refused["reason"] and "uid 65534" in refused["reason"]
+        assert _names(run) == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

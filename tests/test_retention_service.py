@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from tests.helpers import REPO, make_daemon, two_trainer_runs
+from tests.helpers import REPO, cli_as_nobody, cli_in_process, make_daemon, nobody_dir, two_trainer_runs
 
 
 def _names(run: Path) -> list[str]:
@@ -90,20 +90,24 @@ def test_a_drop_of_complete_checkpoints_by_more_than_half_blocks_the_pass(artefa
 
 def test_an_unreadable_checkpoint_dir_blocks_prune_as_nobody(artefact, tmp_path):
     """A listing that fails (a checkpoint dir nobody may read) is an anomalous scan: nothing deleted."""
-    run = artefact("hf_full")
-    for p in [run, *run.rglob("*")]:
-        os.chown(p, 65534, 65534)
-    (run / "checkpoint-4").chmod(0o000)
-    argv = [sys.executable, "-m", "ckptwatch", "prune", "--settle", "0", "--keep-last", "1", "--json",
-            str(run)]
-    p = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *argv], cwd=REPO,
-                       capture_output=True, text=True, timeout=120)
-    (run / "checkpoint-4").chmod(0o755)
-    assert p.returncode == 1, p.stderr
-    (item,) = json.loads(p.stdout)["runs"]
-    assert item["retention"]["blocked"] and "listing failed" in item["retention"]["blocked"][0]
-    assert item["outcomes"] == []
-    assert _names(run) == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    base = nobody_dir(tmp_path)
+    try:
+        run = base / "hf_full"
+        shutil.copytree(artefact("hf_full"), run, symlinks=True)
+        for p in [run, *run.rglob("*")]:
+            os.chown(p, 65534, 65534)
+        argv = ["prune", "--settle", "0", "--keep-last", "1", "--json", str(run)]
+        assert cli_in_process([*argv, "--dry-run"])[0] == 0  # imports what the child will need
+        (run / "checkpoint-4").chmod(0o000)
+        code, out, err = cli_as_nobody(argv)
+        (run / "checkpoint-4").chmod(0o755)
+        assert code == 1, err
+        (item,) = json.loads(out)["runs"]
+        assert item["retention"]["blocked"] and "listing failed" in item["retention"]["blocked"][0]
+        assert item["outcomes"] == []
+        assert _names(run) == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
@@ -127,7 +131,8 @@ def test_a_root_that_is_no_longer_its_filesystem_deletes_nothing(artefact, tmp_p
     """The watched root is a mount; it is unmounted and a run appears on the bare mount point (a job
     writing to the wrong disk): retention refuses, the data it sees is not the data it was watching."""
     root = tmpfs("root", "64m")
-    shutil.copytree(artefact("hf_full"), root / "run-a", symlinks=True)
+    built = artefact("hf_full")
+    shutil.copytree(built, root / "run-a", symlinks=True)
     for name in ("checkpoint-2", "checkpoint-4"):
         shutil.rmtree(root / "run-a" / name)
     d = make_daemon(tmp_path / "state", root, watch={"retention": {"keep_last": 1}})
@@ -135,7 +140,7 @@ def test_a_root_that_is_no_longer_its_filesystem_deletes_nothing(artefact, tmp_p
         d.judge_watch(d.config.watches[0])  # the first pass sees the mount (nothing to delete yet)
         _settle(d)
         subprocess.run(["umount", str(root)], check=True)
-        shutil.copytree(artefact("hf_full"), root / "run-a", symlinks=True)
+        shutil.copytree(built, root / "run-a", symlinks=True)
         with capture_logs() as logs:
             d.judge_watch(d.config.watches[0])
             _settle(d)
@@ -159,7 +164,7 @@ def test_min_free_on_a_small_tmpfs_deletes_oldest_first_and_never_the_newest(art
     assert _names(fs / "run") == ["checkpoint-6"]
     assert shutil.disk_usage(fs).free >= want - (64 << 10)  # tmpfs accounting is per page
     # asking for more than can ever be freed: the newest stays, and the plan says what is missing
-    p = subprocess.run([sys.executable, "-m", "ckptwatch", "prune", "--settle", "0", "--min-free", "7M",
+    p = subprocess.run([sys.executable, "-m", "ckptwatch", "prune", "--settle", "0", "--min-free", "99%",
                         "--json", str(fs / "run")], cwd=REPO, capture_output=True, text=True, timeout=120)
     (item,) = json.loads(p.stdout)["runs"]
     assert item["retention"]["shortfall"] > 0 and _names(fs / "run") == ["checkpoint-6"]

@@ -106,6 +106,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
     for watch, policy in _targets(args):
         opts = check_options(args, None, watch)
         root_report = check_root(watch.path, opts, now, layout=watch.layout)
+        recovered = [line for run in root_report.runs for line in execute.recover_run(run)]
+        for line in recovered:
+            print(f"ckptwatch: {line}", file=sys.stderr)
+        if recovered:  # a crash interrupted a deletion: judge the run as the recovery left it
+            root_report = check_root(watch.path, opts, now, layout=watch.layout)
         for run in root_report.runs:
             run_plan = execute.plan_for(run, policy, watch.path, now)
             item = {"root": run.root, "retention": execute.plan_json(run_plan, dry_run=args.dry_run),

@@ -18,6 +18,7 @@ from ckptwatch.model import RunReport, Status
 from ckptwatch.retention import delete, facts
 from ckptwatch.retention.model import Candidate, DiskSpace, Plan
 from ckptwatch.retention.policy import plan_run
+from ckptwatch.scan import TRASH_NAME
 
 # Problem kinds that mean a listing or a read of the run's own directories failed: a plan made on such a
 # scan may be missing checkpoints, so it deletes nothing (restic#4619: an empty listing wiped a repo).
@@ -96,8 +97,6 @@ def prune(run_plan: RunPlan, policy: RetentionConfig, watch_root: str, now: floa
     """
     if run_plan.blocked or not run_plan.plan.deletions:
         return []
-    for parent in trash_parents(run_plan):
-        delete.recover(parent)
 
     def fresh() -> tuple[Plan, list[Candidate]] | None:
         report = rejudge()
@@ -122,9 +121,22 @@ def plan_json(run_plan: RunPlan, *, dry_run: bool) -> dict[str, Any]:
             "blocked": list(run_plan.blocked), "dry_run": dry_run}
 
 
-def trash_parents(run_plan: RunPlan) -> set[str]:
-    """The directories whose trash this run's deletions use: the parents of its checkpoints."""
-    out = {run_plan.run}
-    for c in run_plan.candidates:
-        out.add(os.path.dirname(os.path.abspath(c.path.split("*", 1)[0].rstrip(os.sep) or os.sep)))
+def trash_parents(report: RunReport) -> set[str]:
+    """The directories whose trash this run's deletions use: the run dir and its checkpoints' parents."""
+    out = {report.root}
+    for v in report.checkpoints:
+        out.add(os.path.dirname(os.path.abspath(v.path.split("*", 1)[0].rstrip(os.sep) or os.sep)))
     return out
+
+
+def pending_trash(report: RunReport) -> list[str]:
+    """The trash dirs of this run that exist now: a deletion a crash interrupted (``recover`` them first)."""
+    return sorted(p for p in trash_parents(report) if os.path.lexists(os.path.join(p, TRASH_NAME)))
+
+
+def recover_run(report: RunReport) -> list[str]:
+    """Finish the deletions a crash interrupted in this run (``delete.recover``); what was done."""
+    done: list[str] = []
+    for parent in pending_trash(report):
+        done += delete.recover(parent)
+    return done

@@ -56,6 +56,7 @@ class RetentionSink(Sink):
         self._logged: dict[str, tuple[tuple[str, bool], ...]] = {}
         self._busy: set[str] = set()
         self._devices: dict[str, tuple[int, int] | None] = {}
+        self._recovered: set[str] = set()  # runs whose trash was looked at since the service started
 
     def _root_changed(self, root: str) -> str | None:
         now = _device(root)
@@ -72,6 +73,13 @@ class RetentionSink(Sink):
         policy = watch.retention
         if policy is None or run.root in self._busy:
             return None
+        if run.root not in self._recovered:  # first sight: finish what a crash left in its trash first
+            self._recovered.add(run.root)
+            if execute.pending_trash(run):
+                self._busy.add(run.root)
+                self.background.submit(lambda: execute.recover_run(run),
+                                       lambda done: self._recovery_done(run.root, done))
+                return now + 0.1
         run_plan = execute.plan_for(run, policy, watch.path, now,
                                     previous_complete=self._complete.get(run.root),
                                     root_changed=self._root_changed(watch.path))
@@ -97,6 +105,15 @@ class RetentionSink(Sink):
                                   rejudge=lambda: self.rejudge(watch, run.root, now)),
             lambda outcomes: self._done(run.root, outcomes))
         return None
+
+    def _recovery_done(self, run_root: str, done: list[str] | BaseException) -> None:
+        self._busy.discard(run_root)
+        if isinstance(done, BaseException):
+            self.faults.report(f"retention in {run_root}", f"recovering its trash: {type(done).__name__}: "
+                               f"{done}", "nothing is deleted in this run until the next pass")
+            return
+        for line in done:
+            self.log.warning("retention_recovered", run=run_root, what=line)
 
     def _log_plan(self, run_plan: execute.RunPlan, dry_run: bool) -> None:
         signature = tuple((d.path, d.keep) for d in run_plan.plan.decisions)
@@ -137,9 +154,10 @@ class RetentionSink(Sink):
     def forget(self, run_root: str) -> None:
         self._complete.pop(run_root, None)
         self._logged.pop(run_root, None)
+        self._recovered.discard(run_root)
 
     def remembered(self) -> set[str]:
-        return set(self._complete) | set(self._logged)
+        return set(self._complete) | set(self._logged) | self._recovered
 
     def close(self, timeout: float) -> None:
         self.background.wait_idle(timeout)
