@@ -41,6 +41,10 @@ class Entry:
 # Retention's trash (retention/delete.py): ckptwatch's own, never a checkpoint or a run, so no listing
 # shows it to the layouts, to discovery or to the settle rule.
 TRASH_NAME = ".ckptwatch-trash"
+# A user's pin (retention/facts.py): ``.ckptwatch-keep`` in a checkpoint dir, ``<file>.ckptwatch-keep``
+# beside a checkpoint file. Not part of any checkpoint: a checkpoint's file set (``tree``) leaves it out,
+# so pinning never changes a verdict (a pin newer than trainer_state.json is no "later save").
+PIN_NAME = ".ckptwatch-keep"
 
 
 def list_dir(path: str) -> tuple[list[Entry], list[Problem]]:
@@ -135,6 +139,8 @@ def tree(path: str, root: str) -> TreeStat:
         entries, probs = list_dir(d)
         problems.extend(probs)
         for e in entries:
+            if e.name.endswith(PIN_NAME):
+                continue
             if e.is_symlink and not inside(e.path, root):
                 problems.append(unsafe_link_problem(e.path, os.path.realpath(e.path), os.path.realpath(root)))
                 continue

@@ -179,3 +179,19 @@ def test_permission_denied_is_reported_once_and_nothing_else_is_touched(artefact
         assert _names(run) == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_pin_never_changes_a_verdict(artefact):
+    """``.ckptwatch-keep`` written long after the save is no "later save that did not finish"."""
+    run = artefact("hf_full")
+    pin = run / "checkpoint-2" / ".ckptwatch-keep"
+    pin.write_text("release candidate\n")
+    old = (run / "checkpoint-2" / "trainer_state.json").stat().st_mtime - 3600
+    for f in (run / "checkpoint-2").iterdir():
+        if f != pin:
+            os.utime(f, (old, old))
+    doc = json.loads(run_cli("once", "--json", "--settle", "0", "--no-loss", str(run)).stdout)
+    v2 = next(c for c in doc["runs"][0]["checkpoints"] if c["path"].endswith("checkpoint-2"))
+    assert v2["status"] == "complete" and not [p for p in v2["problems"] if p["severity"] == "error"]
+    plan = json.loads(_prune(str(run), "--keep-last", "1", "--dry-run", "--json").stdout)["runs"][0]
+    assert "pinned: release candidate" in plan["retention"]["reasons"][str(run / "checkpoint-2")]

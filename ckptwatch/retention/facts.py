@@ -40,9 +40,8 @@ from ckptwatch.losswatch.parse import parse_log_history
 from ckptwatch.model import RunReport, Verdict
 from ckptwatch.resume import blocking_hazards
 from ckptwatch.retention.model import Candidate
-from ckptwatch.scan import inside, list_dir
+from ckptwatch.scan import PIN_NAME, inside, list_dir
 
-PIN_NAME = ".ckptwatch-keep"
 PIN_MAX_CHARS = 200  # of the pin's text, after escaping: a reason line, not a document
 PIN_READ_BYTES = 4096  # enough for 200 characters of any UTF-8 text, escaped or not
 UNREADABLE_PIN = "(unreadable .ckptwatch-keep)"  # ``pinned`` of a pin that exists but cannot be read
