@@ -374,6 +374,15 @@ def rows(results: dict) -> list[dict]:
         add("6 retention", f"guards.violations over the plan (delete's last check), {n:,} ckpts", chk,
             f"{chk * 1e3:.1f} ms", srt, f"sorted(key=recency) {srt * 1e3:.2f} ms", chk / srt, "(context)",
             None)
+        dl = r.get("delete")
+        if dl:
+            loop, worker, rm = dl["loop_ms"]["median"], dl["worker_s"]["median"], dl["rm_rf_s"]["median"]
+            gb = dl["bytes"] / 1e9
+            add("6 retention", f"sink.judged deleting a {gb:.0f} GB, {dl['files']:,}-file ckpt: loop time",
+                loop / 1e3, f"{loop:.2f} ms (max {dl['loop_ms']['max']:.2f})", rm, f"rm -rf {rm:.2f} s",
+                loop / 1e3 / rm, "< 10 ms", dl["loop_ms"]["max"] < 10.0)
+            add("6 retention", "  the worker: fresh re-check, trash rename, removal", worker,
+                f"{worker:.2f} s", rm, f"rm -rf {rm:.2f} s", worker / rm, "(context)", None)
     return out
 
 
@@ -427,6 +436,11 @@ def bench_retention(args: argparse.Namespace, work: Path) -> dict:
     res["valid"] = (ip["checkpoints"] == args.retention_checkpoints and ip["violations"] == []
                     and ip["deleted_by_pressure"] > 0 and ip["shortfall"] == 0)
     (PROF / "profile-retention.txt").write_text(ip.get("profile_tottime", "") + "\n")
+    from bench.prune import measure_delete
+
+    gb = args.prune_gb
+    log(f"retention: deleting a {gb:g} GB checkpoint of {args.prune_files} files through the sink")
+    res["delete"] = measure_delete(work, int(gb * 1e9), args.prune_files, 3 if args.quick else args.repeat)
     return res
 
 
@@ -466,6 +480,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--service-phase", action="append",
                     choices=("latency_inotify", "latency_polling", "idle", "burst"),
                     help="service: run only this phase (repeatable; default: all four)")
+    ap.add_argument("--prune-gb", type=float, default=None,
+                    help="retention: size of the checkpoint the sink deletes, GB (default 10; --quick 1)")
+    ap.add_argument("--prune-files", type=int, default=1000,
+                    help="retention: files in that checkpoint (default 1000)")
     ap.add_argument("--retention-checkpoints", type=int, default=10_000,
                     help="retention: checkpoints in the planned run (default 10000, also with --quick)")
     ap.add_argument("--workdir", default="/tmp/ckptwatch-bench", help="where generated data goes")
@@ -483,6 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     args.service_runs = args.service_runs or (10 if q else 100)
     args.service_idle = args.service_idle or (10.0 if q else 30.0)
     args.service_burst = args.service_burst or (200 if q else 1000)
+    args.prune_gb = args.prune_gb or (1.0 if q else 10.0)
     which = args.only or ["tree", "header", "deep", "service", "retention"]
 
     global PROF
