@@ -195,3 +195,17 @@ def test_a_pin_never_changes_a_verdict(artefact):
     assert v2["status"] == "complete" and not [p for p in v2["problems"] if p["severity"] == "error"]
     plan = json.loads(_prune(str(run), "--keep-last", "1", "--dry-run", "--json").stdout)["runs"][0]
     assert "pinned: release candidate" in plan["retention"]["reasons"][str(run / "checkpoint-2")]
+
+
+def test_a_per_rank_checkpoint_goes_with_all_its_ranks(artefact):
+    """MindSpore keeps one file per rank per step (synthetic builder: MindSpore cannot run here): a step
+    is deleted with every rank's file, the newest step keeps all of its ranks."""
+    run = artefact("mindspore")
+    p = _prune(str(run), "--keep-last", "1", "--json")
+    assert p.returncode == 0, p.stderr
+    (item,) = json.loads(p.stdout)["runs"]
+    assert {o["result"] for o in item["outcomes"]} == {"deleted"} and len(item["outcomes"]) == 2
+    left = sorted(f.name for f in run.rglob("*.ckpt"))
+    assert left and all(name.endswith("-1_15.ckpt") for name in left)
+    assert len(left) == len(list(run.rglob("meta.json")))  # one file per rank, every rank
+    assert not list(run.rglob(TRASH_NAME))
