@@ -209,3 +209,28 @@ def test_a_per_rank_checkpoint_goes_with_all_its_ranks(artefact):
     assert left and all(name.endswith("-1_15.ckpt") for name in left)
     assert len(left) == len(list(run.rglob("meta.json")))  # one file per rank, every rank
     assert not list(run.rglob(TRASH_NAME))
+
+
+def test_a_checkpoint_deleted_by_someone_else_mid_prune_is_no_error(artefact):
+    """The trainer's own rotation removes checkpoint-2 between the plan and the deletion."""
+    import time
+
+    from ckptwatch.config.retention import RetentionConfig
+    from ckptwatch.engine import check_root, check_run_dir
+    from ckptwatch.layouts.base import CheckOptions
+    from ckptwatch.retention import execute
+
+    run = artefact("hf_full")
+    opts, policy = CheckOptions(settle_seconds=0), RetentionConfig(keep_last=1)
+    (report,) = check_root(str(run), opts, time.time()).runs
+    run_plan = execute.plan_for(report, policy, str(run), time.time())
+    assert len(run_plan.plan.deletions) == 2
+
+    def rejudge():
+        shutil.rmtree(run / "checkpoint-2")  # someone else, right before our re-check
+        return next(iter(check_run_dir(str(run), opts, time.time()) or []), None)
+
+    outcomes = execute.prune(run_plan, policy, str(run), time.time(), rejudge)
+    assert sorted((Path(o.path).name, o.result) for o in outcomes) == [
+        ("checkpoint-2", "vanished"), ("checkpoint-4", "deleted")]
+    assert _names(run) == ["checkpoint-6"]
