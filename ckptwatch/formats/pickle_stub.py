@@ -46,6 +46,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ckptwatch.formats._io import FormatError
+from ckptwatch.formats._show import show_brief
 from ckptwatch.formats.limits import LimitExceeded, tick
 
 MAX_PICKLE_BYTES = 256 << 20
@@ -760,11 +761,11 @@ class _Resolver:
         if pid[0] == "module" and len(pid) == 4:  # legacy torch.save of an nn.Module class
             return pid[1]
         if pid[0] != "storage" or len(pid) not in (5, 6):
-            raise pickle.UnpicklingError(f"persistent id of kind {brief(pid[0])} with {len(pid)} fields")
+            raise pickle.UnpicklingError(f"persistent id of kind {show_brief(pid[0])} with {len(pid)} fields")
         _, stype, key, location, numel = pid[:5]
         if not isinstance(stype, StorageType):
             raise pickle.UnpicklingError(
-                f"storage {brief(key)} has a type that is not a torch storage class"
+                f"storage {show_brief(key)} has a type that is not a torch storage class"
             )
         if not isinstance(key, str) or not isinstance(location, str) or type(numel) is not int or numel < 0:
             raise pickle.UnpicklingError("storage persistent id has a malformed key, location or size")
@@ -840,29 +841,6 @@ def _ticking_set(items: Any) -> set[Any]:
             tick("building a pickled set")
         out.add(item)
     return out
-
-
-def brief(value: Any, limit: int = 40) -> str:
-    """A short, safe description of a value taken from a pickle, for messages.
-
-    Never ``str()``/``repr()`` of a hostile object graph: a 7 KB stream can describe a container whose
-    repr is gigabytes (one list memoised and referenced many times at every level) or recursion deep
-    enough to crash; an int of more than 4,300 digits refuses ``str()`` outright.
-    """
-    if isinstance(value, (str, bytes)):
-        return repr(value[:limit]) + ("..." if len(value) > limit else "")
-    if type(value) is int:
-        return str(value) if value.bit_length() <= 64 else f"an integer of {value.bit_length()} bits"
-    if type(value) in (float, bool) or value is None:
-        return repr(value)
-    if isinstance(value, Stub):
-        return f"a {value.stub_global[:limit]} object"
-    return f"a {type(value).__name__}"
-
-
-def num(value: int) -> str:
-    """An integer from a pickle in decimal, or its size in bits when ``str()`` would refuse it or bloat."""
-    return str(value) if value.bit_length() <= 256 else f"<an integer of {value.bit_length()} bits>"
 
 
 def _error_text(exc: BaseException) -> str:
