@@ -1,7 +1,10 @@
 """Output: the versioned ``--json`` contract and a table a person can read at 3 a.m.
 
 JSON follows DESIGN.md ``version: 1``; additions (``severity``, ``ranks.source``, run- and top-level
-``problems``/``hazards``, ``newest_mtime``) are extensions, never renames. ``loss`` (resumes
+``problems``/``hazards``, ``newest_mtime``, ``path_b64``/``root_b64``) are extensions, never renames.
+Paths are display strings (a byte that is not UTF-8 shows as ``\\xNN``), so each checkpoint's
+``path_b64`` and each run's ``root_b64`` carry the exact bytes for a consumer that must open them
+(null when the disk cannot tell which path was meant: ``shellpath.exact_bytes``). ``loss`` (resumes
 found in the run's loss history, each judged) appears when the loss watch ran; ``retention`` and
 ``mirror`` appear only once those features exist.
 """
@@ -16,6 +19,7 @@ from ckptwatch.engine import RootReport
 from ckptwatch.findings import hazard_json, problem_json
 from ckptwatch.model import Hazard, Problem, RunReport, Status, Verdict
 from ckptwatch.resume import skipped_newer
+from ckptwatch.shellpath import path_b64
 from ckptwatch.vocabulary import advice_for, full_message
 
 JSON_VERSION = 1
@@ -27,13 +31,15 @@ def verdict_json(v: Verdict) -> dict[str, Any]:
     if v.ranks is not None:
         ranks = {"expected": v.ranks.expected, "present": list(v.ranks.present),
                  "missing": list(v.ranks.missing), "source": v.ranks.source or None}
-    return {"path": v.path, "step": v.step, "layout": v.layout, "status": v.status.value, "ranks": ranks,
+    return {"path": v.path, "path_b64": path_b64(v.path), "step": v.step, "layout": v.layout,
+            "status": v.status.value, "ranks": ranks,
             "problems": [problem_json(p) for p in v.problems], "hazards": [hazard_json(h) for h in v.hazards],
             "newest_mtime": v.newest_mtime, "bytes": v.bytes}
 
 
 def run_json(r: RunReport) -> dict[str, Any]:
-    out = {"root": r.root, "layout": r.layout, "latest_resumable": r.latest_resumable,
+    out = {"root": r.root, "root_b64": path_b64(r.root), "layout": r.layout,
+           "latest_resumable": r.latest_resumable,
            "checkpoints": [verdict_json(v) for v in r.checkpoints],
            "problems": [problem_json(p) for p in r.problems], "hazards": [hazard_json(h) for h in r.hazards],
            "resume_skipped": [{"path": v.path, "reason": why} for v, why in skipped_newer(r)]}

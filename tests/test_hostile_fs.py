@@ -255,6 +255,24 @@ def test_shellpath_refuses_a_name_it_cannot_map_back(tmp_path: Path) -> None:
     assert for_shell(shown).raw is None and for_shell(shown).refusal
 
 
+def test_once_json_carries_the_exact_bytes_of_every_checkpoint_and_run(artefact, tmp_path: Path) -> None:
+    """`once --json` shows paths as text (a byte that is not UTF-8 as the four characters \\xNN); each
+    checkpoint's path_b64 and each run's root_b64 give back the exact bytes, a newline included."""
+    root = two_trainer_runs(artefact, tmp_path)
+    raw_root = os.fsencode(str(root))
+    os.rename(raw_root + b"/run-a", raw_root + b"/run-\xff")
+    os.rename(raw_root + b"/run-b", raw_root + b"/run-\nb")
+    _code, doc = _once(root)
+    runs = {base64.b64decode(r["root_b64"]): r for r in doc["runs"]}
+    assert set(runs) == {raw_root + b"/run-\xff", raw_root + b"/run-\nb"}
+    shown = runs[raw_root + b"/run-\xff"]["root"]
+    assert shown == str(root) + "/run-\\xff" and not os.path.exists(shown)  # the text is not the path
+    for raw, run in runs.items():
+        paths = [base64.b64decode(c["path_b64"]) for c in run["checkpoints"]]
+        assert paths == [raw + b"/checkpoint-%d" % step for step in (2, 4, 6)]
+        assert all(os.path.isfile(p + b"/trainer_state.json") for p in paths)
+
+
 # --- the service -----------------------------------------------------------------------------------------
 
 def test_one_bad_run_and_hostile_entries_do_not_blind_the_others(artefact, tmp_path: Path) -> None:
