@@ -19,7 +19,7 @@ from ckptwatch.engine import RootReport
 from ckptwatch.findings import hazard_json, problem_json
 from ckptwatch.model import Hazard, Problem, RunReport, Status, Verdict
 from ckptwatch.resume import skipped_newer
-from ckptwatch.shellpath import path_b64
+from ckptwatch.shellpath import for_terminal, path_b64
 from ckptwatch.vocabulary import advice_for, full_message
 
 JSON_VERSION = 1
@@ -92,7 +92,7 @@ def write_table(reports: list[RootReport], out: TextIO = sys.stdout, *, colour: 
         out.write(f"  newest resumable: {latest}\n")
         for v, why in skipped_newer(r):
             if v.status is Status.COMPLETE:
-                out.write(f"  skipped {_short(v.path, r.root)}: {why}\n")
+                out.write(f"  skipped {for_terminal(_short(v.path, r.root))}: {why}\n")
         if r.loss is not None:
             for res in r.loss.resumes:
                 flag = "LOSS JUMP" if res.alert else "resume"

@@ -255,6 +255,16 @@ def test_shellpath_refuses_a_name_it_cannot_map_back(tmp_path: Path) -> None:
     assert for_shell(shown).raw is None and for_shell(shown).refusal
 
 
+def test_for_terminal_escapes_what_would_rewrite_a_note() -> None:
+    """Newlines, escape sequences and bidi overrides in a shown path are escaped; other text stays."""
+    from ckptwatch.shellpath import for_terminal
+
+    assert for_terminal("/runs/checkpoint-30\n") == "/runs/checkpoint-30\\n"
+    assert for_terminal("/r/\x1b[2Jx\ty\r") == "/r/\\x1b[2Jx\\ty\\r"
+    assert for_terminal("/r/\u202egnp.exe\u2028\x85") == "/r/\\u202egnp.exe\\u2028\\x85"
+    assert for_terminal("/r/caf\u00e9 run/\\xff") == "/r/caf\u00e9 run/\\xff"  # display's \\xNN text
+
+
 def test_once_json_carries_the_exact_bytes_of_every_checkpoint_and_run(artefact, tmp_path: Path) -> None:
     """`once --json` shows paths as text (a byte that is not UTF-8 as the four characters \\xNN); each
     checkpoint's path_b64 and each run's root_b64 give back the exact bytes, a newline included."""
