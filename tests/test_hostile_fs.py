@@ -211,12 +211,34 @@ def test_deeply_nested_directory_is_a_warning_not_corruption(artefact, shape: st
 
 # --- latest: what a shell script gets back is the checkpoint judged ------------------------------------
 
-def test_newline_in_a_name_is_refused_not_stripped_into_another_checkpoint(artefact) -> None:
-    """A complete `checkpoint-6<newline>` beside a corrupt `checkpoint-6`: `$(...)` would give the corrupt
-    one, so the bare form refuses (exit 1); --print0 and --json carry the exact path."""
+def test_trailing_newline_is_not_a_trainer_checkpoint_name(artefact) -> None:
+    """A complete `checkpoint-6<newline>` beside a corrupt `checkpoint-6`: `^checkpoint-(\\d+)$` matched
+    before the newline, so it was step 6 and `$(ckptwatch latest RUN)` (which strips the newline) gave the
+    corrupt one. Now it is no Trainer checkpoint: the run's step 6 is the corrupt dir, the run resumes
+    from checkpoint-2, and the newline dir is what any unknown dir is, a run of loose files found
+    inside it (the generic layout: no step, never this run's checkpoint)."""
+    from ckptwatch.engine import check_root
+
     run = artefact("hf_full")
     (run / "checkpoint-6").rename(run / "checkpoint-6\n")
     (run / "checkpoint-4").rename(run / "checkpoint-6")  # global_step 4 in a dir named 6: corrupt
+    report = check_root(str(run), CheckOptions(settle_seconds=0), 2e9)
+    trainer, loose = report.runs
+    assert trainer.root == str(run) and trainer.layout == "hf-trainer"
+    assert [(os.path.basename(v.path), v.step) for v in trainer.checkpoints] == [("checkpoint-2", 2),
+                                                                                 ("checkpoint-6", 6)]
+    assert trainer.checkpoints[1].status.value == "corrupt"
+    assert trainer.newest_resumable is trainer.checkpoints[0]
+    assert loose.root == str(run / "checkpoint-6\n") and loose.layout == "generic"
+    assert {v.step for v in loose.checkpoints} == {None}
+    assert all(os.path.dirname(v.path) == loose.root for v in loose.checkpoints)
+
+
+def test_newline_in_a_path_is_refused_bare_and_carried_by_print0_and_json(artefact, tmp_path: Path) -> None:
+    """A run dir named `run<newline>b`: a shell's `read` or `for` would split the path, so the bare form
+    refuses (exit 1); --print0 and --json carry the exact path."""
+    run = artefact("hf_full").rename(tmp_path / "run\nb")
+    chosen = os.fsencode(str(run / "checkpoint-6"))
     bare = _latest(run)
     assert bare.returncode == 1 and bare.stdout == b""
     assert b"control character" in bare.stderr and b"--print0" in bare.stderr
@@ -225,10 +247,9 @@ def test_newline_in_a_name_is_refused_not_stripped_into_another_checkpoint(artef
                            capture_output=True, timeout=HANG_LIMIT, cwd=REPO)
     assert shell.returncode == 1 and shell.stdout == b""
     nul = _latest(run, "--print0")
-    assert nul.returncode == 0 and nul.stdout == os.fsencode(str(run / "checkpoint-6\n")) + b"\0"
+    assert nul.returncode == 0 and nul.stdout == chosen + b"\0"
     doc = json.loads(_latest(run, "--json").stdout)
-    assert doc["path"] == str(run / "checkpoint-6\n")
-    assert base64.b64decode(doc["path_b64"]) == os.fsencode(str(run / "checkpoint-6\n"))
+    assert doc["path"] == str(run / "checkpoint-6") and base64.b64decode(doc["path_b64"]) == chosen
 
 
 def test_non_utf8_run_name_prints_the_path_that_exists(artefact, tmp_path: Path) -> None:

@@ -42,8 +42,8 @@ from ckptwatch.formats.pickle_stub import (
 from ckptwatch.model import FileCheck, Problem
 from ckptwatch.vocabulary import file_ok
 
-DISTCP = re.compile(r"^(?P<group>.*)__(?P<rank>\d+)_(?P<n>\d+)\.distcp$")
-RANK_METADATA = re.compile(r"^__(?P<rank>\d+)\.metadata$")
+DISTCP = re.compile(r"^(?P<group>.*)__(?P<rank>\d+)_(?P<n>\d+)\.distcp\Z")
+RANK_METADATA = re.compile(r"^__(?P<rank>\d+)\.metadata\Z")
 GLOBAL_METADATA = ".metadata"
 MTIME_SKEW = 2.0  # seconds of clock skew tolerated between writers (NFS/Lustre)
 MAX_REPORTED = 5
