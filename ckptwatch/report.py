@@ -68,14 +68,15 @@ def _status(v: Verdict, colour: bool) -> str:
 
 
 def write_table(reports: list[RootReport], out: TextIO = sys.stdout, *, colour: bool | None = None) -> None:
-    """One block per run: a line per checkpoint, then every problem and hazard spelled out."""
+    """One block per run: a line per checkpoint, then every problem and hazard spelled out (paths and
+    messages through ``for_terminal``: a name with a newline must not split or forge a line)."""
     if colour is None:
         colour = out.isatty()
     runs = [r for rr in reports for r in rr.runs]
     if not runs:
         out.write("no checkpoints found\n")
     for r in runs:
-        out.write(f"\n{r.root}  [{r.layout}]  {len(r.checkpoints)} checkpoints\n")
+        out.write(f"\n{for_terminal(r.root)}  [{r.layout}]  {len(r.checkpoints)} checkpoints\n")
         width = max((len(_short(v.path, r.root)) for v in r.checkpoints), default=10)
         for v in r.checkpoints:
             ranks = ""
@@ -89,30 +90,31 @@ def write_table(reports: list[RootReport], out: TextIO = sys.stdout, *, colour: 
         _write_findings(out, "  ", r.problems, r.hazards, problem_label="run ")
         latest = r.latest_resumable or ("none: every complete checkpoint has a resume hazard that blocks it"
                                         if r.newest_complete else "none: no complete checkpoint")
-        out.write(f"  newest resumable: {latest}\n")
+        out.write(f"  newest resumable: {for_terminal(latest)}\n")
         for v, why in skipped_newer(r):
             if v.status is Status.COMPLETE:
-                out.write(f"  skipped {for_terminal(_short(v.path, r.root))}: {why}\n")
+                out.write(f"  skipped {_short(v.path, r.root)}: {why}\n")
         if r.loss is not None:
             for res in r.loss.resumes:
                 flag = "LOSS JUMP" if res.alert else "resume"
                 out.write(f"  {flag} at step {res.at_step}: {res.reason}\n")
     for rr in reports:
         for p in rr.problems:
-            out.write(f"{p.kind}: {full_message(p)}\n")
+            out.write(f"{p.kind}: {for_terminal(full_message(p))}\n")
 
 
 def _write_findings(out: TextIO, indent: str, problems: tuple[Problem, ...], hazards: tuple[Hazard, ...],
                     problem_label: str = "") -> None:
     """Each finding on a line (what, where), then each distinct piece of advice once (what to do)."""
     for p in problems:
-        out.write(f"{indent}{problem_label}{p.kind}: {p.message}\n")
+        out.write(f"{indent}{problem_label}{p.kind}: {for_terminal(p.message)}\n")
     for h in hazards:
-        out.write(f"{indent}HAZARD {h.kind}: {h.message}\n")
+        out.write(f"{indent}HAZARD {h.kind}: {for_terminal(h.message)}\n")
     for advice in dict.fromkeys(advice_for(x.kind) for x in [*problems, *hazards]):
         if advice:
             out.write(f"{indent}-> {advice}\n")
 
 
 def _short(path: str, root: str) -> str:
-    return path[len(root) + 1:] if path.startswith(root + "/") else path
+    """A checkpoint as the table names it: relative to its run, control characters escaped."""
+    return for_terminal(path[len(root) + 1:] if path.startswith(root + "/") else path)

@@ -286,6 +286,20 @@ def test_for_terminal_escapes_what_would_rewrite_a_note() -> None:
     assert for_terminal("/r/caf\u00e9 run/\\xff") == "/r/caf\u00e9 run/\\xff"  # display's \\xNN text
 
 
+def test_once_table_keeps_a_newline_in_a_run_name_on_its_line(artefact, tmp_path: Path) -> None:
+    """The table of `once` (the run, its checkpoints, each finding naming a file) escapes the newline of
+    a run dir named `run<newline>b`: no line starts with the `b/...` a raw newline would break off."""
+    run = artefact("hf_full").rename(tmp_path / "run\nb")
+    out = run_cli("once", str(run), "--no-loss", "--settle", "0", timeout=HANG_LIMIT)
+    assert out.returncode in (0, 1), out.stderr
+    lines = out.stdout.splitlines()
+    shown = f"{tmp_path}/run\\nb"
+    assert f"{shown}  [hf-trainer]  3 checkpoints" in lines
+    assert f"  newest resumable: {shown}/checkpoint-6" in lines
+    assert any(f"{shown}/checkpoint-6/training_args.bin" in line for line in lines)  # a finding's message
+    assert not [line for line in lines if line.startswith("b/") or line.startswith("b  [")], lines
+
+
 def test_once_json_carries_the_exact_bytes_of_every_checkpoint_and_run(artefact, tmp_path: Path) -> None:
     """`once --json` shows paths as text (a byte that is not UTF-8 as the four characters \\xNN); each
     checkpoint's path_b64 and each run's root_b64 give back the exact bytes, a newline included."""
