@@ -87,7 +87,16 @@ TORCH_DTYPE_ITEMSIZE: dict[str, int] = {
 
 
 class PickleTruncated(FormatError):
-    """The stream ended before its STOP opcode (a reader of a file prefix may fetch more and retry)."""
+    """The stream ended before its STOP opcode (a reader of a file prefix may fetch more and retry).
+
+    ``needs``: how long the data must at least be for the stream to go on (the end of an argument whose
+    declared length did not fit, plus one byte). A reader of a prefix uses it to tell, without reading
+    gigabytes, a stream that declares more than the file holds or than the safety cap allows.
+    """
+
+    def __init__(self, kind: str, message: str, needs: int) -> None:
+        super().__init__(kind, message)
+        self.needs = needs
 
 
 class PickleMalformed(FormatError):
@@ -448,8 +457,9 @@ _ARG[ord(".")] = _STOP
 # fmt: on
 
 
-def _scan(data: bytes, start: int, what: str) -> tuple[int, int, int]:
-    """Return (offset after STOP, protocol, collision material) of the pickle at ``start``.
+def _scan(data: bytes, start: int, what: str, end: int | None = None) -> tuple[int, int, int]:
+    """Return (offset after STOP, protocol, collision material) of the pickle at ``start`` (looking at
+    ``data`` only up to ``end``: a window without a copy).
 
     Raises on unsafe or broken streams. Memo rule: every PUT/LONG_BINPUT index must be below max(256,
     opcode count). A pickler's indices count its memo writes, which are fewer than its opcodes, so real
@@ -465,7 +475,7 @@ def _scan(data: bytes, start: int, what: str) -> tuple[int, int, int]:
     FROZENSET, so their count bounds how many colliding keys the stream can build; ``walk_pickle`` uses
     the C unpickler only below ``MAX_COLLISION_MATERIAL`` (C dict insertion cannot be interrupted).
     """
-    n = len(data)
+    n = len(data) if end is None else min(end, len(data))
     i = start
     ops = 0
     max_idx = -1
@@ -521,15 +531,15 @@ def _scan(data: bytes, start: int, what: str) -> tuple[int, int, int]:
             risky += 1
             i += 1
         elif k == _NUMLINE:
-            j = find(b"\n", i + 1)
+            j = find(b"\n", i + 1, n)
             if j < 0:
                 break
             risky += op == 0x46 or j - i > 12  # FLOAT, or INT/LONG of 12 digits or more
             i = j + 1
         elif k == _LINE or k == _PUTLINE or k == _LINE2:
-            j = find(b"\n", i + 1)
+            j = find(b"\n", i + 1, n)
             if k == _LINE2 and j >= 0:
-                j = find(b"\n", j + 1)
+                j = find(b"\n", j + 1, n)
             if k == _PUTLINE:
                 # The C unpickler also accepts a last line without "\n" and any int() syntax.
                 try:
@@ -543,7 +553,8 @@ def _scan(data: bytes, start: int, what: str) -> tuple[int, int, int]:
         else:
             raise FormatError("bad_pickle", f"{what}: byte {i} is 0x{op:02x}, not a pickle opcode")
     if not stopped or i > n:
-        raise PickleTruncated("bad_pickle", f"{what}: pickle stream ends at byte {n} without its STOP opcode")
+        raise PickleTruncated("bad_pickle", f"{what}: pickle stream ends at byte {n} without its STOP opcode",
+                              needs=max(i, n) + 1)
     if max_idx >= max(256, ops):
         raise FormatError(
             "bad_pickle",
@@ -861,15 +872,13 @@ def walk_pickle(data: bytes, *, what: str, start: int = 0) -> PickleWalk:
     if not isinstance(data, bytes):
         data = bytes(data)
     if len(data) - start > MAX_PICKLE_BYTES:
-        # Only the stream itself counts: scan a capped window so a long file tail costs nothing.
-        window = data[start : start + MAX_PICKLE_BYTES]
+        # Only the stream itself counts: scan a capped window (not a copy) so a long file tail costs nothing.
         try:
-            end, protocol, risky = _scan(window, 0, what)
+            end, protocol, risky = _scan(data, start, what, end=start + MAX_PICKLE_BYTES)
         except PickleTruncated:
             raise FormatError(
                 "bad_pickle", f"{what}: pickle larger than the {MAX_PICKLE_BYTES >> 20} MiB safety cap"
             ) from None
-        end += start
     else:
         end, protocol, risky = _scan(data, start, what)
     budget = _Budget(4 * (end - start) + (1 << 20))

@@ -791,8 +791,22 @@ def _walk_prefix(fd: int, path: str, shown: str, size: int) -> tuple[list[Pickle
                 pos = w.end
             return walks, legacy
         except PickleTruncated as exc:
+            # A length the stream declares is believed only as far as the file and the cap go: a sparse
+            # 2 GB file whose pickle opens a 2 GB string is judged from its first bytes, not from 513 MB.
+            if exc.needs > size:
+                raise FormatError(
+                    "truncated",
+                    f"{shown} ends at byte {size} inside pickle #{len(walks) + 1} (begun at byte {pos}), "
+                    f"which declares data up to byte {show_int(exc.needs - 1)}",
+                ) from None
+            if exc.needs - pos > MAX_PICKLE_BYTES:
+                raise FormatError(
+                    "bad_pickle",
+                    f"{shown}: pickle #{len(walks) + 1} (begun at byte {pos}) declares data up to byte "
+                    f"{show_int(exc.needs - 1)}, beyond the {MAX_PICKLE_BYTES >> 20} MiB safety cap",
+                ) from None
             if have < limit:
-                have = min(limit, have * 4)
+                have = min(limit, max(have * 4, exc.needs + (1 << 16)))
                 continue
             if have >= size:
                 raise FormatError(
