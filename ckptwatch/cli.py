@@ -156,13 +156,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_latest(args: argparse.Namespace) -> int:
     from ckptwatch.engine import check_root
+    from ckptwatch.shellpath import for_terminal as shown
     from ckptwatch.shellpath import path_b64, write_path
 
     opts = _options(args)
     root = _existing(args.path)
     report = check_root(root, opts, time.time(), layout=args.layout)
     if not report.runs:
-        print(f"ckptwatch: no checkpoints found under {root}", file=sys.stderr)
+        print(f"ckptwatch: no checkpoints found under {shown(root)}", file=sys.stderr)
         return EXIT_PROBLEMS
     from ckptwatch.resume import blocking_hazards, skipped_newer
 
@@ -174,14 +175,15 @@ def cmd_latest(args: argparse.Namespace) -> int:
             code = EXIT_PROBLEMS
             blocked = [v for v, _ in skipped if blocking_hazards(v)]
             if not blocked:
-                print(f"ckptwatch: {run.root}: no complete checkpoint to resume from", file=sys.stderr)
+                print(f"ckptwatch: {shown(run.root)}: no complete checkpoint to resume from", file=sys.stderr)
                 continue
-            print(f"ckptwatch: {run.root}: no checkpoint is safe to resume from: every complete one would "
-                  "make the trainer load the wrong weights. Fix one of these, or pass --allow-hazards to "
-                  "resume from the newest complete checkpoint anyway:", file=sys.stderr)
+            print(f"ckptwatch: {shown(run.root)}: no checkpoint is safe to resume from: every complete one "
+                  "would make the trainer load the wrong weights. Fix one of these, or pass --allow-hazards "
+                  "to resume from the newest complete checkpoint anyway:", file=sys.stderr)
             for v in blocked:
                 for h in blocking_hazards(v):
-                    print(f"ckptwatch:   {v.path}: {h.kind}: {full_message(h)}", file=sys.stderr)
+                    print(f"ckptwatch:   {shown(v.path)}: {h.kind}: {shown(full_message(h))}",
+                          file=sys.stderr)
             continue
         if args.json:
             import json
@@ -197,11 +199,11 @@ def cmd_latest(args: argparse.Namespace) -> int:
                       file=sys.stderr)
                 code = EXIT_PROBLEMS
         for h in chosen.hazards:
-            print(f"ckptwatch: warning: {h.kind}: {full_message(h)}", file=sys.stderr)
+            print(f"ckptwatch: warning: {h.kind}: {shown(full_message(h))}", file=sys.stderr)
         for v, why in skipped:  # newer than the one chosen (checkpoints are in step order)
-            print(f"ckptwatch: note: skipped newer {v.path} ({why})", file=sys.stderr)
+            print(f"ckptwatch: note: skipped newer {shown(v.path)} ({why})", file=sys.stderr)
             for h in blocking_hazards(v):
-                print(f"ckptwatch:   {h.kind}: {full_message(h)}", file=sys.stderr)
+                print(f"ckptwatch:   {h.kind}: {shown(full_message(h))}", file=sys.stderr)
     return code
 
 

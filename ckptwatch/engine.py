@@ -152,7 +152,8 @@ def with_loss(run: RunReport, settings: Any, memo: dict[str, Any] | None = None)
     return replace(run, loss=report)
 
 
-TEMP_NAME = re.compile(r"^\.tmp[A-Za-z0-9_]{6,}$|^.+\.(safetensors|pt|pth|bin|ckpt|json)\.tmp[A-Za-z0-9_]*$")
+TEMP_NAME = re.compile(r"^\.tmp[A-Za-z0-9_]{6,}\Z"
+                       r"|^.+\.(safetensors|pt|pth|bin|ckpt|json)\.tmp[A-Za-z0-9_]*\Z")
 
 
 def _stat_candidate(run: RunFound, cand: Candidate) -> TreeStat:

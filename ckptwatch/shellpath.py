@@ -1,4 +1,4 @@
-"""Is a checkpoint path safe to print for a shell, and what are its exact bytes?
+"""Is a checkpoint path safe to print for a shell, what are its exact bytes, and how is it shown to a person?
 
 ``latest`` is used as ``ckpt=$(ckptwatch latest RUN) && torchrun train.py --resume "$ckpt"``. What it
 prints must be, byte for byte, the checkpoint it judged: ``$(...)`` strips trailing newlines (a
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -76,6 +77,29 @@ def write_path(shown: str, out: BinaryIO, *, print0: bool = False) -> str | None
     out.write(sp.raw + (b"\0" if print0 else b"\n"))
     out.flush()
     return None
+
+
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# Unicode categories escaped: controls, format (bidi overrides), lone surrogates, line/paragraph breaks.
+_UNSEEN = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def for_terminal(shown: str) -> str:
+    """``shown`` for a line a person reads: control and layout characters escaped (``\\n``, ``\\x1b``,
+    ``\\u202e``), so a name with a newline stays on its note's line and an escape sequence or a bidi
+    override in a name cannot rewrite or reorder what the terminal shows. For reading, not for reuse:
+    the exact bytes are what ``write_path`` and ``path_b64`` give."""
+    if shown.isprintable():  # nearly every path
+        return shown
+    return "".join(_escaped(c) if unicodedata.category(c) in _UNSEEN else c for c in shown)
+
+
+def _escaped(c: str) -> str:
+    named = _NAMED.get(c)
+    if named:
+        return named
+    n = ord(c)
+    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
 
 
 def path_b64(shown: str) -> str | None:

@@ -211,12 +211,34 @@ def test_deeply_nested_directory_is_a_warning_not_corruption(artefact, shape: st
 
 # --- latest: what a shell script gets back is the checkpoint judged ------------------------------------
 
-def test_newline_in_a_name_is_refused_not_stripped_into_another_checkpoint(artefact) -> None:
-    """A complete `checkpoint-6<newline>` beside a corrupt `checkpoint-6`: `$(...)` would give the corrupt
-    one, so the bare form refuses (exit 1); --print0 and --json carry the exact path."""
+def test_trailing_newline_is_not_a_trainer_checkpoint_name(artefact) -> None:
+    """A complete `checkpoint-6<newline>` beside a corrupt `checkpoint-6`: `^checkpoint-(\\d+)$` matched
+    before the newline, so it was step 6 and `$(ckptwatch latest RUN)` (which strips the newline) gave the
+    corrupt one. Now it is no Trainer checkpoint: the run's step 6 is the corrupt dir, the run resumes
+    from checkpoint-2, and the newline dir is what any unknown dir is, a run of loose files found
+    inside it (the generic layout: no step, never this run's checkpoint)."""
+    from ckptwatch.engine import check_root
+
     run = artefact("hf_full")
     (run / "checkpoint-6").rename(run / "checkpoint-6\n")
     (run / "checkpoint-4").rename(run / "checkpoint-6")  # global_step 4 in a dir named 6: corrupt
+    report = check_root(str(run), CheckOptions(settle_seconds=0), 2e9)
+    trainer, loose = report.runs
+    assert trainer.root == str(run) and trainer.layout == "hf-trainer"
+    assert [(os.path.basename(v.path), v.step) for v in trainer.checkpoints] == [("checkpoint-2", 2),
+                                                                                 ("checkpoint-6", 6)]
+    assert trainer.checkpoints[1].status.value == "corrupt"
+    assert trainer.newest_resumable is trainer.checkpoints[0]
+    assert loose.root == str(run / "checkpoint-6\n") and loose.layout == "generic"
+    assert {v.step for v in loose.checkpoints} == {None}
+    assert all(os.path.dirname(v.path) == loose.root for v in loose.checkpoints)
+
+
+def test_newline_in_a_path_is_refused_bare_and_carried_by_print0_and_json(artefact, tmp_path: Path) -> None:
+    """A run dir named `run<newline>b`: a shell's `read` or `for` would split the path, so the bare form
+    refuses (exit 1); --print0 and --json carry the exact path."""
+    run = artefact("hf_full").rename(tmp_path / "run\nb")
+    chosen = os.fsencode(str(run / "checkpoint-6"))
     bare = _latest(run)
     assert bare.returncode == 1 and bare.stdout == b""
     assert b"control character" in bare.stderr and b"--print0" in bare.stderr
@@ -225,10 +247,9 @@ def test_newline_in_a_name_is_refused_not_stripped_into_another_checkpoint(artef
                            capture_output=True, timeout=HANG_LIMIT, cwd=REPO)
     assert shell.returncode == 1 and shell.stdout == b""
     nul = _latest(run, "--print0")
-    assert nul.returncode == 0 and nul.stdout == os.fsencode(str(run / "checkpoint-6\n")) + b"\0"
+    assert nul.returncode == 0 and nul.stdout == chosen + b"\0"
     doc = json.loads(_latest(run, "--json").stdout)
-    assert doc["path"] == str(run / "checkpoint-6\n")
-    assert base64.b64decode(doc["path_b64"]) == os.fsencode(str(run / "checkpoint-6\n"))
+    assert doc["path"] == str(run / "checkpoint-6") and base64.b64decode(doc["path_b64"]) == chosen
 
 
 def test_non_utf8_run_name_prints_the_path_that_exists(artefact, tmp_path: Path) -> None:
@@ -253,6 +274,48 @@ def test_shellpath_refuses_a_name_it_cannot_map_back(tmp_path: Path) -> None:
     assert for_shell(shown).raw == os.fsencode(str(tmp_path / "a\\xff"))
     os.mkdir(os.fsencode(str(tmp_path)) + b"/a\xff")
     assert for_shell(shown).raw is None and for_shell(shown).refusal
+
+
+def test_for_terminal_escapes_what_would_rewrite_a_note() -> None:
+    """Newlines, escape sequences and bidi overrides in a shown path are escaped; other text stays."""
+    from ckptwatch.shellpath import for_terminal
+
+    assert for_terminal("/runs/checkpoint-30\n") == "/runs/checkpoint-30\\n"
+    assert for_terminal("/r/\x1b[2Jx\ty\r") == "/r/\\x1b[2Jx\\ty\\r"
+    assert for_terminal("/r/\u202egnp.exe\u2028\x85") == "/r/\\u202egnp.exe\\u2028\\x85"
+    assert for_terminal("/r/caf\u00e9 run/\\xff") == "/r/caf\u00e9 run/\\xff"  # display's \\xNN text
+
+
+def test_once_table_keeps_a_newline_in_a_run_name_on_its_line(artefact, tmp_path: Path) -> None:
+    """The table of `once` (the run, its checkpoints, each finding naming a file) escapes the newline of
+    a run dir named `run<newline>b`: no line starts with the `b/...` a raw newline would break off."""
+    run = artefact("hf_full").rename(tmp_path / "run\nb")
+    out = run_cli("once", str(run), "--no-loss", "--settle", "0", timeout=HANG_LIMIT)
+    assert out.returncode in (0, 1), out.stderr
+    lines = out.stdout.splitlines()
+    shown = f"{tmp_path}/run\\nb"
+    assert f"{shown}  [hf-trainer]  3 checkpoints" in lines
+    assert f"  newest resumable: {shown}/checkpoint-6" in lines
+    assert any(f"{shown}/checkpoint-6/training_args.bin" in line for line in lines)  # a finding's message
+    assert not [line for line in lines if line.startswith("b/") or line.startswith("b  [")], lines
+
+
+def test_once_json_carries_the_exact_bytes_of_every_checkpoint_and_run(artefact, tmp_path: Path) -> None:
+    """`once --json` shows paths as text (a byte that is not UTF-8 as the four characters \\xNN); each
+    checkpoint's path_b64 and each run's root_b64 give back the exact bytes, a newline included."""
+    root = two_trainer_runs(artefact, tmp_path)
+    raw_root = os.fsencode(str(root))
+    os.rename(raw_root + b"/run-a", raw_root + b"/run-\xff")
+    os.rename(raw_root + b"/run-b", raw_root + b"/run-\nb")
+    _code, doc = _once(root)
+    runs = {base64.b64decode(r["root_b64"]): r for r in doc["runs"]}
+    assert set(runs) == {raw_root + b"/run-\xff", raw_root + b"/run-\nb"}
+    shown = runs[raw_root + b"/run-\xff"]["root"]
+    assert shown == str(root) + "/run-\\xff" and not os.path.exists(shown)  # the text is not the path
+    for raw, run in runs.items():
+        paths = [base64.b64decode(c["path_b64"]) for c in run["checkpoints"]]
+        assert paths == [raw + b"/checkpoint-%d" % step for step in (2, 4, 6)]
+        assert all(os.path.isfile(p + b"/trainer_state.json") for p in paths)
 
 
 # --- the service -----------------------------------------------------------------------------------------

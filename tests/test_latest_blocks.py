@@ -133,3 +133,19 @@ def test_pointer_and_alerts_name_the_checkpoint_latest_names(artefact, tmp_path:
     assert report.latest_resumable == str(run / "checkpoint-4")
     assert not any(isinstance(h, Hazard) and h.kind == "stub_weights_shadow_adapter"
                    for h in report.checkpoints[0].hazards)
+
+
+def test_skipped_notes_keep_a_newline_in_a_path_on_their_line(artefact, tmp_path: Path) -> None:
+    """A run dir named ``run<newline>b``: each stderr note of `latest` (the skipped checkpoint, its
+    blocking hazard's message, which names the file) stays one line, the newline shown as ``\\n``."""
+    run = _stub_run(artefact).rename(tmp_path / "run\nb")
+    out = run_cli("latest", "--settle", "0", "--json", str(run))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["path"] == str(run / "checkpoint-4")  # the JSON keeps the real text
+    lines = out.stderr.splitlines()
+    assert lines and all(line.startswith("ckptwatch: ") for line in lines), lines
+    shown = f"{tmp_path}/run\\nb"
+    note = f"ckptwatch: note: skipped newer {shown}/checkpoint-6 (complete, but stub_weights_shadow_adapter"
+    assert any(line.startswith(note) for line in lines), lines
+    hazard = "ckptwatch:   stub_weights_shadow_adapter: "
+    assert any(line.startswith(hazard) and f"{shown}/checkpoint-6/" in line for line in lines), lines

@@ -254,3 +254,46 @@ def test_expected_ranks_from_config_flag(tmp_path: Path, artefact) -> None:
     run = _run(root, CheckOptions(settle_seconds=0, expected_ranks=4))
     v = run.checkpoints[0]
     assert v.ranks.expected == 4 and v.ranks.source == "config" and v.ranks.missing == (3,)
+
+
+
+# (module, pattern name, a name it matches); modules resolved in the test so collection stays import-light
+NAME_PATTERNS = [
+    ("ckptwatch.layouts.hf_trainer", "CKPT", "checkpoint-30"),
+    ("ckptwatch.layouts.hf_trainer", "STAGING", "tmp-checkpoint-30"),
+    ("ckptwatch.layouts.hf_trainer", "RNG", "rng_state_1.pth"),
+    ("ckptwatch.layouts.hf_trainer", "SHARD", "model-00001-of-00002.safetensors"),
+    ("ckptwatch.layouts.hf_trainer", "FSDP_RANK", "pytorch_model_fsdp_0_rank1.bin"),
+    ("ckptwatch.layouts.hf_trainer", "OPTIM_RANK", "optimizer_0_rank1.bin"),
+    ("ckptwatch.layouts.deepspeed", "TAG_STEP", "global_step30"),
+    ("ckptwatch.layouts.deepspeed", "MODEL_MP", "mp_rank_00_model_states.pt"),
+    ("ckptwatch.layouts.deepspeed", "MODEL_ZERO3", "zero_pp_rank_0_mp_rank_00_model_states.pt"),
+    ("ckptwatch.layouts.deepspeed", "OPTIM", "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt"),
+    ("ckptwatch.layouts.deepspeed", "LAYER", "layer_01-model_00-model_states.pt"),
+    ("ckptwatch.layouts.lightning", "LAST", "last.ckpt"),
+    ("ckptwatch.layouts.megatron", "ITER", "iter_0000030"),
+    ("ckptwatch.layouts.megatron", "MP_DIR", "mp_rank_00_001"),
+    ("ckptwatch.layouts.mindspore", "CKPT_FILE", "net-1_30.ckpt"),
+    ("ckptwatch.layouts.mindspore", "RANK_DIR", "rank_3"),
+    ("ckptwatch.layouts.nvrx", "LOCAL", "iter_30_0_local.pt"),
+    ("ckptwatch.layouts.nvrx", "DIRTY", "iter_30_0_local.dirty.pt"),
+    ("ckptwatch.layouts.nvrx", "RANK_DIR", "3"),
+    ("ckptwatch.layouts.orbax", "STEP_DIR", "30"),
+    ("ckptwatch.layouts.orbax", "TMP", "30.orbax-checkpoint-tmp-1"),
+    ("ckptwatch.formats.dcp", "DISTCP", "__0_0.distcp"),
+    ("ckptwatch.formats.dcp", "RANK_METADATA", "__0.metadata"),
+    ("ckptwatch.engine", "TEMP_NAME", "model.safetensors.tmp"),
+    ("ckptwatch.losswatch.sources", "_CKPT_DIR", "checkpoint-30"),
+]
+
+
+@pytest.mark.parametrize("module, pattern, name", NAME_PATTERNS,
+                         ids=[f"{m.rsplit('.', 1)[1]}.{p}" for m, p, _ in NAME_PATTERNS])
+def test_name_patterns_do_not_match_before_a_trailing_newline(module: str, pattern: str, name: str) -> None:
+    """`$` matches before a final newline: `checkpoint-30<newline>` was step 30. Every name pattern ends
+    at the end of the name (with a newline there it is another name)."""
+    import importlib
+
+    compiled = getattr(importlib.import_module(module), pattern)
+    assert compiled.match(name)
+    assert not compiled.match(name + "\n")

@@ -8,7 +8,7 @@ import pytest
 
 from ckptwatch.config import ServiceConfig, load_config
 from ckptwatch.errors import ConfigError
-from ckptwatch.formats._show import show, show_int, show_shape
+from ckptwatch.formats._show import show, show_brief, show_int, show_shape
 from ckptwatch.formats.limits import (
     LimitExceeded,
     ReadLimits,
@@ -35,14 +35,29 @@ def test_show_never_raises_on_hostile_values():
         cur.append([])
         cur = cur[0]
     assert show(deep) == "[[[[...]]]]"
-    assert show_int(10 ** 5000) == "a 5001-digit integer"
-    assert show_int(-(10 ** 60)) == "a negative 61-digit integer"
+    assert show_int(10 ** 5000) == "a 5001-digit integer of 16610 bits"
+    assert show_int(-(10 ** 60)) == "a negative 61-digit integer of 200 bits"
     assert show_int(2 ** 63 - 1) == str(2 ** 63 - 1)
-    assert show_shape((4096, 10 ** 5000)) == "[4096, a 5001-digit integer]"
+    assert show_shape((4096, 10 ** 5000)) == "[4096, a 5001-digit integer of 16610 bits]"
     started = time.monotonic()
     assert show(set(range(1_000_000))).endswith("... 999992 more}")
     assert time.monotonic() - started < 1.0
     assert len(show("x" * 1_000_000)) <= 80
+
+
+def test_show_brief_names_what_a_non_scalar_is():
+    """A value named in passing: scalars shown (bounded), containers and pickle stubs only by their kind."""
+    from ckptwatch.formats.pickle_stub import walk_pickle
+
+    looped: list = []
+    looped.append(looped)
+    assert show_brief(looped) == "a list"
+    assert show_brief((1, 2)) == "a tuple"
+    assert show_brief("storage") == "'storage'"
+    assert show_brief(10 ** 5000) == "a 5001-digit integer of 16610 bits"
+    assert len(show_brief("x" * 1_000_000)) <= 40
+    stub = walk_pickle(b"\x80\x02cos\nsystem\nX\x02\x00\x00\x00ls\x85R.", what="t").obj
+    assert show_brief(stub) == "a os.system object" and show(stub) == "<os.system>"
 
 
 def test_deadline_is_cpu_time_of_the_file():

@@ -4,7 +4,8 @@ Why a module of its own: a message must never raise. Values that come out of a p
 be integers of any size (``str()`` of one over 4,300 digits raises ValueError, and a 1 MB one takes
 seconds to convert), containers nested 200,000 deep (``repr`` raises RecursionError) or a million items
 long. ``show`` renders any of them in bounded time and length; readers use it, never ``repr``/``str``,
-on what a file declared.
+on what a file declared. This is the one home of such text: the pickle walker, the torch, DCP, MindSpore
+and safetensors readers and the layouts all use it, so a fix here covers every message.
 """
 
 from __future__ import annotations
@@ -17,14 +18,17 @@ MAX_ITEMS = 8
 MAX_DEPTH = 3
 MAX_TEXT = 80
 _LOG10_2 = 0.30102999566398120
+_SCALARS = (bool, int, float, str, bytes, bytearray)
 
 
 def show_int(n: int) -> str:
-    """``n`` in decimal, or "a 5000-digit integer" when it is too long to be a real size or step."""
+    """``n`` in decimal, or "a 5001-digit integer of 16610 bits" when it is too long to be a real size
+    or step (the digit count is estimated from the bits, so it is never ``str()``'d)."""
     if -(10 ** MAX_DIGITS) < n < 10 ** MAX_DIGITS:
         return str(n)
-    digits = int(abs(n).bit_length() * _LOG10_2) + 1
-    return f"{'a negative' if n < 0 else 'a'} {digits}-digit integer"
+    bits = abs(n).bit_length()
+    digits = int(bits * _LOG10_2) + 1
+    return f"{'a negative' if n < 0 else 'a'} {digits}-digit integer of {bits} bits"
 
 
 def show(value: Any, limit: int = MAX_TEXT) -> str:
@@ -34,6 +38,21 @@ def show(value: Any, limit: int = MAX_TEXT) -> str:
     except Exception:  # noqa: BLE001 - a message must not fail, whatever the object's __repr__ does
         text = f"<{type(value).__name__}>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def show_brief(value: Any, limit: int = 40) -> str:
+    """A scalar as ``show`` renders it; anything else only by its kind: "a tuple", "a torch.Foo object".
+
+    Why: where a message names one value in passing (a persistent id's kind, a protocol version) the
+    value should have been a plain scalar, and what it is instead is the finding, not its contents.
+    """
+    t = type(value)
+    if t in _SCALARS or value is None:
+        return show(value, limit)
+    name = getattr(value, "stub_global", None)  # a pickle stub: name its global, never call its repr
+    if isinstance(name, str):
+        return f"a {name[:limit]} object"
+    return f"a {t.__name__}"
 
 
 def show_shape(dims: Any) -> str:

@@ -36,16 +36,14 @@ from ckptwatch.formats.pickle_stub import (
     Stub,
     TensorRef,
     TorchDtype,
-    brief,
     get,
-    num,
     walk_pickle,
 )
 from ckptwatch.model import FileCheck, Problem
 from ckptwatch.vocabulary import file_ok
 
-DISTCP = re.compile(r"^(?P<group>.*)__(?P<rank>\d+)_(?P<n>\d+)\.distcp$")
-RANK_METADATA = re.compile(r"^__(?P<rank>\d+)\.metadata$")
+DISTCP = re.compile(r"^(?P<group>.*)__(?P<rank>\d+)_(?P<n>\d+)\.distcp\Z")
+RANK_METADATA = re.compile(r"^__(?P<rank>\d+)\.metadata\Z")
 GLOBAL_METADATA = ".metadata"
 MTIME_SKEW = 2.0  # seconds of clock skew tolerated between writers (NFS/Lustre)
 MAX_REPORTED = 5
@@ -379,7 +377,7 @@ def _byte_items(dirpath: str, entries: list[_Entry], sdm: dict[Any, Any]) -> lis
         if not _is(_lookup(sdm, e.fqn), "BytesStorageMetadata"):
             continue
         full = os.path.join(dirpath, e.path)
-        label = f"{display(full)}[{e.offset}:{e.offset + e.length}] ({brief(e.fqn, 80)})"
+        label = _window_label(full, e)
         fc = check_torch_window(full, e.offset, e.length, label=label)
         problems.extend(_dcp_window_problems(fc.problems))
     return problems
@@ -456,16 +454,11 @@ def _nonneg(v: Any) -> bool:
     return type(v) is int and v >= 0
 
 
-def _dims(v: Any) -> str:
-    """Offsets or sizes for a message: at most 8, each in decimal or as its size in bits."""
-    v = list(v)
-    more = ", ..." if len(v) > 8 else ""
-    return "[" + ", ".join(num(x) if type(x) is int else brief(x) for x in v[:8]) + more + "]"
-
-
-def _fqn(fqn: Any) -> str:
-    """A state-dict key from the pickle, quoted and cut; never the repr of a hostile object."""
-    return brief(fqn, 80)
+def _window_label(full: str, e: _Entry) -> str:
+    """A byte window for messages: the file, the byte range and the key it holds, each bounded (a key is
+    shown as it is when short and printable, as DCP writes them, else quoted and cut)."""
+    fqn = e.fqn if len(e.fqn) <= 80 and e.fqn.isprintable() else show(e.fqn, 80)
+    return f"{display(full)}[{show_int(e.offset)}:{show_int(e.offset + e.length)}] ({fqn})"
 
 
 def _int_tuple(v: Any) -> bool:
@@ -655,7 +648,7 @@ def _deep(dirpath: str, entries: list[_Entry], sdm: dict[Any, Any], mshown: str)
             safetensors_files.add(e.path)
             problems.extend(check_safetensors(full, deep=True).problems)
             continue
-        label = f"{display(full)}[{show_int(e.offset)}:{show_int(e.offset + e.length)}] ({e.fqn})"
+        label = _window_label(full, e)
         fc = check_torch_window(full, e.offset, e.length, deep=True, label=label)
         problems.extend(_dcp_window_problems(fc.problems))
         if not file_ok(fc) or e.index_offset is None:

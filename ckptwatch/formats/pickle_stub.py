@@ -46,6 +46,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ckptwatch.formats._io import FormatError
+from ckptwatch.formats._show import show_brief
 from ckptwatch.formats.limits import LimitExceeded, tick
 
 MAX_PICKLE_BYTES = 256 << 20
@@ -86,7 +87,16 @@ TORCH_DTYPE_ITEMSIZE: dict[str, int] = {
 
 
 class PickleTruncated(FormatError):
-    """The stream ended before its STOP opcode (a reader of a file prefix may fetch more and retry)."""
+    """The stream ended before its STOP opcode (a reader of a file prefix may fetch more and retry).
+
+    ``needs``: how long the data must at least be for the stream to go on (the end of an argument whose
+    declared length did not fit, plus one byte). A reader of a prefix uses it to tell, without reading
+    gigabytes, a stream that declares more than the file holds or than the safety cap allows.
+    """
+
+    def __init__(self, kind: str, message: str, needs: int) -> None:
+        super().__init__(kind, message)
+        self.needs = needs
 
 
 class PickleMalformed(FormatError):
@@ -447,8 +457,9 @@ _ARG[ord(".")] = _STOP
 # fmt: on
 
 
-def _scan(data: bytes, start: int, what: str) -> tuple[int, int, int]:
-    """Return (offset after STOP, protocol, collision material) of the pickle at ``start``.
+def _scan(data: bytes, start: int, what: str, end: int | None = None) -> tuple[int, int, int]:
+    """Return (offset after STOP, protocol, collision material) of the pickle at ``start`` (looking at
+    ``data`` only up to ``end``: a window without a copy).
 
     Raises on unsafe or broken streams. Memo rule: every PUT/LONG_BINPUT index must be below max(256,
     opcode count). A pickler's indices count its memo writes, which are fewer than its opcodes, so real
@@ -464,7 +475,7 @@ def _scan(data: bytes, start: int, what: str) -> tuple[int, int, int]:
     FROZENSET, so their count bounds how many colliding keys the stream can build; ``walk_pickle`` uses
     the C unpickler only below ``MAX_COLLISION_MATERIAL`` (C dict insertion cannot be interrupted).
     """
-    n = len(data)
+    n = len(data) if end is None else min(end, len(data))
     i = start
     ops = 0
     max_idx = -1
@@ -520,15 +531,15 @@ def _scan(data: bytes, start: int, what: str) -> tuple[int, int, int]:
             risky += 1
             i += 1
         elif k == _NUMLINE:
-            j = find(b"\n", i + 1)
+            j = find(b"\n", i + 1, n)
             if j < 0:
                 break
             risky += op == 0x46 or j - i > 12  # FLOAT, or INT/LONG of 12 digits or more
             i = j + 1
         elif k == _LINE or k == _PUTLINE or k == _LINE2:
-            j = find(b"\n", i + 1)
+            j = find(b"\n", i + 1, n)
             if k == _LINE2 and j >= 0:
-                j = find(b"\n", j + 1)
+                j = find(b"\n", j + 1, n)
             if k == _PUTLINE:
                 # The C unpickler also accepts a last line without "\n" and any int() syntax.
                 try:
@@ -542,7 +553,8 @@ def _scan(data: bytes, start: int, what: str) -> tuple[int, int, int]:
         else:
             raise FormatError("bad_pickle", f"{what}: byte {i} is 0x{op:02x}, not a pickle opcode")
     if not stopped or i > n:
-        raise PickleTruncated("bad_pickle", f"{what}: pickle stream ends at byte {n} without its STOP opcode")
+        raise PickleTruncated("bad_pickle", f"{what}: pickle stream ends at byte {n} without its STOP opcode",
+                              needs=max(i, n) + 1)
     if max_idx >= max(256, ops):
         raise FormatError(
             "bad_pickle",
@@ -760,11 +772,11 @@ class _Resolver:
         if pid[0] == "module" and len(pid) == 4:  # legacy torch.save of an nn.Module class
             return pid[1]
         if pid[0] != "storage" or len(pid) not in (5, 6):
-            raise pickle.UnpicklingError(f"persistent id of kind {brief(pid[0])} with {len(pid)} fields")
+            raise pickle.UnpicklingError(f"persistent id of kind {show_brief(pid[0])} with {len(pid)} fields")
         _, stype, key, location, numel = pid[:5]
         if not isinstance(stype, StorageType):
             raise pickle.UnpicklingError(
-                f"storage {brief(key)} has a type that is not a torch storage class"
+                f"storage {show_brief(key)} has a type that is not a torch storage class"
             )
         if not isinstance(key, str) or not isinstance(location, str) or type(numel) is not int or numel < 0:
             raise pickle.UnpicklingError("storage persistent id has a malformed key, location or size")
@@ -842,29 +854,6 @@ def _ticking_set(items: Any) -> set[Any]:
     return out
 
 
-def brief(value: Any, limit: int = 40) -> str:
-    """A short, safe description of a value taken from a pickle, for messages.
-
-    Never ``str()``/``repr()`` of a hostile object graph: a 7 KB stream can describe a container whose
-    repr is gigabytes (one list memoised and referenced many times at every level) or recursion deep
-    enough to crash; an int of more than 4,300 digits refuses ``str()`` outright.
-    """
-    if isinstance(value, (str, bytes)):
-        return repr(value[:limit]) + ("..." if len(value) > limit else "")
-    if type(value) is int:
-        return str(value) if value.bit_length() <= 64 else f"an integer of {value.bit_length()} bits"
-    if type(value) in (float, bool) or value is None:
-        return repr(value)
-    if isinstance(value, Stub):
-        return f"a {value.stub_global[:limit]} object"
-    return f"a {type(value).__name__}"
-
-
-def num(value: int) -> str:
-    """An integer from a pickle in decimal, or its size in bits when ``str()`` would refuse it or bloat."""
-    return str(value) if value.bit_length() <= 256 else f"<an integer of {value.bit_length()} bits>"
-
-
 def _error_text(exc: BaseException) -> str:
     """At most 200 characters of an exception's text; never raises (a repr may recurse or be huge)."""
     try:
@@ -883,15 +872,13 @@ def walk_pickle(data: bytes, *, what: str, start: int = 0) -> PickleWalk:
     if not isinstance(data, bytes):
         data = bytes(data)
     if len(data) - start > MAX_PICKLE_BYTES:
-        # Only the stream itself counts: scan a capped window so a long file tail costs nothing.
-        window = data[start : start + MAX_PICKLE_BYTES]
+        # Only the stream itself counts: scan a capped window (not a copy) so a long file tail costs nothing.
         try:
-            end, protocol, risky = _scan(window, 0, what)
+            end, protocol, risky = _scan(data, start, what, end=start + MAX_PICKLE_BYTES)
         except PickleTruncated:
             raise FormatError(
                 "bad_pickle", f"{what}: pickle larger than the {MAX_PICKLE_BYTES >> 20} MiB safety cap"
             ) from None
-        end += start
     else:
         end, protocol, risky = _scan(data, start, what)
     budget = _Budget(4 * (end - start) + (1 << 20))

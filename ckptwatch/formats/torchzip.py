@@ -23,6 +23,7 @@ import zlib
 from typing import Any
 
 from ckptwatch.formats._io import FormatError, open_regular_file, read_exact_at
+from ckptwatch.formats._show import show, show_brief, show_int, show_shape
 from ckptwatch.formats._stream import crc32_ranges, display, read_all, run_check
 from ckptwatch.formats.limits import reserve, reserve_seconds, tick
 from ckptwatch.formats.pickle_policy import pickle_problems
@@ -34,8 +35,6 @@ from ckptwatch.formats.pickle_stub import (
     StorageRef,
     Stub,
     TensorRef,
-    brief,
-    num,
     walk_pickle,
 )
 from ckptwatch.model import FileCheck, Problem
@@ -337,7 +336,7 @@ def _storage_problems(walk: PickleWalk, record_sizes: dict[str, int], prefix: st
         elif ref.nbytes is not None and size < ref.nbytes:
             short.append(
                 f"{prefix}/data/{_key(key)} holds {size} bytes but its {ref.storage_type} of "
-                f"{num(ref.numel)} elements needs {num(ref.nbytes)}"
+                f"{show_int(ref.numel)} elements needs {show_int(ref.nbytes)}"
             )
     if absent:
         problems.append(
@@ -712,13 +711,7 @@ def _facts_from_walk(walk: PickleWalk, facts: dict[str, Any]) -> None:
 
 def _key(key: str) -> str:
     """A storage key for a message: as it is when short and printable (torch writes "0", "1", ...)."""
-    return key if len(key) <= 40 and key.isprintable() else brief(key)
-
-
-def _shape(size: tuple[int, ...]) -> str:
-    """A tensor shape for a message: at most 8 dims, each in decimal or as its size in bits."""
-    more = ", ..." if len(size) > 8 else ""
-    return "[" + ", ".join(num(x) for x in size[:8]) + more + "]"
+    return key if len(key) <= 40 and key.isprintable() else show(key, 40)
 
 
 def _view_problems(tensors: tuple[TensorRef, ...], shown: str, label: str) -> list[Problem]:
@@ -768,8 +761,8 @@ def _compute_view_faults(tensors: tuple[TensorRef, ...]) -> list[str]:
             need *= t.dtype.itemsize
         if need > s.numel:
             out.append(
-                f"a tensor of shape {_shape(t.size)} at offset {num(t.offset)} needs {num(need)} elements "
-                f"of storage {_key(s.key)}, which holds {num(s.numel)}"
+                f"a tensor of shape {show_shape(t.size)} at offset {show_int(t.offset)} needs "
+                f"{show_int(need)} elements of storage {_key(s.key)}, which holds {show_int(s.numel)}"
             )
     return out
 
@@ -798,8 +791,22 @@ def _walk_prefix(fd: int, path: str, shown: str, size: int) -> tuple[list[Pickle
                 pos = w.end
             return walks, legacy
         except PickleTruncated as exc:
+            # A length the stream declares is believed only as far as the file and the cap go: a sparse
+            # 2 GB file whose pickle opens a 2 GB string is judged from its first bytes, not from 513 MB.
+            if exc.needs > size:
+                raise FormatError(
+                    "truncated",
+                    f"{shown} ends at byte {size} inside pickle #{len(walks) + 1} (begun at byte {pos}), "
+                    f"which declares data up to byte {show_int(exc.needs - 1)}",
+                ) from None
+            if exc.needs - pos > MAX_PICKLE_BYTES:
+                raise FormatError(
+                    "bad_pickle",
+                    f"{shown}: pickle #{len(walks) + 1} (begun at byte {pos}) declares data up to byte "
+                    f"{show_int(exc.needs - 1)}, beyond the {MAX_PICKLE_BYTES >> 20} MiB safety cap",
+                ) from None
             if have < limit:
-                have = min(limit, have * 4)
+                have = min(limit, max(have * 4, exc.needs + (1 << 16)))
                 continue
             if have >= size:
                 raise FormatError(
@@ -843,7 +850,7 @@ def _check_legacy(
     if type(proto.obj) is not int or proto.obj != LEGACY_PROTOCOL:
         raise FormatError(
             "bad_header",
-            f"{shown}: legacy torch protocol version is {brief(proto.obj)}, not {LEGACY_PROTOCOL}",
+            f"{shown}: legacy torch protocol version is {show_brief(proto.obj)}, not {LEGACY_PROTOCOL}",
         )
     little = True
     if isinstance(sys_info.obj, dict):
@@ -888,8 +895,8 @@ def _check_legacy(
             count = int.from_bytes(os.pread(fd, 8, pos), "little" if little else "big")
             if count != ref.numel:
                 mismatched.append(
-                    f"storage {_key(key)} at byte {num(pos)} records {count} elements, the pickle says "
-                    f"{num(ref.numel)}"
+                    f"storage {_key(key)} at byte {show_int(pos)} records {count} elements, the pickle says "
+                    f"{show_int(ref.numel)}"
                 )
         pos += 8 + ref.nbytes
     if mismatched:
@@ -899,7 +906,7 @@ def _check_legacy(
             Problem(
                 "truncated",
                 shown,
-                f"{shown} is {size} bytes, but its {len(key_list)} storages end at byte {num(pos)}",
+                f"{shown} is {size} bytes, but its {len(key_list)} storages end at byte {show_int(pos)}",
             )
         )
     elif pos < size:
@@ -908,7 +915,7 @@ def _check_legacy(
                 "trailing_data",
                 shown,
                 f"{shown} is {size} bytes, but its {len(key_list)} "
-                f"storages end at byte {num(pos)} ({num(size - pos)} extra bytes)",
+                f"storages end at byte {show_int(pos)} ({show_int(size - pos)} extra bytes)",
             )
         )
 

@@ -40,7 +40,7 @@ def step_from_name(name: str) -> int | None:
 
 def looks_like_dcp(names: list[str]) -> bool:
     return (".metadata" in names or ".metadata.tmp" in names or any(n.endswith(".distcp") for n in names)
-            or any(re.match(r"^__\d+\.metadata(\.tmp)?$", n) for n in names))
+            or any(re.match(r"^__\d+\.metadata(\.tmp)?\Z", n) for n in names))
 
 
 class DcpRun(NoRunFindings):

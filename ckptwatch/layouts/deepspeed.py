@@ -28,11 +28,11 @@ from ckptwatch.layouts.base import (
 from ckptwatch.model import Hazard, Problem, Verdict
 from ckptwatch.scan import Entry, display
 
-MODEL_MP = re.compile(r"^mp_rank_(\d+)_model_states\.pt$")
-MODEL_ZERO3 = re.compile(r"^zero_pp_rank_(\d+)_mp_rank_(\d+)_model_states\.pt$")
-OPTIM = re.compile(r"^(bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_?optim_states\.pt$")
-LAYER = re.compile(r"^layer_(\d+)-model_(\d+)-model_states\.pt$")
-TAG_STEP = re.compile(r"^global_step(\d+)$")
+MODEL_MP = re.compile(r"^mp_rank_(\d+)_model_states\.pt\Z")
+MODEL_ZERO3 = re.compile(r"^zero_pp_rank_(\d+)_mp_rank_(\d+)_model_states\.pt\Z")
+OPTIM = re.compile(r"^(bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_?optim_states\.pt\Z")
+LAYER = re.compile(r"^layer_(\d+)-model_(\d+)-model_states\.pt\Z")
+TAG_STEP = re.compile(r"^global_step(\d+)\Z")
 POINTERS = ("latest", "latest_universal")
 
 

@@ -31,12 +31,12 @@ from ckptwatch.model import FileCheck, Problem
 from ckptwatch.scan import Entry, display, tree
 from ckptwatch.vocabulary import file_ok
 
-CKPT = re.compile(r"^checkpoint-(\d+)$")
-STAGING = re.compile(r"^tmp-checkpoint-(.*)$")
-RNG = re.compile(r"^rng_state(?:_(\d+))?\.pth$")
-SHARD = re.compile(r"^(.+)-(\d{5})-of-(\d{5})\.(safetensors|bin)$")
-FSDP_RANK = re.compile(r"^pytorch_model_fsdp_\d+_rank(\d+)\.bin$")
-OPTIM_RANK = re.compile(r"^optimizer_\d+_rank(\d+)\.bin$")
+CKPT = re.compile(r"^checkpoint-(\d+)\Z")
+STAGING = re.compile(r"^tmp-checkpoint-(.*)\Z")
+RNG = re.compile(r"^rng_state(?:_(\d+))?\.pth\Z")
+SHARD = re.compile(r"^(.+)-(\d{5})-of-(\d{5})\.(safetensors|bin)\Z")
+FSDP_RANK = re.compile(r"^pytorch_model_fsdp_\d+_rank(\d+)\.bin\Z")
+OPTIM_RANK = re.compile(r"^optimizer_\d+_rank(\d+)\.bin\Z")
 FULL_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")

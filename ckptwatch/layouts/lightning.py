@@ -20,7 +20,7 @@ from ckptwatch.scan import Entry, display
 from ckptwatch.vocabulary import file_ok
 
 STEP_IN_NAME = re.compile(r"step=(\d+)")
-LAST = re.compile(r"^last(-v?\d+)?\.ckpt$|-last\.ckpt$")
+LAST = re.compile(r"^last(-v?\d+)?\.ckpt\Z|-last\.ckpt\Z")
 
 
 class Lightning:

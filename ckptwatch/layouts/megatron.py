@@ -30,8 +30,8 @@ from ckptwatch.model import Hazard, Problem, Verdict
 from ckptwatch.scan import Entry, display
 from ckptwatch.vocabulary import file_ok
 
-ITER = re.compile(r"^iter_(\d{7})$")
-MP_DIR = re.compile(r"^mp_rank_(\d{2})(?:_(\d{3}))?(?:_(\d{3}))?$")
+ITER = re.compile(r"^iter_(\d{7})\Z")
+MP_DIR = re.compile(r"^mp_rank_(\d{2})(?:_(\d{3}))?(?:_(\d{3}))?\Z")
 TRACKER = "latest_checkpointed_iteration.txt"
 
 

@@ -20,9 +20,9 @@ from ckptwatch.model import Hazard, Problem, Verdict
 from ckptwatch.scan import Entry, display
 from ckptwatch.vocabulary import file_ok
 
-RANK_DIR = re.compile(r"^rank_(\d+)$")
+RANK_DIR = re.compile(r"^rank_(\d+)\Z")
 CKPT_FILE = re.compile(r"^(?P<prefix>.*?)(?:_rank_\d+)?-(?P<epoch>\d+)_(?P<step>\d+)"
-                       r"\.(?P<ext>ckpt|safetensors)$")
+                       r"\.(?P<ext>ckpt|safetensors)\Z")
 RESUME_KEYS = {"last_epoch", "last_step", "last_ckpt_file"}  # what MindFormers' resume reads from meta.json
 
 

@@ -25,9 +25,9 @@ from ckptwatch.layouts.base import (
 from ckptwatch.model import Problem
 from ckptwatch.scan import Entry, display
 
-LOCAL = re.compile(r"^iter_(\d+)_(\d+)_local\.pt$")
-DIRTY = re.compile(r"^iter_(\d+)_(\d+)_local\.dirty\.pt$")
-RANK_DIR = re.compile(r"^\d+$")
+LOCAL = re.compile(r"^iter_(\d+)_(\d+)_local\.pt\Z")
+DIRTY = re.compile(r"^iter_(\d+)_(\d+)_local\.dirty\.pt\Z")
+RANK_DIR = re.compile(r"^\d+\Z")
 
 
 class NvrxLocal(NoRunFindings):

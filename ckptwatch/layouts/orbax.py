@@ -15,8 +15,8 @@ from ckptwatch.layouts.base import Candidate, CheckOptions, Judgement, NoRunFind
 from ckptwatch.model import Problem
 from ckptwatch.scan import Entry, display
 
-TMP = re.compile(r"^(?:.*?_)?(\d+)\.orbax-checkpoint-tmp(?:-.*)?$")
-STEP_DIR = re.compile(r"^(?:.*?_)?(\d+)$")
+TMP = re.compile(r"^(?:.*?_)?(\d+)\.orbax-checkpoint-tmp(?:-.*)?\Z")
+STEP_DIR = re.compile(r"^(?:.*?_)?(\d+)\Z")
 META = "_CHECKPOINT_METADATA"
 COMMIT = "commit_success.txt"
 

@@ -39,7 +39,7 @@ from ckptwatch.losswatch.settings import KINDS, LossSettings
 from ckptwatch.losswatch.tail import Tailer
 
 MAX_DEPTH = 4
-_CKPT_DIR = re.compile(r"^(checkpoint|global_step|iter|step)[-_=]?\d+$|^checkpoints?$")
+_CKPT_DIR = re.compile(r"^(checkpoint|global_step|iter|step)[-_=]?\d+\Z|^checkpoints?\Z")
 _SKIP_DIRS = {"__pycache__", "node_modules", ".git"}
 TEXT_SUFFIXES = (".log", ".txt", ".out")
 
@@ -108,7 +108,7 @@ def checkpoint_states(run_root: str, checkpoints: Sequence[tuple[int | None, str
     out: dict[str, int] = {}
     dirs = [(s, p) for s, p in checkpoints] or [(None, e.path) for e in _scandir(run_root) if e.is_dir()]
     for step, d in dirs:
-        m = re.search(r"(\d+)$", os.path.basename(d.rstrip("/")))
+        m = re.search(r"(\d+)\Z", os.path.basename(d.rstrip("/")))
         if step is None and (m is None or not os.path.basename(d).startswith("checkpoint")):
             continue
         path = os.path.join(d, "trainer_state.json")
