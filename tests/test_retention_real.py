@@ -246,6 +246,29 @@ def test_lightning_last_copy_is_the_newest_and_the_top_k_files_follow_the_rules(
 
 
 # ---------------------------------------------------------------------------------------------------
+# 6. a symlinked checkpoint
+
+
+def test_a_symlinked_checkpoint_and_its_target_are_kept(artefact):
+    """``checkpoint-8 -> checkpoint-2`` inside the run: discovery does not descend a symlinked dir, so the
+    link is no checkpoint of its own and is never deleted. But it is a pointer: the Trainer's
+    ``get_last_checkpoint`` follows it (it checks ``os.path.isdir``), and a resume would read
+    checkpoint-2 through it. Its target survives ``--keep-last 1``, named by the link; deleting it would
+    leave a dangling link (a ``dangling_symlink`` finding that ``once`` then reports)."""
+    run = artefact("hf_full")
+    (run / "checkpoint-8").symlink_to("checkpoint-2", target_is_directory=True)
+    item = _prune(run, "--keep-last", "1")
+    reasons, results = _by_name(item)
+    assert results == {"checkpoint-4": "deleted"}
+    assert "checkpoint-8" not in reasons
+    assert reasons["checkpoint-2"] == ["named by symlink checkpoint-8"]
+    assert (run / "checkpoint-8").is_symlink() and (run / "checkpoint-8" / "model.safetensors").is_file()
+    p = run_cli("once", "--json", "--settle", "0", "--no-loss", str(run))
+    assert p.returncode == 0, p.stdout
+    assert "dangling_symlink" not in p.stdout
+
+
+# ---------------------------------------------------------------------------------------------------
 # 7. a 4-rank torch.distributed.checkpoint run
 
 
