@@ -324,6 +324,25 @@ def test_delete_incomplete_after_removes_only_old_crashed_saves_with_a_newer_com
     assert _names(run) == ["checkpoint-4", "checkpoint-6"]
 
 
+def test_a_crashed_dcp_save_goes_with_every_rank_file_it_has(artefact):
+    """Rank 2's file of step_100 and rank 1's of step_300 are removed (saves killed mid-write), all set
+    3 h in the past: ``--delete-incomplete-after 1h`` deletes step_100 whole (its three remaining rank
+    files and ``.metadata``), keeps step_200 (newest complete) and step_300 (newer than it) as they are."""
+    run = artefact("dcp")
+    (run / "step_100" / "__2_0.distcp").unlink()
+    (run / "step_300" / "__1_0.distcp").unlink()
+    _age(run, 3 * HOUR)
+    statuses = {n: c["status"] for n, c in _once(run).items()}
+    assert statuses == {"step_100": "incomplete", "step_200": "complete", "step_300": "incomplete"}
+    item = _prune(run, "--delete-incomplete-after", "1h")
+    reasons, results = _by_name(item)
+    assert results == {"step_100": "deleted"}
+    assert reasons["step_300"] == ["newer than the newest complete (step 200)"]
+    assert sorted(p.name for p in run.iterdir()) == ["step_200", "step_300"]
+    assert sorted(p.name for p in (run / "step_300").iterdir()) == [
+        ".metadata", "__0_0.distcp", "__2_0.distcp", "__3_0.distcp"]
+
+
 # ---------------------------------------------------------------------------------------------------
 # 9. the service pruning while a trainer keeps writing
 
