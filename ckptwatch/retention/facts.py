@@ -54,6 +54,7 @@ MEGATRON_TRACKER = "Megatron tracker"
 LIGHTNING_LAST = "Lightning last.ckpt"
 NEMO_LAST = "NeMo -last"
 CKPTWATCH_LATEST = "ckptwatch-latest"
+SYMLINK = "symlink {name}"  # a link beside the checkpoints resolving to one (checkpoint-8 -> checkpoint-2)
 
 # ``name=value`` in a Lightning ``ModelCheckpoint`` file name (``epoch=3-step=400-val_loss=0.31.ckpt``) or
 # a NeMo checkpoint dir (``megatron_gpt--val_loss=1.23-step=100-consumed_samples=800``). A value is a
@@ -214,7 +215,9 @@ def pointers_naming(report: RunReport) -> dict[str, list[str]]:
     DeepSpeed ``latest`` (and ``latest_universal``) names a tag dir; Megatron's tracker an iteration
     (``iter_0000500``); Lightning's ``last.ckpt`` is a symlink or hard link to a step checkpoint, or a
     copy that is itself what ``ckpt_path="last"`` resumes; NeMo's ``-last`` checkpoint is what NeMo
-    resumes; ``ckptwatch-latest`` (link and JSON) is ours. A pointer naming nothing judged names nothing.
+    resumes; ``ckptwatch-latest`` (link and JSON) is ours; any other symlink in the run dir or beside the
+    checkpoints that resolves to a checkpoint names it (``symlink_names``). A pointer naming nothing judged
+    names nothing.
     """
     by_key = {_key(v.path): v for v in report.checkpoints}
     found: dict[str, list[str]] = {}
@@ -239,7 +242,33 @@ def pointers_naming(report: RunReport) -> dict[str, list[str]]:
             add(v.path, NEMO_LAST)
     for path in _ckptwatch_latest(root, by_key):
         add(path, CKPTWATCH_LATEST)
+    for path, link_name in symlink_names(report.checkpoints, root):
+        add(path, SYMLINK.format(name=link_name))
     return found
+
+
+def symlink_names(verdicts: Sequence[Verdict], root: str) -> list[tuple[str, str]]:
+    """(checkpoint path, link name) for each symlink in ``root`` or in a dir holding checkpoints whose
+    real path is a judged checkpoint's, other than the links named above (Lightning's ``last*.ckpt``,
+    ``ckptwatch-latest``) and a checkpoint path that is itself a link (``unsafe_path``).
+
+    Why a pointer: a framework's resume scan follows it (the Trainer's ``get_last_checkpoint`` takes
+    ``checkpoint-8 -> checkpoint-2`` for step 8, it checks ``os.path.isdir``), and whoever made it meant
+    the target. Deleting the target leaves a dangling link, which ``once`` then reports.
+    """
+    real = {os.path.realpath(v.path): v.path for v in verdicts}
+    own = {_key(v.path) for v in verdicts}
+    dirs = {root} | {os.path.dirname(v.path) for v in verdicts}
+    named: list[tuple[str, str]] = []
+    for d in sorted(dirs):
+        entries, _ = list_dir(d)
+        for e in entries:
+            if not e.is_symlink or e.name == pointer.LINK or LAST.search(e.name) or _key(e.path) in own:
+                continue
+            target = real.get(os.path.realpath(e.path))
+            if target is not None:
+                named.append((target, e.name))
+    return named
 
 
 def _lightning_last(verdicts: Sequence[Verdict], root: str) -> list[str]:
