@@ -199,18 +199,92 @@ def mode_deep(args: argparse.Namespace) -> dict:
     return out
 
 
+# --------------------------------------------------------------------------------------------------
+# 6. retention: planning a run of N checkpoints (pure; no disk)
+
+
+def _retention_run(n: int) -> tuple[list, Any, float, Any]:
+    """A realistic run of ``n`` checkpoints (seeded): one every 6 minutes, 2 GB each, an eval metric every
+    5th, 2 % crashed saves and 0.5 % corrupt, the newest still being written, a few pins, framework
+    pointers on the newest complete, the three newest not yet mirrored. The policy sets every rule, and
+    ``min_free`` asks for 100 checkpoints more than the rules free, so the pressure path runs too."""
+    import dataclasses
+    import random
+
+    from ckptwatch.config.retention import FreeSpace, RetentionConfig
+    from ckptwatch.model import Status
+    from ckptwatch.retention.policy import Candidate, DiskSpace, plan_run
+
+    rng = random.Random(20261204)
+    start = 1_795_000_000.0
+    cands = []
+    for k in range(n):
+        roll = rng.random()
+        status = (Status.IN_PROGRESS if k == n - 1 else Status.INCOMPLETE if roll < 0.02
+                  else Status.CORRUPT if roll < 0.025 else Status.COMPLETE)
+        cands.append(Candidate(
+            path=f"/data/runs/llm-7b/checkpoint-{(k + 1) * 100}", step=(k + 1) * 100, status=status,
+            mtime=start + k * 360.0 + rng.random(), bytes=2 * 10**9 + rng.randrange(10**6),
+            metric=rng.uniform(0.2, 2.0) if k % 5 == 4 else None,
+            pinned="release candidate" if k in (1234, 4321, 7777) else None,
+            mirrored=k < n - 4))
+    newest = max(k for k, c in enumerate(cands) if c.status is Status.COMPLETE)
+    cands[newest] = dataclasses.replace(cands[newest], pointed_by=("DeepSpeed latest", "ckptwatch-latest"))
+    best = min((k for k, c in enumerate(cands) if c.metric is not None), key=lambda k: cands[k].metric)
+    cands[best] = dataclasses.replace(cands[best], best=True)
+    now = start + n * 360.0 + 600.0
+    rules = RetentionConfig(keep_last=5, keep_every_steps=10_000, keep_best=3, metric="eval_loss",
+                            keep_within=86400.0, keep_interval=7 * 86400.0,
+                            delete_incomplete_after=6 * 3600.0)
+    disk = DiskSpace(total=n * 3 * 10**9, free=100 * 10**9)
+    freed = plan_run(cands, rules, now, disk).bytes_freed
+    policy = dataclasses.replace(rules, min_free=FreeSpace(bytes=disk.free + freed + 100 * 2 * 10**9))
+    return cands, policy, now, disk
+
+
+def mode_retention(args: argparse.Namespace) -> dict:
+    from ckptwatch.retention.guards import recency, violations
+    from ckptwatch.retention.policy import plan_run
+
+    cands, policy, now, disk = _retention_run(args.checkpoints)
+    times, plan = _timed(lambda: plan_run(cands, policy, now, disk), args.repeat)
+    # Yardstick: the one sort every plan needs (keep_last, pressure: the run by step, then mtime), over the
+    # same records with the same key, in the same interpreter.
+    stimes, _ = _timed(lambda: sorted(cands, key=recency), args.repeat)
+    vtimes, found = _timed(lambda: violations(plan, cands, policy), args.repeat)
+    pressure = sum(1 for d in plan.deletions if d.reasons[0].startswith("disk below min_free"))
+    out = {
+        "checkpoints": len(cands),
+        "plan_s": _stats(times),
+        "sort_s": _stats(stimes),
+        "violations_s": _stats(vtimes),
+        "kept": sum(d.keep for d in plan.decisions),
+        "protected": sum(d.protected for d in plan.decisions),
+        "deleted_by_rules": len(plan.deletions) - pressure,
+        "deleted_by_pressure": pressure,
+        "shortfall": plan.shortfall,
+        "violations": found,
+        "policy": str(policy),
+        "heavy_modules": [m for m in HEAVY if m in sys.modules],
+    }
+    if args.profile:
+        out["profile_tottime"] = _profile(lambda: plan_run(cands, policy, now, disk), 12, "tottime")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.inproc")
-    ap.add_argument("mode", choices=("tree", "header", "safe_open", "deep"))
-    ap.add_argument("path")
+    ap.add_argument("mode", choices=("tree", "header", "safe_open", "deep", "retention"))
+    ap.add_argument("path", help="the tree, file or checkpoint (retention: unused, give -)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--sample", help="tree: one checkpoint dir for the per-file breakdown")
     ap.add_argument("--kind", choices=("safetensors", "torch"), help="deep: which checker")
+    ap.add_argument("--checkpoints", type=int, default=10_000, help="retention: checkpoints in the run")
     args = ap.parse_args()
     result = {"tree": mode_tree, "header": mode_header, "safe_open": mode_safe_open,
-              "deep": mode_deep}[args.mode](args)
+              "deep": mode_deep, "retention": mode_retention}[args.mode](args)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)
 

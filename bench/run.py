@@ -1,8 +1,9 @@
 """ckptwatch benchmarks: each target as a ratio against a standard tool timed in the same run.
 
-    python -m bench.run                 # all four benchmarks at full size (about 7 minutes)
+    python -m bench.run                 # all five benchmarks at full size (about 7 minutes)
     python -m bench.run --quick         # small sizes, 3 repeats: a smoke test (about 1.5 minutes)
-    python -m bench.run --only tree     # one benchmark (tree | header | deep | service; --only repeats)
+    python -m bench.run --only tree     # one benchmark (tree | header | deep | service | retention;
+                                        # --only repeats)
 
 Prints a table (ours, the yardstick, ours / yardstick, the target) and writes ``bench/out/latest.json``
 plus the profiles in ``bench/out/``. See bench/README.md for what each benchmark measures and why.
@@ -360,6 +361,28 @@ def rows(results: dict) -> list[dict]:
         from bench import service
 
         service.rows(s, add)
+    r = results.get("retention")
+    if r:
+        ip = r["inproc"]
+        n, plan, srt, chk = ip["checkpoints"], ip["plan_s"]["median"], ip["sort_s"]["median"], \
+            ip["violations_s"]["median"]
+        add("6 retention", f"plan_run, {n:,} ckpts, every rule + min_free", plan,
+            f"{plan * 1e3:.1f} ms ({plan / n * 1e6:.1f} us/ckpt)", srt,
+            f"sorted(key=recency) {srt * 1e3:.2f} ms", plan / srt, "< 0.2 s", plan < 0.2,
+            f"{ip['deleted_by_rules']} deleted by rules, {ip['deleted_by_pressure']} by min_free, "
+            f"{ip['kept']} kept ({ip['protected']} protected)")
+        add("6 retention", f"guards.violations over the plan (delete's last check), {n:,} ckpts", chk,
+            f"{chk * 1e3:.1f} ms", srt, f"sorted(key=recency) {srt * 1e3:.2f} ms", chk / srt, "(context)",
+            None)
+        dl = r.get("delete")
+        if dl:
+            loop, worker, rm = dl["loop_ms"]["median"], dl["worker_s"]["median"], dl["rm_rf_s"]["median"]
+            gb = dl["bytes"] / 1e9
+            add("6 retention", f"sink.judged deleting a {gb:.0f} GB, {dl['files']:,}-file ckpt: loop time",
+                loop / 1e3, f"{loop:.2f} ms (max {dl['loop_ms']['max']:.2f})", rm, f"rm -rf {rm:.2f} s",
+                loop / 1e3 / rm, "< 10 ms", dl["loop_ms"]["max"] < 10.0)
+            add("6 retention", "  the worker: fresh re-check, trash rename, removal", worker,
+                f"{worker:.2f} s", rm, f"rm -rf {rm:.2f} s", worker / rm, "(context)", None)
     return out
 
 
@@ -402,6 +425,25 @@ def machine() -> dict:
     return info
 
 
+def bench_retention(args: argparse.Namespace, work: Path) -> dict:
+    """Benchmark 6: planning retention for a run of ``--retention-checkpoints`` (pure, in-process)."""
+    log(f"retention: plan_run over a synthetic run of {args.retention_checkpoints} checkpoints")
+    res: dict = {"loadavg_before": loadavg()}
+    res["inproc"] = inproc("retention", "-", max(args.repeat, 20), "--checkpoints",
+                           str(args.retention_checkpoints), "--profile")
+    res["loadavg_after"] = loadavg()
+    ip = res["inproc"]
+    res["valid"] = (ip["checkpoints"] == args.retention_checkpoints and ip["violations"] == []
+                    and ip["deleted_by_pressure"] > 0 and ip["shortfall"] == 0)
+    (PROF / "profile-retention.txt").write_text(ip.get("profile_tottime", "") + "\n")
+    from bench.prune import measure_delete
+
+    gb = args.prune_gb
+    log(f"retention: deleting a {gb:g} GB checkpoint of {args.prune_files} files through the sink")
+    res["delete"] = measure_delete(work, int(gb * 1e9), args.prune_files, 3 if args.quick else args.repeat)
+    return res
+
+
 def bench_service(args: argparse.Namespace, work: Path) -> dict:
     """Benchmark 4, the service (``ckptwatch run``): in ``bench/service.py``."""
     from bench import service
@@ -411,8 +453,8 @@ def bench_service(args: argparse.Namespace, work: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--only", action="append", choices=("tree", "header", "deep", "service"),
-                    help="run only this benchmark (repeatable); default: all four")
+    ap.add_argument("--only", action="append", choices=("tree", "header", "deep", "service", "retention"),
+                    help="run only this benchmark (repeatable); default: all five")
     ap.add_argument("--quick", action="store_true",
                     help="small sizes and 3 repeats (100 checkpoints, 1 GB header file, 256 MiB deep files)")
     ap.add_argument("--repeat", type=int,
@@ -438,6 +480,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--service-phase", action="append",
                     choices=("latency_inotify", "latency_polling", "idle", "burst"),
                     help="service: run only this phase (repeatable; default: all four)")
+    ap.add_argument("--prune-gb", type=float, default=None,
+                    help="retention: size of the checkpoint the sink deletes, GB (default 10; --quick 1)")
+    ap.add_argument("--prune-files", type=int, default=1000,
+                    help="retention: files in that checkpoint (default 1000)")
+    ap.add_argument("--retention-checkpoints", type=int, default=10_000,
+                    help="retention: checkpoints in the planned run (default 10000, also with --quick)")
     ap.add_argument("--workdir", default="/tmp/ckptwatch-bench", help="where generated data goes")
     ap.add_argument("--keep", action="store_true", help="keep the generated tree and big files")
     ap.add_argument("--json", default=str(OUT / "latest.json"), help="where to write the results")
@@ -453,7 +501,8 @@ def main(argv: list[str] | None = None) -> int:
     args.service_runs = args.service_runs or (10 if q else 100)
     args.service_idle = args.service_idle or (10.0 if q else 30.0)
     args.service_burst = args.service_burst or (200 if q else 1000)
-    which = args.only or ["tree", "header", "deep", "service"]
+    args.prune_gb = args.prune_gb or (1.0 if q else 10.0)
+    which = args.only or ["tree", "header", "deep", "service", "retention"]
 
     global PROF
     PROF = Path(args.json).resolve().parent
@@ -468,7 +517,8 @@ def main(argv: list[str] | None = None) -> int:
         "note": "shared, noisy 2-vCPU VM: medians with min/max; compare ratios, not absolute numbers",
     }
     log(f"running {', '.join(which)} (repeat {args.repeat}) in {work}; load {loadavg()}")
-    funcs = {"tree": bench_tree, "header": bench_header, "deep": bench_deep, "service": bench_service}
+    funcs = {"tree": bench_tree, "header": bench_header, "deep": bench_deep, "service": bench_service,
+             "retention": bench_retention}
     try:
         for name in which:
             t = time.perf_counter()

@@ -11,9 +11,11 @@ import argparse
 import os
 import sys
 import time
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ckptwatch import __version__
+from ckptwatch.cliargs import add_check_args as _check_args
+from ckptwatch.cliargs import check_options as _options
 from ckptwatch.errors import (
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
@@ -24,57 +26,15 @@ from ckptwatch.errors import (
     UsageError,
 )
 from ckptwatch.errors import EXIT_USAGE as EXIT_USAGE  # unused here; re-exported beside the other three
-from ckptwatch.formats.limits import limits_of
-from ckptwatch.layouts.base import CheckOptions
-from ckptwatch.layouts.registry import NAMES
-from ckptwatch.settle import parse_duration
 from ckptwatch.vocabulary import full_message
 
 if TYPE_CHECKING:
-    from ckptwatch.config import Config, WatchConfig
+    from ckptwatch.config import WatchConfig
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse exits 2 itself; keep our wording and code
         raise UsageError(f"{self.prog}: {message} (see --help)")
-
-
-def _duration(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
-    return value
-
-
-def _check_args(p: argparse.ArgumentParser) -> None:
-    from ckptwatch.config import ServiceConfig
-
-    defaults = ServiceConfig()  # the one home of the defaults the help states
-    p.add_argument("--json", action="store_true", help="print the versioned JSON report (see README)")
-    p.add_argument("--deep", action="store_true",
-                   help="also read every byte: zip CRCs, full safetensors reads, MindSpore CRC, "
-                        "Megatron hashes")
-    p.add_argument("--scan-values", action="store_true",
-                   help="with --deep: flag NaN/Inf and all-zero tensors in safetensors files")
-    p.add_argument("--settle", type=float, default=None, metavar="SECONDS",
-                   help="anything modified within this many seconds is in_progress (default: the config's "
-                        f"service.settle_seconds, else {defaults.settle_seconds:g})")
-    p.add_argument("--stale-after", type=_duration, default=None, metavar="DURATION",
-                   help="a temp/staging marker older than this means a killed save (default: the config's "
-                        f"service.stale_after, else {defaults.stale_after:g} s)")
-    p.add_argument("--expected-ranks", type=_positive_int, metavar="N",
-                   help="ranks to expect when neither metadata nor sibling checkpoints tell")
-    p.add_argument("--layout", default="auto", choices=("auto", *NAMES), help="force one layout")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,28 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     from ckptwatch.losswatch.cli import add_parser as add_loss_parser
 
     add_loss_parser(sub)
+    from ckptwatch.retention.cli import add_parser as add_prune_parser
+
+    add_prune_parser(sub)
     status = sub.add_parser("status",
                             help="what the service knows: per run, newest complete and open problems")
     status.add_argument("--config", metavar="FILE", help="the service's config (for its state_dir)")
     status.add_argument("--json", action="store_true")
     return parser
-
-
-def _options(args: argparse.Namespace, config: "Config | None" = None,
-             watch: "WatchConfig | None" = None) -> CheckOptions:
-    """Command-line flags win over the config file, which wins over the defaults."""
-    if args.settle is not None and args.settle < 0:
-        raise UsageError(f"--settle must be 0 or more, not {args.settle:g}")
-    if args.scan_values and not args.deep:
-        raise UsageError("--scan-values reads every tensor; it needs --deep")
-    from ckptwatch.config import ServiceConfig, override
-
-    service = override(config.service if config else ServiceConfig(),
-                       {"settle_seconds": args.settle, "stale_after": args.stale_after})
-    ranks = args.expected_ranks or (watch.expected_ranks if watch else None)
-    return CheckOptions(deep=args.deep, scan_values=args.scan_values, settle_seconds=service.settle_seconds,
-                        stale_after=service.stale_after, expected_ranks=ranks, limits=limits_of(service),
-                        allow_hazards=getattr(args, "allow_hazards", False))
 
 
 def _existing(path: str) -> str:
@@ -166,11 +112,27 @@ def cmd_once(args: argparse.Namespace) -> int:
     now = time.time()
     reports = [check_root(_existing(w.path), _options(args, config, w), now, layout=w.layout,
                           loss=None if args.no_loss else w.loss) for w in targets]
+    retention = _retention_plans(targets, reports, now)
     if args.json:
-        write_json(reports)
+        write_json(reports, retention=retention)
     else:
         write_table(reports)
     return EXIT_PROBLEMS if has_problems(reports) else EXIT_OK
+
+
+def _retention_plans(targets: "list[WatchConfig]", reports: list[Any],
+                     now: float) -> dict[str, dict[str, Any]]:
+    """Run root -> the retention plan's JSON, for the runs of watches with ``[watch.retention]``."""
+    out: dict[str, dict[str, Any]] = {}
+    for watch, report in zip(targets, reports, strict=True):
+        if watch.retention is None:
+            continue
+        from ckptwatch.retention.execute import plan_for, plan_json
+
+        for run in report.runs:
+            out[run.root] = plan_json(plan_for(run, watch.retention, watch.path, now),
+                                      dry_run=watch.retention.dry_run)
+    return out
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -260,6 +222,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     """``config check FILE``: errors exit 2 naming the key; warnings are what would surprise at run time."""
     from ckptwatch.config import load_config
+    from ckptwatch.retention.access import check_delete_access, describe
     from ckptwatch.state import default_state_dir
     from ckptwatch.watch import choose_observer, filesystem_type
 
@@ -291,6 +254,13 @@ def cmd_config(args: argparse.Namespace) -> int:
         ranks = w.expected_ranks or "inferred"
         print(f"  watch[{i}] {w.path}: layout {w.layout}, {where}, expected ranks {ranks}, "
               f"latest_good {'on' if w.latest_good else 'off'}")
+        if w.retention is not None:
+            access = check_delete_access(w.path, w.layout)
+            line = describe(access)
+            if access.refused is None:
+                print(f"  {line}")
+            else:
+                warnings.append(line)  # a warning: the service still judges; its deletions would fail
     from ckptwatch.alerts.config import mask_url
 
     routes = {k: [mask_url(u) for u in v] for k, v in sorted(config.alerts.routes.items())}
@@ -369,8 +339,15 @@ def _cmd_loss(args: argparse.Namespace) -> int:
     return cmd_loss(args)
 
 
+def _cmd_prune(args: argparse.Namespace) -> int:
+    from ckptwatch.retention.cli import cmd_prune
+
+    return cmd_prune(args)
+
+
 COMMANDS = {"once": cmd_once, "verify": cmd_verify, "latest": cmd_latest, "run": cmd_run,
-            "status": cmd_status, "config": cmd_config, "alert": cmd_alert, "loss": _cmd_loss}
+            "status": cmd_status, "config": cmd_config, "alert": cmd_alert, "loss": _cmd_loss,
+            "prune": _cmd_prune}
 
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from ckptwatch.config import Config, WatchConfig, load_config
 from ckptwatch.errors import ConfigError
+from ckptwatch.model import RunReport
 from ckptwatch.notify import Notifier
 from ckptwatch.observers import Observers
 from ckptwatch.passes import Engine, Judge, PassResult, settled_at
@@ -57,10 +58,13 @@ class Row:
 
 
 def build_row(config: Config, state: StateStore, state_dir: str, log: object, clock: Callable[[], float],
-              faults: FaultReporter, background: Background, dirty: DirtyScopes) -> Row:
-    """state -> alerts -> resume pointer -> loss watch -> metrics (DESIGN.md). A new sink is a line here."""
+              faults: FaultReporter, background: Background, dirty: DirtyScopes,
+              rejudge: Callable[[WatchConfig, str, float], RunReport | None]) -> Row:
+    """state -> alerts -> resume pointer -> loss watch -> metrics -> retention (DESIGN.md). A new sink is a
+    line here. ``rejudge`` judges one run afresh from the disk (retention's re-check before deleting)."""
     from ckptwatch.alerts.service import ServiceAlerts
     from ckptwatch.losswatch.service import LossSink
+    from ckptwatch.retention.service import RetentionSink
     from ckptwatch.sinks.metrics import MetricsSink
     from ckptwatch.sinks.pointer import PointerSink
     from ckptwatch.sinks.state import StateSink
@@ -74,7 +78,8 @@ def build_row(config: Config, state: StateStore, state_dir: str, log: object, cl
     loss = LossSink(alerts=alerts, hazards_of=state.hazard_messages, faults=faults, background=background,
                     is_active=dirty.active, plots_dir=os.path.join(state_dir, "plots"), log=log)
     sinks = (StateSink(state, log), alerts, PointerSink(log), loss,
-             MetricsSink(config.service.metrics_port, loss.resume_ratio, log))
+             MetricsSink(config.service.metrics_port, loss.resume_ratio, log),
+             RetentionSink(alerts=alerts, faults=faults, background=background, rejudge=rejudge, log=log))
     return Row(sinks, alerts)
 
 
@@ -107,7 +112,7 @@ class Daemon:
         self.reload_requested = False
         try:
             self.row = build_row(self.config, self.state, self.state_dir, self.log, self.clock, self.faults,
-                                 self.background, self.dirty)
+                                 self.background, self.dirty, self._fresh_run)
         except BaseException:  # e.g. the alert ledger's file is corrupt: free the state dir's lock now
             self.background.close(0.1)
             self.state.close()
@@ -224,7 +229,7 @@ class Daemon:
         self.runs.clear()
         self.next_tick.clear()
         self.row = build_row(new, self.state, self.state_dir, self.log, self.clock, self.faults,
-                             self.background, self.dirty)
+                             self.background, self.dirty, self._fresh_run)
         self._start_sinks()
         self.observers.start(new.watches, self.judge.run_index)
         now = self.clock()
@@ -239,6 +244,9 @@ class Daemon:
             self.dirty.forget(record.watch_root, run_root)
         for sink in self.row.sinks:
             self.faults.call(f"{sink.name} in {run_root}", sink.forget, run_root)
+
+    def _fresh_run(self, watch: WatchConfig, run_root: str, now: float) -> RunReport | None:
+        return self.judge.fresh_run(watch, run_root, now)
 
     def _watch_for(self, root: str) -> WatchConfig | None:
         return next((w for w in self.config.watches if w.path == root), None)

@@ -71,6 +71,20 @@ class Judge:
         return PassResult(self._open_files_rule(watch.path, runs), whole,
                           self.run_index[watch.path] if whole else frozenset())
 
+    def fresh_run(self, watch: WatchConfig, run_root: str, now: float) -> RunReport | None:
+        """``run_root`` listed and judged from the disk with no cache, files held open for writing counted
+        as in progress (None: no run there now). Safe on another thread: it touches no shared memory.
+        Retention re-checks with it right before deleting (a plan's memory is not enough)."""
+        opts = CheckOptions(settle_seconds=self.service.settle_seconds, stale_after=self.service.stale_after,
+                            expected_ranks=watch.expected_ranks, second_look=True,
+                            limits=limits_of(self.service))
+        runs = self.engine.check_run_dir(run_root, opts, now, layout=watch.layout)
+        run = next((r for r in runs or () if os.path.normpath(r.root) == os.path.normpath(run_root)), None)
+        if run is None:
+            return None
+        held = held_open_is_in_progress(list(run.checkpoints), self.engine.open_for_writing([run_root]))
+        return with_checkpoints(run, tuple(held)) if held != list(run.checkpoints) else run
+
     def _open_files_rule(self, root: str, runs: list[RunReport]) -> tuple[RunReport, ...]:
         writing: dict[str, str] | None = None  # the open-files sweep, at most once per pass
         out = []

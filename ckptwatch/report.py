@@ -5,8 +5,9 @@ JSON follows DESIGN.md ``version: 1``; additions (``severity``, ``ranks.source``
 Paths are display strings (a byte that is not UTF-8 shows as ``\\xNN``), so each checkpoint's
 ``path_b64`` and each run's ``root_b64`` carry the exact bytes for a consumer that must open them
 (null when the disk cannot tell which path was meant: ``shellpath.exact_bytes``). ``loss`` (resumes
-found in the run's loss history, each judged) appears when the loss watch ran; ``retention`` and
-``mirror`` appear only once those features exist.
+found in the run's loss history, each judged) appears when the loss watch ran; ``retention`` (the plan:
+``keep``, ``delete``, ``reasons`` as DESIGN.md has them, plus ``bytes_freed``, ``blocked``, ``shortfall``)
+when the run's watch has ``[watch.retention]``; ``mirror`` only once that feature exists.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def verdict_json(v: Verdict) -> dict[str, Any]:
             "newest_mtime": v.newest_mtime, "bytes": v.bytes}
 
 
-def run_json(r: RunReport) -> dict[str, Any]:
+def run_json(r: RunReport, retention: dict[str, Any] | None = None) -> dict[str, Any]:
     out = {"root": r.root, "root_b64": path_b64(r.root), "layout": r.layout,
            "latest_resumable": r.latest_resumable,
            "checkpoints": [verdict_json(v) for v in r.checkpoints],
@@ -45,17 +46,23 @@ def run_json(r: RunReport) -> dict[str, Any]:
            "resume_skipped": [{"path": v.path, "reason": why} for v, why in skipped_newer(r)]}
     if r.loss is not None:
         out["loss"] = r.loss.to_json()
+    if retention is not None:
+        out["retention"] = retention
     return out
 
 
-def to_json(reports: list[RootReport]) -> dict[str, Any]:
+def to_json(reports: list[RootReport],
+            retention: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """``retention``: run root -> its plan's JSON (``retention.execute.plan_json``) for runs with one."""
+    plans = retention or {}
     return {"version": JSON_VERSION,
-            "runs": [run_json(r) for rr in reports for r in rr.runs],
+            "runs": [run_json(r, plans.get(r.root)) for rr in reports for r in rr.runs],
             "problems": [problem_json(p) for rr in reports for p in rr.problems]}
 
 
-def write_json(reports: list[RootReport], out: TextIO = sys.stdout) -> None:
-    json.dump(to_json(reports), out, indent=2)
+def write_json(reports: list[RootReport], out: TextIO = sys.stdout, *,
+               retention: dict[str, dict[str, Any]] | None = None) -> None:
+    json.dump(to_json(reports, retention), out, indent=2)
     out.write("\n")
 
 

@@ -38,8 +38,18 @@ class Entry:
     ctime: float = 0.0
 
 
+# Retention's trash (retention/delete.py): ckptwatch's own, never a checkpoint or a run, so no listing
+# shows it to the layouts, to discovery or to the settle rule.
+TRASH_NAME = ".ckptwatch-trash"
+# A user's pin (retention/facts.py): ``.ckptwatch-keep`` in a checkpoint dir, ``<file>.ckptwatch-keep``
+# beside a checkpoint file. Not part of any checkpoint: a checkpoint's file set (``tree``) leaves it out,
+# so pinning never changes a verdict (a pin newer than trainer_state.json is no "later save").
+PIN_NAME = ".ckptwatch-keep"
+
+
 def list_dir(path: str) -> tuple[list[Entry], list[Problem]]:
-    """Entries of ``path`` sorted by name; problems for entries that cannot be stat'ed."""
+    """Entries of ``path`` sorted by name (never retention's trash); problems for entries that cannot be
+    stat'ed."""
     entries: list[Entry] = []
     problems: list[Problem] = []
     try:
@@ -48,6 +58,8 @@ def list_dir(path: str) -> tuple[list[Entry], list[Problem]]:
     except OSError as exc:
         return [], [problem_from_oserror(path, exc)]
     for de in raw:
+        if de.name == TRASH_NAME:
+            continue
         try:
             de.name.encode("utf-8")
         except UnicodeEncodeError:
@@ -127,6 +139,8 @@ def tree(path: str, root: str) -> TreeStat:
         entries, probs = list_dir(d)
         problems.extend(probs)
         for e in entries:
+            if e.name.endswith(PIN_NAME):
+                continue
             if e.is_symlink and not inside(e.path, root):
                 problems.append(unsafe_link_problem(e.path, os.path.realpath(e.path), os.path.realpath(root)))
                 continue

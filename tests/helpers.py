@@ -56,8 +56,9 @@ def run_as_nobody(fn, *args):
 
 
 def make_daemon(state_dir: Path, root: Path, *, observer: str = "auto", alerts: dict | None = None,
-                clock=None, engine=None, **service):
-    """An in-process service (no sd_notify, JSON logs, settle 0 unless given) watching ``root``."""
+                clock=None, engine=None, watch: dict | None = None, **service):
+    """An in-process service (no sd_notify, JSON logs, settle 0 unless given) watching ``root``;
+    ``watch``: more keys of its ``[[watch]]`` table (``{"retention": {"keep_last": 1}}``)."""
     import time
 
     from ckptwatch.config import parse_config
@@ -65,7 +66,7 @@ def make_daemon(state_dir: Path, root: Path, *, observer: str = "auto", alerts: 
     from ckptwatch.notify import Notifier
 
     raw = {"service": {"state_dir": str(state_dir), "log_format": "json", "settle_seconds": 0, **service},
-           "watch": [{"path": str(root), "observer": observer}]}
+           "watch": [{"path": str(root), "observer": observer, **(watch or {})}]}
     if alerts is not None:
         raw["alerts"] = alerts
     extra = {"engine": engine} if engine is not None else {}
@@ -83,3 +84,33 @@ def two_trainer_runs(artefact, tmp_path: Path) -> Path:
     for name in ("run-a", "run-b"):
         shutil.copytree(built, root / name, symlinks=True)
     return root
+
+
+def cli_in_process(argv: list[str]) -> tuple[int, str, str]:
+    """``ckptwatch ARGV`` through ``cli.main`` in this process: (exit code, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from ckptwatch.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def cli_as_nobody(argv: list[str]) -> tuple[int, str, str]:
+    """``ckptwatch ARGV`` as uid/gid nobody, in a forked child of this interpreter (nobody cannot start
+    an interpreter of its own here: the venv's python lives under /root, mode 0700). Whatever the command
+    imports lazily must already be imported (run it as root first, e.g. with ``--dry-run``)."""
+    return run_as_nobody(cli_in_process, argv)
+
+
+def nobody_dir(tmp_path: Path):
+    """A fresh directory outside pytest's 0700 tmp dirs that nobody can traverse (removed by the caller's
+    ``shutil.rmtree``)."""
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="ckptwatch-nobody-"))
+    os.chmod(path, 0o755)
+    return path

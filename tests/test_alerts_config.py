@@ -58,7 +58,7 @@ def test_every_raised_kind_is_a_valid_route_key() -> None:
     assert all(cfg.route(k, KIND_SEVERITY[k]) == ("json://h/p",) for k in live)
 
 
-@pytest.mark.parametrize("kind", ["mirror_failed", "retention_blocked"])
+@pytest.mark.parametrize("kind", ["mirror_failed"])
 def test_route_for_a_kind_nothing_raises_yet_is_refused(kind: str) -> None:
     """A route that could never fire (its feature is not built) is a config error, not a silent no-op."""
     with pytest.raises(ConfigError, match=f"alerts.routes.{kind}: nothing raises {kind} yet"):

@@ -112,6 +112,17 @@ def test_hf_full(artefact):
         assert "transformer.wte.weight" in keys and "lm_head.weight" not in keys  # tied, dropped
 
 
+def test_hf_best_first(artefact):
+    """hf_best_first: as hf_full, but the Trainer's recorded best is checkpoint-2 (the highest eval_loss)."""
+    root = artefact("hf_best_first")
+    _check_checkpoints(root, [2, 4, 6], FULL_FILES | TRAINER_FILES)
+    state = _state(root / "checkpoint-6")
+    evals = {e["step"]: e["eval_loss"] for e in state["log_history"] if "eval_loss" in e}
+    assert sorted(evals) == [2, 4, 6] and evals[2] > evals[4] > evals[6]
+    assert Path(state["best_model_checkpoint"]).name == "checkpoint-2" and state["best_global_step"] == 2
+    assert state["best_metric"] == evals[2]
+
+
 def test_hf_lora(artefact):
     """hf_lora: adapter-only checkpoints; lora_B non-zero and changing between checkpoints."""
     root = artefact("hf_lora")
@@ -229,3 +240,21 @@ def test_lightning(artefact):
     rows = (logs / "metrics.csv").read_text().splitlines()
     assert rows[0].split(",") == ["epoch", "lr-Adam", "step", "train_loss"]
     assert sum(1 for r in rows[1:] if r.split(",")[3]) == 8  # one train_loss per step 0..7
+
+
+def test_lightning_top_k(artefact):
+    """lightning_top_k: the two best of four monitored saves, named with val_loss; last.ckpt a copy; the
+    callback's own record (callback_truth.json) agrees with the files."""
+    root = artefact("lightning_top_k")
+    truth = json.loads((root / "callback_truth.json").read_text())
+    ckpts = root / "checkpoints"
+    assert sorted(truth["val_loss_by_step"]) == ["2", "4", "6", "8"]
+    kept = sorted(truth["val_loss_by_step"].items(), key=lambda kv: kv[1])[:2]
+    assert set(truth["best_k_models"]) == {f"epoch=0-step={s}-val_loss={v:.4f}.ckpt" for s, v in kept}
+    assert _names(ckpts) == {*truth["best_k_models"], "last.ckpt"}
+    assert truth["best_model_path"] == min(truth["best_k_models"], key=truth["best_k_models"].get)
+    assert not (ckpts / "last.ckpt").is_symlink() and (ckpts / "last.ckpt").stat().st_nlink == 1
+    for name in _names(ckpts):
+        ckpt = _unpickle_stub(ckpts / name)
+        assert any(k.startswith("ModelCheckpoint{'monitor': 'val_loss'") for k in ckpt["callbacks"])
+    assert _unpickle_stub(ckpts / "last.ckpt")["global_step"] == 8

@@ -104,10 +104,11 @@ def test_example_config_documents_every_key() -> None:
 
     from ckptwatch.config import AlertsConfig, LossSettings, ServiceConfig, WatchConfig
     from ckptwatch.config.reader import keys_of
+    from ckptwatch.config.retention import RetentionConfig
 
     text = (REPO / "config.example.toml").read_text()
     for table, cls in (("service", ServiceConfig), ("watch", WatchConfig), ("watch.loss", LossSettings),
-                       ("alerts", AlertsConfig)):
+                       ("alerts", AlertsConfig), ("watch.retention", RetentionConfig)):
         for key in keys_of(cls):
             shown = re.search(rf"^#?\s*{re.escape(key)}\s*=", text, re.MULTILINE) \
                 or re.search(rf"^#?\s*\[{re.escape(table)}\.{re.escape(key)}\]", text, re.MULTILINE)

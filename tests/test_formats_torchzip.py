@@ -546,3 +546,34 @@ def test_pipelined_crc_matches_zlib(tmp_path):
             _stream._crc_pipelined(fd, [(0, len(data) + 10)], str(p))
     finally:
         os.close(fd)
+
+
+# --------------------------------------------------------------------------------------------------
+# One scalar's value (read_scalar: retention reads Lightning's ModelCheckpoint scores with it)
+
+
+def test_read_scalar_of_each_float_type(tmp_path):
+    """Real torch.save scalars of every float type torch writes a score in, a one-element view into a
+    larger storage, and what is not a one-element float tensor (None)."""
+    from ckptwatch.formats.torchzip import read_scalar
+
+    big = torch.arange(10, dtype=torch.float32) / 3
+    values = {
+        "f32": torch.tensor(0.2578554451465607),
+        "f64": torch.tensor(1 / 3, dtype=torch.float64),
+        "f16": torch.tensor(0.1, dtype=torch.float16),
+        "bf16": torch.tensor(-2.5e-3, dtype=torch.bfloat16),
+        "one": torch.tensor([7.25]),
+        "view": big[7],
+    }
+    others = {"int": torch.tensor(3), "vector": torch.ones(2), "empty": torch.ones(0)}
+    path = tmp_path / "scores.ckpt"
+    torch.save({**values, **others}, path)
+    fc = check_torch_file(str(path))
+    assert fc.problems == ()
+    obj, prefix = fc.facts["object"], fc.facts["prefix"]
+    assert {k: read_scalar(str(path), get(obj, k), prefix) for k in values} == {
+        k: t.item() for k, t in values.items()}
+    assert {k: read_scalar(str(path), get(obj, k), prefix) for k in others} == dict.fromkeys(others)
+    assert read_scalar(str(path), get(obj, "f32"), "elsewhere") is None  # no such record: None, no raise
+    assert read_scalar(str(tmp_path / "gone.ckpt"), get(obj, "f32"), prefix) is None

@@ -407,3 +407,35 @@ def test_reload_refuses_a_config_without_watches(artefact, tmp_path: Path) -> No
         d.close()
     p = run_cli("run", "--config", str(cfg), timeout=HANG_LIMIT)
     assert p.returncode == 2 and "at least one [[watch]]" in p.stderr
+
+
+def test_passes_racing_a_real_trainer_never_fail(tmp_path):
+    """Issue 10 saw exit 3 in 1 pass of 75 while a real Trainer wrote (trainer_state.json read mid-write,
+    files vanishing under the reader). Here whole-root passes run back to back, in-process, for as long as
+    a real Trainer (``tests.builders.hf live``: 10 saves, a 1 s pause after each) keeps writing: every
+    pass must return a report (no exception), and the last, once the writes settle, calls every
+    checkpoint complete."""
+    import time
+
+    from ckptwatch.engine import check_root
+    from tests.builders.hf import _child_env
+
+    run = tmp_path / "run"
+    trainer = subprocess.Popen([sys.executable, "-m", "tests.builders.hf", "live", str(run)], cwd=REPO,
+                               env=_child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               start_new_session=True)
+    passes = 0
+    try:
+        deadline = time.monotonic() + 150
+        while trainer.poll() is None and time.monotonic() < deadline:
+            if run.exists():
+                check_root(str(run), CheckOptions(settle_seconds=0), time.time())  # must not raise
+                passes += 1
+        assert trainer.wait(timeout=10) == 0, trainer.stderr.read().decode(errors="replace")[-3000:]
+    finally:
+        if trainer.poll() is None:
+            os.killpg(trainer.pid, signal.SIGKILL)
+            trainer.wait()
+    assert passes >= 75, f"only {passes} passes raced the trainer"
+    (report,) = check_root(str(run), CheckOptions(settle_seconds=0), time.time()).runs
+    assert {v.status.value for v in report.checkpoints} == {"complete"} and len(report.checkpoints) == 10

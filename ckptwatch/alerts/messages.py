@@ -246,6 +246,15 @@ def disk_low_alert(*, path: str, host: str, now: float, free: int, total: int,
                               "complete) before the next save is truncated", now))
 
 
+def retention_blocked_alert(*, run_root: str, host: str, now: float, why: str, advice: str) -> Alert:
+    """Retention refused to delete in a run (an anomalous scan), or cannot reach ``min_free``."""
+    return Alert(kind="retention_blocked", severity=KIND_SEVERITY["retention_blocked"],
+                 key=(run_root, "", "retention_blocked"),
+                 title=f"{PREFIX} {_name(run_root)}: retention deleted nothing",
+                 body=_render([("Host", host), ("Run", run_root), ("Why", why)], [], advice, now),
+                 fingerprint=why.split(" (", 1)[0])
+
+
 def condition_cleared(key: AlertKey, *, host: str, now: float, detail: str) -> Alert:
     """A generic recovery notice for a condition (``stalled``, ``disk_low``, ``service_error``)."""
     scope, checkpoint, kind = key

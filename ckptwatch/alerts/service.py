@@ -101,6 +101,17 @@ class ServiceAlerts(Sink):
             self._apply((), ((key, messages.condition_cleared(key, host=self.host, now=now,
                                                               detail=f"{component} works again")),))
 
+    def retention_blocked(self, run_root: str, why: str, advice: str, *, now: float) -> None:
+        if self.enabled:
+            self._apply((messages.retention_blocked_alert(run_root=run_root, host=self.host, now=now, why=why,
+                                                          advice=advice),), ())
+
+    def retention_ok(self, run_root: str, *, now: float) -> None:
+        key = (run_root, "", "retention_blocked")
+        if self.enabled and key in self._open:
+            self._apply((), ((key, messages.condition_cleared(key, host=self.host, now=now,
+                                                              detail="retention works again")),))
+
     def check_disk(self, path: str, next_save_bytes: int | None, *, now: float) -> None:
         """disk_low for the filesystem holding a watched root (psutil); cleared with hysteresis."""
         if not self.enabled:

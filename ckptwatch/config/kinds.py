@@ -124,6 +124,20 @@ class OneOf:
         return value
 
 
+class Text:
+    """A non-empty string."""
+
+    __slots__ = ("what",)
+
+    def __init__(self, what: str = "a non-empty string") -> None:
+        self.what = what
+
+    def read(self, value: Any, at: Location) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise at.error(f"must be {self.what}, not {value!r}")
+        return value
+
+
 class Path:
     """A filesystem path: ``~`` expanded; made absolute when ``absolute``; ``""`` allowed when ``empty``."""
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from ckptwatch.config.kinds import Boolean, OneOf, Path, Table, Whole
 from ckptwatch.config.loss import LossSettings
 from ckptwatch.config.reader import setting
+from ckptwatch.config.retention import RetentionConfig
 from ckptwatch.layouts.registry import NAMES
 
 
@@ -29,3 +30,5 @@ class WatchConfig:
     latest_good: bool = setting(Boolean(), default=False)  # the service keeps a ckptwatch-latest pointer
     loss: LossSettings | None = setting(Table(LossSettings, "a table ([watch.loss])", switch="enabled"),
                                         default=LossSettings())  # None: [watch.loss] enabled = false
+    retention: RetentionConfig | None = setting(Table(RetentionConfig, "a table ([watch.retention])"),
+                                                default=None)  # None: no retention, nothing is deleted

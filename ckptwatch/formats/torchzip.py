@@ -22,7 +22,7 @@ import zipfile
 import zlib
 from typing import Any
 
-from ckptwatch.formats._io import FormatError, read_exact_at
+from ckptwatch.formats._io import FormatError, open_regular_file, read_exact_at
 from ckptwatch.formats._show import show, show_brief, show_int, show_shape
 from ckptwatch.formats._stream import crc32_ranges, display, read_all, run_check
 from ckptwatch.formats.limits import reserve, reserve_seconds, tick
@@ -918,3 +918,53 @@ def _check_legacy(
                 f"storages end at byte {show_int(pos)} ({show_int(size - pos)} extra bytes)",
             )
         )
+
+
+# --------------------------------------------------------------------------------------------------
+# One scalar's value (retention reads a Lightning ModelCheckpoint's scores this way)
+
+_SCALAR_TYPES = {  # storage class or dtype name -> (struct code, bytes); "bf16": the high half of a float32
+    "FloatStorage": ("f", 4), "DoubleStorage": ("d", 8), "HalfStorage": ("e", 2),
+    "BFloat16Storage": ("bf16", 2),
+    "float32": ("f", 4), "float64": ("d", 8), "float16": ("e", 2), "bfloat16": ("bf16", 2),
+}
+MAX_SCALAR_OFFSET = 1 << 16  # bytes into its storage: a score is a storage of its own, at offset 0
+
+
+def read_scalar(path: str, tensor: Any, prefix: str) -> float | None:
+    """The value of a one-element floating-point tensor of the torch zip ``path``, without torch.
+
+    ``tensor`` is a ``TensorRef`` of the file's walked pickle (``check_torch_file`` facts ``object``) and
+    ``prefix`` the zip's top-level folder (facts ``prefix``). Only the storage record's few bytes are
+    read, through ``zipfile`` on an ``open_regular`` fd; None for anything else (not a one-element float
+    tensor, a compressed or missing record, any read error). Never raises for what the file holds.
+    """
+    if not isinstance(tensor, TensorRef) or not isinstance(tensor.storage, StorageRef):
+        return None
+    if any(s != 1 for s in tensor.size) or not 0 <= tensor.offset:
+        return None
+    name = tensor.dtype.name if tensor.dtype is not None else tensor.storage.storage_type
+    code, size = _SCALAR_TYPES.get(name, (None, 0))
+    start = tensor.offset * size
+    if code is None or start > MAX_SCALAR_OFFSET:
+        return None
+    try:
+        with open_regular_file(path) as f, zipfile.ZipFile(f) as zf:
+            info = zf.getinfo(f"{prefix}/data/{tensor.storage.key}")
+            if info.compress_type != zipfile.ZIP_STORED or info.file_size < start + size:
+                return None
+            order = b"little"
+            if f"{prefix}/byteorder" in zf.NameToInfo:
+                order = zf.read(f"{prefix}/byteorder")[:8]
+            with zf.open(info) as member:
+                raw = member.read(start + size)[start:]
+    except (OSError, EOFError, KeyError, ValueError, RuntimeError, NotImplementedError, zipfile.BadZipFile):
+        return None
+    if len(raw) != size or order not in (b"little", b"big"):
+        return None
+    endian = "<" if order == b"little" else ">"
+    if code == "bf16":  # the high half of a float32: zero low bytes come first in little-endian order
+        raw = b"\0\0" + raw if order == b"little" else raw + b"\0\0"
+        code = "f"
+    (value,) = struct.unpack(endian + code, raw)
+    return float(value)

@@ -167,14 +167,10 @@ def deepspeed_pointer_findings(save_dir: str, verdicts: list[Verdict],
     problems: list[Problem] = []
     hazards: list[Hazard] = []
     by_path = {os.path.normpath(v.path): v for v in verdicts}
-    for pointer in POINTERS:
-        path = os.path.join(save_dir, pointer)
-        if not os.path.isfile(path):
-            continue
-        tag, problem = read_text(path)
-        if problem or not tag:
-            problems.append(problem
-                            or Problem("pointer_unreadable", display(path), f"{display(path)} is empty"))
+    for path, tag, problem in read_pointers(save_dir):
+        if problem is not None or tag is None:
+            if problem is not None:
+                problems.append(problem)
             continue
         target = by_path.get(os.path.normpath(os.path.join(save_dir, tag)))
         if target is None and os.path.isdir(os.path.join(save_dir, tag)):
@@ -183,3 +179,21 @@ def deepspeed_pointer_findings(save_dir: str, verdicts: list[Verdict],
         if h:
             hazards.append(h)
     return problems, hazards
+
+
+def read_pointers(save_dir: str) -> list[tuple[str, str | None, Problem | None]]:
+    """Each DeepSpeed pointer file in ``save_dir`` (``latest``, ``latest_universal``): its path, the tag
+    it names (a dir of ``save_dir``) and the problem reading it. One reader, so the pointer findings and
+    retention (which must never delete a pointer's target) agree on what a pointer names."""
+    out: list[tuple[str, str | None, Problem | None]] = []
+    for pointer in POINTERS:
+        path = os.path.join(save_dir, pointer)
+        if not os.path.isfile(path):
+            continue
+        tag, problem = read_text(path)
+        if problem or not tag:
+            out.append((path, None, problem
+                        or Problem("pointer_unreadable", display(path), f"{display(path)} is empty")))
+        else:
+            out.append((path, tag, None))
+    return out

@@ -133,20 +133,32 @@ class Megatron:
     def run_findings(self, run: RunFound, verdicts: list[Verdict],
                      latest_resumable: Verdict | None) -> tuple[list[Problem], list[Hazard]]:
         tracker = os.path.join(run.root, TRACKER)
-        if not os.path.isfile(tracker):
-            return [], []
-        text, problem = read_text(tracker)
-        if problem:
+        it, problem = read_tracker(run.root)
+        if problem is not None:
             return [problem], []
-        if text == "release":
+        if it is None:
             return [], []
-        if not text or not text.isdigit():
-            return [Problem("pointer_unreadable", display(tracker), f"{display(tracker)} holds {text!r}, "
-                            "not an iteration number")], []
-        it = int(text)
         target = next((v for v in verdicts if v.step == it), None)
         h = pointer_hazard(tracker, f"iter_{it:07d}", target, latest_resumable)
         return [], [h] if h else []
+
+
+def read_tracker(save_dir: str) -> tuple[int | None, Problem | None]:
+    """The iteration ``latest_checkpointed_iteration.txt`` in ``save_dir`` names (its dir is
+    ``iter_<7 digits>``): (iteration, None); (None, None) without a tracker or for ``release``;
+    (None, problem) when it cannot be read. One reader for the pointer findings and retention."""
+    tracker = os.path.join(save_dir, TRACKER)
+    if not os.path.isfile(tracker):
+        return None, None
+    text, problem = read_text(tracker)
+    if problem:
+        return None, problem
+    if text == "release":
+        return None, None
+    if not text or not text.isdigit():
+        return None, Problem("pointer_unreadable", display(tracker), f"{display(tracker)} holds {text!r}, "
+                             "not an iteration number")
+    return int(text), None
 
 
 def _integrity(directory: str, *, deep: bool) -> list[Problem]:

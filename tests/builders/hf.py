@@ -102,6 +102,14 @@ def build_hf_full(dest: Path) -> None:
     _run_variant("full", dest)
 
 
+@builder("hf_best_first")
+def build_hf_best_first(dest: Path) -> None:
+    """``hf_full`` with ``greater_is_better=True`` on ``eval_loss``: the loss falls, so the Trainer's
+    recorded best (``best_model_checkpoint``, ``best_metric``) is ``checkpoint-2``, the oldest, not the
+    newest. Why: a reader that takes "the newest" for "the best" passes on ``hf_full`` and fails here."""
+    _run_variant("best_first", dest)
+
+
 @builder("hf_lora")
 def build_hf_lora(dest: Path) -> None:
     """LoRA (r=4, lora_alpha=8, target ``c_attn``, lr 1e-2) through PEFT on a briefly pre-trained tiny
@@ -193,6 +201,11 @@ def build_hf_lora_tensorboard(dest: Path) -> None:
 # ---------------------------------------------------------------------------------------------------
 # child side (imports the frameworks)
 
+# ``live``: ``hf_full``'s model and data, no eval, ``save_steps=1``, a pause after each save (not a builder:
+# tests run ``python -m tests.builders.hf live DEST`` as a trainer that writes while they watch)
+LIVE_STEPS = 10
+LIVE_PAUSE_S = 1.0
+
 VOCAB = 96
 SEQ_LEN = 32
 ALPHABET = 12
@@ -278,9 +291,14 @@ def _child_train(variant: str, out: Path) -> None:
     elif variant == "ddp":
         max_steps = 4
         extra = dict(ddp_backend="gloo")
-    elif variant != "full":
+    elif variant == "live":
+        max_steps = LIVE_STEPS
+    elif variant not in ("full", "best_first"):
         raise SystemExit(f"unknown variant {variant!r}")
 
+    live = variant == "live"
+    if live:  # a trainer that keeps writing while a watcher prunes: no eval, no best, no rotation of its own
+        extra = dict(save_steps=1, eval_strategy="no", load_best_model_at_end=False)
     args = TrainingArguments(
         output_dir=str(out),
         max_steps=max_steps,
@@ -289,24 +307,36 @@ def _child_train(variant: str, out: Path) -> None:
         learning_rate=lr,
         warmup_steps=0,
         logging_steps=1,
-        eval_strategy="steps",
         eval_steps=2,
         save_strategy="steps",
-        save_steps=2,
         metric_for_best_model="eval_loss",
-        greater_is_better=False,
-        load_best_model_at_end=True,
+        greater_is_better=variant == "best_first",
+        **({"eval_strategy": "steps", "save_steps": 2, "load_best_model_at_end": True} | extra),
         report_to=report_to,
         use_cpu=True,
         seed=0,
         disable_tqdm=True,
         dataloader_num_workers=0,
         dataloader_pin_memory=False,
-        **extra,
     )
     trainer = Trainer(model=model, args=args, train_dataset=_dataset(64, seed=1, stride=stride),
-                      eval_dataset=_dataset(16, seed=2, stride=stride))
+                      eval_dataset=_dataset(16, seed=2, stride=stride),
+                      callbacks=[_pause_after_each_step(LIVE_PAUSE_S)] if live else None)
     trainer.train()
+
+
+def _pause_after_each_step(seconds: float):
+    """A callback that sleeps after every optimizer step (after the step's save): the ``live`` variant's
+    saves come about ``seconds`` apart, so a watcher sees checkpoints appear, settle and age meanwhile."""
+    import time
+
+    from transformers import TrainerCallback
+
+    class Pause(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            time.sleep(seconds)
+
+    return Pause()
 
 
 def _child_stub(path: Path) -> None:
@@ -317,8 +347,8 @@ def _child_stub(path: Path) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) != 3:
-        raise SystemExit("usage: python -m tests.builders.hf {full,lora,lora_tensorboard,multi_adapter,"
-                         "sharded,ddp,stub} PATH")
+        raise SystemExit("usage: python -m tests.builders.hf {full,best_first,live,lora,"
+                         "lora_tensorboard,multi_adapter,sharded,ddp,stub} PATH")
     _variant, _path = sys.argv[1], Path(sys.argv[2])
     if _variant == "stub":
         _child_stub(_path)

@@ -34,7 +34,23 @@ def build_lightning(dest: Path) -> None:
               env=_child_env())
 
 
-def _child_main(dest: Path) -> None:
+@builder("lightning_top_k")
+def build_lightning_top_k(dest: Path) -> None:
+    """The same model and data with validation every 2 steps (``val_check_interval=2``, 2 batches) and
+    ``ModelCheckpoint(dirpath=<dest>/checkpoints, monitor="val_loss", mode="min", save_top_k=2,
+    filename="{epoch}-{step}-{val_loss:.4f}", save_last=True)``: after 8 steps the two best of the saves
+    at steps 2, 4, 6 and 8 survive, named ``epoch=0-step=<N>-val_loss=<v>.ckpt``, and ``last.ckpt`` is a
+    separate file (``save_last=True`` writes a copy, not a link). The callback's own record of the run,
+    taken after ``fit`` (``best_model_path``, ``best_k_models`` as {basename: float}, the ``val_loss`` of
+    every validation by step), is written to ``<dest>/callback_truth.json`` for the tests to compare with.
+    """
+    run_child([sys.executable, "-m", "tests.builders.lightning", str(dest), "top_k"], what="lightning top_k",
+              env=_child_env())
+
+
+def _child_main(dest: Path, variant: str = "") -> None:
+    import json
+    import os
     import warnings
 
     import torch
@@ -59,6 +75,16 @@ def _child_main(dest: Path) -> None:
             self.log("train_loss", loss)
             return loss
 
+        def validation_step(self, batch, batch_idx):
+            x, y = batch
+            loss = torch.nn.functional.mse_loss(self.net(x), y)
+            self.log("val_loss", loss)
+            return loss
+
+        def on_validation_epoch_end(self):
+            if not self.trainer.sanity_checking and "val_loss" in self.trainer.callback_metrics:
+                val_losses[self.global_step] = float(self.trainer.callback_metrics["val_loss"])
+
         def configure_optimizers(self):
             opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
             sched = torch.optim.lr_scheduler.StepLR(opt, step_size=4, gamma=0.5)
@@ -69,26 +95,38 @@ def _child_main(dest: Path) -> None:
     y = torch.tanh(x @ torch.randn(8, 1, generator=g)) + 0.05 * torch.randn(64, 1, generator=g)
     loader = DataLoader(TensorDataset(x, y), batch_size=4, shuffle=True, generator=g)
 
+    val_losses: dict[int, float] = {}
+    top_k = variant == "top_k"
+    if top_k:
+        ckpt = ModelCheckpoint(dirpath=str(dest / "checkpoints"), monitor="val_loss", mode="min",
+                               save_top_k=2, filename="{epoch}-{step}-{val_loss:.4f}", save_last=True)
+        extra = dict(val_check_interval=2, limit_val_batches=2, num_sanity_val_steps=0)
+    else:
+        ckpt = ModelCheckpoint(dirpath=str(dest / "checkpoints"), every_n_train_steps=EVERY_N_STEPS,
+                               save_top_k=-1, save_last="link")
+        extra = {}
     trainer = Trainer(
         default_root_dir=str(dest),
         accelerator="cpu",
         devices=1,
         max_steps=MAX_STEPS,
         logger=CSVLogger(save_dir=str(dest), name="lightning_logs"),
-        callbacks=[
-            ModelCheckpoint(dirpath=str(dest / "checkpoints"), every_n_train_steps=EVERY_N_STEPS,
-                            save_top_k=-1, save_last="link"),
-            LearningRateMonitor(logging_interval="step"),
-        ],
+        callbacks=[ckpt, LearningRateMonitor(logging_interval="step")],
         log_every_n_steps=1,
         enable_progress_bar=False,
         enable_model_summary=False,
         enable_checkpointing=True,
+        **extra,
     )
-    trainer.fit(TinyRegressor(), train_dataloaders=loader)
+    trainer.fit(TinyRegressor(), train_dataloaders=loader, val_dataloaders=loader if top_k else None)
+    if top_k:
+        truth = {"best_model_path": os.path.basename(ckpt.best_model_path),
+                 "best_k_models": {os.path.basename(p): float(v) for p, v in ckpt.best_k_models.items()},
+                 "val_loss_by_step": {str(s): v for s, v in sorted(val_losses.items())}}
+        (dest / "callback_truth.json").write_text(json.dumps(truth, indent=1))
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        raise SystemExit("usage: python -m tests.builders.lightning DEST")
-    _child_main(Path(sys.argv[1]))
+    if len(sys.argv) not in (2, 3):
+        raise SystemExit("usage: python -m tests.builders.lightning DEST [top_k]")
+    _child_main(Path(sys.argv[1]), *sys.argv[2:])
