@@ -237,3 +237,17 @@ def test_source_changed_during_copy_is_not_committed(artefact, tmp_path):
     _, findings = verify_copy(LocalTarget(str(to / "dcp" / "step_300")))
     assert findings == []
     assert (to / "dcp" / "step_300" / "__0_0.distcp").read_bytes() == victim.read_bytes()
+
+
+def test_leftovers_of_a_kill_after_commit_are_tidied(artefact, tmp_path):
+    """A journal and a temp file left in a committed copy (a kill after the marker) are removed by the
+    next pass, which leaves the checkpoint's files and the commit alone."""
+    run, to = _committed(artefact, tmp_path)
+    copy = to / "dcp" / "step_300"
+    (copy / mf.JOURNAL_NAME).write_text("{}")
+    (copy / ".__0_0.distcp.ckptwatch-tmp-1-abc").write_bytes(b"partial")
+    before = {p.name: p.stat().st_ino for p in copy.iterdir()}
+    outcomes = mirror_run(_run(run), LocalTarget(str(to)), MirrorConfig(to=str(to)), now=time.time())
+    assert [o.result for o in outcomes] == ["up_to_date"] * 3
+    after = {p.name: p.stat().st_ino for p in copy.iterdir()}
+    assert after == {k: v for k, v in before.items() if k != mf.JOURNAL_NAME and "ckptwatch-tmp" not in k}

@@ -240,6 +240,14 @@ def _conflict_or_current(v: Verdict, files: list[_Source], state: mf.CopyState, 
     return Outcome(v.path, where, "up_to_date", "", manifest.bytes, len(manifest.files))
 
 
+def _tidy(target: Target, prefix: str) -> None:
+    """A kill after the commit marker can leave the journal or a temp file of ours: remove those names
+    (never a file the manifest lists)."""
+    for name in target.list(prefix):
+        if is_temp(name) or name == mf.JOURNAL_NAME:
+            target.remove(join(prefix, name))
+
+
 def mirror_checkpoint(v: Verdict, run_root: str, target: Target, config: MirrorConfig, *, now: float,
                       host: str | None = None, progress: Callable[[str], None] | None = None) -> Outcome:
     """Mirror ``v`` (a checkpoint of the run at ``run_root``) to ``target``; never raises for a fault."""
@@ -252,7 +260,10 @@ def mirror_checkpoint(v: Verdict, run_root: str, target: Target, config: MirrorC
         files = source_files(v, run_root)
         state = mf.copy_state(target, prefix)
         if state.state == "committed":
-            return _conflict_or_current(v, files, state, where)
+            outcome = _conflict_or_current(v, files, state, where)
+            if outcome.result == "up_to_date":
+                _tidy(target, prefix)
+            return outcome
         if state.state == "broken":
             return Outcome(v.path, where, "conflict", f"{state.reason}; it is no backup and is left as it "
                            "is: move it aside to mirror again")
