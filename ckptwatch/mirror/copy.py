@@ -138,12 +138,13 @@ def source_files(v: Verdict, run_root: str) -> list[_Source]:
 
 def _chunks(f: BinaryIO | int, buf: AlignedBuffer) -> Iterator[memoryview]:
     """Views of the whole of ``f`` (an fd or a reader with ``readinto``), one buffer at a time."""
-    view = buf.view[:buf.size]
-    while True:
-        n = os.readv(f, [view]) if isinstance(f, int) else f.readinto(view)
-        if not n:
-            return
-        yield view[:n]
+    with buf.view[:buf.size] as view:
+        while True:
+            n = os.readv(f, [view]) if isinstance(f, int) else f.readinto(view)
+            if not n:
+                return
+            with view[:n] as chunk:  # released before the buffer is, so its map can be closed
+                yield chunk
 
 
 def hash_source(path: str, algorithm: str) -> tuple[str, int]:
