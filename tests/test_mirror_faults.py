@@ -251,3 +251,21 @@ def test_leftovers_of_a_kill_after_commit_are_tidied(artefact, tmp_path):
     assert [o.result for o in outcomes] == ["up_to_date"] * 3
     after = {p.name: p.stat().st_ino for p in copy.iterdir()}
     assert after == {k: v for k, v in before.items() if k != mf.JOURNAL_NAME and "ckptwatch-tmp" not in k}
+
+
+def test_same_size_and_mtime_but_other_bytes_is_a_conflict(artefact, tmp_path):
+    """A source file replaced by one of the same size with its old mtime put back (rsync -t, cp -p) is
+    still caught (its ctime and inode moved): re-hashed, and a conflict."""
+    run, to = _committed(artefact, tmp_path)
+    src = run / "step_200" / "__3_0.distcp"
+    st = src.stat()
+    data = bytearray(src.read_bytes())
+    data[-10] ^= 0xFF
+    replacement = src.with_name("new")
+    replacement.write_bytes(bytes(data))
+    os.utime(replacement, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(replacement, src)
+    outcomes = {os.path.basename(o.checkpoint): o for o in
+                mirror_run(_run(run), LocalTarget(str(to)), MirrorConfig(to=str(to)), now=time.time())}
+    assert outcomes["step_200"].result == "conflict"
+    assert str(src) in outcomes["step_200"].reason

@@ -18,7 +18,7 @@ from ckptwatch.scan import MIRROR_PREFIX
 
 
 def _manifest(*paths: str) -> mf.Manifest:
-    files = tuple(mf.FileEntry(p, 3, digest_of(b"abc"), 1) for p in paths)
+    files = tuple(mf.FileEntry(p, 3, digest_of(b"abc"), 1, 2, 3) for p in paths)
     return mf.Manifest(algorithm=ALGORITHM, files=files, verdict="complete", layout="dcp", step=3, run="r",
                        checkpoint="step_3", source_host="h", source_path="/src/r/step_3", created=1.5)
 

@@ -14,9 +14,11 @@ The order is what makes a copy trustworthy (DESIGN.md invariant 4):
 
 A copy interrupted anywhere (kill -9 included) is resumed file by file: the journal names the files
 already in place with their hashes, and a file is skipped only while its source is unchanged (size,
-mtime, inode) and the copy's file has its size. Temp leftovers and files the source no longer has are
-removed from the uncommitted copy. A committed copy is never written again: a source that still matches
-its manifest is ``up_to_date``; one that differs is a ``conflict``, and nothing is written.
+mtime, ctime, inode) and the copy's file has its size. Temp leftovers and files the source no longer
+has are removed from the uncommitted copy. A committed copy is never written again: a source whose
+files still have the stamps (size, mtime, ctime, inode) in its manifest is ``up_to_date`` without a
+read; one whose stamps moved is re-hashed, and is ``up_to_date`` when its bytes are the same and a
+``conflict`` when they differ, and nothing is written.
 
 Per-rank checkpoints that are a set of files (MindSpore, NVRx) and single-file checkpoints (Lightning)
 are not mirrored yet: they are skipped with that reason. Run-level pointers (DeepSpeed's ``latest``,
@@ -173,8 +175,13 @@ def hash_copy(target: Target, name: str, algorithm: str) -> tuple[str, int]:
     return h.hexdigest(), total
 
 
+def _stamp(st: os.stat_result) -> tuple[int, int, int, int]:
+    """What says a source file is unchanged without reading it: size, mtime, ctime, inode."""
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
 def _same_file(st: os.stat_result, e: mf.JournalEntry) -> bool:
-    return (st.st_size, st.st_mtime_ns, st.st_ino) == (e.size, e.mtime_ns, e.ino)
+    return _stamp(st) == e.stamp()
 
 
 def copy_file(src: _Source, target: Target, name: str, algorithm: str) -> mf.JournalEntry:
@@ -194,13 +201,13 @@ def copy_file(src: _Source, target: Target, name: str, algorithm: str) -> mf.Jou
                 upload.write(chunk)
                 total += len(chunk)
         after = os.fstat(fd)
-        moved = (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns)
+        moved = _stamp(after) != _stamp(before)
         if total != before.st_size or moved:
             raise MirrorFailed(f"{display(src.path)} changed while it was copied ({before.st_size} bytes "
                                f"when opened, {total} read); the copy is retried once it settles")
         upload.commit(before.st_mtime_ns)
         upload = None
-        return mf.JournalEntry(h.hexdigest(), total, before.st_mtime_ns, before.st_ino)
+        return mf.JournalEntry(h.hexdigest(), total, before.st_mtime_ns, before.st_ino, before.st_ctime_ns)
     except OSError as exc:
         where = exc.filename if exc.filename else target.describe(name)
         raise MirrorFailed(f"{display(str(where))}: {exc.strerror or exc} while copying "
@@ -228,8 +235,8 @@ def _conflict_or_current(v: Verdict, files: list[_Source], state: mf.CopyState, 
             st = os.stat(s.path)
         except OSError as exc:
             return Outcome(v.path, where, "failed", f"{display(s.path)}: {exc.strerror or exc}")
-        if (st.st_size, st.st_mtime_ns) == (entry.size, entry.mtime_ns):
-            continue
+        if _stamp(st) == (entry.size, entry.mtime_ns, entry.ctime_ns, entry.ino):
+            continue  # unchanged since the copy, without reading it
         try:
             digest, size = hash_source(s.path, manifest.algorithm)
         except OSError as exc:
@@ -335,8 +342,8 @@ def _copy(v: Verdict, run_root: str, files: list[_Source], target: Target, prefi
     _verify_before_commit(target, prefix, files, done, algorithm, full=config.verify == "full")
     manifest = mf.Manifest(
         algorithm=algorithm,
-        files=tuple(mf.FileEntry(s.rel, done[s.rel].size, done[s.rel].hash, done[s.rel].mtime_ns)
-                    for s in files),
+        files=tuple(mf.FileEntry(s.rel, e.size, e.hash, e.mtime_ns, e.ctime_ns, e.ino)
+                    for s in files for e in (done[s.rel],)),
         verdict=v.status.value, layout=v.layout, step=v.step,
         run=os.path.basename(os.path.normpath(run_root)),
         checkpoint=os.path.basename(os.path.normpath(v.path)),

@@ -1,8 +1,9 @@
 """A copy's manifest and its commit marker: the format, its checks, and reading and writing them.
 
 The manifest (``.ckptwatch-mirror.json``, inside the copy) lists every file of the checkpoint: its path
-relative to the checkpoint, its size, its hash and the source file's mtime; and the hash algorithm, the
-verdict, the layout, the step, the source host and path, the time of the copy and the format version.
+relative to the checkpoint, its size, its hash and the source file's mtime, ctime and inode; and the
+hash algorithm, the verdict, the layout, the step, the source host and path, the time of the copy and
+the format version.
 The commit marker (``.ckptwatch-mirror-committed``) is written after it and after every file, and holds
 the hash of the manifest's exact bytes: a copy is committed only when the marker exists *and* names the
 manifest that is there (a manifest swapped or edited after the commit is caught, not trusted). The
@@ -10,7 +11,7 @@ marker's bytes follow from the manifest's alone, so two writers committing the s
 same marker.
 
 The journal (``.ckptwatch-mirror-journal.json``) is the resume state of an uncommitted copy: the files
-already copied, each with its hash and the source's size, mtime and inode at the time. It is a hint:
+already copied, each with its hash and the source's size, mtime, inode and ctime at the time. It is a hint:
 resume trusts an entry only while the source still matches it and the copy's file has its size, and
 ``verify = "full"`` re-hashes everything before the marker anyway.
 
@@ -48,6 +49,10 @@ class FileEntry:
     size: int
     hash: str
     mtime_ns: int  # the source file's, restored with it (a restored checkpoint settles at once)
+    # The source file's inode and ctime at the copy: with size and mtime, what says "unchanged" without
+    # reading it. A file replaced by one of the same size and mtime (rsync -t, cp -p) has a new ctime.
+    ctime_ns: int = 0
+    ino: int = 0
 
 
 @dataclass(frozen=True)
@@ -76,8 +81,8 @@ class Manifest:
                "layout": self.layout, "step": self.step, "run": self.run, "checkpoint": self.checkpoint,
                "source_host": self.source_host, "source_path": self.source_path, "created": self.created,
                "bytes": self.bytes,
-               "files": [{"path": f.path, "size": f.size, "hash": f.hash, "mtime_ns": f.mtime_ns}
-                         for f in self.files]}
+               "files": [{"path": f.path, "size": f.size, "hash": f.hash, "mtime_ns": f.mtime_ns,
+                          "ctime_ns": f.ctime_ns, "ino": f.ino} for f in self.files]}
         return (json.dumps(doc, indent=1, ensure_ascii=True) + "\n").encode("ascii")
 
 
@@ -127,10 +132,13 @@ def parse(data: bytes, where: str) -> Manifest:
             raise ManifestError(f"{where}: lists {path} twice")
         seen.add(path)
         size, digest, mtime = raw.get("size"), raw.get("hash"), raw.get("mtime_ns")
+        ctime, ino = raw.get("ctime_ns"), raw.get("ino")
         if not (isinstance(size, int) and size >= 0 and isinstance(digest, str) and digest
-                and isinstance(mtime, int)) or isinstance(size, bool):
-            raise ManifestError(f"{where}: the entry of {path} needs a size, a hash and an mtime_ns")
-        files.append(FileEntry(path, size, digest, mtime))
+                and all(isinstance(x, int) and not isinstance(x, bool) for x in (mtime, ctime, ino))) \
+                or isinstance(size, bool):
+            raise ManifestError(f"{where}: the entry of {path} needs a size, a hash, mtime_ns, ctime_ns and "
+                                "ino")
+        files.append(FileEntry(path, size, digest, mtime, ctime, ino))
     step = doc.get("step")
     if step is not None and (not isinstance(step, int) or isinstance(step, bool)):
         raise ManifestError(f"{where}: 'step' is not a whole number")
@@ -234,11 +242,15 @@ class JournalEntry:
     size: int
     mtime_ns: int
     ino: int
+    ctime_ns: int
+
+    def stamp(self) -> tuple[int, int, int, int]:
+        return (self.size, self.mtime_ns, self.ctime_ns, self.ino)
 
 
 def journal_bytes(algorithm: str, source_path: str, entries: dict[str, JournalEntry]) -> bytes:
     doc = {"version": VERSION, "algorithm": algorithm, "source_path": source_path,
-           "files": {p: [e.hash, e.size, e.mtime_ns, e.ino] for p, e in sorted(entries.items())}}
+           "files": {p: [e.hash, e.size, e.mtime_ns, e.ino, e.ctime_ns] for p, e in sorted(entries.items())}}
     return json.dumps(doc, separators=(",", ":")).encode("ascii")
 
 
@@ -251,10 +263,10 @@ def read_journal(target: Target, prefix: str, algorithm: str, source_path: str) 
                 or doc.get("source_path") != source_path:
             return {}
         out = {}
-        for path, (digest, size, mtime, ino) in doc["files"].items():
+        for path, (digest, size, mtime, ino, ctime) in doc["files"].items():
             member_path(path, "journal")
-            if isinstance(digest, str) and all(isinstance(x, int) for x in (size, mtime, ino)):
-                out[path] = JournalEntry(digest, size, mtime, ino)
+            if isinstance(digest, str) and all(isinstance(x, int) for x in (size, mtime, ino, ctime)):
+                out[path] = JournalEntry(digest, size, mtime, ino, ctime)
         return out
     except (ManifestError, ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError):
         return {}  # a damaged journal costs a full copy, nothing more
