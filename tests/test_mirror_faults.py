@@ -19,6 +19,8 @@ from ckptwatch.mirror.restore import verify_copy
 from ckptwatch.mirror.target import LocalTarget
 from tests.helpers import run_cli
 
+pytestmark = pytest.mark.slow  # real Trainer and DCP runs are built
+
 OPTS = CheckOptions(settle_seconds=0)
 
 

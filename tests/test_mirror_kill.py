@@ -17,10 +17,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ckptwatch.mirror import manifest as mf
 from ckptwatch.mirror.restore import verify_copy
 from ckptwatch.mirror.target import LocalTarget
 from tests.helpers import REPO, run_cli
+
+pytestmark = pytest.mark.slow  # a real DCP run is built
 
 
 def _mirror(run: Path, to: Path, kill_at: int, count_file: Path | None = None) -> int:

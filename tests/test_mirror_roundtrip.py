@@ -16,6 +16,8 @@ import pytest
 from ckptwatch.mirror.manifest import MANIFEST_NAME, MARKER_NAME, OURS
 from tests.helpers import run_cli
 
+pytestmark = pytest.mark.slow  # real Trainer and DCP runs are built
+
 
 def _files(d: Path) -> dict[str, tuple[int, int]]:
     """Relative path -> (size, mtime_ns) of every file below ``d``."""
