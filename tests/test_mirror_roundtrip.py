@@ -51,8 +51,7 @@ def test_mirror_restore_round_trip(artefact, tmp_path, name, newest, verify):
         copy = to / name / ckpt
         assert (copy / MARKER_NAME).is_file() and (copy / MANIFEST_NAME).is_file()
         assert {k: v for k, v in _files(copy).items() if k not in OURS} == _files(run / ckpt)
-    dest = tmp_path / "restored" / name / newest
-    dest.parent.mkdir(parents=True)
+    dest = tmp_path / "restored" / name / newest  # parents created by restore
     r = run_cli("restore", str(to / name / newest), str(dest))
     assert r.returncode == 0, r.stderr
     assert _files(dest) == _files(run / newest)
@@ -98,6 +97,18 @@ def test_copies_are_judged_as_their_checkpoints(artefact, tmp_path):
     [judged] = json.loads(r.stdout)["runs"]
     assert [c["status"] for c in judged["checkpoints"]] == ["complete"] * 3
     assert all(not c["problems"] for c in judged["checkpoints"])
+
+
+def test_restore_never_overwrites(artefact, tmp_path):
+    """restore into an existing DEST (even an empty dir) is refused: restore only makes new directories."""
+    run = artefact("dcp")
+    to = tmp_path / "backup"
+    _mirror(run, to)
+    dest = tmp_path / "existing"
+    dest.mkdir()
+    r = run_cli("restore", str(to / "dcp" / "step_100"), str(dest))
+    assert r.returncode == 1 and "already exists" in r.stderr
+    assert list(dest.iterdir()) == []
 
 
 def test_mirror_target_inside_the_run_is_refused(artefact, tmp_path):

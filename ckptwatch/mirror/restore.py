@@ -120,7 +120,7 @@ def restore(target: Target, prefix: str, dest: str) -> mf.Manifest:
     """Copy the committed copy at ``prefix`` to the new directory ``dest``, verifying every hash.
 
     Raises ``RestoreRefused`` (nothing left at ``dest``) when the copy is not committed or any file
-    differs from its manifest, or when ``dest`` exists.
+    differs from its manifest, or when ``dest`` exists. Missing parents of ``dest`` are created.
     """
     dest = os.path.abspath(dest)
     if os.path.lexists(dest):
@@ -130,8 +130,11 @@ def restore(target: Target, prefix: str, dest: str) -> mf.Manifest:
     if manifest is None:
         raise RestoreRefused(findings)
     parent = os.path.dirname(dest)
-    if not os.path.isdir(parent):
-        raise RestoreRefused([CopyFinding("dest", parent, f"{parent} is not a directory")])
+    try:
+        os.makedirs(parent, exist_ok=True)  # DEST's parents, like `mkdir -p`; DEST itself stays new
+    except OSError as exc:
+        raise RestoreRefused([CopyFinding("dest", parent, f"{parent}: cannot be a directory for DEST "
+                                          f"({exc.strerror or exc})")]) from None
     staging = os.path.join(parent, f".{os.path.basename(dest)}{TEMP_MARK}restore-{secrets.token_hex(6)}")
     os.mkdir(staging, 0o755)  # ours: a fresh name; fails rather than reuse anything
     try:
