@@ -271,3 +271,21 @@ def test_same_size_and_mtime_but_other_bytes_is_a_conflict(artefact, tmp_path):
                 mirror_run(_run(run), LocalTarget(str(to)), MirrorConfig(to=str(to)), now=time.time())}
     assert outcomes["step_200"].result == "conflict"
     assert str(src) in outcomes["step_200"].reason
+
+
+def test_stale_marker_of_an_earlier_attempt_is_removed_before_the_data(artefact, tmp_path):
+    """A partial copy holding a completion marker (.metadata) that must be copied again: the marker is
+    gone from the copy while the data files are rewritten, so the half-made copy never looks complete."""
+    run = artefact("dcp")
+    to = tmp_path / "backup"
+    target = LocalTarget(str(to))
+    v = _run(run).checkpoints[-1]
+    copy = to / "dcp" / "step_300"
+    copy.mkdir(parents=True)
+    (copy / ".metadata").write_bytes(b"stale marker of an earlier attempt")
+    seen_marker: list[bool] = []
+    out = mirror_checkpoint(v, str(run), target, MirrorConfig(to=str(to), parallel=1), now=time.time(),
+                            progress=lambda rel: seen_marker.append((copy / ".metadata").exists()))
+    assert out.result == "committed"
+    assert seen_marker[:-1] == [False] * (out.files - 1) and seen_marker[-1] is True
+    assert (copy / ".metadata").read_bytes() == (run / "step_300" / ".metadata").read_bytes()

@@ -312,6 +312,9 @@ def _copy(v: Verdict, run_root: str, files: list[_Source], target: Target, prefi
     order = upload_order(list(by_rel))
     data = [by_rel[r] for r in order if r.rsplit("/", 1)[-1] not in COMPLETION_MARKERS]
     markers = [by_rel[r] for r in order if r.rsplit("/", 1)[-1] in COMPLETION_MARKERS]
+    for s in markers:  # a marker an earlier attempt put there must not vouch for data being replaced
+        if s.rel in present:
+            target.remove(join(prefix, s.rel))
     lock = threading.Lock()
     since_journal = [0]
 
