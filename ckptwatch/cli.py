@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     once.add_argument("--no-loss", action="store_true",
                       help="skip the loss watch (resumes and loss jumps read from the runs' logs)")
     _check_args(once)
-    verify = sub.add_parser("verify", help="judge one checkpoint (a directory or a single file)")
+    verify = sub.add_parser("verify", help="judge one checkpoint (a directory or a single file), or check a "
+                            "mirrored copy against its manifest")
     verify.add_argument("path", metavar="PATH")
     _check_args(verify)
     latest = sub.add_parser("latest", help="print the newest resumable checkpoint of the run(s) at PATH")
@@ -79,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ckptwatch.retention.cli import add_parser as add_prune_parser
 
     add_prune_parser(sub)
+    from ckptwatch.mirror.cli import add_parsers as add_mirror_parsers
+
+    add_mirror_parsers(sub)
     status = sub.add_parser("status",
                             help="what the service knows: per run, newest complete and open problems")
     status.add_argument("--config", metavar="FILE", help="the service's config (for its state_dir)")
@@ -136,11 +140,15 @@ def _retention_plans(targets: "list[WatchConfig]", reports: list[Any],
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    path = _existing(args.path)
+    from ckptwatch.mirror.cli import cmd_verify_copy, is_copy
+
+    if is_copy(path):
+        return cmd_verify_copy(args)
     from ckptwatch.report import verdict_json, write_table
     from ckptwatch.verify import verify_path
 
     opts = _options(args)
-    path = _existing(args.path)
     result = verify_path(path, opts, time.time(), layout=args.layout)
     if args.json:
         import json
@@ -345,9 +353,21 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     return cmd_prune(args)
 
 
+def _cmd_mirror(args: argparse.Namespace) -> int:
+    from ckptwatch.mirror.cli import cmd_mirror
+
+    return cmd_mirror(args)
+
+
+def _cmd_restore(args: argparse.Namespace) -> int:
+    from ckptwatch.mirror.cli import cmd_restore
+
+    return cmd_restore(args)
+
+
 COMMANDS = {"once": cmd_once, "verify": cmd_verify, "latest": cmd_latest, "run": cmd_run,
             "status": cmd_status, "config": cmd_config, "alert": cmd_alert, "loss": _cmd_loss,
-            "prune": _cmd_prune}
+            "prune": _cmd_prune, "mirror": _cmd_mirror, "restore": _cmd_restore}
 
 
 

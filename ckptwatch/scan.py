@@ -45,6 +45,9 @@ TRASH_NAME = ".ckptwatch-trash"
 # beside a checkpoint file. Not part of any checkpoint: a checkpoint's file set (``tree``) leaves it out,
 # so pinning never changes a verdict (a pin newer than trainer_state.json is no "later save").
 PIN_NAME = ".ckptwatch-keep"
+# A mirrored copy's own names (mirror/manifest.py: manifest, commit marker, journal): no part of the
+# checkpoint, so judging a copy (or a checkpoint restored from one) sees the checkpoint's files only.
+MIRROR_PREFIX = ".ckptwatch-mirror"
 
 
 def list_dir(path: str) -> tuple[list[Entry], list[Problem]]:
@@ -139,7 +142,7 @@ def tree(path: str, root: str) -> TreeStat:
         entries, probs = list_dir(d)
         problems.extend(probs)
         for e in entries:
-            if e.name.endswith(PIN_NAME):
+            if e.name.endswith(PIN_NAME) or e.name.startswith(MIRROR_PREFIX):
                 continue
             if e.is_symlink and not inside(e.path, root):
                 problems.append(unsafe_link_problem(e.path, os.path.realpath(e.path), os.path.realpath(root)))

@@ -42,6 +42,13 @@ FLOORS: dict[str, int] = {
     "ckptwatch.config.loss": PURE,
     "ckptwatch.config.alerts": PURE,
     "ckptwatch.config.retention": PURE,
+    "ckptwatch.config.mirror": PURE,
+    "ckptwatch.mirror": PURE,  # the package itself is a docstring; its modules have their own floors
+    "ckptwatch.mirror.hashing": READERS,  # the one choice of content hash (hashlib; xxhash once added)
+    "ckptwatch.mirror.target": READERS,  # the storage Protocol and the local backend
+    "ckptwatch.mirror.manifest": READERS,  # manifest, commit marker, journal: format and I/O via a target
+    "ckptwatch.mirror.restore": READERS,  # restore and verify a committed copy
+    "ckptwatch.mirror.copy": LAYOUTS,  # one checkpoint's files (scan.tree) -> a committed copy
     "ckptwatch.retention.model": PURE,  # the plan's types, below policy and guards
     "ckptwatch.retention.policy": PURE,  # the keep rules and the plan
     "ckptwatch.retention.guards": PURE,  # the invariants no plan may break
@@ -94,6 +101,7 @@ FLOORS: dict[str, int] = {
     "ckptwatch.alerts.cli": CLI,
     "ckptwatch.losswatch.cli": CLI,
     "ckptwatch.retention.cli": CLI,
+    "ckptwatch.mirror.cli": CLI,
 }
 
 # Known exceptions, each with the reason it is still here; a fixed one must be removed from its list (the

@@ -1,0 +1,43 @@
+"""``[watch.mirror]``: where complete checkpoints are copied, and how the copy is proven.
+
+Not read from config files yet: ``WatchConfig`` has no ``mirror`` field, because the service has no
+mirror sink, and a key that is accepted and does nothing must not ship. ``ckptwatch mirror`` builds this
+section from its flags; wiring it in is the three steps in ``ckptwatch.config``'s docstring.
+
+Keys, defaults and why:
+
+- ``to`` (required): a local or mounted directory. Copies live at ``<to>/<run>/<checkpoint>/``.
+  fsspec URLs (``s3://bucket/prefix``) are the next backend.
+- ``verify = "size"``: before the commit marker, the copy's file sizes are checked. The hashes were
+  computed from the bytes read and written in the same pass, so a size check catches a short write at
+  the cost of one listing. ``"full"`` re-reads and re-hashes the whole copy before committing it: twice
+  the I/O, for a target whose writes one does not trust (a flaky mount).
+- ``parallel = 2``: files copied at once. Both the hash and the reads/writes release the GIL, and this
+  machine kind has two cores; object stores want more (a later default for s3 URLs).
+- ``max_rate``: a bandwidth cap in bytes per second (``"200M"``). Off by default. Not yet honoured by the
+  copy; until it is, this section is not wired into config files.
+- ``mirror_hazards = false``: a complete checkpoint with a blocking resume hazard (one whose resume would
+  load the wrong weights) is not mirrored, with the reason; ``true`` mirrors it anyway.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ckptwatch.config.kinds import Boolean, OneOf, Size, Text, Whole
+from ckptwatch.config.reader import Location, setting
+
+
+@dataclass(frozen=True, kw_only=True)
+class MirrorConfig:
+    to: str = setting(Text("a directory (or, later, a URL) to copy checkpoints to"),
+                      doc='where copies go, e.g. "/backup/ckpts"')
+    verify: str = setting(OneOf("size", "full"), default="size")
+    parallel: int = setting(Whole(1, 64), default=2)
+    max_rate: int | None = setting(Size(), default=None)  # bytes per second
+    mirror_hazards: bool = setting(Boolean(), default=False)
+
+    def checked(self, at: Location) -> MirrorConfig:
+        if self.max_rate is not None and self.max_rate <= 0:
+            raise at.key("max_rate").error(f"must be a positive rate such as \"200M\", not {self.max_rate}")
+        return self

@@ -1,0 +1,154 @@
+"""``ckptwatch mirror PATH --to DIR``, ``ckptwatch restore COPY DEST`` and ``ckptwatch verify COPY``.
+
+The same code the service's mirror sink will run (``mirror.copy``). Exit codes: ``mirror`` 0 when every
+complete checkpoint is committed or up to date (incomplete and in-progress ones are listed as skipped:
+they are not backups yet), 1 when any failed, conflicts with its committed copy or was skipped for a
+hazard; ``restore`` 0 restored, 1 refused (the file named); ``verify`` of a copy 0 good, 1 not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from ckptwatch.errors import EXIT_OK, EXIT_PROBLEMS, UsageError
+
+COPY_NAMES = (".ckptwatch-mirror.json", ".ckptwatch-mirror-committed", ".ckptwatch-mirror-journal.json")
+
+
+def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from ckptwatch.cliargs import add_check_args, positive_int
+
+    p = subparsers.add_parser("mirror", help="copy every complete checkpoint under PATH to --to, verified, "
+                              "with a manifest and a commit marker written last")
+    p.add_argument("path", metavar="PATH", help="an output dir (a run, or a dir of runs)")
+    p.add_argument("--to", required=True, metavar="DIR", help="the target directory; copies go to "
+                   "DIR/<run>/<checkpoint>/")
+    p.add_argument("--verify", choices=("size", "full"), default=None,
+                   help="size (default): check the copy's sizes; full: re-read and re-hash it before "
+                        "committing")
+    p.add_argument("--parallel", type=positive_int, default=None, metavar="N", help="files copied at once")
+    p.add_argument("--mirror-hazards", action="store_true",
+                   help="also mirror complete checkpoints whose resume hazards would load the wrong weights")
+    add_check_args(p)
+    r = subparsers.add_parser("restore", help="copy a mirrored checkpoint back to DEST, verifying every hash")
+    r.add_argument("copy", metavar="COPY", help="the copy's directory (<to>/<run>/<checkpoint>)")
+    r.add_argument("dest", metavar="DEST", help="a new directory to restore into")
+    r.add_argument("--json", action="store_true")
+
+
+def is_copy(path: str) -> bool:
+    """Is ``path`` a mirrored copy (it holds a manifest, a marker or a journal of ours)?"""
+    return os.path.isdir(path) and any(os.path.lexists(os.path.join(path, n)) for n in COPY_NAMES)
+
+
+def cmd_mirror(args: argparse.Namespace) -> int:
+    from ckptwatch.cliargs import check_options
+    from ckptwatch.config import WatchConfig, override
+    from ckptwatch.config.mirror import MirrorConfig
+    from ckptwatch.engine import check_root
+    from ckptwatch.mirror.copy import mirror_run
+    from ckptwatch.mirror.target import LocalTarget
+
+    path = os.path.abspath(args.path)
+    if not os.path.isdir(path):
+        raise UsageError(f"{args.path}: not a directory")
+    to = os.path.abspath(args.to)
+    if to == path or to.startswith(path.rstrip("/") + "/"):
+        raise UsageError(f"--to {args.to} is inside {args.path}: the copies would be judged as checkpoints "
+                         "of the run (choose a directory outside it)")
+    config = override(MirrorConfig(to=to), {"verify": args.verify, "parallel": args.parallel,
+                                            "mirror_hazards": args.mirror_hazards or None})
+    watch = WatchConfig(path=path, layout=args.layout, expected_ranks=args.expected_ranks)
+    now = time.time()
+    report = check_root(path, check_options(args, None, watch), now, layout=args.layout)
+    target = LocalTarget(to)
+    code = EXIT_OK
+    runs: list[dict[str, Any]] = []
+    for run in report.runs:
+        outcomes = mirror_run(run, target, config, now=now)
+        for o in outcomes:
+            hazard_skip = o.result == "skipped" and o.reason.startswith("complete")
+            if o.result in ("failed", "conflict") or hazard_skip:
+                code = EXIT_PROBLEMS
+            if not args.json:
+                _print_outcome(o)
+        runs.append({"root": run.root, "mirror": {"to": target.url, "verify": config.verify,
+                                                  "checkpoints": [o.as_json() for o in outcomes]}})
+    if args.json:
+        json.dump({"version": 1, "runs": runs}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    elif not report.runs:
+        print(f"ckptwatch: no checkpoints found under {path}", file=sys.stderr)
+    return code
+
+
+def _print_outcome(o: Any) -> None:
+    from ckptwatch.alerts.messages import human_bytes
+
+    name = os.path.basename(o.checkpoint)
+    if o.result == "committed":
+        extra = f", {o.resumed} kept from an interrupted copy" if o.resumed else ""
+        print(f"committed   {name} -> {o.copy} ({o.files} files, {human_bytes(o.bytes)}{extra})")
+    elif o.result == "up_to_date":
+        print(f"up to date  {name} -> {o.copy}")
+    else:
+        print(f"{o.result:<11} {name}: {o.reason}")
+
+
+def _findings_json(findings: list[Any]) -> list[dict[str, str]]:
+    return [{"kind": f.kind, "file": f.file, "message": f.message} for f in findings]
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from ckptwatch.mirror.restore import RestoreRefused, restore
+    from ckptwatch.mirror.target import LocalTarget
+
+    copy = os.path.abspath(args.copy)
+    if not os.path.isdir(copy):
+        raise UsageError(f"{args.copy}: not a directory (COPY is <to>/<run>/<checkpoint>)")
+    try:
+        manifest = restore(LocalTarget(copy), "", args.dest)
+    except RestoreRefused as exc:
+        if args.json:
+            json.dump({"version": 1, "restored": None, "refused": _findings_json(exc.findings)}, sys.stdout,
+                      indent=2)
+            sys.stdout.write("\n")
+        for f in exc.findings:
+            print(f"ckptwatch: restore refused: {f.message}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    dest = os.path.abspath(args.dest)
+    if args.json:
+        json.dump({"version": 1, "restored": dest, "files": len(manifest.files), "bytes": manifest.bytes,
+                   "source_path": manifest.source_path, "refused": []}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(f"restored {dest} ({len(manifest.files)} files, every {manifest.algorithm} hash verified; "
+              f"copied from {manifest.source_host}:{manifest.source_path})")
+    return EXIT_OK
+
+
+def cmd_verify_copy(args: argparse.Namespace) -> int:
+    """``verify`` on a copy's directory: check it in place against its manifest."""
+    from ckptwatch.mirror.restore import verify_copy
+    from ckptwatch.mirror.target import LocalTarget
+
+    copy = os.path.abspath(args.path)
+    manifest, findings = verify_copy(LocalTarget(copy), "")
+    if args.json:
+        json.dump({"version": 1, "copy": copy, "committed": manifest is not None,
+                   "ok": manifest is not None and not findings, "findings": _findings_json(findings)},
+                  sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    elif findings:
+        for f in findings:
+            print(f"{f.kind}: {f.message}")
+    else:
+        assert manifest is not None
+        print(f"{copy}: a committed copy of {manifest.source_host}:{manifest.source_path}, "
+              f"{len(manifest.files)} files, every {manifest.algorithm} hash verified")
+    return EXIT_OK if manifest is not None and not findings else EXIT_PROBLEMS
