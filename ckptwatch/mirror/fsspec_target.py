@@ -45,6 +45,8 @@ from ckptwatch.mirror.target import TargetPathError, Upload, check_name
 PROTOCOLS = ("s3", "s3a")  # object stores whose objects appear only when their upload completes
 BLOCK_SIZE = 32 << 20  # the multipart part size: 10,000 parts (S3's limit) is 312 GiB per file
 READ_BLOCK = 16 << 20  # read-ahead of a copy's file being restored or verified
+CREDENTIALS_HINT = ("check the credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE and "
+                    "~/.aws) and that they may read and write the bucket")
 _BUGS = (TypeError, AttributeError, NameError, AssertionError)  # never disguised as a storage fault
 _URL = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<rest>.*)$")
 
@@ -85,6 +87,8 @@ def _faults(where: str) -> Iterator[None]:
             exc.filename = where
         if exc.strerror is None:
             exc.strerror = str(exc.args[0]) if exc.args else type(exc).__name__
+        if isinstance(exc, PermissionError) and CREDENTIALS_HINT not in exc.strerror:
+            exc.strerror = f"{exc.strerror} ({CREDENTIALS_HINT})"  # S3 says only "Forbidden" to a HEAD
         raise
     except _BUGS:
         raise
