@@ -70,6 +70,27 @@ def test_multipart_upload_appears_only_at_commit_and_abort_leaves_nothing(s3, mo
     assert s3.multipart_uploads() == [] and set(s3.keys()) == {"pre/run/ckpt/big.bin"}
 
 
+def test_part_size_grows_so_a_huge_file_fits_in_s3s_10000_parts(s3, monkeypatch):
+    """Parts start at BLOCK_SIZE and double every PARTS_PER_STEP parts (the file's size is unknown when
+    its upload opens): a step of 2 parts here, so 5, 5, 10 MiB parts; the object is whole."""
+    monkeypatch.setattr(fsspec_target, "BLOCK_SIZE", 5 * MIB)
+    monkeypatch.setattr(fsspec_target, "PARTS_PER_STEP", 2)
+    assert [fsspec_target.part_size(n) // MIB for n in (0, 1, 2, 3, 4)] == [5, 5, 10, 10, 20]
+    assert fsspec_target.part_size(10**6) == fsspec_target.MAX_PART
+    t = FsspecTarget(s3.url("pre"))
+    data = os.urandom(23 * MIB)
+    up = t.open_write("big.bin")
+    for i in range(0, len(data), MIB):
+        up.write(data[i:i + MIB])
+    client = s3.server.client()
+    [upload] = client.list_multipart_uploads(Bucket=s3.bucket)["Uploads"]
+    parts = client.list_parts(Bucket=s3.bucket, Key="pre/big.bin", UploadId=upload["UploadId"])["Parts"]
+    assert [p["Size"] // MIB for p in parts] == [5, 5, 10]
+    up.commit()
+    with t.open_read("big.bin") as f:
+        assert f.read() == data
+
+
 def test_upload_failing_mid_write_leaves_no_object(s3, monkeypatch, tmp_path):
     """The endpoint goes away while parts are being written: the write fails with an OSError naming the
     object, and once the endpoint is back there is no object (an incomplete multipart upload at most,
