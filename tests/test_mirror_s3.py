@@ -268,3 +268,19 @@ def test_endpoint_stopped_mid_copy_then_back_completes(artefact, s3, tmp_path, m
         manifest, findings = verify_copy(FsspecTarget(copy))
         assert manifest is not None and findings == []
         assert s3.multipart_uploads() == []
+
+
+@pytest.mark.slow  # a real 4-rank DCP run is built
+def test_dcp_run_mirrored_to_s3_restores_complete(artefact, s3, tmp_path):
+    """A 4-rank torch.distributed.checkpoint run through S3 and back: the restored newest checkpoint is
+    byte for byte the source and judged complete."""
+    run = artefact("dcp")
+    code, doc = _mirror(run, s3.url("b"))
+    assert code == 0 and {c["result"] for c in _results(doc).values()} == {"committed"}, doc
+    dest = tmp_path / "restored" / "dcp" / "step_300"
+    r = run_cli("restore", s3.url("b", "dcp", "step_300"), str(dest))
+    assert r.returncode == 0, r.stderr
+    assert _files(dest) == _files(run / "step_300")
+    once = run_cli("once", str(dest.parent), "--json", "--settle", "0", "--no-loss")
+    [judged] = json.loads(once.stdout)["runs"]
+    assert [c["status"] for c in judged["checkpoints"]] == ["complete"]
