@@ -26,6 +26,7 @@ from ckptwatch.mirror.fsspec_target import FsspecTarget, UnsupportedTarget
 from ckptwatch.mirror.restore import verify_copy
 from tests.helpers import run_cli
 from tests.s3server import S3Server, point_env_at
+from tests.servers import free_port
 
 MIB = 1 << 20
 
@@ -230,8 +231,20 @@ def test_wrong_credentials_fail_and_right_ones_work(artefact, s3, tmp_path, monk
         s3.server.accept_any_credentials()
 
 
-class _Stopped(Exception):
-    pass
+def test_unreachable_endpoint_verify_and_restore_refuse_naming_the_object(monkeypatch, tmp_path):
+    """Nothing listens at the endpoint: `verify URL` and `restore URL DEST` exit 1 with an `unreadable`
+    finding naming the first object they needed (not an internal error), and DEST is not created."""
+    point_env_at(monkeypatch, f"http://127.0.0.1:{free_port()}", str(tmp_path))
+    copy = "s3://bucket/backups/run/checkpoint-6"
+    marker = f"{copy}/{mf.MARKER_NAME}"
+    v = run_cli("verify", copy, "--json", timeout=60)
+    assert v.returncode == 1, v.stderr
+    [finding] = json.loads(v.stdout)["findings"]
+    assert finding["kind"] == "unreadable" and finding["file"] == marker
+    assert "Could not connect" in finding["message"]
+    r = run_cli("restore", copy, str(tmp_path / "dest"), timeout=60)
+    assert r.returncode == 1 and marker in r.stderr and "not checked" in r.stderr, r.stderr
+    assert not (tmp_path / "dest").exists()
 
 
 @pytest.mark.slow

@@ -122,6 +122,14 @@ def _print_outcome(o: Any) -> None:
         print(f"{o.result:<11} {name}: {o.reason}")
 
 
+def _unreadable(exc: OSError, copy: str) -> list[Any]:
+    """The finding for a copy whose storage failed (unreachable endpoint, credentials, permissions)."""
+    from ckptwatch.mirror.restore import CopyFinding
+
+    where = str(exc.filename) if exc.filename else copy
+    return [CopyFinding("unreadable", where, f"{where}: {exc.strerror or exc}; the copy was not checked")]
+
+
 def _findings_json(findings: list[Any]) -> list[dict[str, str]]:
     return [{"kind": f.kind, "file": f.file, "message": f.message} for f in findings]
 
@@ -134,7 +142,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
     if not is_url(copy) and not os.path.isdir(copy):
         raise UsageError(f"{args.copy}: not a directory (COPY is <to>/<run>/<checkpoint>)")
     try:
-        manifest = restore(_target(copy, args.endpoint_url), "", args.dest)
+        try:
+            manifest = restore(_target(copy, args.endpoint_url), "", args.dest)
+        except OSError as exc:  # the copy's storage cannot be reached or read (nothing is left at DEST)
+            raise RestoreRefused(_unreadable(exc, copy)) from None
     except RestoreRefused as exc:
         if args.json:
             json.dump({"version": 1, "restored": None, "refused": _findings_json(exc.findings)}, sys.stdout,
@@ -160,7 +171,11 @@ def cmd_verify_copy(args: argparse.Namespace) -> int:
     from ckptwatch.mirror.targets import is_url
 
     copy = args.path if is_url(args.path) else os.path.abspath(args.path)
-    manifest, findings = verify_copy(_target(copy, getattr(args, "endpoint_url", None)), "")
+    target = _target(copy, getattr(args, "endpoint_url", None))
+    try:
+        manifest, findings = verify_copy(target, "")
+    except OSError as exc:  # the copy's storage cannot be reached or read
+        manifest, findings = None, _unreadable(exc, copy)
     if args.json:
         json.dump({"version": 1, "copy": copy, "committed": manifest is not None,
                    "ok": manifest is not None and not findings, "findings": _findings_json(findings)},
