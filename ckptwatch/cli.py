@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "mirrored copy against its manifest")
     verify.add_argument("path", metavar="PATH")
     _check_args(verify)
+    from ckptwatch.mirror.cli import add_endpoint_arg
+
+    add_endpoint_arg(verify)  # for a copy at an s3:// URL
     latest = sub.add_parser("latest", help="print the newest resumable checkpoint of the run(s) at PATH")
     latest.add_argument("path", metavar="PATH")
     latest.add_argument("--print0", action="store_true",
@@ -140,9 +143,12 @@ def _retention_plans(targets: "list[WatchConfig]", reports: list[Any],
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    path = _existing(args.path)
     from ckptwatch.mirror.cli import cmd_verify_copy, is_copy
+    from ckptwatch.mirror.targets import is_url
 
+    if is_url(args.path):  # a mirrored copy in object storage (s3://...)
+        return cmd_verify_copy(args)
+    path = _existing(args.path)
     if is_copy(path):
         return cmd_verify_copy(args)
     from ckptwatch.report import verdict_json, write_table

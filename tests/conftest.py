@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.builders import REGISTRY, load_all
+from tests.s3server import s3, s3_server, s3_target  # noqa: F401 - the S3 endpoint fixtures (moto)
 
 load_all()
 

@@ -9,7 +9,6 @@ aside so the next kills land in a copy again.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from ckptwatch.mirror import manifest as mf
+from ckptwatch.mirror.hashing import ALGORITHM, digest_of
 from ckptwatch.mirror.restore import verify_copy
 from ckptwatch.mirror.target import LocalTarget
 from tests.helpers import REPO, run_cli
@@ -37,8 +37,8 @@ def _mirror(run: Path, to: Path, kill_at: int, count_file: Path | None = None) -
     return proc.returncode
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _digest(path: Path) -> str:
+    return digest_of(path.read_bytes(), ALGORITHM)
 
 
 def _check_no_committed_wrong_copy(run: Path, to: Path) -> tuple[int, int]:
@@ -53,12 +53,12 @@ def _check_no_committed_wrong_copy(run: Path, to: Path) -> tuple[int, int]:
         committed += 1
         manifest, findings = verify_copy(LocalTarget(str(copy)))
         assert findings == [], findings
-        assert manifest is not None and manifest.algorithm == "sha256"
+        assert manifest is not None and manifest.algorithm == ALGORITHM
         source = run / copy.name
         assert {e.path for e in manifest.files} == {str(p.relative_to(source)) for p in source.rglob("*")
                                                      if p.is_file()}
         for e in manifest.files:
-            assert e.hash == _sha256(source / e.path), f"committed copy {copy}/{e.path} differs from source"
+            assert e.hash == _digest(source / e.path), f"committed copy {copy}/{e.path} differs from source"
     return committed, partial
 
 

@@ -1,7 +1,7 @@
 """The contract every mirror target keeps (rclone's fstests idea): one suite, run against each backend.
 
-Only ``LocalTarget`` exists today; an fsspec/s3fs target joins the ``target`` fixture's params and must
-pass the same tests against a real S3 endpoint (moto's server mode).
+Run against ``LocalTarget`` and against ``FsspecTarget`` on a real S3 endpoint (moto's server mode,
+tests/s3server.py); the S3-only cases (multipart uploads, faults) are in tests/test_mirror_s3.py.
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ import pytest
 from ckptwatch.mirror.target import LocalTarget, Target, TargetPathError, is_temp
 
 
-@pytest.fixture(params=["local"])
+@pytest.fixture(params=["local", "s3"])
 def target(request, tmp_path) -> Target:
+    if request.param == "s3":
+        return request.getfixturevalue("s3_target")
     return LocalTarget(str(tmp_path / "target"))
 
 

@@ -6,8 +6,11 @@ section from its flags; wiring it in is the three steps in ``ckptwatch.config``'
 
 Keys, defaults and why:
 
-- ``to`` (required): a local or mounted directory. Copies live at ``<to>/<run>/<checkpoint>/``.
-  fsspec URLs (``s3://bucket/prefix``) are the next backend.
+- ``to`` (required): a local or mounted directory, or ``s3://bucket/prefix`` (S3-compatible object
+  storage, ``mirror.fsspec_target``). Copies live at ``<to>/<run>/<checkpoint>/``.
+- ``endpoint_url``: the S3 endpoint (``http://minio:9000``) for an ``s3://`` ``to``; unset, botocore's
+  standard ``AWS_ENDPOINT_URL`` / AWS config applies. Credentials never go in the config: the
+  environment (the unit's EnvironmentFile) or ``~/.aws``.
 - ``verify = "size"``: before the commit marker, the copy's file sizes are checked. The hashes were
   computed from the bytes read and written in the same pass, so a size check catches a short write at
   the cost of one listing. ``"full"`` re-reads and re-hashes the whole copy before committing it: twice
@@ -30,8 +33,9 @@ from ckptwatch.config.reader import Location, setting
 
 @dataclass(frozen=True, kw_only=True)
 class MirrorConfig:
-    to: str = setting(Text("a directory (or, later, a URL) to copy checkpoints to"),
+    to: str = setting(Text("a directory or an s3:// URL to copy checkpoints to"),
                       doc='where copies go, e.g. "/backup/ckpts"')
+    endpoint_url: str | None = setting(Text("an http(s) URL of an S3-compatible endpoint"), default=None)
     verify: str = setting(OneOf("size", "full"), default="size")
     parallel: int = setting(Whole(1, 64), default=2)
     max_rate: int | None = setting(Size(), default=None)  # bytes per second

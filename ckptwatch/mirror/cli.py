@@ -1,4 +1,8 @@
-"""``ckptwatch mirror PATH --to DIR``, ``ckptwatch restore COPY DEST`` and ``ckptwatch verify COPY``.
+"""``ckptwatch mirror PATH --to DIR|URL``, ``ckptwatch restore COPY DEST`` and ``ckptwatch verify COPY``.
+
+``--to``, ``COPY`` and ``verify``'s ``PATH`` may be ``s3://bucket/prefix[/run/checkpoint]`` URLs
+(``mirror.targets.target_for`` chooses the target; ``--endpoint-url`` or ``AWS_ENDPOINT_URL`` names the
+endpoint, and credentials come from the environment or ``~/.aws``, never from a flag).
 
 The same code the service's mirror sink will run (``mirror.copy``). Exit codes: ``mirror`` 0 when every
 complete checkpoint is committed or up to date (incomplete and in-progress ones are listed as skipped:
@@ -26,8 +30,9 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     p = subparsers.add_parser("mirror", help="copy every complete checkpoint under PATH to --to, verified, "
                               "with a manifest and a commit marker written last")
     p.add_argument("path", metavar="PATH", help="an output dir (a run, or a dir of runs)")
-    p.add_argument("--to", required=True, metavar="DIR", help="the target directory; copies go to "
-                   "DIR/<run>/<checkpoint>/")
+    p.add_argument("--to", required=True, metavar="TO", help="the target: a directory or s3://bucket/prefix; "
+                   "copies go to TO/<run>/<checkpoint>/")
+    add_endpoint_arg(p)
     p.add_argument("--verify", choices=("size", "full"), default=None,
                    help="size (default): check the copy's sizes; full: re-read and re-hash it before "
                         "committing")
@@ -36,9 +41,25 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
                    help="also mirror complete checkpoints whose resume hazards would load the wrong weights")
     add_check_args(p)
     r = subparsers.add_parser("restore", help="copy a mirrored checkpoint back to DEST, verifying every hash")
-    r.add_argument("copy", metavar="COPY", help="the copy's directory (<to>/<run>/<checkpoint>)")
+    r.add_argument("copy", metavar="COPY", help="the copy's directory or URL (<to>/<run>/<checkpoint>)")
+    add_endpoint_arg(r)
     r.add_argument("dest", metavar="DEST", help="a new directory to restore into")
     r.add_argument("--json", action="store_true")
+
+
+def add_endpoint_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--endpoint-url", metavar="URL", default=None,
+                   help="the S3 endpoint of an s3:// target (default: AWS_ENDPOINT_URL, the AWS config)")
+
+
+def _target(to: str, endpoint_url: str | None) -> Any:
+    """The target ``to`` names (a directory or an s3:// URL); a usage error for a URL it cannot use."""
+    from ckptwatch.mirror.targets import target_for
+
+    try:
+        return target_for(to, endpoint_url=endpoint_url)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def is_copy(path: str) -> bool:
@@ -52,21 +73,22 @@ def cmd_mirror(args: argparse.Namespace) -> int:
     from ckptwatch.config.mirror import MirrorConfig
     from ckptwatch.engine import check_root
     from ckptwatch.mirror.copy import mirror_run
-    from ckptwatch.mirror.target import LocalTarget
+    from ckptwatch.mirror.targets import is_url
 
     path = os.path.abspath(args.path)
     if not os.path.isdir(path):
         raise UsageError(f"{args.path}: not a directory")
-    to = os.path.abspath(args.to)
-    if to == path or to.startswith(path.rstrip("/") + "/"):
+    to = args.to if is_url(args.to) else os.path.abspath(args.to)
+    if not is_url(to) and (to == path or to.startswith(path.rstrip("/") + "/")):
         raise UsageError(f"--to {args.to} is inside {args.path}: the copies would be judged as checkpoints "
                          "of the run (choose a directory outside it)")
     config = override(MirrorConfig(to=to), {"verify": args.verify, "parallel": args.parallel,
-                                            "mirror_hazards": args.mirror_hazards or None})
+                                            "mirror_hazards": args.mirror_hazards or None,
+                                            "endpoint_url": args.endpoint_url})
+    target = _target(config.to, config.endpoint_url)
     watch = WatchConfig(path=path, layout=args.layout, expected_ranks=args.expected_ranks)
     now = time.time()
     report = check_root(path, check_options(args, None, watch), now, layout=args.layout)
-    target = LocalTarget(to)
     code = EXIT_OK
     runs: list[dict[str, Any]] = []
     for run in report.runs:
@@ -100,19 +122,30 @@ def _print_outcome(o: Any) -> None:
         print(f"{o.result:<11} {name}: {o.reason}")
 
 
+def _unreadable(exc: OSError, copy: str) -> list[Any]:
+    """The finding for a copy whose storage failed (unreachable endpoint, credentials, permissions)."""
+    from ckptwatch.mirror.restore import CopyFinding
+
+    where = str(exc.filename) if exc.filename else copy
+    return [CopyFinding("unreadable", where, f"{where}: {exc.strerror or exc}; the copy was not checked")]
+
+
 def _findings_json(findings: list[Any]) -> list[dict[str, str]]:
     return [{"kind": f.kind, "file": f.file, "message": f.message} for f in findings]
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
     from ckptwatch.mirror.restore import RestoreRefused, restore
-    from ckptwatch.mirror.target import LocalTarget
+    from ckptwatch.mirror.targets import is_url
 
-    copy = os.path.abspath(args.copy)
-    if not os.path.isdir(copy):
+    copy = args.copy if is_url(args.copy) else os.path.abspath(args.copy)
+    if not is_url(copy) and not os.path.isdir(copy):
         raise UsageError(f"{args.copy}: not a directory (COPY is <to>/<run>/<checkpoint>)")
     try:
-        manifest = restore(LocalTarget(copy), "", args.dest)
+        try:
+            manifest = restore(_target(copy, args.endpoint_url), "", args.dest)
+        except OSError as exc:  # the copy's storage cannot be reached or read (nothing is left at DEST)
+            raise RestoreRefused(_unreadable(exc, copy)) from None
     except RestoreRefused as exc:
         if args.json:
             json.dump({"version": 1, "restored": None, "refused": _findings_json(exc.findings)}, sys.stdout,
@@ -135,10 +168,14 @@ def cmd_restore(args: argparse.Namespace) -> int:
 def cmd_verify_copy(args: argparse.Namespace) -> int:
     """``verify`` on a copy's directory: check it in place against its manifest."""
     from ckptwatch.mirror.restore import verify_copy
-    from ckptwatch.mirror.target import LocalTarget
+    from ckptwatch.mirror.targets import is_url
 
-    copy = os.path.abspath(args.path)
-    manifest, findings = verify_copy(LocalTarget(copy), "")
+    copy = args.path if is_url(args.path) else os.path.abspath(args.path)
+    target = _target(copy, getattr(args, "endpoint_url", None))
+    try:
+        manifest, findings = verify_copy(target, "")
+    except OSError as exc:  # the copy's storage cannot be reached or read
+        manifest, findings = None, _unreadable(exc, copy)
     if args.json:
         json.dump({"version": 1, "copy": copy, "committed": manifest is not None,
                    "ok": manifest is not None and not findings, "findings": _findings_json(findings)},

@@ -3,10 +3,9 @@
 The measured choice is ``xxh3_128`` (python-xxhash): 10.2 GB/s over a page-aligned 4 MiB buffer on this
 machine, as fast as reading from the page cache (perf-baselines section 4), against BLAKE3 at about
 2.5 GB/s single-threaded (3.2 GB/s ``update_mmap`` with threads), ``hashlib.sha256`` (SHA-NI) at
-1.3 GB/s and ``hashlib.blake2b`` at 0.6 GB/s. Neither ``xxhash`` nor ``blake3`` is a dependency yet,
-so ``ALGORITHM`` is ``sha256``, the fastest hash of the standard library here (2x blake2b); when
-``xxhash`` is added, ``ALGORITHM = "xxh3_128"`` is the one line to change. Copies already made keep
-verifying: a manifest names its algorithm, and ``new_hasher`` builds any algorithm it knows.
+1.3 GB/s and ``hashlib.blake2b`` at 0.6 GB/s. ``xxhash`` is a dependency, so ``ALGORITHM`` is
+``xxh3_128``. Copies made before (``sha256``) keep verifying: a manifest names its algorithm, and
+``new_hasher`` builds any algorithm it knows.
 
 S3 ETags are never used as hashes (a multipart ETag is not an MD5 of the object).
 """
@@ -16,7 +15,7 @@ from __future__ import annotations
 import hashlib
 from typing import Protocol
 
-ALGORITHM = "sha256"  # the measured choice is "xxh3_128" once python-xxhash is a dependency
+ALGORITHM = "xxh3_128"  # the measured choice; earlier copies' "sha256" stays readable
 
 
 class Hasher(Protocol):
