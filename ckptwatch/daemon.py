@@ -60,10 +60,12 @@ class Row:
 def build_row(config: Config, state: StateStore, state_dir: str, log: object, clock: Callable[[], float],
               faults: FaultReporter, background: Background, dirty: DirtyScopes,
               rejudge: Callable[[WatchConfig, str, float], RunReport | None]) -> Row:
-    """state -> alerts -> resume pointer -> loss watch -> metrics -> retention (DESIGN.md). A new sink is a
-    line here. ``rejudge`` judges one run afresh from the disk (retention's re-check before deleting)."""
+    """state -> alerts -> resume pointer -> loss watch -> metrics -> mirror -> retention (DESIGN.md). A new
+    sink is a line here. ``rejudge`` judges one run afresh from the disk (retention's re-check before
+    deleting)."""
     from ckptwatch.alerts.service import ServiceAlerts
     from ckptwatch.losswatch.service import LossSink
+    from ckptwatch.mirror.service import MirrorSink
     from ckptwatch.retention.service import RetentionSink
     from ckptwatch.sinks.metrics import MetricsSink
     from ckptwatch.sinks.pointer import PointerSink
@@ -79,6 +81,8 @@ def build_row(config: Config, state: StateStore, state_dir: str, log: object, cl
                     is_active=dirty.active, plots_dir=os.path.join(state_dir, "plots"), log=log)
     sinks = (StateSink(state, log), alerts, PointerSink(log), loss,
              MetricsSink(config.service.metrics_port, loss.resume_ratio, log),
+             MirrorSink(alerts=alerts, faults=faults, background=background, log=log, clock=clock,
+                        schedule=dirty.schedule),
              RetentionSink(alerts=alerts, faults=faults, background=background, rejudge=rejudge, log=log))
     return Row(sinks, alerts)
 
