@@ -275,6 +275,9 @@ def cmd_config(args: argparse.Namespace) -> int:
                 print(f"  {line}")
             else:
                 warnings.append(line)  # a warning: the service still judges; its deletions would fail
+        if w.mirror is not None:
+            print(f"  watch[{i}] mirror: complete checkpoints copied to {w.mirror.to} "
+                  f"(verify {w.mirror.verify}, {w.mirror.parallel} files at once)")
     from ckptwatch.alerts.config import mask_url
 
     routes = {k: [mask_url(u) for u in v] for k, v in sorted(config.alerts.routes.items())}

@@ -21,7 +21,6 @@ target since it was committed stops a deletion even though this sink still remem
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from ckptwatch.config.mirror import MirrorConfig
 from ckptwatch.mirror import manifest as mf
 from ckptwatch.mirror.copy import Outcome, copy_name, mirror_checkpoint, why_not_mirrored
-from ckptwatch.mirror.targets import is_url, target_for
+from ckptwatch.mirror.targets import target_for
 from ckptwatch.model import RunReport, Status, Verdict
 from ckptwatch.sinks.base import Background, FaultReporter, Sink
 
@@ -61,14 +60,6 @@ def to_mirror(run: RunReport, config: MirrorConfig,
         else:
             skipped.append((v.path, why))
     return todo, skipped
-
-
-def inside(to: str, watch_root: str) -> bool:
-    """Is a local ``to`` the watched root or below it (its copies would be judged as checkpoints)?"""
-    if is_url(to):
-        return False
-    to, root = os.path.abspath(to), os.path.abspath(watch_root)
-    return to == root or to.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def copy_verifies(config: MirrorConfig, run_root: str, checkpoint: str) -> bool:
@@ -132,12 +123,9 @@ class MirrorSink(Sink):
         self._again: set[str] = set()  # judged while a job ran: look again when it ends
 
     def judged(self, watch: WatchConfig, run: RunReport, now: float) -> float | None:
-        config: MirrorConfig | None = getattr(watch, "mirror", None)
+        config = watch.mirror  # WatchConfig.checked refused a `to` inside the watched root
         if config is None:
             return None
-        if inside(config.to, watch.path):
-            raise ValueError(f"[watch.mirror] to = {config.to} is inside the watched root {watch.path}: its "
-                             "copies would be judged as checkpoints; choose a directory outside it")
         if run.root in self._busy:
             self._again.add(run.root)
             return None
