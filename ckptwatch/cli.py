@@ -137,7 +137,10 @@ def _retention_plans(targets: "list[WatchConfig]", reports: list[Any],
         from ckptwatch.retention.execute import plan_for, plan_json
 
         for run in report.runs:
-            out[run.root] = plan_json(plan_for(run, watch.retention, watch.path, now),
+            from ckptwatch.mirror.service import mirrored_check
+
+            out[run.root] = plan_json(plan_for(run, watch.retention, watch.path, now,
+                                               mirrored=mirrored_check(watch.mirror, run.root)),
                                       dry_run=watch.retention.dry_run)
     return out
 

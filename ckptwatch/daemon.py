@@ -79,11 +79,13 @@ def build_row(config: Config, state: StateStore, state_dir: str, log: object, cl
     faults.alerts = alerts
     loss = LossSink(alerts=alerts, hazards_of=state.hazard_messages, faults=faults, background=background,
                     is_active=dirty.active, plots_dir=os.path.join(state_dir, "plots"), log=log)
+    mirror = MirrorSink(alerts=alerts, faults=faults, background=background, log=log, clock=clock,
+                        schedule=dirty.schedule)
     sinks = (StateSink(state, log), alerts, PointerSink(log), loss,
              MetricsSink(config.service.metrics_port, loss.resume_ratio, log),
-             MirrorSink(alerts=alerts, faults=faults, background=background, log=log, clock=clock,
-                        schedule=dirty.schedule),
-             RetentionSink(alerts=alerts, faults=faults, background=background, rejudge=rejudge, log=log))
+             mirror,
+             RetentionSink(alerts=alerts, faults=faults, background=background, rejudge=rejudge, log=log,
+                           mirrored=mirror.is_committed))
     return Row(sinks, alerts)
 
 

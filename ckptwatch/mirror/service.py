@@ -81,6 +81,14 @@ def copy_verifies(config: MirrorConfig, run_root: str, checkpoint: str) -> bool:
         return False
 
 
+def mirrored_check(config: MirrorConfig | None, run_root: str) -> Callable[[str], bool] | None:
+    """Retention's ``mirrored`` predicate for a run, asking the target (``copy_verifies``); None when the
+    watch has no mirror (then nothing is held back for want of a copy)."""
+    if config is None:
+        return None
+    return lambda checkpoint: copy_verifies(config, run_root, checkpoint)
+
+
 @dataclass(frozen=True)
 class Attempt:
     """One checkpoint's outcome in a job, and how long it took."""
