@@ -65,6 +65,9 @@ def test_every_complete_checkpoint_is_mirrored_newest_first_and_logged(artefact,
             assert d.background.drain() == 0 and d.background.wait_idle(1)
         assert not [e for e in again if e["event"].startswith("mirror_")]
         assert d.sink("mirror").remembered() == {str(root / "run-a"), str(root / "run-b")}
+        shutil.rmtree(root / "run-b")  # a run that vanishes is forgotten by the next whole pass
+        _pass(d)
+        assert d.sink("mirror").remembered() == {str(root / "run-a")}
     finally:
         d.close()
 

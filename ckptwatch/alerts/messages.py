@@ -270,7 +270,16 @@ def mirror_failed_alert(*, run_root: str, checkpoint: str, target: str, error: s
                               f"fix the cause named above (space, permissions, credentials, the endpoint); "
                               f"ckptwatch retries in {human_duration(retry_in)} and on every rescan after "
                               "that. Until a copy is committed, retention keeps the checkpoint.", now),
-                 fingerprint=_error_class(error))
+                 fingerprint=_mirror_error_class(error))
+
+
+def _mirror_error_class(error: str) -> str:
+    """The mirror's errors name files first (``/backup/run/ckpt-5/x: No space left on device while copying
+    /data/...``): without its paths and numbers, the next checkpoint failing the same way is the same
+    alert, and a different cause is a new one."""
+    import re
+
+    return " ".join(re.sub(r"\d+", "N", re.sub(r"\S*/\S*", "", error)).split())
 
 
 def condition_cleared(key: AlertKey, *, host: str, now: float, detail: str) -> Alert:
