@@ -137,7 +137,10 @@ def _retention_plans(targets: "list[WatchConfig]", reports: list[Any],
         from ckptwatch.retention.execute import plan_for, plan_json
 
         for run in report.runs:
-            out[run.root] = plan_json(plan_for(run, watch.retention, watch.path, now),
+            from ckptwatch.mirror.service import mirrored_check
+
+            out[run.root] = plan_json(plan_for(run, watch.retention, watch.path, now,
+                                               mirrored=mirrored_check(watch.mirror, run.root)),
                                       dry_run=watch.retention.dry_run)
     return out
 
@@ -275,6 +278,9 @@ def cmd_config(args: argparse.Namespace) -> int:
                 print(f"  {line}")
             else:
                 warnings.append(line)  # a warning: the service still judges; its deletions would fail
+        if w.mirror is not None:
+            print(f"  watch[{i}] mirror: complete checkpoints copied to {w.mirror.to} "
+                  f"(verify {w.mirror.verify}, {w.mirror.parallel} files at once)")
     from ckptwatch.alerts.config import mask_url
 
     routes = {k: [mask_url(u) for u in v] for k, v in sorted(config.alerts.routes.items())}

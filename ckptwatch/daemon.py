@@ -60,10 +60,12 @@ class Row:
 def build_row(config: Config, state: StateStore, state_dir: str, log: object, clock: Callable[[], float],
               faults: FaultReporter, background: Background, dirty: DirtyScopes,
               rejudge: Callable[[WatchConfig, str, float], RunReport | None]) -> Row:
-    """state -> alerts -> resume pointer -> loss watch -> metrics -> retention (DESIGN.md). A new sink is a
-    line here. ``rejudge`` judges one run afresh from the disk (retention's re-check before deleting)."""
+    """state -> alerts -> resume pointer -> loss watch -> metrics -> mirror -> retention (DESIGN.md). A new
+    sink is a line here. ``rejudge`` judges one run afresh from the disk (retention's re-check before
+    deleting)."""
     from ckptwatch.alerts.service import ServiceAlerts
     from ckptwatch.losswatch.service import LossSink
+    from ckptwatch.mirror.service import MirrorSink
     from ckptwatch.retention.service import RetentionSink
     from ckptwatch.sinks.metrics import MetricsSink
     from ckptwatch.sinks.pointer import PointerSink
@@ -77,9 +79,13 @@ def build_row(config: Config, state: StateStore, state_dir: str, log: object, cl
     faults.alerts = alerts
     loss = LossSink(alerts=alerts, hazards_of=state.hazard_messages, faults=faults, background=background,
                     is_active=dirty.active, plots_dir=os.path.join(state_dir, "plots"), log=log)
+    mirror = MirrorSink(alerts=alerts, faults=faults, background=background, log=log, clock=clock,
+                        schedule=dirty.schedule)
     sinks = (StateSink(state, log), alerts, PointerSink(log), loss,
              MetricsSink(config.service.metrics_port, loss.resume_ratio, log),
-             RetentionSink(alerts=alerts, faults=faults, background=background, rejudge=rejudge, log=log))
+             mirror,
+             RetentionSink(alerts=alerts, faults=faults, background=background, rejudge=rejudge, log=log,
+                           mirrored=mirror.is_committed))
     return Row(sinks, alerts)
 
 

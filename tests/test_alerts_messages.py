@@ -229,3 +229,22 @@ def test_inferred_stall_never_fires_within_ten_minutes(gaps: list[float], silenc
     """Whatever the checkpoint cadence, the inferred threshold never calls a run stalled within 10 minutes."""
     times = [sum(gaps[:i]) for i in range(len(gaps) + 1)]
     assert stalled(times, times[-1] + silence, None, writing=False) is None
+
+
+def test_mirror_failed_message_names_run_checkpoint_target_error_and_retry() -> None:
+    """One alert per run (the key has no checkpoint); the same error class on another file is the same
+    alert (fingerprint), another class is a new one."""
+    error = "/backup/run-a/checkpoint-5000: [Errno 28] No space left on device while copying x"
+    a = m.mirror_failed_alert(run_root=RUN, checkpoint=CKPT, target="/backup/run-a/checkpoint-5000",
+                              error=error, host="gpu-node-7", now=NOW, retry_in=120)
+    assert (a.kind, a.severity, a.key) == ("mirror_failed", "error", (RUN, "", "mirror_failed"))
+    assert a.title == "[ckptwatch] run-a: mirror to /backup/run-a/checkpoint-5000 failed"
+    for text in ("Run:", RUN, "Checkpoint:", "checkpoint-5000", "Error:", "No space left on device",
+                 "retries in 2m", "retention keeps the checkpoint", "gpu-node-7"):
+        assert text in a.body, text
+    other_file = m.mirror_failed_alert(run_root=RUN, checkpoint=CKPT, target="t", error=error.replace(
+        "checkpoint-5000", "checkpoint-5500"), host="h", now=NOW, retry_in=60)
+    assert other_file.fingerprint == a.fingerprint
+    refused = m.mirror_failed_alert(run_root=RUN, checkpoint=CKPT, target="t", error="PermissionError: x",
+                                    host="h", now=NOW, retry_in=60)
+    assert refused.fingerprint != a.fingerprint

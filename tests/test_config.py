@@ -103,14 +103,41 @@ def test_example_config_documents_every_key() -> None:
     import re
 
     from ckptwatch.config import AlertsConfig, LossSettings, ServiceConfig, WatchConfig
+    from ckptwatch.config.mirror import MirrorConfig
     from ckptwatch.config.reader import keys_of
     from ckptwatch.config.retention import RetentionConfig
 
     text = (REPO / "config.example.toml").read_text()
     for table, cls in (("service", ServiceConfig), ("watch", WatchConfig), ("watch.loss", LossSettings),
-                       ("alerts", AlertsConfig), ("watch.retention", RetentionConfig)):
+                       ("alerts", AlertsConfig), ("watch.retention", RetentionConfig),
+                       ("watch.mirror", MirrorConfig)):
         for key in keys_of(cls):
             shown = re.search(rf"^#?\s*{re.escape(key)}\s*=", text, re.MULTILINE) \
                 or re.search(rf"^#?\s*\[{re.escape(table)}\.{re.escape(key)}\]", text, re.MULTILINE)
             assert shown, f"{table}.{key} is not in config.example.toml"
     assert re.search(r"^enabled\s*=", text, re.MULTILINE)  # [watch.loss]'s switch, read by WatchConfig
+
+
+def test_watch_mirror_table_is_read_and_checked(tmp_path: Path) -> None:
+    """[watch.mirror] is WatchConfig.mirror (None when absent); a `to` that is relative or inside the
+    watched root is refused naming watch[0].mirror.to; a key the copy does not honour (max_rate) is
+    refused."""
+    p = tmp_path / "c.toml"
+    p.write_text('[[watch]]\npath = "/data/runs"\n')
+    assert load_config(str(p)).watches[0].mirror is None
+    p.write_text('[[watch]]\npath = "/data/runs"\n[watch.mirror]\nto = "s3://bucket/ckpts"\n'
+                 'endpoint_url = "http://127.0.0.1:9000"\nverify = "full"\nparallel = 4\n')
+    m = load_config(str(p)).watches[0].mirror
+    assert m is not None and (m.to, m.endpoint_url, m.verify, m.parallel, m.mirror_hazards) == \
+        ("s3://bucket/ckpts", "http://127.0.0.1:9000", "full", 4, False)
+    for body, why in (('to = "/data/runs/backup"', "is inside the watched root /data/runs"),
+                      ('to = "/data/runs"', "is inside the watched root /data/runs"),
+                      ('to = "backup"', "is a relative path"),
+                      ('to = "/backup"\nmax_rate = "200M"', "max_rate"),
+                      ('verify = "size"', "watch[0].mirror.to")):
+        p.write_text(f'[[watch]]\npath = "/data/runs"\n[watch.mirror]\n{body}\n')
+        with pytest.raises(ConfigError) as err:
+            load_config(str(p))
+        assert str(p) in str(err.value) and "watch[0].mirror" in str(err.value) and why in str(err.value)
+    p.write_text('[[watch]]\npath = "/data/runs"\n[watch.mirror]\nto = "/data/runs-backup"\n')
+    assert load_config(str(p)).watches[0].mirror.to == "/data/runs-backup"  # a sibling, not inside

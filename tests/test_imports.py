@@ -88,6 +88,7 @@ FLOORS: dict[str, int] = {
     "ckptwatch.retention": PURE,  # the package itself is a docstring; its modules have their own floors
     "ckptwatch.retention.execute": LAYOUTS,  # facts -> plan -> refusals -> the deletion path, for one run
     "ckptwatch.retention.service": SINKS,  # the retention sink
+    "ckptwatch.mirror.service": SINKS,  # the mirror sink: copies on the background worker
     "ckptwatch.sinks": SINKS,  # the sink interface, the fault reporter, and the small sinks
     "ckptwatch.losswatch.service": SINKS,  # the loss watch's sink
     "ckptwatch.state": SINKS,

@@ -101,12 +101,12 @@ def test_mirror_config_defaults_and_errors():
     """[watch.mirror]: `to` is required; verify size|full (size by default); bad values name the key."""
     at = Location("c.toml", "watch[0].mirror")
     cfg = read_table({"to": "/backup"}, at, MirrorConfig)
-    assert (cfg.verify, cfg.parallel, cfg.max_rate, cfg.mirror_hazards) == ("size", 2, None, False)
-    raw = {"to": "/b", "verify": "full", "max_rate": "200M", "parallel": 4, "mirror_hazards": True}
+    assert (cfg.verify, cfg.parallel, cfg.mirror_hazards) == ("size", 2, False)
+    raw = {"to": "/b", "verify": "full", "parallel": 4, "mirror_hazards": True}
     cfg = read_table(raw, at, MirrorConfig)
-    assert (cfg.verify, cfg.max_rate, cfg.parallel, cfg.mirror_hazards) == ("full", 200 << 20, 4, True)
+    assert (cfg.verify, cfg.parallel, cfg.mirror_hazards) == ("full", 4, True)
     for raw, key in (({}, "to"), ({"to": "/b", "verify": "hash"}, "verify"), ({"to": "/b", "parallel": 0},
-                     "parallel"), ({"to": "/b", "max_rate": 0}, "max_rate"), ({"to": "/b", "bucket": "x"},
-                     "bucket")):
+                     "parallel"), ({"to": "/b", "max_rate": "200M"}, "max_rate"),  # not honoured yet: refused
+                     ({"to": "/b", "bucket": "x"}, "bucket")):
         with pytest.raises(ConfigError, match=rf"watch\[0\]\.mirror\.{key}"):
             read_table(raw, at, MirrorConfig)

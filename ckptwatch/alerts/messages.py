@@ -255,6 +255,33 @@ def retention_blocked_alert(*, run_root: str, host: str, now: float, why: str, a
                  fingerprint=why.split(" (", 1)[0])
 
 
+def mirror_failed_alert(*, run_root: str, checkpoint: str, target: str, error: str, host: str, now: float,
+                        retry_in: float) -> Alert:
+    """A checkpoint of the run could not be copied to its mirror target: the off-box backup is behind.
+
+    One alert per run (the key has no checkpoint): the next checkpoint failing the same way is the same
+    fault, not a new page. The fingerprint is the error's class, so a different fault is raised again.
+    """
+    return Alert(kind="mirror_failed", severity=KIND_SEVERITY["mirror_failed"],
+                 key=(run_root, "", "mirror_failed"),
+                 title=f"{PREFIX} {_name(run_root)}: mirror to {target} failed",
+                 body=_render([("Host", host), ("Run", run_root), ("Checkpoint", _name(checkpoint)),
+                               ("Target", target), ("Error", error)], [],
+                              f"fix the cause named above (space, permissions, credentials, the endpoint); "
+                              f"ckptwatch retries in {human_duration(retry_in)} and on every rescan after "
+                              "that. Until a copy is committed, retention keeps the checkpoint.", now),
+                 fingerprint=_mirror_error_class(error))
+
+
+def _mirror_error_class(error: str) -> str:
+    """The mirror's errors name files first (``/backup/run/ckpt-5/x: No space left on device while copying
+    /data/...``): without its paths and numbers, the next checkpoint failing the same way is the same
+    alert, and a different cause is a new one."""
+    import re
+
+    return " ".join(re.sub(r"\d+", "N", re.sub(r"\S*/\S*", "", error)).split())
+
+
 def condition_cleared(key: AlertKey, *, host: str, now: float, detail: str) -> Alert:
     """A generic recovery notice for a condition (``stalled``, ``disk_low``, ``service_error``)."""
     scope, checkpoint, kind = key

@@ -112,6 +112,19 @@ class ServiceAlerts(Sink):
             self._apply((), ((key, messages.condition_cleared(key, host=self.host, now=now,
                                                               detail="retention works again")),))
 
+    def mirror_failed(self, run_root: str, checkpoint: str, target: str, error: str, *, retry_in: float,
+                      now: float) -> None:
+        if self.enabled:
+            self._apply((messages.mirror_failed_alert(run_root=run_root, checkpoint=checkpoint, target=target,
+                                                      error=error, host=self.host, now=now,
+                                                      retry_in=retry_in),), ())
+
+    def mirror_ok(self, run_root: str, *, now: float) -> None:
+        key = (run_root, "", "mirror_failed")
+        if self.enabled and key in self._open:
+            self._apply((), ((key, messages.condition_cleared(key, host=self.host, now=now,
+                                                              detail="the mirror commits copies again")),))
+
     def check_disk(self, path: str, next_save_bytes: int | None, *, now: float) -> None:
         """disk_low for the filesystem holding a watched root (psutil); cleared with hysteresis."""
         if not self.enabled:

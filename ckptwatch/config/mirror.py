@@ -1,8 +1,9 @@
 """``[watch.mirror]``: where complete checkpoints are copied, and how the copy is proven.
 
-Not read from config files yet: ``WatchConfig`` has no ``mirror`` field, because the service has no
-mirror sink, and a key that is accepted and does nothing must not ship. ``ckptwatch mirror`` builds this
-section from its flags; wiring it in is the three steps in ``ckptwatch.config``'s docstring.
+Read from ``[[watch]]``'s ``[watch.mirror]`` table (``WatchConfig.mirror``; the service's mirror sink,
+``mirror.service``, copies for the watches that have it); ``ckptwatch mirror`` builds the same section
+from its flags. Only keys that the copy honours are accepted: a bandwidth cap (``max_rate``) comes back
+with the token bucket that implements it (docs/mirror-todo.md).
 
 Keys, defaults and why:
 
@@ -17,8 +18,6 @@ Keys, defaults and why:
   the I/O, for a target whose writes one does not trust (a flaky mount).
 - ``parallel = 2``: files copied at once. Both the hash and the reads/writes release the GIL, and this
   machine kind has two cores; object stores want more (a later default for s3 URLs).
-- ``max_rate``: a bandwidth cap in bytes per second (``"200M"``). Off by default. Not yet honoured by the
-  copy; until it is, this section is not wired into config files.
 - ``mirror_hazards = false``: a complete checkpoint with a blocking resume hazard (one whose resume would
   load the wrong weights) is not mirrored, with the reason; ``true`` mirrors it anyway.
 """
@@ -27,8 +26,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ckptwatch.config.kinds import Boolean, OneOf, Size, Text, Whole
-from ckptwatch.config.reader import Location, setting
+from ckptwatch.config.kinds import Boolean, OneOf, Text, Whole
+from ckptwatch.config.reader import setting
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,10 +37,5 @@ class MirrorConfig:
     endpoint_url: str | None = setting(Text("an http(s) URL of an S3-compatible endpoint"), default=None)
     verify: str = setting(OneOf("size", "full"), default="size")
     parallel: int = setting(Whole(1, 64), default=2)
-    max_rate: int | None = setting(Size(), default=None)  # bytes per second
     mirror_hazards: bool = setting(Boolean(), default=False)
 
-    def checked(self, at: Location) -> MirrorConfig:
-        if self.max_rate is not None and self.max_rate <= 0:
-            raise at.key("max_rate").error(f"must be a positive rate such as \"200M\", not {self.max_rate}")
-        return self

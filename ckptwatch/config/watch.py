@@ -4,7 +4,7 @@ Defaults: ``layout = "auto"`` (the registry recognises the framework), ``expecte
 (inferred from metadata or sibling checkpoints), ``observer = "auto"`` (polling on network and
 parallel filesystems, where inotify sees no remote writes; inotify elsewhere), ``latest_good = false``
 (the service writes into a run dir only when asked), and the loss watch on with the defaults of
-``[watch.loss]``.
+``[watch.loss]``. ``[watch.retention]`` and ``[watch.mirror]`` are off unless their table is present.
 
 A sub-table of ``[[watch]]`` (``[watch.loss]``) is one field here whose kind is ``Table(TheSection)``;
 see the package docstring for the steps.
@@ -12,11 +12,13 @@ see the package docstring for the steps.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from ckptwatch.config.kinds import Boolean, OneOf, Path, Table, Whole
 from ckptwatch.config.loss import LossSettings
-from ckptwatch.config.reader import setting
+from ckptwatch.config.mirror import MirrorConfig
+from ckptwatch.config.reader import Location, setting
 from ckptwatch.config.retention import RetentionConfig
 from ckptwatch.layouts.registry import NAMES
 
@@ -32,3 +34,23 @@ class WatchConfig:
                                         default=LossSettings())  # None: [watch.loss] enabled = false
     retention: RetentionConfig | None = setting(Table(RetentionConfig, "a table ([watch.retention])"),
                                                 default=None)  # None: no retention, nothing is deleted
+    mirror: MirrorConfig | None = setting(Table(MirrorConfig, "a table ([watch.mirror])"),
+                                          default=None)  # None: nothing is copied off the box
+
+    def checked(self, at: Location) -> WatchConfig:
+        if self.mirror is not None and "://" not in self.mirror.to and not os.path.isabs(self.mirror.to):
+            raise at.key("mirror").key("to").error(
+                f"{self.mirror.to!r} is a relative path: give an absolute directory or an s3:// URL")
+        if self.mirror is not None and _inside(self.mirror.to, self.path):
+            raise at.key("mirror").key("to").error(
+                f"{self.mirror.to} is inside the watched root {self.path}: its copies would be judged as "
+                "checkpoints of the run; choose a directory outside it")
+        return self
+
+
+def _inside(to: str, root: str) -> bool:
+    """Is ``to`` (a path; never a URL) the root or below it?"""
+    if "://" in to:
+        return False
+    to, root = os.path.abspath(to), os.path.abspath(root)
+    return to == root or to.startswith(root.rstrip(os.sep) + os.sep)

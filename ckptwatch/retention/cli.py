@@ -98,6 +98,7 @@ def _targets(args: argparse.Namespace) -> list[tuple[WatchConfig, RetentionConfi
 def cmd_prune(args: argparse.Namespace) -> int:
     from ckptwatch.cliargs import check_options
     from ckptwatch.engine import check_root, check_run_dir
+    from ckptwatch.mirror.service import mirrored_check
     from ckptwatch.retention import execute
 
     now = time.time()
@@ -112,7 +113,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         if recovered:  # a crash interrupted a deletion: judge the run as the recovery left it
             root_report = check_root(watch.path, opts, now, layout=watch.layout)
         for run in root_report.runs:
-            run_plan = execute.plan_for(run, policy, watch.path, now)
+            mirrored = mirrored_check(watch.mirror, run.root)  # nothing unmirrored is deleted
+            run_plan = execute.plan_for(run, policy, watch.path, now, mirrored=mirrored)
             item = {"root": run.root, "retention": execute.plan_json(run_plan, dry_run=args.dry_run),
                     "outcomes": []}
             blocked_or_refused |= bool(run_plan.blocked)
@@ -122,7 +124,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
                     same = os.path.normpath(root)
                     return next((r for r in runs or () if os.path.normpath(r.root) == same), None)
 
-                outcomes = execute.prune(run_plan, policy, watch.path, now, rejudge)
+                outcomes = execute.prune(run_plan, policy, watch.path, now, rejudge, mirrored=mirrored)
                 item["outcomes"] = [{"path": o.path, "result": o.result, "bytes": o.bytes, "reason": o.reason}
                                     for o in outcomes]
                 blocked_or_refused |= any(o.result == "refused" for o in outcomes)

@@ -46,8 +46,12 @@ class RetentionSink(Sink):
     name = "retention"
 
     def __init__(self, *, alerts: Any, faults: FaultReporter, background: Background,
-                 rejudge: Callable[[WatchConfig, str, float], RunReport | None], log: Any) -> None:
+                 rejudge: Callable[[WatchConfig, str, float], RunReport | None], log: Any,
+                 mirrored: Callable[[str, str], bool] | None = None) -> None:
         self.alerts = alerts
+        # (run root, checkpoint) -> known committed on the mirror target (the mirror sink's memory, no I/O):
+        # what the plan on the loop thread uses; the worker asks the target itself before each deletion.
+        self.mirrored = mirrored
         self.faults = faults
         self.background = background
         self.rejudge = rejudge
@@ -80,7 +84,8 @@ class RetentionSink(Sink):
                 self.background.submit(lambda: execute.recover_run(run),
                                        lambda done: self._recovery_done(run.root, done))
                 return now + 0.1
-        run_plan = execute.plan_for(run, policy, watch.path, now,
+        known, verified = self._mirror_guards(watch, run.root)
+        run_plan = execute.plan_for(run, policy, watch.path, now, mirrored=known,
                                     previous_complete=self._complete.get(run.root),
                                     root_changed=self._root_changed(watch.path))
         self._complete[run.root] = run_plan.complete
@@ -102,9 +107,26 @@ class RetentionSink(Sink):
         self._busy.add(run.root)
         self.background.submit(
             lambda: execute.prune(run_plan, policy, watch.path, now,
-                                  rejudge=lambda: self.rejudge(watch, run.root, now)),
+                                  rejudge=lambda: self.rejudge(watch, run.root, now), mirrored=verified),
             lambda outcomes: self._done(run.root, outcomes))
         return None
+
+    def _mirror_guards(self, watch: WatchConfig, run_root: str) -> tuple[Callable[[str], bool] | None,
+                                                                         Callable[[str], bool] | None]:
+        """(for the plan, for the re-check before deleting): None and None when the watch has no mirror.
+
+        DESIGN.md invariant 3: with a mirror configured, a checkpoint without a committed copy on the target
+        that verifies (by size at least) is never deleted. The plan uses the mirror sink's memory; the
+        worker's fresh plan asks the target, so a copy removed since it was committed stops the deletion.
+        """
+        config = watch.mirror
+        if config is None:
+            return None, None
+        from ckptwatch.mirror.service import mirrored_check
+
+        memory = self.mirrored
+        known = (lambda path: memory(run_root, path)) if memory is not None else (lambda path: False)
+        return known, mirrored_check(config, run_root)
 
     def _recovery_done(self, run_root: str, done: list[str] | BaseException) -> None:
         self._busy.discard(run_root)
