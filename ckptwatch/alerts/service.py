@@ -96,10 +96,7 @@ class ServiceAlerts(Sink):
                                                       now=now, action=action),), ())
 
     def service_ok(self, component: str, *, now: float) -> None:
-        key = ("service", component, "service_error")
-        if self.enabled and key in self._open:
-            self._apply((), ((key, messages.condition_cleared(key, host=self.host, now=now,
-                                                              detail=f"{component} works again")),))
+        self._clear(("service", component, "service_error"), f"{component} works again", now)
 
     def retention_blocked(self, run_root: str, why: str, advice: str, *, now: float) -> None:
         if self.enabled:
@@ -107,10 +104,7 @@ class ServiceAlerts(Sink):
                                                           advice=advice),), ())
 
     def retention_ok(self, run_root: str, *, now: float) -> None:
-        key = (run_root, "", "retention_blocked")
-        if self.enabled and key in self._open:
-            self._apply((), ((key, messages.condition_cleared(key, host=self.host, now=now,
-                                                              detail="retention works again")),))
+        self._clear((run_root, "", "retention_blocked"), "retention works again", now)
 
     def mirror_failed(self, run_root: str, checkpoint: str, target: str, error: str, *, retry_in: float,
                       now: float) -> None:
@@ -120,10 +114,12 @@ class ServiceAlerts(Sink):
                                                       retry_in=retry_in),), ())
 
     def mirror_ok(self, run_root: str, *, now: float) -> None:
-        key = (run_root, "", "mirror_failed")
+        self._clear((run_root, "", "mirror_failed"), "the mirror commits copies again", now)
+
+    def _clear(self, key: AlertKey, detail: str, now: float) -> None:
+        """Send the RESOLVED notice of an open condition alert (nothing when it is not open)."""
         if self.enabled and key in self._open:
-            self._apply((), ((key, messages.condition_cleared(key, host=self.host, now=now,
-                                                              detail="the mirror commits copies again")),))
+            self._apply((), ((key, messages.condition_cleared(key, host=self.host, now=now, detail=detail)),))
 
     def check_disk(self, path: str, next_save_bytes: int | None, *, now: float) -> None:
         """disk_low for the filesystem holding a watched root (psutil); cleared with hysteresis."""
