@@ -6,6 +6,11 @@ every write, fsync, rename, unlink, utime and mkdir the process makes is counted
 numbered ``CKPTWATCH_KILL_AT`` the process sends itself SIGKILL: a real kill -9 (no handler, no cleanup,
 no flush) at a chosen point of the copy. ``CKPTWATCH_KILL_AT=0`` kills never; with
 ``CKPTWATCH_COUNT_FILE`` set, the number of calls made is written there at exit.
+
+``CKPTWATCH_KILL_ON=s3`` counts the HTTP requests to the S3 endpoint instead (aiobotocore's
+``AioEndpoint._send``, under s3fs: every list, head, put, multipart part, complete and delete), so a
+kill lands between two requests of an upload: after some parts of a multipart upload went up, between
+an object and the manifest, between the manifest and the commit marker.
 """
 
 from __future__ import annotations
@@ -29,8 +34,21 @@ def main() -> int:
             return fn(*args, **kwargs)
         return call
 
-    for name in COUNTED:
-        setattr(os, name, counted(getattr(os, name)))
+    if os.environ.get("CKPTWATCH_KILL_ON") == "s3":
+        from aiobotocore.endpoint import AioEndpoint
+
+        send = AioEndpoint._send
+
+        async def counted_send(self, request):
+            calls[0] += 1
+            if calls[0] == at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return await send(self, request)
+
+        AioEndpoint._send = counted_send
+    else:
+        for name in COUNTED:
+            setattr(os, name, counted(getattr(os, name)))
     from ckptwatch.cli import main as cli
 
     code = cli(sys.argv[1:])
