@@ -279,8 +279,11 @@ def cmd_config(args: argparse.Namespace) -> int:
             else:
                 warnings.append(line)  # a warning: the service still judges; its deletions would fail
         if w.mirror is not None:
+            from ckptwatch.alerts.messages import human_bytes
+
+            cap = f", at most {human_bytes(w.mirror.max_rate)}/s" if w.mirror.max_rate else ""
             print(f"  watch[{i}] mirror: complete checkpoints copied to {w.mirror.to} "
-                  f"(verify {w.mirror.verify}, {w.mirror.parallel} files at once)")
+                  f"(verify {w.mirror.verify}, {w.mirror.parallel} files at once{cap})")
     from ckptwatch.alerts.config import mask_url
 
     routes = {k: [mask_url(u) for u in v] for k, v in sorted(config.alerts.routes.items())}

@@ -50,6 +50,8 @@ FLOORS: dict[str, int] = {
     "ckptwatch.mirror.targets": READERS,  # which target a `to` value names (a path or a URL)
     "ckptwatch.mirror.manifest": READERS,  # manifest, commit marker, journal: format and I/O via a target
     "ckptwatch.mirror.restore": READERS,  # restore and verify a committed copy
+    "ckptwatch.mirror.wrap": READERS,  # a Target passing every call on: the base of the two below
+    "ckptwatch.mirror.throttle": READERS,  # max_rate: the token bucket around a target's uploads
     "ckptwatch.mirror.copy": LAYOUTS,  # one checkpoint's files (scan.tree) -> a committed copy
     "ckptwatch.retention.model": PURE,  # the plan's types, below policy and guards
     "ckptwatch.retention.policy": PURE,  # the keep rules and the plan

@@ -37,6 +37,9 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
                    help="size (default): check the copy's sizes; full: re-read and re-hash it before "
                         "committing")
     p.add_argument("--parallel", type=positive_int, default=None, metavar="N", help="files copied at once")
+    p.add_argument("--max-rate", type=rate, default=None, metavar="RATE",
+                   help="cap what the mirror writes at RATE bytes per second, all files together (e.g. "
+                        "100MB, 1GiB: binary units; default: no cap)")
     p.add_argument("--mirror-hazards", action="store_true",
                    help="also mirror complete checkpoints whose resume hazards would load the wrong weights")
     add_check_args(p)
@@ -45,6 +48,16 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     add_endpoint_arg(r)
     r.add_argument("dest", metavar="DEST", help="a new directory to restore into")
     r.add_argument("--json", action="store_true")
+
+
+def rate(text: str) -> int:
+    """``--max-rate``: bytes per second, read as ``[watch.mirror] max_rate`` is."""
+    from ckptwatch.config.mirror import parse_rate
+
+    try:
+        return parse_rate(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_endpoint_arg(p: argparse.ArgumentParser) -> None:
@@ -74,6 +87,7 @@ def cmd_mirror(args: argparse.Namespace) -> int:
     from ckptwatch.engine import check_root
     from ckptwatch.mirror.copy import mirror_run
     from ckptwatch.mirror.targets import is_url
+    from ckptwatch.mirror.throttle import throttled
 
     path = os.path.abspath(args.path)
     if not os.path.isdir(path):
@@ -84,8 +98,8 @@ def cmd_mirror(args: argparse.Namespace) -> int:
                          "of the run (choose a directory outside it)")
     config = override(MirrorConfig(to=to), {"verify": args.verify, "parallel": args.parallel,
                                             "mirror_hazards": args.mirror_hazards or None,
-                                            "endpoint_url": args.endpoint_url})
-    target = _target(config.to, config.endpoint_url)
+                                            "endpoint_url": args.endpoint_url, "max_rate": args.max_rate})
+    target = throttled(_target(config.to, config.endpoint_url), config.max_rate)  # one bucket for all runs
     watch = WatchConfig(path=path, layout=args.layout, expected_ranks=args.expected_ranks)
     now = time.time()
     report = check_root(path, check_options(args, None, watch), now, layout=args.layout)

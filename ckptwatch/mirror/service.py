@@ -30,6 +30,7 @@ from ckptwatch.config.mirror import MirrorConfig
 from ckptwatch.mirror import manifest as mf
 from ckptwatch.mirror.copy import Outcome, copy_name, mirror_checkpoint, why_not_mirrored
 from ckptwatch.mirror.targets import target_for
+from ckptwatch.mirror.throttle import throttled
 from ckptwatch.model import RunReport, Status, Verdict
 from ckptwatch.sinks.base import Background, FaultReporter, Sink
 
@@ -98,8 +99,9 @@ class Attempt:
 
 
 def run_job(todo: list[Verdict], run_root: str, config: MirrorConfig, now: float) -> list[Attempt]:
-    """On the worker: mirror ``todo`` in order, stopping at the first failure."""
-    target = target_for(config.to, endpoint_url=config.endpoint_url)
+    """On the worker: mirror ``todo`` in order, stopping at the first failure. One token bucket
+    (``max_rate``) for the whole job."""
+    target = throttled(target_for(config.to, endpoint_url=config.endpoint_url), config.max_rate)
     out: list[Attempt] = []
     for v in todo:
         started = time.monotonic()
