@@ -13,10 +13,12 @@ hazard; ``restore`` 0 restored, 1 refused (the file named); ``verify`` of a copy
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from ckptwatch.errors import EXIT_OK, EXIT_PROBLEMS, UsageError
@@ -85,7 +87,7 @@ def cmd_mirror(args: argparse.Namespace) -> int:
     from ckptwatch.config import WatchConfig, override
     from ckptwatch.config.mirror import MirrorConfig
     from ckptwatch.engine import check_root
-    from ckptwatch.mirror.copy import mirror_run
+    from ckptwatch.mirror.copy import mirror_checkpoint
     from ckptwatch.mirror.targets import is_url
     from ckptwatch.mirror.throttle import throttled
 
@@ -106,8 +108,11 @@ def cmd_mirror(args: argparse.Namespace) -> int:
     code = EXIT_OK
     runs: list[dict[str, Any]] = []
     for run in report.runs:
-        outcomes = mirror_run(run, target, config, now=now)
-        for o in outcomes:
+        outcomes = []
+        for v in reversed(run.checkpoints):  # newest first, as copy.mirror_run
+            with _metered(target, v.bytes, os.path.basename(v.path), json=args.json) as shown:
+                o = mirror_checkpoint(v, run.root, shown, config, now=now)
+            outcomes.append(o)
             hazard_skip = o.result == "skipped" and o.reason.startswith("complete")
             if o.result in ("failed", "conflict") or hazard_skip:
                 code = EXIT_PROBLEMS
@@ -121,6 +126,24 @@ def cmd_mirror(args: argparse.Namespace) -> int:
     elif not report.runs:
         print(f"ckptwatch: no checkpoints found under {path}", file=sys.stderr)
     return code
+
+
+@contextlib.contextmanager
+def _metered(target: Any, total: int, desc: str, *, json: bool, reads: bool = False) -> Iterator[Any]:
+    """``target``, its upload bytes (``reads``: its read bytes) feeding a progress bar while the block
+    runs; ``target`` itself when no bar is drawn (not a terminal, or ``--json``)."""
+    from ckptwatch.progressbar import bar
+
+    shown = bar(total, desc, json=json)
+    if shown is None:
+        yield target
+        return
+    from ckptwatch.mirror.manifest import OURS
+    from ckptwatch.mirror.progress import CountingTarget
+
+    with shown:  # our own names (manifest, marker, journal) are not in the bar's total
+        yield CountingTarget(target, shown.add, writes=not reads, reads=reads,
+                             counted=lambda name: name.rsplit("/", 1)[-1] not in OURS)
 
 
 def _print_outcome(o: Any) -> None:
@@ -157,7 +180,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.copy}: not a directory (COPY is <to>/<run>/<checkpoint>)")
     try:
         try:
-            manifest = restore(_target(copy, args.endpoint_url), "", args.dest)
+            target = _target(copy, args.endpoint_url)
+            with _metered(target, _copy_bytes(target, args.json), os.path.basename(copy.rstrip("/")),
+                          json=args.json, reads=True) as shown:
+                manifest = restore(shown, "", args.dest)
         except OSError as exc:  # the copy's storage cannot be reached or read (nothing is left at DEST)
             raise RestoreRefused(_unreadable(exc, copy)) from None
     except RestoreRefused as exc:
@@ -179,6 +205,22 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _copy_bytes(target: Any, json: bool) -> int:
+    """The bytes a restore or check of the copy will read (its manifest's total), for the bar's length;
+    0 when no bar is drawn or the copy has no readable manifest (the restore then says why)."""
+    from ckptwatch.progressbar import wanted
+
+    if not wanted(json=json):
+        return 0
+    from ckptwatch.mirror import manifest as mf
+
+    try:
+        state = mf.copy_state(target, "")
+    except (OSError, mf.ManifestError):
+        return 0
+    return state.manifest.bytes if state.manifest is not None else 0
+
+
 def cmd_verify_copy(args: argparse.Namespace) -> int:
     """``verify`` on a copy's directory: check it in place against its manifest."""
     from ckptwatch.mirror.restore import verify_copy
@@ -187,7 +229,9 @@ def cmd_verify_copy(args: argparse.Namespace) -> int:
     copy = args.path if is_url(args.path) else os.path.abspath(args.path)
     target = _target(copy, getattr(args, "endpoint_url", None))
     try:
-        manifest, findings = verify_copy(target, "")
+        with _metered(target, _copy_bytes(target, args.json), os.path.basename(copy.rstrip("/")),
+                      json=args.json, reads=True) as shown:
+            manifest, findings = verify_copy(shown, "")
     except OSError as exc:  # the copy's storage cannot be reached or read
         manifest, findings = None, _unreadable(exc, copy)
     if args.json:
