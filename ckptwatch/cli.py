@@ -8,9 +8,12 @@ Bad *checkpoints* are findings, never exceptions.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import stat
 import sys
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Sequence
 
 from ckptwatch import __version__
@@ -158,7 +161,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from ckptwatch.verify import verify_path
 
     opts = _options(args)
-    result = verify_path(path, opts, time.time(), layout=args.layout)
+    with _deep_bar(path, args) if args.deep else contextlib.nullcontext():
+        result = verify_path(path, opts, time.time(), layout=args.layout)
     if args.json:
         import json
 
@@ -169,6 +173,40 @@ def cmd_verify(args: argparse.Namespace) -> int:
         write_table([result.as_root_report()])
     v = result.verdict
     return EXIT_OK if v.status.value == "complete" and not v.hazards else EXIT_PROBLEMS
+
+
+@contextlib.contextmanager
+def _deep_bar(path: str, args: argparse.Namespace) -> Iterator[None]:
+    """A bytes bar of ``verify --deep``'s reads (on a terminal, without --json): the format readers'
+    streaming reads (``formats._stream.read_progress``) count against the checkpoint's file sizes."""
+    from ckptwatch.progressbar import Bar, wanted
+
+    if not wanted(json=args.json):
+        yield
+        return
+    from ckptwatch.formats._stream import read_progress
+
+    with Bar(_tree_bytes(path), os.path.basename(path)) as shown:
+        previous = read_progress(shown.add)
+        try:
+            yield
+        finally:
+            read_progress(previous)
+
+
+def _tree_bytes(path: str) -> int:
+    """The apparent size of the regular files at or below ``path`` (links not followed)."""
+    if not os.path.isdir(path):
+        return os.path.getsize(path)
+    total = 0
+    for d, _, files in os.walk(path):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(d, name))
+            except OSError:
+                continue
+            total += st.st_size if stat.S_ISREG(st.st_mode) else 0
+    return total
 
 
 def cmd_latest(args: argparse.Namespace) -> int:
@@ -279,8 +317,11 @@ def cmd_config(args: argparse.Namespace) -> int:
             else:
                 warnings.append(line)  # a warning: the service still judges; its deletions would fail
         if w.mirror is not None:
+            from ckptwatch.alerts.messages import human_bytes
+
+            cap = f", at most {human_bytes(w.mirror.max_rate)}/s" if w.mirror.max_rate else ""
             print(f"  watch[{i}] mirror: complete checkpoints copied to {w.mirror.to} "
-                  f"(verify {w.mirror.verify}, {w.mirror.parallel} files at once)")
+                  f"(verify {w.mirror.verify}, {w.mirror.parallel} files at once{cap})")
     from ckptwatch.alerts.config import mask_url
 
     routes = {k: [mask_url(u) for u in v] for k, v in sorted(config.alerts.routes.items())}

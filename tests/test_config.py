@@ -120,8 +120,8 @@ def test_example_config_documents_every_key() -> None:
 
 def test_watch_mirror_table_is_read_and_checked(tmp_path: Path) -> None:
     """[watch.mirror] is WatchConfig.mirror (None when absent); a `to` that is relative or inside the
-    watched root is refused naming watch[0].mirror.to; a key the copy does not honour (max_rate) is
-    refused."""
+    watched root is refused naming watch[0].mirror.to; max_rate is read as bytes/s, and one that is no
+    rate is refused naming it."""
     p = tmp_path / "c.toml"
     p.write_text('[[watch]]\npath = "/data/runs"\n')
     assert load_config(str(p)).watches[0].mirror is None
@@ -133,11 +133,13 @@ def test_watch_mirror_table_is_read_and_checked(tmp_path: Path) -> None:
     for body, why in (('to = "/data/runs/backup"', "is inside the watched root /data/runs"),
                       ('to = "/data/runs"', "is inside the watched root /data/runs"),
                       ('to = "backup"', "is a relative path"),
-                      ('to = "/backup"\nmax_rate = "200M"', "max_rate"),
+                      ('to = "/backup"\nmax_rate = "fast"', "watch[0].mirror.max_rate: 'fast' is not a rate"),
                       ('verify = "size"', "watch[0].mirror.to")):
         p.write_text(f'[[watch]]\npath = "/data/runs"\n[watch.mirror]\n{body}\n')
         with pytest.raises(ConfigError) as err:
             load_config(str(p))
         assert str(p) in str(err.value) and "watch[0].mirror" in str(err.value) and why in str(err.value)
+    p.write_text('[[watch]]\npath = "/data/runs"\n[watch.mirror]\nto = "/backup"\nmax_rate = "200M"\n')
+    assert load_config(str(p)).watches[0].mirror.max_rate == 200 << 20
     p.write_text('[[watch]]\npath = "/data/runs"\n[watch.mirror]\nto = "/data/runs-backup"\n')
     assert load_config(str(p)).watches[0].mirror.to == "/data/runs-backup"  # a sibling, not inside

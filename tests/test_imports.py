@@ -50,6 +50,9 @@ FLOORS: dict[str, int] = {
     "ckptwatch.mirror.targets": READERS,  # which target a `to` value names (a path or a URL)
     "ckptwatch.mirror.manifest": READERS,  # manifest, commit marker, journal: format and I/O via a target
     "ckptwatch.mirror.restore": READERS,  # restore and verify a committed copy
+    "ckptwatch.mirror.wrap": READERS,  # a Target passing every call on: the base of the two below
+    "ckptwatch.mirror.throttle": READERS,  # max_rate: the token bucket around a target's uploads
+    "ckptwatch.mirror.progress": READERS,  # byte counters around a target, percent steps
     "ckptwatch.mirror.copy": LAYOUTS,  # one checkpoint's files (scan.tree) -> a committed copy
     "ckptwatch.retention.model": PURE,  # the plan's types, below policy and guards
     "ckptwatch.retention.policy": PURE,  # the keep rules and the plan
@@ -100,6 +103,7 @@ FLOORS: dict[str, int] = {
     "ckptwatch.observers": DAEMON,  # the daemon's filesystem observers
     "ckptwatch.cli": CLI,
     "ckptwatch.cliargs": CLI,  # the check flags several commands share
+    "ckptwatch.progressbar": CLI,  # tqdm bars on a terminal for mirror, restore, verify --deep
     "ckptwatch.__main__": CLI,
     "ckptwatch.alerts.cli": CLI,
     "ckptwatch.losswatch.cli": CLI,

@@ -98,15 +98,20 @@ def test_hash_choice_is_one_line():
 
 
 def test_mirror_config_defaults_and_errors():
-    """[watch.mirror]: `to` is required; verify size|full (size by default); bad values name the key."""
+    """[watch.mirror]: `to` is required; verify size|full (size by default); max_rate off, else bytes/s from
+    a number or a size (min_free's units, "/s" allowed); bad values name the key."""
     at = Location("c.toml", "watch[0].mirror")
     cfg = read_table({"to": "/backup"}, at, MirrorConfig)
-    assert (cfg.verify, cfg.parallel, cfg.mirror_hazards) == ("size", 2, False)
-    raw = {"to": "/b", "verify": "full", "parallel": 4, "mirror_hazards": True}
+    assert (cfg.verify, cfg.parallel, cfg.mirror_hazards, cfg.max_rate) == ("size", 2, False, None)
+    raw = {"to": "/b", "verify": "full", "parallel": 4, "mirror_hazards": True, "max_rate": "100MB"}
     cfg = read_table(raw, at, MirrorConfig)
-    assert (cfg.verify, cfg.parallel, cfg.mirror_hazards) == ("full", 4, True)
+    assert (cfg.verify, cfg.parallel, cfg.mirror_hazards, cfg.max_rate) == ("full", 4, True, 100 << 20)
+    for given, rate in (("1GiB", 1 << 30), ("50M/s", 50 << 20), (1_000_000, 1_000_000), ("2.5K", 2560)):
+        assert read_table({"to": "/b", "max_rate": given}, at, MirrorConfig).max_rate == rate
     for raw, key in (({}, "to"), ({"to": "/b", "verify": "hash"}, "verify"), ({"to": "/b", "parallel": 0},
-                     "parallel"), ({"to": "/b", "max_rate": "200M"}, "max_rate"),  # not honoured yet: refused
-                     ({"to": "/b", "bucket": "x"}, "bucket")):
+                     "parallel"), ({"to": "/b", "max_rate": 0}, "max_rate"),
+                     ({"to": "/b", "max_rate": "fast"}, "max_rate"), ({"to": "/b", "max_rate": True},
+                     "max_rate"), ({"to": "/b", "max_rate": -5}, "max_rate"), ({"to": "/b", "bucket": "x"},
+                     "bucket")):
         with pytest.raises(ConfigError, match=rf"watch\[0\]\.mirror\.{key}"):
             read_table(raw, at, MirrorConfig)

@@ -54,6 +54,18 @@ def _pick_crc() -> tuple[str, Callable[..., int], Callable[[int, int, int], int]
 
 CRC_IMPL, crc32, _crc32_combine, _CRC_RELEASES_GIL = _pick_crc()
 
+# Told the size of every chunk the streaming reads below deliver (``verify --deep``'s progress bar); None
+# (the default, and the service's setting) costs one comparison per 4 MiB chunk.
+_on_read: Callable[[int], None] | None = None
+
+
+def read_progress(callback: Callable[[int], None] | None) -> Callable[[int], None] | None:
+    """Set the function told the size of each chunk streamed by the deep reads (None: nobody); returns
+    the previous one, to be put back. It may be called from the readers' threads."""
+    global _on_read
+    previous, _on_read = _on_read, callback
+    return previous
+
 
 def run_check(path: str, body: Callable[[int, str, int, list[Problem], dict[str, Any]], None], *,
               opened: int | None = None) -> FileCheck:
@@ -157,6 +169,8 @@ def iter_range(fd: int, start: int, end: int, path: str, buf: AlignedBuffer) -> 
                 "truncated", f"{display(path)} ends at byte {pos}, but bytes up to {end} are needed"
             )
         view = mv[skew : skew + got]
+        if _on_read is not None:
+            _on_read(got)
         try:
             yield view
         finally:
@@ -215,6 +229,8 @@ def _crc_pipelined(fd: int, ranges: list[tuple[int, int]], path: str) -> list[in
                 pending = ex.submit(read, piece, bufs[turn]) if piece else None
                 with current.view[skew : skew + got] as chunk:
                     crcs[index] = crc32(chunk, crcs[index])
+                if _on_read is not None:
+                    _on_read(got)
     finally:
         for b in bufs:
             b.close()

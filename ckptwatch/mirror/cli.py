@@ -13,10 +13,12 @@ hazard; ``restore`` 0 restored, 1 refused (the file named); ``verify`` of a copy
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from ckptwatch.errors import EXIT_OK, EXIT_PROBLEMS, UsageError
@@ -37,6 +39,9 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
                    help="size (default): check the copy's sizes; full: re-read and re-hash it before "
                         "committing")
     p.add_argument("--parallel", type=positive_int, default=None, metavar="N", help="files copied at once")
+    p.add_argument("--max-rate", type=rate, default=None, metavar="RATE",
+                   help="cap what the mirror writes at RATE bytes per second, all files together (e.g. "
+                        "100MB, 1GiB: binary units; default: no cap)")
     p.add_argument("--mirror-hazards", action="store_true",
                    help="also mirror complete checkpoints whose resume hazards would load the wrong weights")
     add_check_args(p)
@@ -45,6 +50,16 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     add_endpoint_arg(r)
     r.add_argument("dest", metavar="DEST", help="a new directory to restore into")
     r.add_argument("--json", action="store_true")
+
+
+def rate(text: str) -> int:
+    """``--max-rate``: bytes per second, read as ``[watch.mirror] max_rate`` is."""
+    from ckptwatch.config.mirror import parse_rate
+
+    try:
+        return parse_rate(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_endpoint_arg(p: argparse.ArgumentParser) -> None:
@@ -72,8 +87,9 @@ def cmd_mirror(args: argparse.Namespace) -> int:
     from ckptwatch.config import WatchConfig, override
     from ckptwatch.config.mirror import MirrorConfig
     from ckptwatch.engine import check_root
-    from ckptwatch.mirror.copy import mirror_run
+    from ckptwatch.mirror.copy import mirror_checkpoint
     from ckptwatch.mirror.targets import is_url
+    from ckptwatch.mirror.throttle import throttled
 
     path = os.path.abspath(args.path)
     if not os.path.isdir(path):
@@ -84,16 +100,19 @@ def cmd_mirror(args: argparse.Namespace) -> int:
                          "of the run (choose a directory outside it)")
     config = override(MirrorConfig(to=to), {"verify": args.verify, "parallel": args.parallel,
                                             "mirror_hazards": args.mirror_hazards or None,
-                                            "endpoint_url": args.endpoint_url})
-    target = _target(config.to, config.endpoint_url)
+                                            "endpoint_url": args.endpoint_url, "max_rate": args.max_rate})
+    target = throttled(_target(config.to, config.endpoint_url), config.max_rate)  # one bucket for all runs
     watch = WatchConfig(path=path, layout=args.layout, expected_ranks=args.expected_ranks)
     now = time.time()
     report = check_root(path, check_options(args, None, watch), now, layout=args.layout)
     code = EXIT_OK
     runs: list[dict[str, Any]] = []
     for run in report.runs:
-        outcomes = mirror_run(run, target, config, now=now)
-        for o in outcomes:
+        outcomes = []
+        for v in reversed(run.checkpoints):  # newest first, as copy.mirror_run
+            with _metered(target, v.bytes, os.path.basename(v.path), json=args.json) as shown:
+                o = mirror_checkpoint(v, run.root, shown, config, now=now)
+            outcomes.append(o)
             hazard_skip = o.result == "skipped" and o.reason.startswith("complete")
             if o.result in ("failed", "conflict") or hazard_skip:
                 code = EXIT_PROBLEMS
@@ -107,6 +126,24 @@ def cmd_mirror(args: argparse.Namespace) -> int:
     elif not report.runs:
         print(f"ckptwatch: no checkpoints found under {path}", file=sys.stderr)
     return code
+
+
+@contextlib.contextmanager
+def _metered(target: Any, total: int, desc: str, *, json: bool, reads: bool = False) -> Iterator[Any]:
+    """``target``, its upload bytes (``reads``: its read bytes) feeding a progress bar while the block
+    runs; ``target`` itself when no bar is drawn (not a terminal, or ``--json``)."""
+    from ckptwatch.progressbar import bar
+
+    shown = bar(total, desc, json=json)
+    if shown is None:
+        yield target
+        return
+    from ckptwatch.mirror.manifest import OURS
+    from ckptwatch.mirror.progress import CountingTarget
+
+    with shown:  # our own names (manifest, marker, journal) are not in the bar's total
+        yield CountingTarget(target, shown.add, writes=not reads, reads=reads,
+                             counted=lambda name: name.rsplit("/", 1)[-1] not in OURS)
 
 
 def _print_outcome(o: Any) -> None:
@@ -143,7 +180,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.copy}: not a directory (COPY is <to>/<run>/<checkpoint>)")
     try:
         try:
-            manifest = restore(_target(copy, args.endpoint_url), "", args.dest)
+            target = _target(copy, args.endpoint_url)
+            with _metered(target, _copy_bytes(target, args.json), os.path.basename(copy.rstrip("/")),
+                          json=args.json, reads=True) as shown:
+                manifest = restore(shown, "", args.dest)
         except OSError as exc:  # the copy's storage cannot be reached or read (nothing is left at DEST)
             raise RestoreRefused(_unreadable(exc, copy)) from None
     except RestoreRefused as exc:
@@ -165,6 +205,22 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _copy_bytes(target: Any, json: bool) -> int:
+    """The bytes a restore or check of the copy will read (its manifest's total), for the bar's length;
+    0 when no bar is drawn or the copy has no readable manifest (the restore then says why)."""
+    from ckptwatch.progressbar import wanted
+
+    if not wanted(json=json):
+        return 0
+    from ckptwatch.mirror import manifest as mf
+
+    try:
+        state = mf.copy_state(target, "")
+    except (OSError, mf.ManifestError):
+        return 0
+    return state.manifest.bytes if state.manifest is not None else 0
+
+
 def cmd_verify_copy(args: argparse.Namespace) -> int:
     """``verify`` on a copy's directory: check it in place against its manifest."""
     from ckptwatch.mirror.restore import verify_copy
@@ -173,7 +229,9 @@ def cmd_verify_copy(args: argparse.Namespace) -> int:
     copy = args.path if is_url(args.path) else os.path.abspath(args.path)
     target = _target(copy, getattr(args, "endpoint_url", None))
     try:
-        manifest, findings = verify_copy(target, "")
+        with _metered(target, _copy_bytes(target, args.json), os.path.basename(copy.rstrip("/")),
+                      json=args.json, reads=True) as shown:
+            manifest, findings = verify_copy(shown, "")
     except OSError as exc:  # the copy's storage cannot be reached or read
         manifest, findings = None, _unreadable(exc, copy)
     if args.json:

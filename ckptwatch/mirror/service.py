@@ -29,13 +29,18 @@ from typing import TYPE_CHECKING, Any
 from ckptwatch.config.mirror import MirrorConfig
 from ckptwatch.mirror import manifest as mf
 from ckptwatch.mirror.copy import Outcome, copy_name, mirror_checkpoint, why_not_mirrored
+from ckptwatch.mirror.progress import CountingTarget, PercentSteps
+from ckptwatch.mirror.target import Target
 from ckptwatch.mirror.targets import target_for
+from ckptwatch.mirror.throttle import throttled
 from ckptwatch.model import RunReport, Status, Verdict
 from ckptwatch.sinks.base import Background, FaultReporter, Sink
 
 if TYPE_CHECKING:
     from ckptwatch.config import WatchConfig
 
+PROGRESS_MIN_BYTES = 1 << 30  # checkpoints from 1 GiB log mirror_progress (a smaller copy takes seconds)
+PROGRESS_STEP = 10  # percent between two mirror_progress events
 BACKOFF_FIRST = 60.0
 BACKOFF_MAX = 3600.0
 FAILED = ("failed", "conflict")  # a conflict is no backup of this source either: a person must look
@@ -97,13 +102,36 @@ class Attempt:
     seconds: float
 
 
-def run_job(todo: list[Verdict], run_root: str, config: MirrorConfig, now: float) -> list[Attempt]:
-    """On the worker: mirror ``todo`` in order, stopping at the first failure."""
-    target = target_for(config.to, endpoint_url=config.endpoint_url)
+def with_progress(target: Target, v: Verdict, run_root: str, log: Any) -> Target:
+    """``target``, logging ``mirror_progress`` each 10 % of ``v``'s bytes written when ``v`` holds at least
+    ``PROGRESS_MIN_BYTES`` (a smaller copy is over before anyone reads the log); else ``target`` itself.
+
+    The events come from the worker's copy threads, through the same structlog logger as the sink's
+    (its ``PrintLogger`` writes each line under a lock of its own; the processors keep no state).
+    """
+    if log is None or v.bytes < PROGRESS_MIN_BYTES:
+        return target
+    where = target.describe(copy_name(run_root, v.path))
+
+    def emit(percent: int, done: int) -> None:
+        try:
+            log.info("mirror_progress", run=run_root, checkpoint=v.path, target=where, percent=percent,
+                     bytes=done, of_bytes=v.bytes)
+        except Exception:  # noqa: BLE001, S110 - a progress line failing (stdout gone) must not fail the copy
+            pass
+
+    return CountingTarget(target, PercentSteps(v.bytes, emit, step=PROGRESS_STEP).add)
+
+
+def run_job(todo: list[Verdict], run_root: str, config: MirrorConfig, now: float,
+            log: Any = None) -> list[Attempt]:
+    """On the worker: mirror ``todo`` in order, stopping at the first failure. One token bucket
+    (``max_rate``) for the whole job; ``mirror_progress`` on ``log`` for large checkpoints."""
+    target = throttled(target_for(config.to, endpoint_url=config.endpoint_url), config.max_rate)
     out: list[Attempt] = []
     for v in todo:
         started = time.monotonic()
-        outcome = mirror_checkpoint(v, run_root, target, config, now=now)
+        outcome = mirror_checkpoint(v, run_root, with_progress(target, v, run_root, log), config, now=now)
         out.append(Attempt(outcome, time.monotonic() - started))
         if outcome.result in FAILED:
             break
@@ -151,7 +179,7 @@ class MirrorSink(Sink):
         if not todo:
             return None
         self._busy.add(run.root)
-        self.background.submit(lambda: run_job(todo, run.root, config, now),
+        self.background.submit(lambda: run_job(todo, run.root, config, now, self.log),
                                lambda done: self._done(watch, run.root, config, done))
         return None
 
