@@ -59,7 +59,8 @@ class Row:
 
 def build_row(config: Config, state: StateStore, state_dir: str, log: object, clock: Callable[[], float],
               faults: FaultReporter, background: Background, dirty: DirtyScopes,
-              rejudge: Callable[[WatchConfig, str, float], RunReport | None]) -> Row:
+              rejudge: Callable[[WatchConfig, str, float], RunReport | None],
+              poll_counts: Callable[[], dict[str, tuple[int, int]]] = dict) -> Row:
     """state -> alerts -> resume pointer -> loss watch -> metrics -> mirror -> retention (DESIGN.md). A new
     sink is a line here. ``rejudge`` judges one run afresh from the disk (retention's re-check before
     deleting)."""
@@ -82,7 +83,7 @@ def build_row(config: Config, state: StateStore, state_dir: str, log: object, cl
     mirror = MirrorSink(alerts=alerts, faults=faults, background=background, log=log, clock=clock,
                         schedule=dirty.schedule)
     sinks = (StateSink(state, log), alerts, PointerSink(log), loss,
-             MetricsSink(config.service.metrics_port, loss.resume_ratio, log),
+             MetricsSink(config.service.metrics_port, loss.resume_ratio, log, poll_counts),
              mirror,
              RetentionSink(alerts=alerts, faults=faults, background=background, rejudge=rejudge, log=log,
                            mirrored=mirror.is_committed))
@@ -118,7 +119,7 @@ class Daemon:
         self.reload_requested = False
         try:
             self.row = build_row(self.config, self.state, self.state_dir, self.log, self.clock, self.faults,
-                                 self.background, self.dirty, self._fresh_run)
+                                 self.background, self.dirty, self._fresh_run, self.observers.poll_counts)
         except BaseException:  # e.g. the alert ledger's file is corrupt: free the state dir's lock now
             self.background.close(0.1)
             self.state.close()
@@ -235,7 +236,7 @@ class Daemon:
         self.runs.clear()
         self.next_tick.clear()
         self.row = build_row(new, self.state, self.state_dir, self.log, self.clock, self.faults,
-                             self.background, self.dirty, self._fresh_run)
+                             self.background, self.dirty, self._fresh_run, self.observers.poll_counts)
         self._start_sinks()
         self.observers.start(new.watches, self.judge.run_index)
         now = self.clock()
@@ -286,6 +287,7 @@ class Daemon:
                     self.forget_run(run_root)
         for run in result.runs:
             self.runs[run.root] = RunRecord(w.path)
+            self.observers.judged(w.path, run)
             wake = [settled_at(run, self.config.service.settle_seconds, now)]
             for sink in self.row.sinks:
                 wake.append(self.faults.call(f"{sink.name} in {run.root}", sink.judged, w, run, now,

@@ -65,11 +65,32 @@ class _Collector:
         yield from (step, age, count, size, ratio)
 
 
-def serve(port: int, source: Callable[[], Mapping[str, RunSnapshot]]) -> object:
+class _PollCollector:
+    """What each watched root's poller costs the filesystem: its stat and listdir calls so far."""
+
+    def __init__(self, source: Callable[[], Mapping[str, tuple[int, int]]]) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[object]:
+        from prometheus_client.core import CounterMetricFamily
+
+        stats = CounterMetricFamily("ckptwatch_poll_stats", "stat calls the polling observer made",
+                                    labels=["root"])
+        listdirs = CounterMetricFamily("ckptwatch_poll_listdirs", "Directory listings the polling observer "
+                                       "made", labels=["root"])
+        for root, (n_stat, n_list) in self.source().items():
+            stats.add_metric([root], n_stat)
+            listdirs.add_metric([root], n_list)
+        yield from (stats, listdirs)
+
+
+def serve(port: int, source: Callable[[], Mapping[str, RunSnapshot]],
+          polls: Callable[[], Mapping[str, tuple[int, int]]] = dict) -> object:
     """Start the endpoint on 127.0.0.1:``port``; returns the server (``shutdown()`` to stop)."""
     from prometheus_client import CollectorRegistry, start_http_server
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector(source))
+    registry.register(_PollCollector(polls))
     server, _thread = start_http_server(port, addr="127.0.0.1", registry=registry)
     return server

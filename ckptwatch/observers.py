@@ -12,6 +12,8 @@ import os
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from ckptwatch.model import RunReport, Status
+from ckptwatch.poller import CheckpointPoller
 from ckptwatch.watch import OVERFLOW_LIMIT, OVERFLOW_WINDOW_S, DirtyScopes, Watcher, choose_observer
 
 if TYPE_CHECKING:
@@ -27,7 +29,7 @@ class Observers:
         self.log = log
         self.faults = faults
         self.watches: tuple[WatchConfig, ...] = ()
-        self.watchers: dict[str, Watcher] = {}  # watched root -> its running observer
+        self.watchers: dict[str, Watcher | CheckpointPoller] = {}  # watched root -> its running observer
         self.overflows: list[tuple[float, str]] = []  # appended by watchdog's thread
         self.overflow_history: list[tuple[float, str]] = []
 
@@ -47,18 +49,37 @@ class Observers:
         if watcher is not None:
             watcher.runs = runs
 
+    def judged(self, root: str, run: RunReport) -> None:
+        """A run's verdicts: a poller stops polling the directories of its complete checkpoints."""
+        watcher = self.watchers.get(root)
+        if isinstance(watcher, CheckpointPoller):
+            complete = frozenset(v.path for v in run.checkpoints if v.status is Status.COMPLETE)
+            watcher.settled(run.root, complete)
+
+    def poll_counts(self) -> dict[str, tuple[int, int]]:
+        """Watched root -> (stat calls, listdir calls) its poller made since it started. Called from the
+        metrics endpoint's thread: ``list(...)`` copies the dict in one step under the GIL."""
+        return {root: (w.ops.stats, w.ops.listdirs) for root, w in list(self.watchers.items())
+                if isinstance(w, CheckpointPoller)}
+
+    def _make(self, w: WatchConfig, kind: str) -> Watcher | CheckpointPoller:
+        if kind == "polling":
+            return CheckpointPoller(w.path, self.dirty, self.clock, interval=w.poll_interval,
+                                    max_stats_per_second=w.max_stats_per_second)
+        return Watcher(w.path, kind, self.dirty, self.clock)
+
     def _start(self, w: WatchConfig, run_index: Mapping[str, frozenset[str]]) -> None:
         if not os.path.isdir(w.path):
             if w.path not in self.watchers:
                 self.log.warning("root_missing", root=w.path, action="waiting for it to appear")
             return
         component = f"watcher of {w.path}"
-        watcher = Watcher(w.path, choose_observer(w.path, w.observer), self.dirty, self.clock)
+        watcher = self._make(w, choose_observer(w.path, w.observer))
         try:
             watcher.start()
         except OSError as exc:  # inotify watch or instance limit: fall back to polling
             self.log.warning("observer_fallback", root=w.path, error=str(exc), observer="polling")
-            watcher = Watcher(w.path, "polling", self.dirty, self.clock)
+            watcher = self._make(w, "polling")
             try:
                 watcher.start()
             except OSError as exc2:  # e.g. the root is not readable by the service's user
@@ -118,7 +139,8 @@ class Observers:
                                  action="raise fs.inotify.max_queued_events (sysctl) above the number of "
                                         "directories below the root, or set observer = \"polling\" for it")
                 watcher.stop()
-                self.watchers[root] = Watcher(root, "polling", self.dirty, self.clock)
+                w = next(w for w in self.watches if w.path == root)
+                self.watchers[root] = self._make(w, "polling")
                 self.watchers[root].runs = watcher.runs
                 self.watchers[root].start()
                 self.overflow_history = [(t, r) for t, r in self.overflow_history if r != root]

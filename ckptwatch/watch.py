@@ -3,7 +3,8 @@
 Events are hints, the scan is the truth (STYLE.md 7): the handler only notes the time of the last
 event per run, in O(1) inside try/except (an exception in a watchdog handler silently kills the
 observer thread). inotify on local filesystems; polling where inotify does not see other nodes'
-writes (network and fuse filesystems), chosen from the mount table and overridable per watch.
+writes (network and fuse filesystems: ``poller.CheckpointPoller``), chosen from the mount table and
+overridable per watch.
 """
 
 from __future__ import annotations
@@ -159,12 +160,11 @@ def install_overflow_log(on_overflow: Callable[[str | None], None]) -> OverflowL
 
 
 class Watcher:
-    """One watchdog observer per watched root; restartable when its thread dies."""
+    """One inotify observer (watchdog) per watched root; restartable when its thread dies. Polling is
+    ``poller.CheckpointPoller``'s: watchdog's PollingObserver re-stats every file each interval."""
 
-    def __init__(self, root: str, kind: str, dirty: DirtyScopes, clock: Callable[[], float],
-                 poll_interval: float = 5.0) -> None:
+    def __init__(self, root: str, kind: str, dirty: DirtyScopes, clock: Callable[[], float]) -> None:
         self.root, self.kind, self.dirty, self.clock = root, kind, dirty, clock
-        self.poll_interval = poll_interval
         self.observer = None
         self.runs: frozenset[str] = frozenset()  # run roots known below root; replaced whole after each pass
 
@@ -181,7 +181,6 @@ class Watcher:
             FileSystemEventHandler,
         )
         from watchdog.observers import Observer
-        from watchdog.observers.polling import PollingObserver
 
         watcher = self
 
@@ -198,7 +197,7 @@ class Watcher:
                 except Exception:  # noqa: BLE001, S110 - never let the observer thread die
                     pass
 
-        observer = PollingObserver(timeout=self.poll_interval) if self.kind == "polling" else Observer()
+        observer = Observer()
         # Only what a writer does: create, close after writing, rename, delete. Reads (IN_OPEN,
         # IN_ACCESS, IN_CLOSE_NOWRITE) and attribute changes (IN_ATTRIB: atime updates caused by our own
         # reads) would otherwise flood the queue on every pass over a large root; mtimes, the open-files

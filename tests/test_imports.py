@@ -72,6 +72,7 @@ FLOORS: dict[str, int] = {
     "ckptwatch.losswatch": READERS,  # loss sources, tailing, plots and the watcher over them
     "ckptwatch.alerts.sender": READERS,  # apprise
     "ckptwatch.watch": READERS,  # watchdog
+    "ckptwatch.poller": READERS,  # the checkpoint-aware polling observer
     "ckptwatch.writers": READERS,  # psutil: who holds a file open
     "ckptwatch.notify": READERS,  # sd_notify
     "ckptwatch.statedb": READERS,  # sqlite, its errors mapped to the state-store error tree

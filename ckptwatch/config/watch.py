@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from ckptwatch.config.kinds import Boolean, OneOf, Path, Table, Whole
+from ckptwatch.config.kinds import Boolean, Number, OneOf, Path, Table, Whole
 from ckptwatch.config.loss import LossSettings
 from ckptwatch.config.mirror import MirrorConfig
 from ckptwatch.config.reader import Location, setting
@@ -29,6 +29,11 @@ class WatchConfig:
     layout: str = setting(OneOf("auto", *NAMES), default="auto")
     expected_ranks: int | None = setting(Whole(1), default=None)
     observer: str = setting(OneOf("auto", "inotify", "polling"), default="auto")  # used by the service only
+    # Polling (observer "polling", "auto" on a network filesystem, or the fallback from inotify): how often
+    # the run dirs are looked at, and the most stat + listdir calls per second the poller may make.
+    poll_interval: float = setting(Number(0.0, above=True, noun="a number of seconds"), default=5.0)
+    max_stats_per_second: float | None = setting(Number(0.0, above=True, noun="a number of calls per second"),
+                                                 default=None)
     latest_good: bool = setting(Boolean(), default=False)  # the service keeps a ckptwatch-latest pointer
     loss: LossSettings | None = setting(Table(LossSettings, "a table ([watch.loss])", switch="enabled"),
                                         default=LossSettings())  # None: [watch.loss] enabled = false

@@ -22,9 +22,11 @@ class MetricsSink(Sink):
 
     name = "metrics endpoint"
 
-    def __init__(self, port: int, resume_ratio: Callable[[str], float | None], log: Any) -> None:
+    def __init__(self, port: int, resume_ratio: Callable[[str], float | None], log: Any,
+                 poll_counts: Callable[[], dict[str, tuple[int, int]]] = dict) -> None:
         self.port = port
         self.resume_ratio = resume_ratio
+        self.poll_counts = poll_counts  # the polling observers' stat and listdir calls, per watched root
         self.log = log
         self.runs: dict[str, RunSnapshot] = {}
         self.server: Any = None
@@ -35,7 +37,7 @@ class MetricsSink(Sink):
         from ckptwatch.metrics import serve
 
         try:
-            self.server = serve(self.port, lambda: dict(self.runs))
+            self.server = serve(self.port, lambda: dict(self.runs), self.poll_counts)
         except OSError as exc:
             raise SinkFault(f"127.0.0.1:{self.port}: {exc.strerror or exc}",
                             "running without metrics; free the port or change service.metrics_port, then "

@@ -1,0 +1,236 @@
+"""The checkpoint-aware polling observer (ckptwatch/poller.py) on real Trainer runs.
+
+Rounds are driven by hand with a fake monotonic clock (``prime`` then ``round``), so every assertion
+is about what the poller looked at and what it made due, never about wall-clock time. The service
+level (the poller inside ``ckptwatch run``) is in the last tests.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from ckptwatch.engine import check_root
+from ckptwatch.layouts.base import CheckOptions
+from ckptwatch.model import Status
+from ckptwatch.poller import MAX_BACKOFF, QUIET_AFTER, CheckpointPoller, TokenBucket, poll_every
+from ckptwatch.watch import DirtyScopes
+from tests.helpers import make_daemon
+from tests.servers import free_port
+
+pytestmark = pytest.mark.slow  # real Trainer runs are built
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def wait(self, seconds: float) -> bool:
+        self.t += seconds
+        return False
+
+
+def test_poll_every_backs_off_only_what_is_quiet_and_not_structural():
+    assert poll_every(5.0, 10_000.0, True) == 5.0
+    assert poll_every(5.0, QUIET_AFTER - 1, False) == 5.0
+    assert poll_every(5.0, QUIET_AFTER, False) == 10.0
+    assert poll_every(5.0, 2 * QUIET_AFTER, False) == 20.0
+    assert poll_every(5.0, 1e9, False) == 5.0 * MAX_BACKOFF
+
+
+def test_token_bucket_spreads_calls_to_the_rate():
+    clock = FakeClock()
+    bucket = TokenBucket(50, clock, clock.wait)
+    start = clock.t
+    for _ in range(550):
+        assert bucket.take()
+    assert 549 / 50 - 1.0 <= clock.t - start <= 550 / 50  # a one-second burst, then 50 per second
+    assert TokenBucket(None, clock, clock.wait).take()
+    stopped = TokenBucket(1, clock, lambda s: True)
+    stopped.take()
+    assert stopped.take() is False  # a stop while waiting for a token ends the wait
+
+
+def _root_with_runs(artefact, tmp_path: Path, runs: int = 2) -> Path:
+    root = tmp_path / "root"
+    root.mkdir()
+    built = artefact("hf_full")
+    for i in range(runs):
+        shutil.copytree(built, root / f"run-{i}", symlinks=True)
+    return root
+
+
+def _told(poller: CheckpointPoller, root: Path) -> None:
+    """What the daemon tells a poller after a whole-root pass: the runs and their complete checkpoints."""
+    report = check_root(str(root), CheckOptions(settle_seconds=0), time.time())
+    poller.runs = frozenset(r.root for r in report.runs)
+    for r in report.runs:
+        poller.settled(r.root, frozenset(v.path for v in r.checkpoints if v.status is Status.COMPLETE))
+
+
+def _poller(root: Path, dirty: DirtyScopes, clock: FakeClock, **kw) -> CheckpointPoller:
+    p = CheckpointPoller(str(root), dirty, time.time, interval=5.0, monotonic=clock, **kw)
+    p.ops.budget.wait = clock.wait
+    return p
+
+
+def test_complete_checkpoints_leave_the_poll_set_and_a_round_stats_only_the_rest(artefact, tmp_path):
+    root = _root_with_runs(artefact, tmp_path, runs=3)
+    clock, dirty = FakeClock(), DirtyScopes()
+    p = _poller(root, dirty, clock)
+    _told(p, root)
+    p.prime()
+    polled = set(p.dirs)
+    assert str(root) in polled and all(str(root / f"run-{i}") in polled for i in range(3))
+    assert not [d for d in polled if "checkpoint-" in d], sorted(polled)
+    before = p.ops.stats
+    clock.t += 5.0
+    p.round()
+    assert p.ops.stats - before == len(polled)  # one stat per polled dir, no file stat'ed
+    assert p.ops.listdirs == len(polled)  # listed once at prime; nothing changed since
+    assert dirty.next_due() is None
+
+
+def test_new_checkpoint_in_a_quiet_run_is_due_after_one_round(artefact, tmp_path):
+    root = _root_with_runs(artefact, tmp_path)
+    clock, dirty = FakeClock(), DirtyScopes()
+    p = _poller(root, dirty, clock)
+    _told(p, root)
+    p.prime()
+    for _ in range(200):  # 1000 s of quiet: the run dirs are still looked at every interval
+        clock.t += 5.0
+        p.round()
+    run = root / "run-1"
+    shutil.copytree(run / "checkpoint-6", run / "checkpoint-8")
+    clock.t += 5.0
+    wait = p.round()
+    assert dirty.take_due(time.time() + 1) == [(str(root), str(run))]
+    assert wait is not None and wait <= 5.0
+    assert str(run / "checkpoint-8") in p.dirs  # not complete yet (as far as the poller was told)
+
+
+def test_rewritten_settled_checkpoint_is_polled_again_once_no_longer_complete(artefact, tmp_path):
+    """A file rewritten in place in a complete checkpoint is not polled for (the rescan's job); once a
+    pass judges it otherwise, its directory is polled again."""
+    root = _root_with_runs(artefact, tmp_path, runs=1)
+    clock, dirty = FakeClock(), DirtyScopes()
+    p = _poller(root, dirty, clock)
+    _told(p, root)
+    p.prime()
+    ckpt = root / "run-0" / "checkpoint-4"
+    assert str(ckpt) not in p.dirs
+    (ckpt / "model.safetensors").write_bytes(b"\0" * 16)  # the rewrite: no dir entry changes
+    clock.t += 5.0
+    p.round()
+    assert dirty.next_due() is None  # not seen by polling: the whole-root rescan judges it
+    _told(p, root)  # ... which now finds it corrupt
+    clock.t += 5.0
+    p.round()
+    assert str(ckpt) in p.dirs
+
+
+def test_deleted_run_and_removed_checkpoint_make_the_scope_due(artefact, tmp_path):
+    root = _root_with_runs(artefact, tmp_path)
+    clock, dirty = FakeClock(), DirtyScopes()
+    p = _poller(root, dirty, clock)
+    _told(p, root)
+    p.prime()
+    shutil.rmtree(root / "run-0" / "checkpoint-2")
+    clock.t += 5.0
+    p.round()
+    assert dirty.take_due(time.time() + 1) == [(str(root), str(root / "run-0"))]
+    shutil.rmtree(root / "run-1")
+    clock.t += 5.0
+    p.round()
+    assert dirty.take_due(time.time() + 1) == [(str(root), str(root))]  # a run gone: the whole root
+    assert not [d for d in p.dirs if d.startswith(str(root / "run-1"))]
+
+
+def test_quiet_dirs_inside_runs_back_off_and_the_budget_is_kept(artefact, tmp_path):
+    root = _root_with_runs(artefact, tmp_path)
+    (root / "run-0" / "runs" / "events").mkdir(parents=True)  # a TensorBoard dir: polled, not structural
+    clock, dirty = FakeClock(), DirtyScopes()
+    p = _poller(root, dirty, clock, max_stats_per_second=2)
+    _told(p, root)
+    start, ops0 = clock.t, p.ops.stats + p.ops.listdirs
+    p.prime()
+    looks: dict[str, int] = {}
+    for _ in range(400):
+        wait = p.round()
+        clock.t += wait
+        for path, d in p.dirs.items():
+            looks[path] = looks.get(path, 0) + (d.changed <= clock.t)
+    elapsed = clock.t - start
+    assert (p.ops.stats + p.ops.listdirs - ops0) <= 2 * elapsed + 2  # the budget, one burst allowed
+    tb = str(root / "run-0" / "runs" / "events")
+    assert p.dirs[tb].due - p.dirs[tb].changed > QUIET_AFTER  # backed off
+    assert poll_every(5.0, clock.t - p.dirs[str(root / "run-0")].changed, True) == 5.0
+
+
+def test_unreadable_dir_and_odd_entries_never_stop_the_poller(artefact, tmp_path):
+    root = _root_with_runs(artefact, tmp_path, runs=1)
+    os.mkfifo(root / "run-0" / "fifo")
+    (root / "run-0" / "loop").symlink_to(root / "run-0")
+    (root / "run-0" / "out").symlink_to("/")
+    weird = root / "run-0" / "new\nline"
+    weird.mkdir()
+    clock, dirty = FakeClock(), DirtyScopes()
+    p = _poller(root, dirty, clock)
+    _told(p, root)
+    p.prime()
+    assert str(weird) in p.dirs and str(root / "run-0" / "loop") not in p.dirs  # links are not followed
+    shutil.rmtree(weird)
+    os.mkdir(weird)  # replaced: a new inode
+    clock.t += 5.0
+    assert p.round() is not None
+
+
+def test_service_in_polling_mode_judges_a_new_checkpoint_and_counts_its_calls(artefact, tmp_path):
+    """The poller inside the in-process service: a checkpoint written after catch-up into a quiet run is
+    judged complete without any event source but the poller; its calls are in the metrics' counts."""
+    root = _root_with_runs(artefact, tmp_path)
+    run = root / "run-0"
+    os.rename(run / "checkpoint-6", tmp_path / "tmp-checkpoint-6")  # saved after catch-up, below
+    port = free_port()
+    d = make_daemon(tmp_path / "state", root, observer="polling", watch={"poll_interval": 0.2},
+                    metrics_port=port)
+    try:
+        d.observers.start(d.config.watches, d.judge.run_index)
+        d._start_sinks()
+        for w in d.config.watches:
+            d.judge_watch(w)
+        poller = d.observers.watchers[str(root)]
+        assert isinstance(poller, CheckpointPoller)
+        os.rename(tmp_path / "tmp-checkpoint-6", run / "checkpoint-6")  # the Trainer's rename into place
+
+        def newest() -> str | None:
+            [r] = [r for r in d.state.runs() if r["run"] == str(run)]
+            return r["newest_complete"] and os.path.basename(r["newest_complete"]["path"])
+
+        assert newest() == "checkpoint-4"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (newest() != "checkpoint-6" or str(run / "checkpoint-6")
+                                               in poller.dirs):
+            d.step()
+            time.sleep(0.05)
+        assert newest() == "checkpoint-6"
+        assert str(run / "checkpoint-6") not in poller.dirs  # complete: no longer polled
+        stats, listdirs = d.observers.poll_counts()[str(root)]
+        assert stats > 0 and listdirs > 0
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            scraped = resp.read().decode()
+        counted = re.search(r'^ckptwatch_poll_stats_total\{root="([^"]*)"\} (\S+)$', scraped, re.M)
+        assert counted and counted.group(1) == str(root) and float(counted.group(2)) >= stats, scraped
+        assert re.search(r'^ckptwatch_poll_listdirs_total\{root=', scraped, re.M), scraped
+    finally:
+        d.observers.stop()
+        d.close()
