@@ -478,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--service-burst", type=int,
                     help="service: checkpoints in the burst (default 1000; --quick 200)")
     ap.add_argument("--service-phase", action="append",
-                    choices=("latency_inotify", "latency_polling", "idle", "burst"),
+                    choices=("latency_inotify", "latency_polling", "idle", "idle_polling", "burst"),
                     help="service: run only this phase (repeatable; default: all four)")
     ap.add_argument("--prune-gb", type=float, default=None,
                     help="retention: size of the checkpoint the sink deletes, GB (default 10; --quick 1)")

@@ -59,12 +59,13 @@ class Service:
     """A ``ckptwatch run`` child with its JSON-lines log and sd_notify messages, stamped on arrival."""
 
     def __init__(self, base: Path, root: Path, observer: str, settle: float = SETTLE,
-                 rescan: float = RESCAN) -> None:
+                 rescan: float = RESCAN, metrics_port: int = 0) -> None:
         base.mkdir(parents=True, exist_ok=True)
         self.base, self.root, self.settle = base, root, settle
+        self.metrics_port = metrics_port
         cfg = base / "config.toml"
         cfg.write_text(f'[service]\nsettle_seconds = {settle}\nstate_dir = "{base / "state"}"\n'
-                       f'log_format = "json"\nrescan_seconds = {rescan}\n\n'
+                       f'log_format = "json"\nrescan_seconds = {rescan}\nmetrics_port = {metrics_port}\n\n'
                        f'[[watch]]\npath = "{root}"\nobserver = "{observer}"\n')
         sock_path = base / "notify.sock"
         if sock_path.exists():
@@ -488,8 +489,29 @@ def _iso(ts: str | None) -> float | None:
     return _dt.datetime.fromisoformat(ts).timestamp()  # "...Z": UTC (Python 3.11+)
 
 
-def phase_idle(work: Path, writer: CkptWriter, template: Path, runs: int, idle_s: float, res: dict) -> dict:
-    base = work / "idle"
+def poll_calls(port: int) -> float:
+    """stat + listdir calls the service's pollers made so far (its metrics endpoint), 0 without one."""
+    import urllib.request
+
+    if not port:
+        return 0.0
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(("ckptwatch_poll_stats_total", "ckptwatch_poll_listdirs_total")))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def phase_idle(work: Path, writer: CkptWriter, template: Path, runs: int, idle_s: float, res: dict,
+               observer: str = "auto") -> dict:
+    """``observer = "polling"``: the same tree under the checkpoint-aware poller (issue 13), with the
+    stat + listdir calls it made in the idle period from its metrics."""
+    base = work / ("idle" if observer == "auto" else f"idle-{observer}")
     shutil.rmtree(base, ignore_errors=True)
     root = base / "root"
     t = time.perf_counter()
@@ -502,7 +524,8 @@ def phase_idle(work: Path, writer: CkptWriter, template: Path, runs: int, idle_s
                    for k, v in measure(["find", str(root), "-type", "f", "-printf", "%s %T@\n"], 3).items()
                    if k != "all"}
     res["loadavg_before"] = loadavg()
-    svc = Service(base / "svc", root, "auto")
+    svc = Service(base / "svc", root, observer, metrics_port=_free_port() if observer == "polling" else 0)
+    res["observer"] = observer
     iw = None
     try:
         ready = svc.wait_ready(300)
@@ -520,6 +543,7 @@ def phase_idle(work: Path, writer: CkptWriter, template: Path, runs: int, idle_s
         res["inotifywait_watches"] = inotify_watches(iw.pid)
         time.sleep(3.0)  # both settle (the service's watchdog thread drains what the catch-up scan caused)
         c0, y0, th0 = svc.cpu(), proc_cpu(iw.pid), thread_cpu(svc.pid)
+        calls0 = poll_calls(svc.metrics_port)
         events0, ovf0 = len(svc.events), svc.overflow_lines()
         t0 = time.perf_counter()
         watches = [inotify_watches(svc.pid)]  # a recursive watch holds one per directory; sampled each 5 s
@@ -533,6 +557,10 @@ def phase_idle(work: Path, writer: CkptWriter, template: Path, runs: int, idle_s
                        "watchdog_overflow_warnings": svc.overflow_lines() - ovf0,
                        "inotify_watches_sampled": watches,
                        "thread_cpu_s": {tid: round(th1[tid] - th0.get(tid, 0.0), 2) for tid in th1}}
+        if svc.metrics_port:
+            res["idle"]["poll_calls_per_min"] = round(60 * (poll_calls(svc.metrics_port) - calls0) / wall)
+            log(f"service idle: the poller made {res['idle']['poll_calls_per_min']:,} stat + listdir calls "
+                "per minute")
         res["inotifywait_idle"] = {"cpu_s": y1 - y0, "cpu_pct": 100 * (y1 - y0) / wall,
                                    "status": proc_status(iw.pid)}
         res["mapped"] = mapped_libs(svc.pid)
@@ -744,9 +772,9 @@ def bench_service(args: argparse.Namespace, work: Path) -> dict:
         raise RuntimeError("inotifywait not found: apt-get install -y inotify-tools (the yardstick)")
     import inspect
 
-    from ckptwatch.watch import Watcher  # light: os, threading, dataclasses
+    from ckptwatch.poller import CheckpointPoller  # light: os, threading, dataclasses
 
-    poll_interval = float(inspect.signature(Watcher.__init__).parameters["poll_interval"].default)
+    poll_interval = float(inspect.signature(CheckpointPoller.__init__).parameters["interval"].default)
     base = work / "service"
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
@@ -762,6 +790,8 @@ def bench_service(args: argparse.Namespace, work: Path) -> dict:
                                                              args.service_poll_samples, poll_interval, r),
                   "idle": lambda r: phase_idle(base, writer, template, args.service_runs, args.service_idle,
                                                r),
+                  "idle_polling": lambda r: phase_idle(base, writer, template, args.service_runs,
+                                                       args.service_idle, r, observer="polling"),
                   "burst": lambda r: phase_burst(base, writer, args.service_burst, r)}
         for key in getattr(args, "service_phase", None) or phases:
             log(f"service: {key}")
@@ -784,8 +814,8 @@ def bench_service(args: argparse.Namespace, work: Path) -> dict:
         writer.close()
         if not getattr(args, "keep", False):
             shutil.rmtree(base, ignore_errors=True)
-    res["valid"] = all(res[k].get("valid") for k in ("latency_inotify", "latency_polling", "idle", "burst")
-                       if k in res)
+    phases_run = ("latency_inotify", "latency_polling", "idle", "idle_polling", "burst")
+    res["valid"] = all(res[k].get("valid") for k in phases_run if k in res)
     return res
 
 
