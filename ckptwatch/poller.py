@@ -16,9 +16,10 @@ ckptwatch knows more than a generic poller does:
 
 What is polled, per watched root: the root, the dirs on the way to each run and each run dir
 (``structural``: every ``interval``, never backed off, so a new checkpoint in a quiet run is seen within
-one interval), and every other directory below a run that is not inside a complete checkpoint (an
-unsettled checkpoint, a per-rank dir such as MindSpore's ``rank_0``, a TensorBoard dir). Those back off
-when quiet (``poll_every``): twice the interval after 5 minutes without a change, up to 12 times.
+one interval; a run quiet for 6 hours, a finished run, is looked at every 12 intervals), and every other
+directory below a run that is not inside a complete checkpoint (an unsettled checkpoint, a per-rank dir
+such as MindSpore's ``rank_0``, a TensorBoard dir). Those back off when quiet (``poll_every``): twice
+the interval after 5 minutes without a change, up to 12 times.
 
 Every ``stat`` and ``scandir`` is counted (``MetaOps``) for the metrics, and goes through a token bucket
 when the watch sets ``max_stats_per_second``: the poller then takes longer over a round instead of
@@ -39,6 +40,7 @@ from dataclasses import dataclass, field
 from ckptwatch.watch import DirtyScopes, scope_of
 
 QUIET_AFTER = 300.0  # seconds without a change before a non-structural dir is polled less often
+RUN_QUIET_AFTER = 6 * 3600.0  # a run dir (or the root) this long without a new entry: a finished run
 MAX_BACKOFF = 12  # a quiet dir is polled at most this many intervals apart
 MIN_WAIT = 0.05  # the loop never spins faster than this
 
@@ -47,10 +49,15 @@ def poll_every(interval: float, quiet_for: float, structural: bool) -> float:
     """How long until a directory is looked at again. Pure.
 
     Structural dirs (the root, the way to the runs, the run dirs) every ``interval``: a new checkpoint
-    shows there. Others every ``interval`` while they changed within ``QUIET_AFTER``, then twice as
-    long per further ``QUIET_AFTER`` of quiet, capped at ``MAX_BACKOFF`` intervals.
+    shows there, and a run that saves every two hours is quiet between saves, yet its next checkpoint
+    must be judged within settle + interval. Only after ``RUN_QUIET_AFTER`` without a new entry (a run
+    that finished, or a root no run was added to) are they looked at ``MAX_BACKOFF`` intervals apart.
+    Others every ``interval`` while they changed within ``QUIET_AFTER``, then twice as long per further
+    ``QUIET_AFTER`` of quiet, capped at ``MAX_BACKOFF`` intervals.
     """
-    if structural or quiet_for < QUIET_AFTER:
+    if structural:
+        return interval if quiet_for < RUN_QUIET_AFTER else interval * MAX_BACKOFF
+    if quiet_for < QUIET_AFTER:
         return interval
     return interval * min(MAX_BACKOFF, 2 ** int(quiet_for // QUIET_AFTER))
 
@@ -146,6 +153,7 @@ class CheckpointPoller:
         self._applied: dict[str, frozenset[str]] = {}  # the poller thread's copy
         self._cold: set[str] = set()  # complete checkpoint dirs: not polled, not descended into
         self._thread: threading.Thread | None = None
+        self._started_wall: float | None = None  # wall time of start(): see prime
         self.rounds = 0
 
     # --- what the daemon tells it (loop thread) ---------------------------------------------------
@@ -183,6 +191,7 @@ class CheckpointPoller:
             raise FileNotFoundError(2, "No such file or directory", self.root)
         self.ops.subdirs(self.root)  # raises for a root the service's user cannot list, as watchdog does
         self._stop.clear()
+        self._started_wall = time.time()
         self._thread = threading.Thread(target=self._main, name=f"ckptwatch-poll {self.root}", daemon=True)
         self._thread.start()
 
@@ -207,10 +216,13 @@ class CheckpointPoller:
             return
 
     def prime(self) -> None:
-        """The first look: every directory below the root that is not known complete (each later
-        change is measured against the stamps taken here, so nothing written after it is missed)."""
+        """The first look: every directory below the root that is not known complete. Each later change
+        is measured against the stamps taken here; a change made after ``start`` but before its
+        directory was stamped (the first walk takes a while on a big tree, or under a budget, while the
+        service's catch-up pass runs) would be missed, so a directory whose mtime is not older than
+        ``start`` makes its scope due right away (one extra look at worst)."""
         self._apply_cold()
-        self._add(self.root, self.monotonic())
+        self._add(self.root, self.monotonic(), since=self._started_wall)
 
     def round(self) -> float | None:
         """Look at every due directory once; the seconds until the next is due, None when the root is
@@ -265,8 +277,9 @@ class CheckpointPoller:
             self._add(new, now)
         d.children = {c for c in wanted if c in self.dirs}
 
-    def _add(self, top: str, now: float) -> None:
-        """Start polling ``top`` and every directory below it that is not a complete checkpoint."""
+    def _add(self, top: str, now: float, since: float | None = None) -> None:
+        """Start polling ``top`` and every directory below it that is not a complete checkpoint; with
+        ``since`` (wall seconds), a directory changed at or after it makes its scope due."""
         stack = [top]
         while stack:
             path = stack.pop()
@@ -284,6 +297,8 @@ class CheckpointPoller:
             if subdirs is None:
                 raise Stopped
             children = {s for s in subdirs if s not in self._cold}
+            if since is not None and st.st_mtime >= since - 1.0:  # 1 s: coarse filesystem timestamps
+                self._touch(path)
             self.dirs[path] = _Dir((st.st_mtime_ns, st.st_ino), now,
                                    now + poll_every(self.interval, 0.0, True), children)
             stack.extend(sorted(children, reverse=True))

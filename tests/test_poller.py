@@ -19,7 +19,14 @@ import pytest
 from ckptwatch.engine import check_root
 from ckptwatch.layouts.base import CheckOptions
 from ckptwatch.model import Status
-from ckptwatch.poller import MAX_BACKOFF, QUIET_AFTER, CheckpointPoller, TokenBucket, poll_every
+from ckptwatch.poller import (
+    MAX_BACKOFF,
+    QUIET_AFTER,
+    RUN_QUIET_AFTER,
+    CheckpointPoller,
+    TokenBucket,
+    poll_every,
+)
 from ckptwatch.watch import DirtyScopes
 from tests.helpers import make_daemon
 from tests.servers import free_port
@@ -40,7 +47,8 @@ class FakeClock:
 
 
 def test_poll_every_backs_off_only_what_is_quiet_and_not_structural():
-    assert poll_every(5.0, 10_000.0, True) == 5.0
+    assert poll_every(5.0, 10_000.0, True) == 5.0  # a run between two saves two hours apart
+    assert poll_every(5.0, RUN_QUIET_AFTER, True) == 5.0 * MAX_BACKOFF  # a finished run
     assert poll_every(5.0, QUIET_AFTER - 1, False) == 5.0
     assert poll_every(5.0, QUIET_AFTER, False) == 10.0
     assert poll_every(5.0, 2 * QUIET_AFTER, False) == 20.0
@@ -234,3 +242,57 @@ def test_service_in_polling_mode_judges_a_new_checkpoint_and_counts_its_calls(ar
     finally:
         d.observers.stop()
         d.close()
+
+
+def test_slow_metadata_server_budget_kept_and_service_responsive(artefact, tmp_path, monkeypatch):
+    """Every stat and listdir of the poller takes 20 ms (an overloaded metadata server) and the watch
+    allows 10 calls a second: the poller never exceeds the budget, the service's loop keeps turning
+    (the poller has its own thread), a new checkpoint is still judged, and stop() ends a poller that
+    is waiting for its budget."""
+    from ckptwatch import poller as poller_mod
+
+    slow_stat, slow_list = poller_mod.MetaOps.stat, poller_mod.MetaOps.subdirs
+
+    def stat(self, path):
+        time.sleep(0.02)
+        return slow_stat(self, path)
+
+    def subdirs(self, path):
+        time.sleep(0.02)
+        return slow_list(self, path)
+
+    monkeypatch.setattr(poller_mod.MetaOps, "stat", stat)
+    monkeypatch.setattr(poller_mod.MetaOps, "subdirs", subdirs)
+    root = _root_with_runs(artefact, tmp_path)
+    run = root / "run-1"
+    os.rename(run / "checkpoint-6", tmp_path / "later")
+    d = make_daemon(tmp_path / "state", root, observer="polling",
+                    watch={"poll_interval": 0.1, "max_stats_per_second": 10})
+    try:
+        started = time.monotonic()
+        d.observers.start(d.config.watches, d.judge.run_index)
+        for w in d.config.watches:
+            d.judge_watch(w)
+        poller = d.observers.watchers[str(root)]
+        os.rename(tmp_path / "later", run / "checkpoint-6")
+        longest_step = 0.0
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # at least 4 s, so the budget is kept over many seconds
+            t = time.monotonic()
+            d.step()
+            longest_step = max(longest_step, time.monotonic() - t)
+            [r] = [r for r in d.state.runs() if r["run"] == str(run)]
+            done = r["newest_complete"] and r["newest_complete"]["path"].endswith("checkpoint-6")
+            if done and time.monotonic() - started > 4:
+                break
+            time.sleep(0.05)
+        elapsed = time.monotonic() - started
+        assert r["newest_complete"]["path"].endswith("checkpoint-6")
+        calls = poller.ops.stats + poller.ops.listdirs
+        assert calls <= 10 * elapsed + 10 + 1, (calls, elapsed)  # the budget, one second's burst, start()
+        assert calls >= 10  # it did poll all along, slowly
+        assert longest_step < 2.0  # the loop never waited on the slow poller
+    finally:
+        d.observers.stop()
+        d.close()
+    assert not poller.alive()
