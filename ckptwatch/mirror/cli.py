@@ -21,7 +21,8 @@ from typing import Any
 
 from ckptwatch.errors import EXIT_OK, EXIT_PROBLEMS, UsageError
 
-COPY_NAMES = (".ckptwatch-mirror.json", ".ckptwatch-mirror-committed", ".ckptwatch-mirror-journal.json")
+COPY_NAMES = (".ckptwatch-mirror.json", ".ckptwatch-mirror-committed", ".ckptwatch-mirror-journal.json",
+              ".ckptwatch-mirror-lock")
 
 
 def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

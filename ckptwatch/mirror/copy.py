@@ -20,14 +20,33 @@ files still have the stamps (size, mtime, ctime, inode) in its manifest is ``up_
 read; one whose stamps moved is re-hashed, and is ``up_to_date`` when its bytes are the same and a
 ``conflict`` when they differ, and nothing is written.
 
-Per-rank checkpoints that are a set of files (MindSpore, NVRx) and single-file checkpoints (Lightning)
-are not mirrored yet: they are skipped with that reason. Run-level pointers (DeepSpeed's ``latest``,
-Megatron's ``latest_checkpointed_iteration.txt``) live beside the checkpoints, not in them, and are not
-copied either.
+Three kinds of checkpoint are copied (``checkpoint_kind``), each to its own dir ``<to>/<run>/<name>/``
+(``copy_name``) holding the manifest and the marker beside the files:
+
+- a checkpoint directory (``dir``): ``<name>`` is the directory's name, the files keep their paths
+  inside it (manifest version 1, as before).
+- one file (``file``: a Lightning ``.ckpt``, a plain ``torch.save`` or safetensors file): ``<name>`` is
+  the file's name, and the file sits in the copy at its path relative to the run root (usually just its
+  name), so ``restore`` gives back the file itself.
+- a per-rank set of files (``files``: MindSpore ``rank_*/net_rank_*-1_5.ckpt``, NVRx
+  ``*/iter_0000100_*_local.pt``; ``Verdict.path`` is a pattern with ``*`` for the rank): ``<name>`` is the
+  pattern's last part with ``*`` spelled ``all`` (``net_rank_all-1_5.ckpt``, ``iter_0000100_all_local.pt``:
+  no ``*`` for a shell to expand, one name per (step, prefix) as the layout has one checkpoint per
+  pattern), and every rank's file sits at its path relative to the run root (``rank_0/net_rank_0-1_5.ckpt``),
+  so a restore gives back the ``rank_N/`` tree the framework resumes from.
+
+Names are stable (the same checkpoint always maps to the same copy) and cannot collide within a run: a
+run has one layout, and a layout has one checkpoint per directory, file or pattern name.
+
+Run-level pointers (DeepSpeed's ``latest``, Megatron's ``latest_checkpointed_iteration.txt``, a MindSpore
+rank's ``meta.json``) live beside the checkpoints, not in them: ``mirror.pointers`` records them per run,
+each only once the copy of the checkpoint it names is committed. Two writers of one copy are kept apart
+by ``mirror.lock``; the second one fails saying who holds it.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import socket
 import threading
@@ -44,7 +63,7 @@ from ckptwatch.mirror.hashing import ALGORITHM, new_hasher
 from ckptwatch.mirror.target import Target, is_temp, join
 from ckptwatch.model import RunReport, Status, Verdict
 from ckptwatch.resume import blocking_hazards
-from ckptwatch.scan import tree
+from ckptwatch.scan import inside, tree
 
 # The layouts' completion markers: written by the frameworks after their data, so copied after ours.
 COMPLETION_MARKERS = (".metadata", "trainer_state.json", "latest", "commit_success.txt", "metadata.json",
@@ -89,15 +108,37 @@ def why_not_mirrored(v: Verdict, *, mirror_hazards: bool = False) -> str | None:
         kinds = ", ".join(dict.fromkeys(h.kind for h in blocking))
         return f"complete, but {kinds} would make a resume load the wrong weights (mirror_hazards = true " \
                "mirrors it anyway)"
-    if "*" in v.path or not os.path.isdir(v.path):
-        return "not a checkpoint directory (per-rank file sets and single-file checkpoints are not " \
-               "mirrored yet)"
+    if checkpoint_kind(v.path) is None:
+        return f"{display(v.path)} is no longer a directory, a file or a per-rank set of files: nothing to copy"
+    return None
+
+
+def checkpoint_kind(path: str) -> str | None:
+    """``dir``, ``file`` or ``files`` (a per-rank set: a pattern with ``*``), or None when ``path`` is none
+    of them now (gone, or a FIFO where the file was)."""
+    if "*" in path:
+        return "files"
+    if os.path.isdir(path):
+        return "dir"
+    if os.path.isfile(path):
+        return "file"
     return None
 
 
 def copy_name(run_root: str, checkpoint: str) -> str:
-    """``<run>/<checkpoint>``: where the copy of ``checkpoint`` lives under the target."""
-    return join(os.path.basename(os.path.normpath(run_root)), os.path.basename(os.path.normpath(checkpoint)))
+    """``<run>/<name>``: where the copy of ``checkpoint`` lives under the target (module docstring)."""
+    name = os.path.basename(os.path.normpath(checkpoint))
+    return join(os.path.basename(os.path.normpath(run_root)), name.replace("*", "all"))
+
+
+def run_path(run_root: str, checkpoint: str) -> str:
+    """The checkpoint's path relative to its run root, ``/``-separated (``*`` kept in a pattern)."""
+    return os.path.relpath(checkpoint, run_root).replace(os.sep, "/")
+
+
+def members(pattern: str) -> list[str]:
+    """The files a per-rank set's pattern covers now (only ``*`` is a wildcard; ``[`` in a name is not)."""
+    return sorted(glob.glob("*".join(glob.escape(part) for part in pattern.split("*"))))
 
 
 def upload_order(paths: list[str]) -> list[str]:
@@ -124,14 +165,29 @@ class _Copied:
 
 
 def source_files(v: Verdict, run_root: str) -> list[_Source]:
-    """The checkpoint's files (``scan.tree``: regular files, no link out of the run, no pins)."""
-    listing = tree(v.path, run_root)
+    """The checkpoint's files (``scan.tree``: regular files, no link out of the run, no pins), each with
+    its path in the copy: relative to the checkpoint for a directory, to the run root otherwise."""
+    kind = checkpoint_kind(v.path)
+    paths = members(v.path) if kind == "files" else [v.path]
+    if kind == "files" and not paths:
+        raise MirrorFailed(f"{display(v.path)}: no file matches it any more (deleted since it was judged)")
+    out = []
+    for path in paths:
+        if kind != "dir" and not inside(path, run_root):
+            raise MirrorFailed(f"{display(path)} leads out of the run {display(run_root)} (a symlink); "
+                               "it is not copied")
+        out.extend(_listed(path, run_root, v.path if kind == "dir" else run_root))
+    return out
+
+
+def _listed(path: str, run_root: str, base: str) -> list[_Source]:
+    listing = tree(path, run_root)
     if listing.problems:
         p = listing.problems[0]
         raise MirrorFailed(f"{p.file}: {p.message}")
     out = []
     for e in listing.files:
-        rel = os.path.relpath(e.path, v.path).replace(os.sep, "/")
+        rel = os.path.relpath(e.path, base).replace(os.sep, "/")
         if rel.rsplit("/", 1)[-1].startswith(mf.PREFIX):
             continue  # a checkpoint restored from a copy may still hold our names; they are not its files
         out.append(_Source(rel, e.path))
@@ -226,7 +282,8 @@ def _conflict_or_current(v: Verdict, files: list[_Source], state: mf.CopyState, 
     if set(listed) != {s.rel for s in files}:
         extra = sorted({s.rel for s in files} - set(listed))
         gone = sorted(set(listed) - {s.rel for s in files})
-        what = f"{v.path}/{extra[0]} is not in it" if extra else f"{v.path}/{gone[0]} is gone from the source"
+        base = v.path if manifest.kind == "dir" else os.path.dirname(v.path.split("*", 1)[0].rstrip("/"))
+        what = f"{base}/{extra[0]} is not in it" if extra else f"{base}/{gone[0]} is gone from the source"
         return Outcome(v.path, where, "conflict", f"the source differs from its committed copy: {what}; "
                        "nothing was written (move the copy aside to mirror the new checkpoint)")
     for s in files:
@@ -349,12 +406,20 @@ def _copy(v: Verdict, run_root: str, files: list[_Source], target: Target, prefi
                     for s in files for e in (done[s.rel],)),
         verdict=v.status.value, layout=v.layout, step=v.step,
         run=os.path.basename(os.path.normpath(run_root)),
-        checkpoint=os.path.basename(os.path.normpath(v.path)),
-        source_host=host, source_path=v.path, created=now)
+        checkpoint=prefix.rsplit("/", 1)[-1],
+        source_host=host, source_path=v.path, created=now, **_kind_fields(v, run_root))
     mf.commit(target, prefix, manifest)
     target.remove(join(prefix, mf.JOURNAL_NAME))
     return Outcome(v.path, target.describe(prefix), "committed", "", manifest.bytes, len(files),
                    len(todo), resumed)
+
+
+def _kind_fields(v: Verdict, run_root: str) -> dict[str, Any]:
+    """The manifest's version, kind and run path: version 1 (no kind) for a directory, as before."""
+    kind = checkpoint_kind(v.path) or "dir"
+    if kind == "dir":
+        return {}
+    return {"version": mf.KINDS[kind], "kind": kind, "run_path": run_path(run_root, v.path)}
 
 
 def _check_source_unchanged(files: list[_Source], done: dict[str, mf.JournalEntry]) -> None:

@@ -5,11 +5,23 @@ the manifest there, and one whose files differ from the manifest (missing, anoth
 Every refusal names the file. ``restore`` writes into a new temp dir beside DEST and renames it to
 DEST only when every file matched, so DEST is either the whole checkpoint or absent; files get the
 source's mtimes back, so the restored checkpoint is settled and judged like the original at once.
+
+What DEST becomes follows the copy's kind (manifest ``kind``), so a framework loads it as it is:
+
+- a checkpoint directory: DEST is that directory (``DEST/model.safetensors``, ...).
+- one file (a Lightning ``.ckpt``, a ``torch.save`` file): DEST is the file itself (put in place with
+  ``link``, which refuses an existing name, then the staging dir is removed).
+- a per-rank set: DEST is a run directory holding each rank's file at its path in the run
+  (``DEST/rank_0/net_rank_0-1_5.ckpt``, ...; NVRx ``DEST/0/iter_0000100_0_local.pt``).
+
+``restore_run`` brings back a whole run copy (``<to>/<run>``): every committed copy below it at its
+place in the run, then the run's pointers that name a restored checkpoint (``mirror.pointers``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import shutil
@@ -117,7 +129,8 @@ def verify_copy(target: Target, prefix: str = "") -> tuple[mf.Manifest | None, l
 
 
 def restore(target: Target, prefix: str, dest: str) -> mf.Manifest:
-    """Copy the committed copy at ``prefix`` to the new directory ``dest``, verifying every hash.
+    """Copy the committed copy at ``prefix`` to ``dest`` (a new directory, or the new file of a single-file
+    copy: module docstring), verifying every hash.
 
     Raises ``RestoreRefused`` (nothing left at ``dest``) when the copy is not committed or any file
     differs from its manifest, or when ``dest`` exists. Missing parents of ``dest`` are created.
@@ -129,6 +142,10 @@ def restore(target: Target, prefix: str, dest: str) -> mf.Manifest:
     manifest, findings = committed(target, prefix)
     if manifest is None:
         raise RestoreRefused(findings)
+    if manifest.kind == "file" and len(manifest.files) != 1:
+        where = target.describe(join(prefix, mf.MANIFEST_NAME))
+        raise RestoreRefused([CopyFinding("broken", where, f"{where}: a single-file copy that lists "
+                                          f"{len(manifest.files)} files; not a backup ckptwatch made")])
     parent = os.path.dirname(dest)
     try:
         os.makedirs(parent, exist_ok=True)  # DEST's parents, like `mkdir -p`; DEST itself stays new
@@ -148,9 +165,25 @@ def restore(target: Target, prefix: str, dest: str) -> mf.Manifest:
                 upload.commit(entry.mtime_ns)
             finally:
                 upload.abort()  # no-op after commit
-        os.rename(staging, dest)  # DEST appears whole, or not at all
+        _place(staging, dest, manifest)  # DEST appears whole, or not at all
     except BaseException:
         with contextlib.suppress(OSError):
             shutil.rmtree(staging)  # our own staging dir, created above
         raise
     return manifest
+
+
+def _place(staging: str, dest: str, manifest: mf.Manifest) -> None:
+    """Make the verified staging dir DEST: the dir itself, or for a single-file copy its one file."""
+    if manifest.kind != "file":
+        os.rename(staging, dest)
+        return
+    [entry] = manifest.files  # a single-file copy lists exactly one file (checked by ``restore``)
+    path = os.path.join(staging, *entry.path.split("/"))
+    try:
+        os.link(path, dest)  # refuses an existing DEST, never follows it
+    except OSError as exc:
+        if exc.errno == errno.EEXIST or os.path.lexists(dest):
+            raise
+        os.rename(path, dest)  # a filesystem without hard links (some FUSE mounts): DEST was checked absent
+    shutil.rmtree(staging)  # our own staging dir; DEST is a second name of its file
