@@ -49,7 +49,8 @@ def test_lightning_ckpt_files_round_trip(artefact, tmp_path):
     to = tmp_path / "backup"
     results = _mirror(run, to)
     names = sorted(p.name for p in run.iterdir() if not p.is_symlink())
-    assert sorted(os.path.basename(c) for c in results) == names == ["epoch=0-step=4.ckpt", "epoch=0-step=8.ckpt"]
+    assert sorted(os.path.basename(c) for c in results) == names
+    assert names == ["epoch=0-step=4.ckpt", "epoch=0-step=8.ckpt"]
     assert {c["result"] for c in results.values()} == {"committed"}
     for name in names:
         copy = to / "checkpoints" / name

@@ -60,6 +60,7 @@ from ckptwatch.formats._io import display, open_regular
 from ckptwatch.formats._stream import CHUNK, AlignedBuffer
 from ckptwatch.mirror import manifest as mf
 from ckptwatch.mirror.hashing import ALGORITHM, new_hasher
+from ckptwatch.mirror.lock import CopyBusy, Lease, copy_lock
 from ckptwatch.mirror.target import Target, is_temp, join
 from ckptwatch.model import RunReport, Status, Verdict
 from ckptwatch.resume import blocking_hazards
@@ -109,7 +110,8 @@ def why_not_mirrored(v: Verdict, *, mirror_hazards: bool = False) -> str | None:
         return f"complete, but {kinds} would make a resume load the wrong weights (mirror_hazards = true " \
                "mirrors it anyway)"
     if checkpoint_kind(v.path) is None:
-        return f"{display(v.path)} is no longer a directory, a file or a per-rank set of files: nothing to copy"
+        return f"{display(v.path)} is no longer a directory, a file or a per-rank set of files: nothing " \
+               "to copy"
     return None
 
 
@@ -321,19 +323,25 @@ def mirror_checkpoint(v: Verdict, run_root: str, target: Target, config: MirrorC
     reason = why_not_mirrored(v, mirror_hazards=config.mirror_hazards)
     if reason:
         return Outcome(v.path, where, "skipped", reason)
+    host = host or socket.gethostname()
     try:
         files = source_files(v, run_root)
         state = mf.copy_state(target, prefix)
+        if state.state not in ("committed", "broken"):
+            with copy_lock(target, prefix, host=host) as lease:  # CopyBusy: another writer has it
+                state = mf.copy_state(target, prefix)  # it may have committed while we looked
+                if state.state not in ("committed", "broken"):
+                    return _copy(v, run_root, files, target, prefix, config, now=now, host=host,
+                                 progress=progress, lease=lease)
         if state.state == "committed":
             outcome = _conflict_or_current(v, files, state, where)
             if outcome.result == "up_to_date":
                 _tidy(target, prefix)
             return outcome
-        if state.state == "broken":
-            return Outcome(v.path, where, "conflict", f"{state.reason}; it is no backup and is left as it "
-                           "is: move it aside to mirror again")
-        return _copy(v, run_root, files, target, prefix, config, now=now, host=host or socket.gethostname(),
-                     progress=progress)
+        return Outcome(v.path, where, "conflict", f"{state.reason}; it is no backup and is left as it "
+                       "is: move it aside to mirror again")
+    except CopyBusy as exc:
+        return Outcome(v.path, where, "failed", str(exc))
     except MirrorFailed as exc:
         return Outcome(v.path, where, "failed", str(exc))
     except (OSError, mf.ManifestError) as exc:
@@ -343,7 +351,8 @@ def mirror_checkpoint(v: Verdict, run_root: str, target: Target, config: MirrorC
 
 
 def _copy(v: Verdict, run_root: str, files: list[_Source], target: Target, prefix: str,
-          config: MirrorConfig, *, now: float, host: str, progress: Callable[[str], None] | None) -> Outcome:
+          config: MirrorConfig, *, now: float, host: str, progress: Callable[[str], None] | None,
+          lease: Lease) -> Outcome:
     algorithm = ALGORITHM
     journal = mf.read_journal(target, prefix, algorithm, v.path)
     present = target.list(prefix)
@@ -382,6 +391,7 @@ def _copy(v: Verdict, run_root: str, files: list[_Source], target: Target, prefi
             size = 100 * len(done)
             if since_journal[0] >= JOURNAL_RATIO * size:
                 mf.put(target, join(prefix, mf.JOURNAL_NAME), mf.journal_bytes(algorithm, v.path, done))
+                lease.renew()
                 since_journal[0] = 0
         if progress:
             progress(c.rel)

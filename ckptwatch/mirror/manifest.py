@@ -101,7 +101,8 @@ class Manifest:
                "layout": self.layout, "step": self.step, "run": self.run, "checkpoint": self.checkpoint,
                "source_host": self.source_host, "source_path": self.source_path, "created": self.created,
                "bytes": self.bytes,
-               **({"kind": self.kind, "run_path": self.run_path} if self.version >= VERSION_RUN_PATHS else {}),
+               **({"kind": self.kind, "run_path": self.run_path}
+                  if self.version >= VERSION_RUN_PATHS else {}),
                "files": [{"path": f.path, "size": f.size, "hash": f.hash, "mtime_ns": f.mtime_ns,
                           "ctime_ns": f.ctime_ns, "ino": f.ino} for f in self.files]}
         return (json.dumps(doc, indent=1, ensure_ascii=True) + "\n").encode("ascii")
@@ -143,7 +144,8 @@ def parse(data: bytes, where: str) -> Manifest:
     if version >= VERSION_RUN_PATHS:
         kind = _field(doc, "kind", str, where)
         if KINDS.get(kind) != version:
-            raise ManifestError(f"{where}: kind {kind!r} is not one this ckptwatch writes in version {version}")
+            raise ManifestError(f"{where}: kind {kind!r} is not one this ckptwatch writes in version "
+                                f"{version}")
         run_path = member_path(_field(doc, "run_path", str, where), where)
     algorithm = _field(doc, "algorithm", str, where)
     if not known(algorithm):
