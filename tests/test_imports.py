@@ -51,6 +51,7 @@ FLOORS: dict[str, int] = {
     "ckptwatch.mirror.manifest": READERS,  # manifest, commit marker, journal: format and I/O via a target
     "ckptwatch.mirror.restore": READERS,  # restore and verify a committed copy
     "ckptwatch.mirror.lock": READERS,  # one writer per copy: flock locally, a lease object on S3
+    "ckptwatch.mirror.pointers": LAYOUTS,  # run-level pointers (DeepSpeed latest, ...) recorded per run
     "ckptwatch.mirror.copy": LAYOUTS,  # one checkpoint's files (scan.tree) -> a committed copy
     "ckptwatch.retention.model": PURE,  # the plan's types, below policy and guards
     "ckptwatch.retention.policy": PURE,  # the keep rules and the plan

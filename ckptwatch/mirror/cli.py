@@ -42,9 +42,12 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
                    help="also mirror complete checkpoints whose resume hazards would load the wrong weights")
     add_check_args(p)
     r = subparsers.add_parser("restore", help="copy a mirrored checkpoint back to DEST, verifying every hash")
-    r.add_argument("copy", metavar="COPY", help="the copy's directory or URL (<to>/<run>/<checkpoint>)")
+    r.add_argument("copy", metavar="COPY", help="the copy's directory or URL (<to>/<run>/<checkpoint>), or "
+                   "a run's (<to>/<run>: every committed copy, and the run's pointers such as DeepSpeed's "
+                   "latest)")
     add_endpoint_arg(r)
-    r.add_argument("dest", metavar="DEST", help="a new directory to restore into")
+    r.add_argument("dest", metavar="DEST", help="a new path to restore into: the checkpoint dir, the file "
+                   "of a single-file copy, or the run dir of a per-rank set or a run")
     r.add_argument("--json", action="store_true")
 
 
@@ -136,7 +139,7 @@ def _findings_json(findings: list[Any]) -> list[dict[str, str]]:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from ckptwatch.mirror.restore import RestoreRefused, restore
+    from ckptwatch.mirror.restore import RestoreRefused, is_run_copy, restore, restore_run
     from ckptwatch.mirror.targets import is_url
 
     copy = args.copy if is_url(args.copy) else os.path.abspath(args.copy)
@@ -144,7 +147,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
         raise UsageError(f"{args.copy}: not a directory (COPY is <to>/<run>/<checkpoint>)")
     try:
         try:
-            manifest = restore(_target(copy, args.endpoint_url), "", args.dest)
+            target = _target(copy, args.endpoint_url)
+            if is_run_copy(target):
+                return _restored_run(restore_run(target, "", args.dest), args)
+            manifest = restore(target, "", args.dest)
         except OSError as exc:  # the copy's storage cannot be reached or read (nothing is left at DEST)
             raise RestoreRefused(_unreadable(exc, copy)) from None
     except RestoreRefused as exc:
@@ -163,6 +169,24 @@ def cmd_restore(args: argparse.Namespace) -> int:
     else:
         print(f"restored {dest} ({len(manifest.files)} files, every {manifest.algorithm} hash verified; "
               f"copied from {manifest.source_host}:{manifest.source_path})")
+    return EXIT_OK
+
+
+def _restored_run(done: Any, args: argparse.Namespace) -> int:
+    """Report ``restore_run``'s result: exit 0 (copies not committed are listed, not restored)."""
+    dest = os.path.abspath(args.dest)
+    if args.json:
+        json.dump({"version": 1, "restored": dest, "copies": list(done.copies),
+                   "pointers": list(done.pointers),
+                   "files": done.files, "bytes": done.bytes, "skipped": _findings_json(list(done.skipped)),
+                   "refused": []}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        pointers = f"; pointers {', '.join(done.pointers)}" if done.pointers else ""
+        print(f"restored the run {dest}: {len(done.copies)} checkpoints ({', '.join(done.copies)}), "
+              f"{done.files} files, every hash verified{pointers}")
+    for f in done.skipped:
+        print(f"ckptwatch: not restored: {f.message}", file=sys.stderr)
     return EXIT_OK
 
 

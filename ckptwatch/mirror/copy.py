@@ -46,6 +46,7 @@ by ``mirror.lock``; the second one fails saying who holds it.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 import socket
@@ -59,6 +60,7 @@ from ckptwatch.config.mirror import MirrorConfig
 from ckptwatch.formats._io import display, open_regular
 from ckptwatch.formats._stream import CHUNK, AlignedBuffer
 from ckptwatch.mirror import manifest as mf
+from ckptwatch.mirror import pointers
 from ckptwatch.mirror.hashing import ALGORITHM, new_hasher
 from ckptwatch.mirror.lock import CopyBusy, Lease, copy_lock
 from ckptwatch.mirror.target import Target, is_temp, join
@@ -93,11 +95,12 @@ class Outcome:
     files: int = 0
     copied: int = 0  # files copied by this call
     resumed: int = 0  # files an interrupted copy had already put in place, verified and kept
+    pointers: tuple[str, ...] = ()  # run-level pointers naming this checkpoint, recorded (mirror.pointers)
 
     def as_json(self) -> dict[str, Any]:
         return {"checkpoint": self.checkpoint, "copy": self.copy, "result": self.result,
                 "reason": self.reason, "bytes": self.bytes, "files": self.files, "copied": self.copied,
-                "resumed": self.resumed}
+                "resumed": self.resumed, "pointers": list(self.pointers)}
 
 
 def why_not_mirrored(v: Verdict, *, mirror_hazards: bool = False) -> str | None:
@@ -324,6 +327,21 @@ def mirror_checkpoint(v: Verdict, run_root: str, target: Target, config: MirrorC
     if reason:
         return Outcome(v.path, where, "skipped", reason)
     host = host or socket.gethostname()
+    outcome = _mirror(v, run_root, target, config, prefix, where, now=now, host=host, progress=progress)
+    if outcome.result not in ("committed", "up_to_date"):
+        return outcome
+    try:  # only now: the copy these pointers name is committed
+        recorded = pointers.record(target, run_root, v.path, prefix, host=host)
+    except (OSError, mf.ManifestError, CopyBusy) as exc:
+        what = f"{display(str(exc.filename))}: {exc.strerror}" if isinstance(exc, OSError) and exc.filename \
+            else str(exc)
+        return dataclasses.replace(outcome, reason=f"the run's pointers naming it were not recorded "
+                                   f"({what}); the next pass records them")
+    return dataclasses.replace(outcome, pointers=tuple(recorded))
+
+
+def _mirror(v: Verdict, run_root: str, target: Target, config: MirrorConfig, prefix: str, where: str, *,
+            now: float, host: str, progress: Callable[[str], None] | None) -> Outcome:
     try:
         files = source_files(v, run_root)
         state = mf.copy_state(target, prefix)

@@ -30,7 +30,7 @@ from typing import Any
 
 from ckptwatch.formats._stream import CHUNK, AlignedBuffer
 from ckptwatch.mirror import manifest as mf
-from ckptwatch.mirror.hashing import new_hasher
+from ckptwatch.mirror.hashing import digest_of, new_hasher
 from ckptwatch.mirror.target import TEMP_MARK, LocalTarget, Target, is_temp, join
 
 
@@ -187,3 +187,113 @@ def _place(staging: str, dest: str, manifest: mf.Manifest) -> None:
             raise
         os.rename(path, dest)  # a filesystem without hard links (some FUSE mounts): DEST was checked absent
     shutil.rmtree(staging)  # our own staging dir; DEST is a second name of its file
+
+
+@dataclass(frozen=True)
+class RunRestored:
+    """What ``restore_run`` put at DEST: the copies (dir names) restored, the pointers, what was left out."""
+
+    copies: tuple[str, ...]
+    pointers: tuple[str, ...]
+    files: int
+    bytes: int
+    skipped: tuple[CopyFinding, ...]  # copies not committed (a mirror under way, or broken): not restored
+
+
+def run_copies(target: Target, prefix: str) -> list[str]:
+    """The copy dirs directly below ``prefix`` (a run copy ``<to>/<run>``): those holding any of our names."""
+    names = set()
+    for name in target.list(prefix):
+        parts = name.split("/")
+        if len(parts) == 2 and parts[1] in mf.OURS:
+            names.add(parts[0])
+    return sorted(names)
+
+
+def is_run_copy(target: Target, prefix: str = "") -> bool:
+    """Is ``prefix`` a run's dir of copies (no copy itself, copies below it)?"""
+    return mf.copy_state(target, prefix).state in ("absent", "partial") and bool(run_copies(target, prefix))
+
+
+def restore_run(target: Target, prefix: str, dest: str) -> RunRestored:
+    """Restore every committed copy below the run copy at ``prefix`` into the new run dir ``dest``, each at
+    its place in the run (a directory under its name, a file or a per-rank set at its run-relative paths),
+    then the recorded pointers (``mirror.pointers``) that name a restored copy, each checked against its
+    hash. Copies without a commit (a mirror under way) are left out and listed; a committed copy whose
+    files differ from its manifest refuses the whole restore (``RestoreRefused``: nothing at ``dest``)."""
+    from ckptwatch.mirror import pointers
+
+    dest = os.path.abspath(dest)
+    if os.path.lexists(dest):
+        raise RestoreRefused([CopyFinding("dest", dest, f"{dest} already exists; restore writes a new "
+                                          "directory (choose another DEST or move it aside)")])
+    restored: list[str] = []
+    skipped: list[CopyFinding] = []
+    plan: list[tuple[str, mf.Manifest]] = []
+    for name in run_copies(target, prefix):
+        manifest, findings = committed(target, join(prefix, name))
+        if manifest is None:
+            skipped.extend(findings)
+        else:
+            plan.append((name, manifest))
+    if not plan:
+        raise RestoreRefused(skipped or [CopyFinding("not_committed", target.describe(prefix),
+                                                     f"{target.describe(prefix)} holds no committed copy")])
+    try:
+        record = pointers.read_record(target, prefix)
+    except mf.ManifestError as exc:
+        raise RestoreRefused([CopyFinding("broken", target.describe(join(prefix, pointers.RECORD_NAME)),
+                                          str(exc))]) from None
+    parent = os.path.dirname(dest)
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as exc:
+        raise RestoreRefused([CopyFinding("dest", parent, f"{parent}: cannot be a directory for DEST "
+                                          f"({exc.strerror or exc})")]) from None
+    staging = os.path.join(parent, f".{os.path.basename(dest)}{TEMP_MARK}restore-{secrets.token_hex(6)}")
+    os.mkdir(staging, 0o755)
+    files = size = 0
+    placed: set[str] = set()
+    try:
+        out = LocalTarget(staging)
+        for name, manifest in plan:
+            base = manifest.where_in_run if manifest.kind == "dir" else ""
+            for entry in manifest.files:
+                path = join(base, entry.path)
+                if path in placed:
+                    where = target.describe(join(prefix, name, mf.MANIFEST_NAME))
+                    raise RestoreRefused([CopyFinding("broken", where, f"{where} lists {path}, which another "
+                                                      "copy of the run already holds")])
+                placed.add(path)
+                upload = out.open_write(path)
+                try:
+                    found = _check_file(target, join(prefix, name), entry, manifest.algorithm, upload)
+                    if found:
+                        raise RestoreRefused([found])
+                    upload.commit(entry.mtime_ns)
+                finally:
+                    upload.abort()
+                files += 1
+                size += entry.size
+            restored.append(name)
+        put_back = []
+        for rel, p in sorted(record.items()):
+            if p.copy not in restored or rel in placed:
+                continue  # names a copy not restored (never a dangling pointer), or shadows a file
+            if digest_of(p.data, p.algorithm) != p.hash:
+                where = target.describe(join(prefix, pointers.RECORD_NAME))
+                raise RestoreRefused([CopyFinding("hash", where, f"{where}: the bytes recorded for {rel} "
+                                                  "differ from their hash (changed after recording)")])
+            upload = out.open_write(rel)
+            try:
+                upload.write(p.data)
+                upload.commit(p.mtime_ns)
+            finally:
+                upload.abort()
+            put_back.append(rel)
+        os.rename(staging, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(staging)  # our own staging dir, created above
+        raise
+    return RunRestored(tuple(restored), tuple(put_back), files, size, tuple(skipped))
