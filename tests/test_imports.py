@@ -53,6 +53,7 @@ FLOORS: dict[str, int] = {
     "ckptwatch.mirror.lock": READERS,  # one writer per copy: flock locally, a lease object on S3
     "ckptwatch.mirror.pointers": LAYOUTS,  # run-level pointers (DeepSpeed latest, ...) recorded per run
     "ckptwatch.mirror.copy": LAYOUTS,  # one checkpoint's files (scan.tree) -> a committed copy
+    "ckptwatch.mirror.status": LAYOUTS,  # once --json's mirror object: the target's markers
     "ckptwatch.retention.model": PURE,  # the plan's types, below policy and guards
     "ckptwatch.retention.policy": PURE,  # the keep rules and the plan
     "ckptwatch.retention.guards": PURE,  # the invariants no plan may break

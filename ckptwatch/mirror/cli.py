@@ -31,8 +31,10 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     p = subparsers.add_parser("mirror", help="copy every complete checkpoint under PATH to --to, verified, "
                               "with a manifest and a commit marker written last")
     p.add_argument("path", metavar="PATH", help="an output dir (a run, or a dir of runs)")
-    p.add_argument("--to", required=True, metavar="TO", help="the target: a directory or s3://bucket/prefix; "
-                   "copies go to TO/<run>/<checkpoint>/")
+    p.add_argument("--to", metavar="TO", help="the target: a directory or s3://bucket/prefix; copies go to "
+                   "TO/<run>/<checkpoint>/ (default: the [watch.mirror] of --config's watch holding PATH)")
+    p.add_argument("--config", metavar="FILE", help="use [watch.mirror] (and the check settings) of the "
+                   "[[watch]] holding PATH; flags override its keys")
     add_endpoint_arg(p)
     p.add_argument("--verify", choices=("size", "full"), default=None,
                    help="size (default): check the copy's sizes; full: re-read and re-hash it before "
@@ -82,17 +84,24 @@ def cmd_mirror(args: argparse.Namespace) -> int:
     path = os.path.abspath(args.path)
     if not os.path.isdir(path):
         raise UsageError(f"{args.path}: not a directory")
-    to = args.to if is_url(args.to) else os.path.abspath(args.to)
-    if not is_url(to) and (to == path or to.startswith(path.rstrip("/") + "/")):
-        raise UsageError(f"--to {args.to} is inside {args.path}: the copies would be judged as checkpoints "
-                         "of the run (choose a directory outside it)")
-    config = override(MirrorConfig(to=to), {"verify": args.verify, "parallel": args.parallel,
-                                            "mirror_hazards": args.mirror_hazards or None,
-                                            "endpoint_url": args.endpoint_url})
+    file_config, watch = _watch_of(args, path)
+    if args.to is None and (watch is None or watch.mirror is None):
+        none = f" ({args.config} has none for {path})" if args.config else ""
+        raise UsageError("mirror needs --to DIR|URL, or --config FILE whose [[watch]] holding PATH has a "
+                         f"[watch.mirror] table{none}")
+    to = args.to if args.to is None or is_url(args.to) else os.path.abspath(args.to)
+    base = watch.mirror if watch is not None and watch.mirror is not None else MirrorConfig(to=to or "")
+    config = override(base, {"to": to, "verify": args.verify, "parallel": args.parallel,
+                             "mirror_hazards": args.mirror_hazards or None,
+                             "endpoint_url": args.endpoint_url})
+    if not is_url(config.to) and (config.to == path or config.to.startswith(path.rstrip("/") + "/")):
+        raise UsageError(f"--to {config.to} is inside {args.path}: the copies would be judged as "
+                         "checkpoints of the run (choose a directory outside it)")
     target = _target(config.to, config.endpoint_url)
-    watch = WatchConfig(path=path, layout=args.layout, expected_ranks=args.expected_ranks)
+    layout = watch.layout if args.layout == "auto" and watch is not None else args.layout
+    watch = watch or WatchConfig(path=path, layout=args.layout, expected_ranks=args.expected_ranks)
     now = time.time()
-    report = check_root(path, check_options(args, None, watch), now, layout=args.layout)
+    report = check_root(path, check_options(args, file_config, watch), now, layout=layout)
     code = EXIT_OK
     runs: list[dict[str, Any]] = []
     for run in report.runs:
@@ -111,6 +120,21 @@ def cmd_mirror(args: argparse.Namespace) -> int:
     elif not report.runs:
         print(f"ckptwatch: no checkpoints found under {path}", file=sys.stderr)
     return code
+
+
+def _watch_of(args: argparse.Namespace, path: str) -> tuple[Any, Any]:
+    """(the config file, the [[watch]] whose path holds ``path``) with --config; (None, None) without.
+    A usage error when no watch holds it: the flags alone would silently ignore the file."""
+    if not args.config:
+        return None, None
+    from ckptwatch.config import load_config
+
+    config = load_config(args.config)
+    holders = [w for w in config.watches if path == w.path or path.startswith(w.path.rstrip("/") + "/")]
+    if not holders:
+        raise UsageError(f"{path} is not under any [[watch]] path of {args.config}; give the watch's path "
+                         "(or a run inside it), or --to without --config")
+    return config, max(holders, key=lambda w: len(w.path))  # the most specific watch
 
 
 def _print_outcome(o: Any) -> None:

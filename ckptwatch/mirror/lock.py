@@ -93,6 +93,11 @@ def _parse(data: bytes | None) -> tuple[Holder | None, str, float]:
         return None, "", 0.0
 
 
+def holder_of(data: bytes | None) -> Holder | None:
+    """The holder a lock file's (or lease object's) bytes name; None when they name none."""
+    return _parse(data)[0]
+
+
 class Lease:
     """What the holder of a copy's lock may do with it: renew it (a no-op for a local flock)."""
 
