@@ -51,6 +51,7 @@ FLOORS: dict[str, int] = {
     "ckptwatch.mirror.manifest": READERS,  # manifest, commit marker, journal: format and I/O via a target
     "ckptwatch.mirror.restore": READERS,  # restore and verify a committed copy
     "ckptwatch.mirror.lock": READERS,  # one writer per copy: flock locally, a lease object on S3
+    "ckptwatch.mirror.pointer_record": READERS,  # the run's pointer record: format, read through a target
     "ckptwatch.mirror.pointers": LAYOUTS,  # run-level pointers (DeepSpeed latest, ...) recorded per run
     "ckptwatch.mirror.copy": LAYOUTS,  # one checkpoint's files (scan.tree) -> a committed copy
     "ckptwatch.mirror.status": LAYOUTS,  # once --json's mirror object: the target's markers

@@ -145,3 +145,16 @@ def test_s3_lease_refuses_a_live_writer_and_takes_a_stale_one(s3_target):
             holder, _, _ = lock._parse(mf.read_small(s3_target, name, 4096))
             assert holder is not None and holder.host == "node-a" and holder.pid == os.getpid()
         assert s3_target.stat(name) is None
+
+
+def test_a_lock_left_in_a_committed_copy_is_removed(artefact, tmp_path):
+    """A writer killed between its commit and unlinking its lock leaves the lock file in a committed copy:
+    the next pass finds the copy up to date, takes the (free) lock and so removes it."""
+    run = artefact("dcp")
+    to = tmp_path / "backup"
+    assert run_cli("mirror", str(run), "--to", str(to), "--settle", "0").returncode == 0
+    left = to / "dcp" / "step_200" / mf.LOCK_NAME
+    left.write_text(json.dumps({"pid": 1, "host": "h", "since": 1.0}))
+    again = run_cli("mirror", str(run), "--to", str(to), "--settle", "0", "--json")
+    assert again.returncode == 0 and {r["result"] for r in _results(again.stdout).values()} == {"up_to_date"}
+    assert not left.exists()

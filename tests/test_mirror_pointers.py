@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from ckptwatch.mirror import manifest as mf
-from ckptwatch.mirror.pointers import RECORD_NAME
+from ckptwatch.mirror.pointer_record import RECORD_NAME
 from tests.helpers import run_cli
 
 pytestmark = pytest.mark.slow  # real DeepSpeed runs are built

@@ -310,12 +310,19 @@ def _conflict_or_current(v: Verdict, files: list[_Source], state: mf.CopyState, 
     return Outcome(v.path, where, "up_to_date", "", manifest.bytes, len(manifest.files))
 
 
-def _tidy(target: Target, prefix: str) -> None:
-    """A kill after the commit marker can leave the journal or a temp file of ours: remove those names
-    (never a file the manifest lists)."""
-    for name in target.list(prefix):
+def _tidy(target: Target, prefix: str, host: str) -> None:
+    """A kill after the commit marker can leave the journal, a temp file or the lock of ours: remove
+    those names (never a file the manifest lists; the lock only by taking it, which removes it)."""
+    present = target.list(prefix)
+    for name in present:
         if is_temp(name) or name == mf.JOURNAL_NAME:
             target.remove(join(prefix, name))
+    if mf.LOCK_NAME in present:
+        try:
+            with copy_lock(target, prefix, host=host):
+                pass
+        except CopyBusy:
+            pass  # someone holds it now (and finds the copy committed): it is theirs to remove
 
 
 def mirror_checkpoint(v: Verdict, run_root: str, target: Target, config: MirrorConfig, *, now: float,
@@ -354,7 +361,7 @@ def _mirror(v: Verdict, run_root: str, target: Target, config: MirrorConfig, pre
         if state.state == "committed":
             outcome = _conflict_or_current(v, files, state, where)
             if outcome.result == "up_to_date":
-                _tidy(target, prefix)
+                _tidy(target, prefix, host)
             return outcome
         return Outcome(v.path, where, "conflict", f"{state.reason}; it is no backup and is left as it "
                        "is: move it aside to mirror again")

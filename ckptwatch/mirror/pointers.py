@@ -26,26 +26,22 @@ its own, copied like any other), our own ``ckptwatch-latest`` (the service write
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from ckptwatch.formats._io import open_regular_file
 from ckptwatch.layouts.deepspeed import POINTERS as DEEPSPEED_POINTERS
 from ckptwatch.layouts.megatron import TRACKER
 from ckptwatch.mirror import manifest as mf
-from ckptwatch.mirror.hashing import ALGORITHM, digest_of, known
+from ckptwatch.mirror.hashing import ALGORITHM, digest_of
 from ckptwatch.mirror.lock import CopyBusy, copy_lock
+from ckptwatch.mirror.pointer_record import RECORD_NAME, Entry, read_record, record_bytes
 from ckptwatch.mirror.target import Target, join
 
-RECORD_NAME = mf.PREFIX + "-pointers.json"
-VERSION = 1
 MAX_POINTER_BYTES = 64 * 1024  # a pointer is a tag, a number or a small JSON; anything bigger is not one
-MAX_RECORD_BYTES = 8 << 20
 RANK_DIR = re.compile(r"^rank_\d+\Z")
 LOCK_TRIES = 20  # the run's lock is held for one small read and write: wait a little rather than skip
 
@@ -57,21 +53,6 @@ class Pointer:
     rel: str
     data: bytes
     mtime_ns: int
-
-
-@dataclass(frozen=True)
-class Entry:
-    """A recorded pointer: its bytes, and the copy (its dir name under ``<to>/<run>/``) it names."""
-
-    copy: str
-    data: bytes
-    algorithm: str
-    hash: str
-    mtime_ns: int
-
-    def as_json(self) -> dict[str, Any]:
-        return {"copy": self.copy, "data": base64.b64encode(self.data).decode("ascii"),
-                "algorithm": self.algorithm, "hash": self.hash, "mtime_ns": self.mtime_ns}
 
 
 def _read(path: str) -> tuple[bytes, int] | None:
@@ -130,39 +111,6 @@ def naming(run_root: str, checkpoint: str) -> list[Pointer]:
                     pattern.match(os.path.normpath(os.path.join(run_root, d, last))):
                 out.append(Pointer(f"{d}/meta.json", got[0], got[1]))
     return out
-
-
-def read_record(target: Target, run_prefix: str) -> dict[str, Entry]:
-    """The run's recorded pointers (path in the run -> entry); ``{}`` when there is none.
-    ``ManifestError`` when the record is there but is not one ckptwatch wrote."""
-    name = join(run_prefix, RECORD_NAME)
-    data = mf.read_small(target, name, MAX_RECORD_BYTES)
-    if data is None:
-        return {}
-    where = target.describe(name)
-    try:
-        doc = json.loads(data)
-        if doc.get("version") != VERSION:
-            raise mf.ManifestError(f"{where}: pointer record version {doc.get('version')!r}; this ckptwatch "
-                                   f"reads version {VERSION}")
-        out = {}
-        for rel, e in doc["pointers"].items():
-            mf.member_path(rel, where)
-            mf.member_path(e["copy"], where)
-            raw = base64.b64decode(e["data"], validate=True)
-            if not known(e["algorithm"]) or not isinstance(e["hash"], str) or type(e["mtime_ns"]) is not int:
-                raise ValueError(f"the entry of {rel} is incomplete")
-            out[rel] = Entry(e["copy"], raw, e["algorithm"], e["hash"], e["mtime_ns"])
-        return out
-    except mf.ManifestError:
-        raise
-    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
-        raise mf.ManifestError(f"{where}: not a pointer record of ckptwatch ({exc})") from None
-
-
-def record_bytes(entries: dict[str, Entry]) -> bytes:
-    doc = {"version": VERSION, "pointers": {rel: e.as_json() for rel, e in sorted(entries.items())}}
-    return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode("ascii")
 
 
 def record(target: Target, run_root: str, checkpoint: str, copy_prefix: str, *, host: str) -> list[str]:

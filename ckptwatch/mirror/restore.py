@@ -30,6 +30,7 @@ from typing import Any
 
 from ckptwatch.formats._stream import CHUNK, AlignedBuffer
 from ckptwatch.mirror import manifest as mf
+from ckptwatch.mirror import pointer_record as pointers
 from ckptwatch.mirror.hashing import digest_of, new_hasher
 from ckptwatch.mirror.target import TEMP_MARK, LocalTarget, Target, is_temp, join
 
@@ -221,8 +222,6 @@ def restore_run(target: Target, prefix: str, dest: str) -> RunRestored:
     then the recorded pointers (``mirror.pointers``) that name a restored copy, each checked against its
     hash. Copies without a commit (a mirror under way) are left out and listed; a committed copy whose
     files differ from its manifest refuses the whole restore (``RestoreRefused``: nothing at ``dest``)."""
-    from ckptwatch.mirror import pointers
-
     dest = os.path.abspath(dest)
     if os.path.lexists(dest):
         raise RestoreRefused([CopyFinding("dest", dest, f"{dest} already exists; restore writes a new "
