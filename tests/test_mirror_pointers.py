@@ -132,3 +132,33 @@ def test_mindspore_meta_json_comes_back_with_the_rank_tree(artefact, tmp_path):
         assert sorted(os.listdir(dest / f"rank_{r}")) == sorted(os.listdir(run / f"rank_{r}"))
     judged = _judged(dest)
     assert [c["status"] for c in judged["checkpoints"]] == ["complete"] * 3 and judged["problems"] == []
+
+
+def test_deepspeed_resumes_the_restored_run_at_the_same_step(artefact, tmp_path):
+    """The real proof: DeepSpeed itself (2 ranks, gloo) resumes the run restored from the mirror with no
+    tag given, i.e. through the restored ``latest``, at global step 4, with the same weights and client
+    state as a resume from the source run."""
+    import subprocess
+    import sys
+
+    from tests.builders._dist_worker import SKIP_EXIT, _child_env, free_port
+
+    run = artefact("deepspeed_zero2")
+    to = tmp_path / "backup"
+    _mirror(run, to)
+    dest = tmp_path / "restored" / run.name
+    _restore_run(to / run.name, dest)
+    out = tmp_path / "loads.json"
+    args = {"stage": 2, "dirs": [str(run), str(dest)], "out": str(out), "port": free_port()}
+    proc = subprocess.run([sys.executable, "-m", "tests.deepspeed_resume_child", json.dumps(args)],
+                          cwd=Path(__file__).resolve().parents[1], env=_child_env(), capture_output=True,
+                          text=True, timeout=300)
+    if proc.returncode == SKIP_EXIT:
+        pytest.skip(proc.stderr.strip().splitlines()[-1])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    source, restored = json.loads(out.read_text())
+    assert source["load_path"].startswith(str(run / "global_step4"))
+    assert restored["load_path"].startswith(str(dest / "global_step4"))
+    assert restored["global_steps"] == source["global_steps"] == 4
+    assert restored["client_loss"] == source["client_loss"] is not None
+    assert restored["params"] == source["params"]
