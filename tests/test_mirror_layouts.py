@@ -125,3 +125,28 @@ def test_per_rank_sets_round_trip(artefact, tmp_path, name, run_dir, copy, ranks
     assert verdict["ranks"]["present"] == [0, 1, 2, 3] and verdict["ranks"]["missing"] == []
     assert run_cli("verify", str(copy_dir)).returncode == 0
     assert _mirror(run, to)[str(copy_dir)]["result"] == "up_to_date"
+
+
+def test_lightning_resumes_from_the_restored_file(artefact, tmp_path):
+    """Lightning itself (``Trainer.fit(ckpt_path=...)``) resumes from the restored ``.ckpt`` at step 8 with
+    the same weights as from the source file."""
+    import subprocess
+    import sys
+
+    from tests.builders.hf import _child_env
+
+    run = artefact("lightning") / "checkpoints"
+    to = tmp_path / "backup"
+    _mirror(run, to)
+    dest = tmp_path / "restored.ckpt"
+    assert run_cli("restore", str(to / "checkpoints" / "epoch=0-step=8.ckpt"), str(dest)).returncode == 0
+    loads = []
+    for ckpt in (run / "epoch=0-step=8.ckpt", dest):
+        out = tmp_path / f"{ckpt.name}.json"
+        proc = subprocess.run([sys.executable, "-m", "tests.lightning_resume_child", str(ckpt), str(out)],
+                              cwd=Path(__file__).resolve().parents[1], env=_child_env(), capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        loads.append(json.loads(out.read_text()))
+    assert loads[0]["start_step"] == loads[1]["start_step"] == 8
+    assert loads[0]["params"] == loads[1]["params"]
