@@ -124,7 +124,7 @@ def cmd_once(args: argparse.Namespace) -> int:
                           loss=None if args.no_loss else w.loss) for w in targets]
     retention = _retention_plans(targets, reports, now)
     if args.json:
-        write_json(reports, retention=retention)
+        write_json(reports, retention=retention, mirror=_mirror_status(targets, reports))
     else:
         write_table(reports)
     return EXIT_PROBLEMS if has_problems(reports) else EXIT_OK
@@ -145,6 +145,20 @@ def _retention_plans(targets: "list[WatchConfig]", reports: list[Any],
             out[run.root] = plan_json(plan_for(run, watch.retention, watch.path, now,
                                                mirrored=mirrored_check(watch.mirror, run.root)),
                                       dry_run=watch.retention.dry_run)
+    return out
+
+
+def _mirror_status(targets: "list[WatchConfig]", reports: list[Any]) -> dict[str, dict[str, Any]]:
+    """Run root -> where its complete checkpoints stand on the mirror (the target's markers, nothing
+    copied), for the runs of watches with ``[watch.mirror]`` (only from ``--config``: no flag names one)."""
+    out: dict[str, dict[str, Any]] = {}
+    for watch, report in zip(targets, reports, strict=True):
+        if watch.mirror is None:
+            continue
+        from ckptwatch.mirror.status import run_status
+
+        for run in report.runs:
+            out[run.root] = run_status(run, watch.mirror)
     return out
 
 

@@ -7,7 +7,9 @@ Paths are display strings (a byte that is not UTF-8 shows as ``\\xNN``), so each
 (null when the disk cannot tell which path was meant: ``shellpath.exact_bytes``). ``loss`` (resumes
 found in the run's loss history, each judged) appears when the loss watch ran; ``retention`` (the plan:
 ``keep``, ``delete``, ``reasons`` as DESIGN.md has them, plus ``bytes_freed``, ``blocked``, ``shortfall``)
-when the run's watch has ``[watch.retention]``; ``mirror`` only once that feature exists.
+when the run's watch has ``[watch.retention]``; ``mirror`` (``{"to", "checkpoints": [{"path", "copy",
+"state": committed|not_yet|failed|skipped, "reason"}]}`` for every complete checkpoint, from the target's
+markers: ``mirror.status``) when ``once --config`` names a watch with ``[watch.mirror]``.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ def verdict_json(v: Verdict) -> dict[str, Any]:
             "newest_mtime": v.newest_mtime, "bytes": v.bytes}
 
 
-def run_json(r: RunReport, retention: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_json(r: RunReport, retention: dict[str, Any] | None = None,
+             mirror: dict[str, Any] | None = None) -> dict[str, Any]:
     out = {"root": r.root, "root_b64": path_b64(r.root), "layout": r.layout,
            "latest_resumable": r.latest_resumable,
            "checkpoints": [verdict_json(v) for v in r.checkpoints],
@@ -48,21 +51,25 @@ def run_json(r: RunReport, retention: dict[str, Any] | None = None) -> dict[str,
         out["loss"] = r.loss.to_json()
     if retention is not None:
         out["retention"] = retention
+    if mirror is not None:
+        out["mirror"] = mirror
     return out
 
 
-def to_json(reports: list[RootReport],
-            retention: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """``retention``: run root -> its plan's JSON (``retention.execute.plan_json``) for runs with one."""
-    plans = retention or {}
+def to_json(reports: list[RootReport], retention: dict[str, dict[str, Any]] | None = None,
+            mirror: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """``retention``: run root -> its plan's JSON (``retention.execute.plan_json``) for runs with one;
+    ``mirror``: run root -> its mirror status (``mirror.status.run_status``) likewise."""
+    plans, mirrors = retention or {}, mirror or {}
     return {"version": JSON_VERSION,
-            "runs": [run_json(r, plans.get(r.root)) for rr in reports for r in rr.runs],
+            "runs": [run_json(r, plans.get(r.root), mirrors.get(r.root)) for rr in reports for r in rr.runs],
             "problems": [problem_json(p) for rr in reports for p in rr.problems]}
 
 
 def write_json(reports: list[RootReport], out: TextIO = sys.stdout, *,
-               retention: dict[str, dict[str, Any]] | None = None) -> None:
-    out.write(json.dumps(to_json(reports, retention)))  # one line: the C encoder (indent= is Python)
+               retention: dict[str, dict[str, Any]] | None = None,
+               mirror: dict[str, dict[str, Any]] | None = None) -> None:
+    out.write(json.dumps(to_json(reports, retention, mirror)))  # one line: the C encoder (indent= is Python)
     out.write("\n")
 
 

@@ -53,7 +53,11 @@ FLOORS: dict[str, int] = {
     "ckptwatch.mirror.wrap": READERS,  # a Target passing every call on: the base of the two below
     "ckptwatch.mirror.throttle": READERS,  # max_rate: the token bucket around a target's uploads
     "ckptwatch.mirror.progress": READERS,  # byte counters around a target, percent steps
+    "ckptwatch.mirror.lock": READERS,  # one writer per copy: flock locally, a lease object on S3
+    "ckptwatch.mirror.pointer_record": READERS,  # the run's pointer record: format, read through a target
+    "ckptwatch.mirror.pointers": LAYOUTS,  # run-level pointers (DeepSpeed latest, ...) recorded per run
     "ckptwatch.mirror.copy": LAYOUTS,  # one checkpoint's files (scan.tree) -> a committed copy
+    "ckptwatch.mirror.status": LAYOUTS,  # once --json's mirror object: the target's markers
     "ckptwatch.retention.model": PURE,  # the plan's types, below policy and guards
     "ckptwatch.retention.policy": PURE,  # the keep rules and the plan
     "ckptwatch.retention.guards": PURE,  # the invariants no plan may break

@@ -23,7 +23,8 @@ from typing import Any
 
 from ckptwatch.errors import EXIT_OK, EXIT_PROBLEMS, UsageError
 
-COPY_NAMES = (".ckptwatch-mirror.json", ".ckptwatch-mirror-committed", ".ckptwatch-mirror-journal.json")
+COPY_NAMES = (".ckptwatch-mirror.json", ".ckptwatch-mirror-committed", ".ckptwatch-mirror-journal.json",
+              ".ckptwatch-mirror-lock")
 
 
 def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -32,8 +33,10 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
     p = subparsers.add_parser("mirror", help="copy every complete checkpoint under PATH to --to, verified, "
                               "with a manifest and a commit marker written last")
     p.add_argument("path", metavar="PATH", help="an output dir (a run, or a dir of runs)")
-    p.add_argument("--to", required=True, metavar="TO", help="the target: a directory or s3://bucket/prefix; "
-                   "copies go to TO/<run>/<checkpoint>/")
+    p.add_argument("--to", metavar="TO", help="the target: a directory or s3://bucket/prefix; copies go to "
+                   "TO/<run>/<checkpoint>/ (default: the [watch.mirror] of --config's watch holding PATH)")
+    p.add_argument("--config", metavar="FILE", help="use [watch.mirror] (and the check settings) of the "
+                   "[[watch]] holding PATH; flags override its keys")
     add_endpoint_arg(p)
     p.add_argument("--verify", choices=("size", "full"), default=None,
                    help="size (default): check the copy's sizes; full: re-read and re-hash it before "
@@ -46,9 +49,12 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser])
                    help="also mirror complete checkpoints whose resume hazards would load the wrong weights")
     add_check_args(p)
     r = subparsers.add_parser("restore", help="copy a mirrored checkpoint back to DEST, verifying every hash")
-    r.add_argument("copy", metavar="COPY", help="the copy's directory or URL (<to>/<run>/<checkpoint>)")
+    r.add_argument("copy", metavar="COPY", help="the copy's directory or URL (<to>/<run>/<checkpoint>), or "
+                   "a run's (<to>/<run>: every committed copy, and the run's pointers such as DeepSpeed's "
+                   "latest)")
     add_endpoint_arg(r)
-    r.add_argument("dest", metavar="DEST", help="a new directory to restore into")
+    r.add_argument("dest", metavar="DEST", help="a new path to restore into: the checkpoint dir, the file "
+                   "of a single-file copy, or the run dir of a per-rank set or a run")
     r.add_argument("--json", action="store_true")
 
 
@@ -94,17 +100,24 @@ def cmd_mirror(args: argparse.Namespace) -> int:
     path = os.path.abspath(args.path)
     if not os.path.isdir(path):
         raise UsageError(f"{args.path}: not a directory")
-    to = args.to if is_url(args.to) else os.path.abspath(args.to)
-    if not is_url(to) and (to == path or to.startswith(path.rstrip("/") + "/")):
-        raise UsageError(f"--to {args.to} is inside {args.path}: the copies would be judged as checkpoints "
-                         "of the run (choose a directory outside it)")
-    config = override(MirrorConfig(to=to), {"verify": args.verify, "parallel": args.parallel,
-                                            "mirror_hazards": args.mirror_hazards or None,
-                                            "endpoint_url": args.endpoint_url, "max_rate": args.max_rate})
+    file_config, watch = _watch_of(args, path)
+    if args.to is None and (watch is None or watch.mirror is None):
+        none = f" ({args.config} has none for {path})" if args.config else ""
+        raise UsageError("mirror needs --to DIR|URL, or --config FILE whose [[watch]] holding PATH has a "
+                         f"[watch.mirror] table{none}")
+    to = args.to if args.to is None or is_url(args.to) else os.path.abspath(args.to)
+    base = watch.mirror if watch is not None and watch.mirror is not None else MirrorConfig(to=to or "")
+    config = override(base, {"to": to, "verify": args.verify, "parallel": args.parallel,
+                             "mirror_hazards": args.mirror_hazards or None,
+                             "endpoint_url": args.endpoint_url, "max_rate": args.max_rate})
+    if not is_url(config.to) and (config.to == path or config.to.startswith(path.rstrip("/") + "/")):
+        raise UsageError(f"--to {config.to} is inside {args.path}: the copies would be judged as "
+                         "checkpoints of the run (choose a directory outside it)")
     target = throttled(_target(config.to, config.endpoint_url), config.max_rate)  # one bucket for all runs
-    watch = WatchConfig(path=path, layout=args.layout, expected_ranks=args.expected_ranks)
+    layout = watch.layout if args.layout == "auto" and watch is not None else args.layout
+    watch = watch or WatchConfig(path=path, layout=args.layout, expected_ranks=args.expected_ranks)
     now = time.time()
-    report = check_root(path, check_options(args, None, watch), now, layout=args.layout)
+    report = check_root(path, check_options(args, file_config, watch), now, layout=layout)
     code = EXIT_OK
     runs: list[dict[str, Any]] = []
     for run in report.runs:
@@ -146,6 +159,21 @@ def _metered(target: Any, total: int, desc: str, *, json: bool, reads: bool = Fa
                              counted=lambda name: name.rsplit("/", 1)[-1] not in OURS)
 
 
+def _watch_of(args: argparse.Namespace, path: str) -> tuple[Any, Any]:
+    """(the config file, the [[watch]] whose path holds ``path``) with --config; (None, None) without.
+    A usage error when no watch holds it: the flags alone would silently ignore the file."""
+    if not args.config:
+        return None, None
+    from ckptwatch.config import load_config
+
+    config = load_config(args.config)
+    holders = [w for w in config.watches if path == w.path or path.startswith(w.path.rstrip("/") + "/")]
+    if not holders:
+        raise UsageError(f"{path} is not under any [[watch]] path of {args.config}; give the watch's path "
+                         "(or a run inside it), or --to without --config")
+    return config, max(holders, key=lambda w: len(w.path))  # the most specific watch
+
+
 def _print_outcome(o: Any) -> None:
     from ckptwatch.alerts.messages import human_bytes
 
@@ -172,7 +200,7 @@ def _findings_json(findings: list[Any]) -> list[dict[str, str]]:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from ckptwatch.mirror.restore import RestoreRefused, restore
+    from ckptwatch.mirror.restore import RestoreRefused, is_run_copy, restore, restore_run
     from ckptwatch.mirror.targets import is_url
 
     copy = args.copy if is_url(args.copy) else os.path.abspath(args.copy)
@@ -181,6 +209,8 @@ def cmd_restore(args: argparse.Namespace) -> int:
     try:
         try:
             target = _target(copy, args.endpoint_url)
+            if is_run_copy(target):
+                return _restored_run(restore_run(target, "", args.dest), args)
             with _metered(target, _copy_bytes(target, args.json), os.path.basename(copy.rstrip("/")),
                           json=args.json, reads=True) as shown:
                 manifest = restore(shown, "", args.dest)
@@ -219,6 +249,24 @@ def _copy_bytes(target: Any, json: bool) -> int:
     except (OSError, mf.ManifestError):
         return 0
     return state.manifest.bytes if state.manifest is not None else 0
+
+
+def _restored_run(done: Any, args: argparse.Namespace) -> int:
+    """Report ``restore_run``'s result: exit 0 (copies not committed are listed, not restored)."""
+    dest = os.path.abspath(args.dest)
+    if args.json:
+        json.dump({"version": 1, "restored": dest, "copies": list(done.copies),
+                   "pointers": list(done.pointers),
+                   "files": done.files, "bytes": done.bytes, "skipped": _findings_json(list(done.skipped)),
+                   "refused": []}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        pointers = f"; pointers {', '.join(done.pointers)}" if done.pointers else ""
+        print(f"restored the run {dest}: {len(done.copies)} checkpoints ({', '.join(done.copies)}), "
+              f"{done.files} files, every hash verified{pointers}")
+    for f in done.skipped:
+        print(f"ckptwatch: not restored: {f.message}", file=sys.stderr)
+    return EXIT_OK
 
 
 def cmd_verify_copy(args: argparse.Namespace) -> int:

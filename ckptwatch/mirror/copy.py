@@ -20,14 +20,34 @@ files still have the stamps (size, mtime, ctime, inode) in its manifest is ``up_
 read; one whose stamps moved is re-hashed, and is ``up_to_date`` when its bytes are the same and a
 ``conflict`` when they differ, and nothing is written.
 
-Per-rank checkpoints that are a set of files (MindSpore, NVRx) and single-file checkpoints (Lightning)
-are not mirrored yet: they are skipped with that reason. Run-level pointers (DeepSpeed's ``latest``,
-Megatron's ``latest_checkpointed_iteration.txt``) live beside the checkpoints, not in them, and are not
-copied either.
+Three kinds of checkpoint are copied (``checkpoint_kind``), each to its own dir ``<to>/<run>/<name>/``
+(``copy_name``) holding the manifest and the marker beside the files:
+
+- a checkpoint directory (``dir``): ``<name>`` is the directory's name, the files keep their paths
+  inside it (manifest version 1, as before).
+- one file (``file``: a Lightning ``.ckpt``, a plain ``torch.save`` or safetensors file): ``<name>`` is
+  the file's name, and the file sits in the copy at its path relative to the run root (usually just its
+  name), so ``restore`` gives back the file itself.
+- a per-rank set of files (``files``: MindSpore ``rank_*/net_rank_*-1_5.ckpt``, NVRx
+  ``*/iter_0000100_*_local.pt``; ``Verdict.path`` is a pattern with ``*`` for the rank): ``<name>`` is the
+  pattern's last part with ``*`` spelled ``all`` (``net_rank_all-1_5.ckpt``, ``iter_0000100_all_local.pt``:
+  no ``*`` for a shell to expand, one name per (step, prefix) as the layout has one checkpoint per
+  pattern), and every rank's file sits at its path relative to the run root (``rank_0/net_rank_0-1_5.ckpt``),
+  so a restore gives back the ``rank_N/`` tree the framework resumes from.
+
+Names are stable (the same checkpoint always maps to the same copy) and cannot collide within a run: a
+run has one layout, and a layout has one checkpoint per directory, file or pattern name.
+
+Run-level pointers (DeepSpeed's ``latest``, Megatron's ``latest_checkpointed_iteration.txt``, a MindSpore
+rank's ``meta.json``) live beside the checkpoints, not in them: ``mirror.pointers`` records them per run,
+each only once the copy of the checkpoint it names is committed. Two writers of one copy are kept apart
+by ``mirror.lock``; the second one fails saying who holds it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import glob
 import os
 import socket
 import threading
@@ -40,11 +60,13 @@ from ckptwatch.config.mirror import MirrorConfig
 from ckptwatch.formats._io import display, open_regular
 from ckptwatch.formats._stream import CHUNK, AlignedBuffer
 from ckptwatch.mirror import manifest as mf
+from ckptwatch.mirror import pointers
 from ckptwatch.mirror.hashing import ALGORITHM, new_hasher
+from ckptwatch.mirror.lock import CopyBusy, Lease, copy_lock
 from ckptwatch.mirror.target import Target, is_temp, join
 from ckptwatch.model import RunReport, Status, Verdict
 from ckptwatch.resume import blocking_hazards
-from ckptwatch.scan import tree
+from ckptwatch.scan import inside, tree
 
 # The layouts' completion markers: written by the frameworks after their data, so copied after ours.
 COMPLETION_MARKERS = (".metadata", "trainer_state.json", "latest", "commit_success.txt", "metadata.json",
@@ -73,11 +95,12 @@ class Outcome:
     files: int = 0
     copied: int = 0  # files copied by this call
     resumed: int = 0  # files an interrupted copy had already put in place, verified and kept
+    pointers: tuple[str, ...] = ()  # run-level pointers naming this checkpoint, recorded (mirror.pointers)
 
     def as_json(self) -> dict[str, Any]:
         return {"checkpoint": self.checkpoint, "copy": self.copy, "result": self.result,
                 "reason": self.reason, "bytes": self.bytes, "files": self.files, "copied": self.copied,
-                "resumed": self.resumed}
+                "resumed": self.resumed, "pointers": list(self.pointers)}
 
 
 def why_not_mirrored(v: Verdict, *, mirror_hazards: bool = False) -> str | None:
@@ -89,15 +112,38 @@ def why_not_mirrored(v: Verdict, *, mirror_hazards: bool = False) -> str | None:
         kinds = ", ".join(dict.fromkeys(h.kind for h in blocking))
         return f"complete, but {kinds} would make a resume load the wrong weights (mirror_hazards = true " \
                "mirrors it anyway)"
-    if "*" in v.path or not os.path.isdir(v.path):
-        return "not a checkpoint directory (per-rank file sets and single-file checkpoints are not " \
-               "mirrored yet)"
+    if checkpoint_kind(v.path) is None:
+        return f"{display(v.path)} is no longer a directory, a file or a per-rank set of files: nothing " \
+               "to copy"
+    return None
+
+
+def checkpoint_kind(path: str) -> str | None:
+    """``dir``, ``file`` or ``files`` (a per-rank set: a pattern with ``*``), or None when ``path`` is none
+    of them now (gone, or a FIFO where the file was)."""
+    if "*" in path:
+        return "files"
+    if os.path.isdir(path):
+        return "dir"
+    if os.path.isfile(path):
+        return "file"
     return None
 
 
 def copy_name(run_root: str, checkpoint: str) -> str:
-    """``<run>/<checkpoint>``: where the copy of ``checkpoint`` lives under the target."""
-    return join(os.path.basename(os.path.normpath(run_root)), os.path.basename(os.path.normpath(checkpoint)))
+    """``<run>/<name>``: where the copy of ``checkpoint`` lives under the target (module docstring)."""
+    name = os.path.basename(os.path.normpath(checkpoint))
+    return join(os.path.basename(os.path.normpath(run_root)), name.replace("*", "all"))
+
+
+def run_path(run_root: str, checkpoint: str) -> str:
+    """The checkpoint's path relative to its run root, ``/``-separated (``*`` kept in a pattern)."""
+    return os.path.relpath(checkpoint, run_root).replace(os.sep, "/")
+
+
+def members(pattern: str) -> list[str]:
+    """The files a per-rank set's pattern covers now (only ``*`` is a wildcard; ``[`` in a name is not)."""
+    return sorted(glob.glob("*".join(glob.escape(part) for part in pattern.split("*"))))
 
 
 def upload_order(paths: list[str]) -> list[str]:
@@ -124,14 +170,29 @@ class _Copied:
 
 
 def source_files(v: Verdict, run_root: str) -> list[_Source]:
-    """The checkpoint's files (``scan.tree``: regular files, no link out of the run, no pins)."""
-    listing = tree(v.path, run_root)
+    """The checkpoint's files (``scan.tree``: regular files, no link out of the run, no pins), each with
+    its path in the copy: relative to the checkpoint for a directory, to the run root otherwise."""
+    kind = checkpoint_kind(v.path)
+    paths = members(v.path) if kind == "files" else [v.path]
+    if kind == "files" and not paths:
+        raise MirrorFailed(f"{display(v.path)}: no file matches it any more (deleted since it was judged)")
+    out = []
+    for path in paths:
+        if kind != "dir" and not inside(path, run_root):
+            raise MirrorFailed(f"{display(path)} leads out of the run {display(run_root)} (a symlink); "
+                               "it is not copied")
+        out.extend(_listed(path, run_root, v.path if kind == "dir" else run_root))
+    return out
+
+
+def _listed(path: str, run_root: str, base: str) -> list[_Source]:
+    listing = tree(path, run_root)
     if listing.problems:
         p = listing.problems[0]
         raise MirrorFailed(f"{p.file}: {p.message}")
     out = []
     for e in listing.files:
-        rel = os.path.relpath(e.path, v.path).replace(os.sep, "/")
+        rel = os.path.relpath(e.path, base).replace(os.sep, "/")
         if rel.rsplit("/", 1)[-1].startswith(mf.PREFIX):
             continue  # a checkpoint restored from a copy may still hold our names; they are not its files
         out.append(_Source(rel, e.path))
@@ -226,7 +287,8 @@ def _conflict_or_current(v: Verdict, files: list[_Source], state: mf.CopyState, 
     if set(listed) != {s.rel for s in files}:
         extra = sorted({s.rel for s in files} - set(listed))
         gone = sorted(set(listed) - {s.rel for s in files})
-        what = f"{v.path}/{extra[0]} is not in it" if extra else f"{v.path}/{gone[0]} is gone from the source"
+        base = v.path if manifest.kind == "dir" else os.path.dirname(v.path.split("*", 1)[0].rstrip("/"))
+        what = f"{base}/{extra[0]} is not in it" if extra else f"{base}/{gone[0]} is gone from the source"
         return Outcome(v.path, where, "conflict", f"the source differs from its committed copy: {what}; "
                        "nothing was written (move the copy aside to mirror the new checkpoint)")
     for s in files:
@@ -248,12 +310,19 @@ def _conflict_or_current(v: Verdict, files: list[_Source], state: mf.CopyState, 
     return Outcome(v.path, where, "up_to_date", "", manifest.bytes, len(manifest.files))
 
 
-def _tidy(target: Target, prefix: str) -> None:
-    """A kill after the commit marker can leave the journal or a temp file of ours: remove those names
-    (never a file the manifest lists)."""
-    for name in target.list(prefix):
+def _tidy(target: Target, prefix: str, host: str) -> None:
+    """A kill after the commit marker can leave the journal, a temp file or the lock of ours: remove
+    those names (never a file the manifest lists; the lock only by taking it, which removes it)."""
+    present = target.list(prefix)
+    for name in present:
         if is_temp(name) or name == mf.JOURNAL_NAME:
             target.remove(join(prefix, name))
+    if mf.LOCK_NAME in present:
+        try:
+            with copy_lock(target, prefix, host=host):
+                pass
+        except CopyBusy:
+            pass  # someone holds it now (and finds the copy committed): it is theirs to remove
 
 
 def mirror_checkpoint(v: Verdict, run_root: str, target: Target, config: MirrorConfig, *, now: float,
@@ -264,19 +333,40 @@ def mirror_checkpoint(v: Verdict, run_root: str, target: Target, config: MirrorC
     reason = why_not_mirrored(v, mirror_hazards=config.mirror_hazards)
     if reason:
         return Outcome(v.path, where, "skipped", reason)
+    host = host or socket.gethostname()
+    outcome = _mirror(v, run_root, target, config, prefix, where, now=now, host=host, progress=progress)
+    if outcome.result not in ("committed", "up_to_date"):
+        return outcome
+    try:  # only now: the copy these pointers name is committed
+        recorded = pointers.record(target, run_root, v.path, prefix, host=host)
+    except (OSError, mf.ManifestError, CopyBusy) as exc:
+        what = f"{display(str(exc.filename))}: {exc.strerror}" if isinstance(exc, OSError) and exc.filename \
+            else str(exc)
+        return dataclasses.replace(outcome, reason=f"the run's pointers naming it were not recorded "
+                                   f"({what}); the next pass records them")
+    return dataclasses.replace(outcome, pointers=tuple(recorded))
+
+
+def _mirror(v: Verdict, run_root: str, target: Target, config: MirrorConfig, prefix: str, where: str, *,
+            now: float, host: str, progress: Callable[[str], None] | None) -> Outcome:
     try:
         files = source_files(v, run_root)
         state = mf.copy_state(target, prefix)
+        if state.state not in ("committed", "broken"):
+            with copy_lock(target, prefix, host=host) as lease:  # CopyBusy: another writer has it
+                state = mf.copy_state(target, prefix)  # it may have committed while we looked
+                if state.state not in ("committed", "broken"):
+                    return _copy(v, run_root, files, target, prefix, config, now=now, host=host,
+                                 progress=progress, lease=lease)
         if state.state == "committed":
             outcome = _conflict_or_current(v, files, state, where)
             if outcome.result == "up_to_date":
-                _tidy(target, prefix)
+                _tidy(target, prefix, host)
             return outcome
-        if state.state == "broken":
-            return Outcome(v.path, where, "conflict", f"{state.reason}; it is no backup and is left as it "
-                           "is: move it aside to mirror again")
-        return _copy(v, run_root, files, target, prefix, config, now=now, host=host or socket.gethostname(),
-                     progress=progress)
+        return Outcome(v.path, where, "conflict", f"{state.reason}; it is no backup and is left as it "
+                       "is: move it aside to mirror again")
+    except CopyBusy as exc:
+        return Outcome(v.path, where, "failed", str(exc))
     except MirrorFailed as exc:
         return Outcome(v.path, where, "failed", str(exc))
     except (OSError, mf.ManifestError) as exc:
@@ -286,7 +376,8 @@ def mirror_checkpoint(v: Verdict, run_root: str, target: Target, config: MirrorC
 
 
 def _copy(v: Verdict, run_root: str, files: list[_Source], target: Target, prefix: str,
-          config: MirrorConfig, *, now: float, host: str, progress: Callable[[str], None] | None) -> Outcome:
+          config: MirrorConfig, *, now: float, host: str, progress: Callable[[str], None] | None,
+          lease: Lease) -> Outcome:
     algorithm = ALGORITHM
     journal = mf.read_journal(target, prefix, algorithm, v.path)
     present = target.list(prefix)
@@ -325,6 +416,7 @@ def _copy(v: Verdict, run_root: str, files: list[_Source], target: Target, prefi
             size = 100 * len(done)
             if since_journal[0] >= JOURNAL_RATIO * size:
                 mf.put(target, join(prefix, mf.JOURNAL_NAME), mf.journal_bytes(algorithm, v.path, done))
+                lease.renew()
                 since_journal[0] = 0
         if progress:
             progress(c.rel)
@@ -349,12 +441,20 @@ def _copy(v: Verdict, run_root: str, files: list[_Source], target: Target, prefi
                     for s in files for e in (done[s.rel],)),
         verdict=v.status.value, layout=v.layout, step=v.step,
         run=os.path.basename(os.path.normpath(run_root)),
-        checkpoint=os.path.basename(os.path.normpath(v.path)),
-        source_host=host, source_path=v.path, created=now)
+        checkpoint=prefix.rsplit("/", 1)[-1],
+        source_host=host, source_path=v.path, created=now, **_kind_fields(v, run_root))
     mf.commit(target, prefix, manifest)
     target.remove(join(prefix, mf.JOURNAL_NAME))
     return Outcome(v.path, target.describe(prefix), "committed", "", manifest.bytes, len(files),
                    len(todo), resumed)
+
+
+def _kind_fields(v: Verdict, run_root: str) -> dict[str, Any]:
+    """The manifest's version, kind and run path: version 1 (no kind) for a directory, as before."""
+    kind = checkpoint_kind(v.path) or "dir"
+    if kind == "dir":
+        return {}
+    return {"version": mf.KINDS[kind], "kind": kind, "run_path": run_path(run_root, v.path)}
 
 
 def _check_source_unchanged(files: list[_Source], done: dict[str, mf.JournalEntry]) -> None:

@@ -1,9 +1,19 @@
 """A copy's manifest and its commit marker: the format, its checks, and reading and writing them.
 
 The manifest (``.ckptwatch-mirror.json``, inside the copy) lists every file of the checkpoint: its path
-relative to the checkpoint, its size, its hash and the source file's mtime, ctime and inode; and the
-hash algorithm, the verdict, the layout, the step, the source host and path, the time of the copy and
-the format version.
+(see below), its size, its hash and the source file's mtime, ctime and inode; and the hash algorithm,
+the verdict, the layout, the step, the source host and path, the time of the copy and the format version.
+
+Format versions (a reader takes both; a writer writes the lowest that can say what it copied, so a copy
+of a checkpoint directory is byte for byte what earlier ckptwatch wrote and still reads):
+
+- ``1``: a checkpoint directory. File paths are relative to the checkpoint; the copy's dir is named after
+  it (``kind`` is ``dir``, ``run_path`` its name).
+- ``2``: adds ``kind`` and ``run_path`` (the checkpoint's path relative to its run root). ``kind`` is
+  ``file`` (one file: a Lightning ``.ckpt``, a plain ``torch.save`` file) or ``files`` (a per-rank set,
+  ``run_path`` the pattern with ``*`` for the rank: ``rank_*/net_rank_*-1_5.ckpt``); file paths are then
+  relative to the *run root* (``rank_0/net_rank_0-1_5.ckpt``), so a restore puts each file back where the
+  framework looks for it. A reader of version 1 only refuses these copies instead of misplacing files.
 The commit marker (``.ckptwatch-mirror-committed``) is written after it and after every file, and holds
 the hash of the manifest's exact bytes: a copy is committed only when the marker exists *and* names the
 manifest that is there (a manifest swapped or edited after the commit is caught, not trusted). The
@@ -33,8 +43,11 @@ PREFIX = ".ckptwatch-mirror"  # every name of ours inside a copy starts with it 
 MANIFEST_NAME = PREFIX + ".json"
 MARKER_NAME = PREFIX + "-committed"
 JOURNAL_NAME = PREFIX + "-journal.json"
-OURS = (MANIFEST_NAME, MARKER_NAME, JOURNAL_NAME)
-VERSION = 1
+LOCK_NAME = PREFIX + "-lock"  # mirror/lock.py: who is writing this copy now
+OURS = (MANIFEST_NAME, MARKER_NAME, JOURNAL_NAME, LOCK_NAME)
+VERSION = 1  # a checkpoint directory's manifest, the commit marker's and the journal's format
+VERSION_RUN_PATHS = 2  # a single file's or a per-rank set's manifest: ``kind``, ``run_path``
+KINDS = {"dir": VERSION, "file": VERSION_RUN_PATHS, "files": VERSION_RUN_PATHS}
 MAX_MANIFEST_BYTES = 32 << 20  # ~150,000 files; a bigger "manifest" is not one of ours
 MAX_MARKER_BYTES = 4096
 
@@ -68,6 +81,13 @@ class Manifest:
     source_path: str
     created: float  # unix time of the commit
     version: int = VERSION
+    kind: str = "dir"  # dir | file | files (a per-rank set); see the module docstring
+    run_path: str = ""  # the checkpoint relative to its run root ("" in version 1: ``checkpoint``)
+
+    @property
+    def where_in_run(self) -> str:
+        """The checkpoint's path relative to its run root (``*`` for the rank of a per-rank set)."""
+        return self.run_path or self.checkpoint
 
     @property
     def bytes(self) -> int:
@@ -81,6 +101,8 @@ class Manifest:
                "layout": self.layout, "step": self.step, "run": self.run, "checkpoint": self.checkpoint,
                "source_host": self.source_host, "source_path": self.source_path, "created": self.created,
                "bytes": self.bytes,
+               **({"kind": self.kind, "run_path": self.run_path}
+                  if self.version >= VERSION_RUN_PATHS else {}),
                "files": [{"path": f.path, "size": f.size, "hash": f.hash, "mtime_ns": f.mtime_ns,
                           "ctime_ns": f.ctime_ns, "ino": f.ino} for f in self.files]}
         return (json.dumps(doc, indent=1, ensure_ascii=True) + "\n").encode("ascii")
@@ -115,9 +137,16 @@ def parse(data: bytes, where: str) -> Manifest:
     if not isinstance(doc, dict):
         raise ManifestError(f"{where}: not a ckptwatch manifest (no JSON object)")
     version = _field(doc, "version", int, where)
-    if version != VERSION:
-        raise ManifestError(f"{where}: manifest version {version}; this ckptwatch reads version {VERSION} "
-                            "(upgrade ckptwatch)")
+    if version not in (VERSION, VERSION_RUN_PATHS):
+        raise ManifestError(f"{where}: manifest version {version}; this ckptwatch reads versions {VERSION} "
+                            f"and {VERSION_RUN_PATHS} (upgrade ckptwatch)")
+    kind, run_path = "dir", ""
+    if version >= VERSION_RUN_PATHS:
+        kind = _field(doc, "kind", str, where)
+        if KINDS.get(kind) != version:
+            raise ManifestError(f"{where}: kind {kind!r} is not one this ckptwatch writes in version "
+                                f"{version}")
+        run_path = member_path(_field(doc, "run_path", str, where), where)
     algorithm = _field(doc, "algorithm", str, where)
     if not known(algorithm):
         raise ManifestError(f"{where}: hashed with {algorithm!r}, which this ckptwatch cannot compute")
@@ -147,7 +176,8 @@ def parse(data: bytes, where: str) -> Manifest:
                     checkpoint=_field(doc, "checkpoint", str, where),
                     source_host=_field(doc, "source_host", str, where),
                     source_path=_field(doc, "source_path", str, where),
-                    created=float(_field(doc, "created", (int, float), where)), version=version)
+                    created=float(_field(doc, "created", (int, float), where)), version=version,
+                    kind=kind, run_path=run_path)
 
 
 def marker_bytes(manifest_data: bytes, algorithm: str = ALGORITHM) -> bytes:

@@ -5,11 +5,23 @@ the manifest there, and one whose files differ from the manifest (missing, anoth
 Every refusal names the file. ``restore`` writes into a new temp dir beside DEST and renames it to
 DEST only when every file matched, so DEST is either the whole checkpoint or absent; files get the
 source's mtimes back, so the restored checkpoint is settled and judged like the original at once.
+
+What DEST becomes follows the copy's kind (manifest ``kind``), so a framework loads it as it is:
+
+- a checkpoint directory: DEST is that directory (``DEST/model.safetensors``, ...).
+- one file (a Lightning ``.ckpt``, a ``torch.save`` file): DEST is the file itself (put in place with
+  ``link``, which refuses an existing name, then the staging dir is removed).
+- a per-rank set: DEST is a run directory holding each rank's file at its path in the run
+  (``DEST/rank_0/net_rank_0-1_5.ckpt``, ...; NVRx ``DEST/0/iter_0000100_0_local.pt``).
+
+``restore_run`` brings back a whole run copy (``<to>/<run>``): every committed copy below it at its
+place in the run, then the run's pointers that name a restored checkpoint (``mirror.pointers``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import shutil
@@ -18,7 +30,8 @@ from typing import Any
 
 from ckptwatch.formats._stream import CHUNK, AlignedBuffer
 from ckptwatch.mirror import manifest as mf
-from ckptwatch.mirror.hashing import new_hasher
+from ckptwatch.mirror import pointer_record as pointers
+from ckptwatch.mirror.hashing import digest_of, new_hasher
 from ckptwatch.mirror.target import TEMP_MARK, LocalTarget, Target, is_temp, join
 
 
@@ -117,7 +130,8 @@ def verify_copy(target: Target, prefix: str = "") -> tuple[mf.Manifest | None, l
 
 
 def restore(target: Target, prefix: str, dest: str) -> mf.Manifest:
-    """Copy the committed copy at ``prefix`` to the new directory ``dest``, verifying every hash.
+    """Copy the committed copy at ``prefix`` to ``dest`` (a new directory, or the new file of a single-file
+    copy: module docstring), verifying every hash.
 
     Raises ``RestoreRefused`` (nothing left at ``dest``) when the copy is not committed or any file
     differs from its manifest, or when ``dest`` exists. Missing parents of ``dest`` are created.
@@ -129,6 +143,10 @@ def restore(target: Target, prefix: str, dest: str) -> mf.Manifest:
     manifest, findings = committed(target, prefix)
     if manifest is None:
         raise RestoreRefused(findings)
+    if manifest.kind == "file" and len(manifest.files) != 1:
+        where = target.describe(join(prefix, mf.MANIFEST_NAME))
+        raise RestoreRefused([CopyFinding("broken", where, f"{where}: a single-file copy that lists "
+                                          f"{len(manifest.files)} files; not a backup ckptwatch made")])
     parent = os.path.dirname(dest)
     try:
         os.makedirs(parent, exist_ok=True)  # DEST's parents, like `mkdir -p`; DEST itself stays new
@@ -148,9 +166,133 @@ def restore(target: Target, prefix: str, dest: str) -> mf.Manifest:
                 upload.commit(entry.mtime_ns)
             finally:
                 upload.abort()  # no-op after commit
-        os.rename(staging, dest)  # DEST appears whole, or not at all
+        _place(staging, dest, manifest)  # DEST appears whole, or not at all
     except BaseException:
         with contextlib.suppress(OSError):
             shutil.rmtree(staging)  # our own staging dir, created above
         raise
     return manifest
+
+
+def _place(staging: str, dest: str, manifest: mf.Manifest) -> None:
+    """Make the verified staging dir DEST: the dir itself, or for a single-file copy its one file."""
+    if manifest.kind != "file":
+        os.rename(staging, dest)
+        return
+    [entry] = manifest.files  # a single-file copy lists exactly one file (checked by ``restore``)
+    path = os.path.join(staging, *entry.path.split("/"))
+    try:
+        os.link(path, dest)  # refuses an existing DEST, never follows it
+    except OSError as exc:
+        if exc.errno == errno.EEXIST or os.path.lexists(dest):
+            raise
+        os.rename(path, dest)  # a filesystem without hard links (some FUSE mounts): DEST was checked absent
+    shutil.rmtree(staging)  # our own staging dir; DEST is a second name of its file
+
+
+@dataclass(frozen=True)
+class RunRestored:
+    """What ``restore_run`` put at DEST: the copies (dir names) restored, the pointers, what was left out."""
+
+    copies: tuple[str, ...]
+    pointers: tuple[str, ...]
+    files: int
+    bytes: int
+    skipped: tuple[CopyFinding, ...]  # copies not committed (a mirror under way, or broken): not restored
+
+
+def run_copies(target: Target, prefix: str) -> list[str]:
+    """The copy dirs directly below ``prefix`` (a run copy ``<to>/<run>``): those holding any of our names."""
+    names = set()
+    for name in target.list(prefix):
+        parts = name.split("/")
+        if len(parts) == 2 and parts[1] in mf.OURS:
+            names.add(parts[0])
+    return sorted(names)
+
+
+def is_run_copy(target: Target, prefix: str = "") -> bool:
+    """Is ``prefix`` a run's dir of copies (no copy itself, copies below it)?"""
+    return mf.copy_state(target, prefix).state in ("absent", "partial") and bool(run_copies(target, prefix))
+
+
+def restore_run(target: Target, prefix: str, dest: str) -> RunRestored:
+    """Restore every committed copy below the run copy at ``prefix`` into the new run dir ``dest``, each at
+    its place in the run (a directory under its name, a file or a per-rank set at its run-relative paths),
+    then the recorded pointers (``mirror.pointers``) that name a restored copy, each checked against its
+    hash. Copies without a commit (a mirror under way) are left out and listed; a committed copy whose
+    files differ from its manifest refuses the whole restore (``RestoreRefused``: nothing at ``dest``)."""
+    dest = os.path.abspath(dest)
+    if os.path.lexists(dest):
+        raise RestoreRefused([CopyFinding("dest", dest, f"{dest} already exists; restore writes a new "
+                                          "directory (choose another DEST or move it aside)")])
+    restored: list[str] = []
+    skipped: list[CopyFinding] = []
+    plan: list[tuple[str, mf.Manifest]] = []
+    for name in run_copies(target, prefix):
+        manifest, findings = committed(target, join(prefix, name))
+        if manifest is None:
+            skipped.extend(findings)
+        else:
+            plan.append((name, manifest))
+    if not plan:
+        raise RestoreRefused(skipped or [CopyFinding("not_committed", target.describe(prefix),
+                                                     f"{target.describe(prefix)} holds no committed copy")])
+    try:
+        record = pointers.read_record(target, prefix)
+    except mf.ManifestError as exc:
+        raise RestoreRefused([CopyFinding("broken", target.describe(join(prefix, pointers.RECORD_NAME)),
+                                          str(exc))]) from None
+    parent = os.path.dirname(dest)
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as exc:
+        raise RestoreRefused([CopyFinding("dest", parent, f"{parent}: cannot be a directory for DEST "
+                                          f"({exc.strerror or exc})")]) from None
+    staging = os.path.join(parent, f".{os.path.basename(dest)}{TEMP_MARK}restore-{secrets.token_hex(6)}")
+    os.mkdir(staging, 0o755)
+    files = size = 0
+    placed: set[str] = set()
+    try:
+        out = LocalTarget(staging)
+        for name, manifest in plan:
+            base = manifest.where_in_run if manifest.kind == "dir" else ""
+            for entry in manifest.files:
+                path = join(base, entry.path)
+                if path in placed:
+                    where = target.describe(join(prefix, name, mf.MANIFEST_NAME))
+                    raise RestoreRefused([CopyFinding("broken", where, f"{where} lists {path}, which another "
+                                                      "copy of the run already holds")])
+                placed.add(path)
+                upload = out.open_write(path)
+                try:
+                    found = _check_file(target, join(prefix, name), entry, manifest.algorithm, upload)
+                    if found:
+                        raise RestoreRefused([found])
+                    upload.commit(entry.mtime_ns)
+                finally:
+                    upload.abort()
+                files += 1
+                size += entry.size
+            restored.append(name)
+        put_back = []
+        for rel, p in sorted(record.items()):
+            if p.copy not in restored or rel in placed:
+                continue  # names a copy not restored (never a dangling pointer), or shadows a file
+            if digest_of(p.data, p.algorithm) != p.hash:
+                where = target.describe(join(prefix, pointers.RECORD_NAME))
+                raise RestoreRefused([CopyFinding("hash", where, f"{where}: the bytes recorded for {rel} "
+                                                  "differ from their hash (changed after recording)")])
+            upload = out.open_write(rel)
+            try:
+                upload.write(p.data)
+                upload.commit(p.mtime_ns)
+            finally:
+                upload.abort()
+            put_back.append(rel)
+        os.rename(staging, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(staging)  # our own staging dir, created above
+        raise
+    return RunRestored(tuple(restored), tuple(put_back), files, size, tuple(skipped))

@@ -1,0 +1,59 @@
+"""``python -m tests.lightning_resume_child CKPT OUT``: resume Lightning 2.6.6 from a ``.ckpt`` file.
+
+The ``lightning`` builder's model (``tests/builders/lightning._child_main``'s ``TinyRegressor``, repeated
+here because a checkpoint only loads into the same module), ``Trainer.fit(ckpt_path=CKPT)`` for one more
+step; OUT gets ``{"start_step", "params"}``: the global step training resumed at, and the sum of every
+parameter as loaded (before the extra step), to compare two resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+
+
+def main(ckpt: str, out: str) -> None:
+    import torch
+    from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
+    from torch.utils.data import DataLoader, TensorDataset
+
+    warnings.filterwarnings("ignore")
+    seed_everything(0, verbose=False)
+
+    class TinyRegressor(LightningModule):
+        def __init__(self, hidden: int = 16, lr: float = 3e-2) -> None:
+            super().__init__()
+            self.save_hyperparameters()
+            self.net = torch.nn.Sequential(torch.nn.Linear(8, hidden), torch.nn.ReLU(),
+                                           torch.nn.Linear(hidden, 1))
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return torch.nn.functional.mse_loss(self.net(x), y)
+
+        def configure_optimizers(self):
+            opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=4, gamma=0.5)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    seen: dict[str, float] = {}
+
+    class Record(Callback):
+        def on_train_start(self, trainer, pl_module):
+            seen["start_step"] = trainer.global_step
+            seen["params"] = float(sum(p.detach().sum() for p in pl_module.parameters()))
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 8, generator=g)
+    y = torch.randn(64, 1, generator=g)
+    trainer = Trainer(accelerator="cpu", devices=1, max_steps=9, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, callbacks=[Record()])
+    trainer.fit(TinyRegressor(), train_dataloaders=DataLoader(TensorDataset(x, y), batch_size=4),
+                ckpt_path=ckpt)
+    with open(out, "w") as f:
+        json.dump(seen, f)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
