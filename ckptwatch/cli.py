@@ -313,6 +313,9 @@ def cmd_config(args: argparse.Namespace) -> int:
             kind = choose_observer(w.path, w.observer)
             fs = filesystem_type(w.path) or "unknown filesystem"
             where = f"observer {kind} ({fs}{', set in config' if w.observer != 'auto' else ''})"
+            if kind == "polling":
+                cap = f"at most {w.max_stats_per_second:g}" if w.max_stats_per_second else "no cap on"
+                where += f" every {w.poll_interval:g} s, {cap} stat + listdir calls per second"
         elif os.path.exists(w.path):
             where = "NOT A DIRECTORY"
             warnings.append(f"watch[{i}].path: {w.path} is not a directory; the service cannot watch it")

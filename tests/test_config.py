@@ -60,6 +60,7 @@ def test_config_check_reports_valid_config_and_warns_on_missing_root(tmp_path: P
     r = run_cli("config", "check", str(cfg))
     assert r.returncode == 0, r.stderr
     assert f"watch[0] {present}: layout auto, observer polling" in r.stdout and "expected ranks 4" in r.stdout
+    assert "every 5 s, no cap on stat + listdir calls per second" in r.stdout, r.stdout
     assert f"watch[1].path: {tmp_path / 'later'} does not exist yet" in r.stderr
 
 
