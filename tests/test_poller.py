@@ -296,3 +296,43 @@ def test_slow_metadata_server_budget_kept_and_service_responsive(artefact, tmp_p
         d.observers.stop()
         d.close()
     assert not poller.alive()
+
+
+def test_file_rewritten_inside_a_complete_checkpoint_is_judged_at_the_rescan_or_a_run_dir_change(
+        artefact, tmp_path):
+    """The poller does not look inside complete checkpoints; a weights file truncated in place there is
+    judged when the run dir's entries change (run-0: a new log dir) or at the whole-root rescan (run-1)."""
+    root = _root_with_runs(artefact, tmp_path)
+    d = make_daemon(tmp_path / "state", root, observer="polling", watch={"poll_interval": 0.1})
+
+    def status(run: str, ckpt: str) -> str:
+        [r] = [r for r in d.state.runs() if r["run"] == str(root / run)]
+        bad = {os.path.basename(c["checkpoint"]): c["status"] for c in r["open"]}
+        return bad.get(ckpt, "complete")
+
+    def step_until(done, seconds: float = 30.0) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and not done():
+            d.step()
+            time.sleep(0.05)
+
+    try:
+        d.observers.start(d.config.watches, d.judge.run_index)
+        for w in d.config.watches:
+            d.judge_watch(w)
+        poller = d.observers.watchers[str(root)]
+        step_until(lambda: str(root / "run-0" / "checkpoint-4") not in poller.dirs)
+        for run in ("run-0", "run-1"):
+            weights = root / run / "checkpoint-4" / "model.safetensors"
+            with open(weights, "r+b") as f:
+                f.truncate(weights.stat().st_size // 2)
+        (root / "run-0" / "runs").mkdir()  # a new entry in run-0's dir: the run is judged again
+        step_until(lambda: status("run-0", "checkpoint-4") != "complete")
+        assert status("run-0", "checkpoint-4") == "corrupt"
+        assert status("run-1", "checkpoint-4") == "complete"  # nothing told the poller; the rescan will
+        d.next_rescan = 0.0
+        step_until(lambda: status("run-1", "checkpoint-4") != "complete")
+        assert status("run-1", "checkpoint-4") == "corrupt"
+    finally:
+        d.observers.stop()
+        d.close()
