@@ -8,18 +8,26 @@ The same code the service's mirror sink will run (``mirror.copy``). Exit codes: 
 complete checkpoint is committed or up to date (incomplete and in-progress ones are listed as skipped:
 they are not backups yet), 1 when any failed, conflicts with its committed copy or was skipped for a
 hazard; ``restore`` 0 restored, 1 refused (the file named); ``verify`` of a copy 0 good, 1 not.
+
+SIGTERM or SIGINT during ``mirror`` aborts the uploads in flight (``cancel.CancellableTarget``: a local temp
+removed, an S3 multipart upload aborted), commits nothing more, says so and exits 130; a second signal
+kills at once. The files already in place are kept for the next run to resume (the copy's journal).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
-from ckptwatch.errors import EXIT_OK, EXIT_PROBLEMS, UsageError
+from ckptwatch.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEMS, CkptwatchError, UsageError
 
 COPY_NAMES = (".ckptwatch-mirror.json", ".ckptwatch-mirror-committed", ".ckptwatch-mirror-journal.json")
 
@@ -68,6 +76,14 @@ def is_copy(path: str) -> bool:
 
 
 def cmd_mirror(args: argparse.Namespace) -> int:
+    from ckptwatch.mirror.cancel import Cancel
+
+    cancel = Cancel()
+    with _stop_on_signals(cancel):
+        return _mirror(args, cancel)
+
+
+def _mirror(args: argparse.Namespace, cancel: Any) -> int:
     from ckptwatch.cliargs import check_options
     from ckptwatch.config import WatchConfig, override
     from ckptwatch.config.mirror import MirrorConfig
@@ -86,13 +102,16 @@ def cmd_mirror(args: argparse.Namespace) -> int:
                                             "mirror_hazards": args.mirror_hazards or None,
                                             "endpoint_url": args.endpoint_url})
     target = _target(config.to, config.endpoint_url)
+    from ckptwatch.mirror.cancel import CancellableTarget
+
+    target = CancellableTarget(target, cancel)  # SIGTERM/SIGINT: the upload in flight aborts
     watch = WatchConfig(path=path, layout=args.layout, expected_ranks=args.expected_ranks)
     now = time.time()
     report = check_root(path, check_options(args, None, watch), now, layout=args.layout)
     code = EXIT_OK
     runs: list[dict[str, Any]] = []
     for run in report.runs:
-        outcomes = mirror_run(run, target, config, now=now)
+        outcomes = _interruptible(lambda: mirror_run(run, target, config, now=now), run.root, cancel)
         for o in outcomes:
             hazard_skip = o.result == "skipped" and o.reason.startswith("complete")
             if o.result in ("failed", "conflict") or hazard_skip:
@@ -107,6 +126,51 @@ def cmd_mirror(args: argparse.Namespace) -> int:
     elif not report.runs:
         print(f"ckptwatch: no checkpoints found under {path}", file=sys.stderr)
     return code
+
+
+@contextlib.contextmanager
+def _stop_on_signals(cancel: Any) -> Iterator[None]:
+    """SIGTERM and SIGINT set ``cancel`` (the copy stops at its next write) and restore the default
+    handlers, so a second signal stops the command at once."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def stop(signum: int, frame: object) -> None:
+        cancel.set(signal.Signals(signum).name)
+        for s in previous:
+            signal.signal(s, signal.SIG_DFL if s == signal.SIGTERM else signal.default_int_handler)
+
+    for s in previous:
+        signal.signal(s, stop)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _interruptible(work: Any, run_root: str, cancel: Any) -> Any:
+    """``work()``, or the interrupted command's message and exit code once ``cancel`` stopped it."""
+    from ckptwatch.mirror.cancel import Cancelled
+
+    try:
+        result = work()
+    except Cancelled:
+        raise Interrupted(f"mirror of {run_root} interrupted by {cancel.reason}: the upload in flight was "
+                          "aborted and nothing of it was committed; run the same command again to resume "
+                          "(the files already copied are kept)") from None
+    if cancel.is_set():  # the signal came after the last write: everything returned was committed
+        raise Interrupted(f"mirror interrupted by {cancel.reason} after {run_root}; run the same command "
+                          "again to mirror the rest")
+    return result
+
+
+class Interrupted(CkptwatchError):
+    """``ckptwatch mirror`` stopped by a signal (exit 130, like Ctrl-C)."""
+
+    exit_code = EXIT_INTERRUPTED
 
 
 def _print_outcome(o: Any) -> None:
