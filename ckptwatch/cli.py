@@ -364,10 +364,11 @@ def _add_mirror_lag(run: dict[str, Any], now: float) -> None:
         return
     from ckptwatch.mirror.lag import Mark, mirror_lag
 
-    def mark(c: dict[str, Any] | None) -> Mark | None:
-        return None if c is None else Mark(c["path"], c["step"], c["mtime"])
-
-    lag = mirror_lag(mark(run["newest_complete"]), mark(mirror["newest_committed"]), now)
+    complete, committed = run["newest_complete"], mirror["newest_committed"]
+    lag = mirror_lag(None if complete is None else Mark(complete["path"], complete["step"],
+                                                        mirror["newest_complete_mtime"]),
+                     None if committed is None else Mark(committed["path"], committed["step"],
+                                                         committed["mtime"]), now)
     mirror["lag_steps"] = None if lag is None else lag.steps
     mirror["lag_seconds"] = None if lag is None or lag.seconds is None else round(lag.seconds, 3)
 

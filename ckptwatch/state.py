@@ -252,13 +252,13 @@ class StateStore:
                              for r in rows if r[2] in ("incomplete", "corrupt") or json.loads(r[4])]
             newest = self.newest_mirrored(run, mirror_to) if mirror_to else None
             out.append({"run": run, "counts": counts,
-                        "newest_complete": {"path": complete_path, "step": complete_step,
-                                            "mtime": complete_mtime} if complete_path else None,
+                        "newest_complete": {"path": complete_path, "step": complete_step} if complete_path
+                        else None,
                         "newest_resumable": {"path": resumable_path, "step": resumable_step} if resumable_path
                         else None,
                         "last_judged": max(r[5] for r in rows), "open": open_problems,
                         "mirror": None if not mirror_to else {
-                            "to": mirror_to,
+                            "to": mirror_to, "newest_complete_mtime": complete_mtime,
                             "newest_committed": None if newest is None else {
                                 "path": newest.checkpoint, "step": newest.step, "mtime": newest.source_mtime,
                                 "committed_at": newest.committed_at, "verified_at": newest.verified_at}}})

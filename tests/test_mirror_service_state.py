@@ -195,7 +195,9 @@ def _put_newest_back(root: Path, tmp_path: Path) -> None:
 def test_status_and_metrics_show_the_mirror_lag(artefact, tmp_path):
     """checkpoint-2 and -4 committed, checkpoint-6's copy blocked (a file where its copy's directory
     belongs): 2 steps behind, and the seconds since checkpoint-6 was written. Once it commits: 0 and 0.
-    The same numbers in `status --json`, its text and the Prometheus endpoint."""
+    The same numbers in `status --json`, its text and the Prometheus endpoint. keep_last 1 deletes the
+    mirrored checkpoint-2 and -4 meanwhile: a copy of a deleted checkpoint still counts, and the re-check
+    of checkpoint-6 (never committed) is no lost copy."""
     root = two_trainer_runs(artefact, tmp_path)
     backup, state = tmp_path / "backup", tmp_path / "state"
     with socket.socket() as s:
@@ -204,7 +206,8 @@ def test_status_and_metrics_show_the_mirror_lag(artefact, tmp_path):
     cfg = tmp_path / "config.toml"
     cfg.write_text(f'[service]\nstate_dir = "{state}"\n')
     _move_newest_aside(root, tmp_path)
-    d = make_daemon(state, root, watch={"mirror": {"to": str(backup)}}, metrics_port=port)
+    d = make_daemon(state, root, watch={"mirror": {"to": str(backup)}, "retention": {"keep_last": 1}},
+                    metrics_port=port)
     try:
         d._start_sinks()
         _pass(d)
@@ -213,7 +216,9 @@ def test_status_and_metrics_show_the_mirror_lag(artefact, tmp_path):
         (backup / "run-b" / "checkpoint-6").write_text("in the way\n")
         with capture_logs() as logs:
             _pass(d)
+            d.tick(time.time())
         assert len(_events(logs, "mirror_failed")) == 2
+        assert len(_events(logs, "checkpoint_deleted")) == 4 and not _events(logs, "mirror_lost")
         written = max(p.stat().st_mtime for p in (root / "run-a" / "checkpoint-6").rglob("*") if p.is_file())
 
         code, out, err = cli_in_process(["status", "--config", str(cfg), "--json"])
@@ -291,7 +296,7 @@ def test_a_version_1_state_file_is_migrated_in_place_and_read_before(tmp_path):
     old = StateStore(str(path), read_only=True)
     try:
         (run,) = old.runs()
-        assert run["mirror"] is None and run["newest_complete"]["mtime"] is None
+        assert run["mirror"] is None
         assert old.mirrored("/r", "/backup") == [] and old.newest_mirrored("/r", "/backup") is None
     finally:
         old.close()
@@ -299,7 +304,7 @@ def test_a_version_1_state_file_is_migrated_in_place_and_read_before(tmp_path):
     try:
         assert store._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
         (run,) = store.runs()
-        assert run["newest_complete"] == {"path": "/r/checkpoint-2", "step": 2, "mtime": None}
+        assert run["newest_complete"] == {"path": "/r/checkpoint-2", "step": 2}
         from ckptwatch.state import MirroredCopy
 
         store.record_mirrored([MirroredCopy("/r", "/r/checkpoint-2", "/backup", "/backup/r/checkpoint-2", 2,

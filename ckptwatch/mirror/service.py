@@ -157,8 +157,13 @@ def run_job(todo: list[Verdict], run_root: str, config: MirrorConfig, now: float
 
 def recheck_job(copies: list[str], run_root: str, config: MirrorConfig,
                 make_target: TargetFactory | None = None) -> list[tuple[str, str | None]]:
-    """On the worker: (checkpoint, why its copy is no verified backup, or None) for each of ``copies``."""
-    return [(c, copy_problem(config, run_root, c, make_target)) for c in copies]
+    """On the worker: (checkpoint, why its copy is no verified backup, or None) for each of ``copies``
+    (one target for them all: on S3, one session)."""
+    try:
+        target = (make_target or _target)(config)
+    except Exception as exc:  # noqa: BLE001 - a target that cannot be built verifies nothing
+        return [(c, f"cannot be checked: {type(exc).__name__}: {exc}") for c in copies]
+    return [(c, copy_problem(config, run_root, c, lambda _config: target)) for c in copies]
 
 
 class MirrorSink(Sink):
@@ -331,17 +336,20 @@ class MirrorSink(Sink):
             self._lose(run_root, checkpoint, to, why, now)
 
     def _lose(self, run_root: str, checkpoint: str, to: str, why: str, now: float) -> None:
+        """A copy this sink remembers committed is missing or does not verify: forget it (memory and
+        store) and judge the run again, which copies it anew. Retention's re-check also asks about
+        checkpoints never committed (the newest, not copied yet): those are no loss, and ignored."""
         known = self._committed.get(run_root)
-        if known is not None:
-            known.discard(checkpoint)
+        where = self._watch_of.get(run_root)
+        if known is None or checkpoint not in known or where is None or where[1].to != to:
+            return
+        known.discard(checkpoint)
         if self.store is not None:
             self.faults.call("state store", self.store.drop_mirrored, to, checkpoint)
         self.log.warning("mirror_lost", run=run_root, checkpoint=checkpoint, target=to, why=why,
-                         action="copied again at the next pass" if known is not None else "forgotten")
-        where = self._watch_of.get(run_root)
-        if known is not None and where is not None:
-            self._publish(run_root, where[1].to)
-            self.schedule(where[0], run_root, now)
+                         action="copied again at the next pass")
+        self._publish(run_root, to)
+        self.schedule(where[0], run_root, now)
 
     def tick(self, now: float) -> float | None:
         """Take the copies retention found missing; re-check a run's remembered copies every
