@@ -174,3 +174,55 @@ def test_the_cli_stops_on_a_signal_mid_copy_and_the_next_run_resumes(artefact, t
         manifest, findings = verify_copy(target, f"run-a/{name}")
         assert manifest is not None and findings == [], (name, findings)
     assert _temps(backup) == []
+
+
+class _Tripwire:
+    """Sets ``cancel`` once ``after`` writes went through (a SIGTERM arriving mid-file)."""
+
+    def __init__(self, inner, cancel: Cancel, after: int, seen=None) -> None:
+        self.inner, self.cancel, self.after, self.url = inner, cancel, after, inner.url
+        self.seen = seen or (lambda: None)  # what the test looks at when the cancel comes
+        self.at_trip = None
+
+    def open_write(self, name: str):
+        tripwire = self
+        upload = self.inner.open_write(name)
+
+        class Up:
+            def write(self, data) -> None:
+                upload.write(data)
+                tripwire.after -= 1
+                if tripwire.after == 0:
+                    tripwire.at_trip = tripwire.seen()
+                    tripwire.cancel.set("SIGTERM")
+
+            def commit(self, mtime_ns=None) -> None:
+                upload.commit(mtime_ns)
+
+            def abort(self) -> None:
+                upload.abort()
+
+        return Up()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_a_cancel_mid_file_aborts_the_s3_multipart_upload(s3, monkeypatch, tmp_path):
+    """12 MiB copied to S3 in 5 MiB parts: the cancel comes after two 4 MiB writes (one part is up, so a
+    multipart upload is open); the next write raises, and copy_file's abort leaves neither an object nor
+    an open multipart upload."""
+    from ckptwatch.mirror import fsspec_target
+    from ckptwatch.mirror.copy import _Source, copy_file
+    from ckptwatch.mirror.hashing import ALGORITHM
+
+    monkeypatch.setattr(fsspec_target, "BLOCK_SIZE", 5 << 20)  # S3's smallest part: keeps the test small
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(12 << 20))
+    cancel = Cancel()
+    tripwire = _Tripwire(fsspec_target.FsspecTarget(s3.url("pre")), cancel, 2, s3.multipart_uploads)
+    with pytest.raises(Cancelled):
+        copy_file(_Source("big.bin", str(src)), CancellableTarget(tripwire, cancel), "run/ckpt/big.bin",
+                  ALGORITHM)
+    assert tripwire.at_trip == ["pre/run/ckpt/big.bin"]  # a multipart upload was open when it came
+    assert s3.multipart_uploads() == [] and s3.keys() == {}
