@@ -226,3 +226,42 @@ def test_a_cancel_mid_file_aborts_the_s3_multipart_upload(s3, monkeypatch, tmp_p
                   ALGORITHM)
     assert tripwire.at_trip == ["pre/run/ckpt/big.bin"]  # a multipart upload was open when it came
     assert s3.multipart_uploads() == [] and s3.keys() == {}
+
+
+def test_sigterm_to_the_service_mid_copy_exits_cleanly_and_the_next_start_commits(artefact, tmp_path):
+    """A real `ckptwatch run` gets a real SIGTERM while its worker writes the third file of a copy: the
+    service stops (exit 0, service_stopping), the copy is interrupted (mirror_interrupted, no
+    mirror_committed, no mirror_failed), no temp file is left and nothing is committed; the next start
+    commits every checkpoint."""
+    import json
+
+    root = two_trainer_runs(artefact, tmp_path)
+    backup, state = tmp_path / "backup", tmp_path / "state"
+    cfg = tmp_path / "ckptwatch.toml"
+    cfg.write_text(f'[service]\nsettle_seconds = 0\nstate_dir = "{state}"\nlog_format = "json"\n'
+                   f'[[watch]]\npath = "{root}"\n[watch.mirror]\nto = "{backup}"\n')
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
+    env.update(CKPTWATCH_SIGNAL_AT="3", CKPTWATCH_SIGNAL="SIGTERM")
+    proc = subprocess.run([sys.executable, "-m", "tests.mirror_signal_child", "run", "--config", str(cfg)],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    names = [e["event"] for e in events]
+    assert "service_stopping" in names and "mirror_interrupted" in names, names
+    assert "mirror_committed" not in names and "mirror_failed" not in names and "service_error" not in names
+    assert _temps(backup) == []
+    target = LocalTarget(str(backup))
+    for run in ("run-a", "run-b"):
+        for name in CHECKPOINTS:
+            assert mf.copy_state(target, f"{run}/{name}").state in ("absent", "partial"), (run, name)
+
+    d = make_daemon(state, root, watch={"mirror": {"to": str(backup)}})
+    try:
+        with capture_logs() as logs:
+            d.judge_watch(d.config.watches[0])
+            assert d.background.wait_idle(60)
+            d.background.drain()
+        assert len(_events(logs, "mirror_committed")) == 6
+        assert _temps(backup) == []
+    finally:
+        d.close()
