@@ -94,4 +94,6 @@ class CancellableTarget:
         self.inner.remove(name)
 
     def __getattr__(self, name: str) -> Any:  # anything else a backend offers (endpoint_url, ...)
+        if name == "inner":  # not set yet (a copy or unpickling): no recursion through __getattr__
+            raise AttributeError(name)
         return getattr(self.inner, name)
