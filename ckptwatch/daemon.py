@@ -212,6 +212,11 @@ class Daemon:
 
     def _on_term(self, signum: int, frame: object) -> None:
         self.stopping = True
+        for sink in self.row.sinks:  # at once, not after the pass in progress: a copy stops at its next write
+            try:
+                sink.stop()
+            except Exception:  # noqa: BLE001, S110 - close() calls it again through the fault reporter
+                pass
         self.dirty.wake.set()
 
     def _on_hup(self, signum: int, frame: object) -> None:
