@@ -384,8 +384,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     runs = store.runs()
     alerts = store.open_alerts()
     store.close()
+    now = time.time()
     for r in runs:
         r["alerts_open"] = alerts.pop(r["run"], [])
+        _add_mirror_lag(r, now)
     service_alerts = [a for group in alerts.values() for a in group]  # disk_low, service_error: no run
     if args.json:
         json.dump({"version": 1, "state": path, "runs": runs, "alerts_open": service_alerts}, sys.stdout,
@@ -397,6 +399,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             newest = r["newest_complete"]
             print(f"{r['run']}: {counts}")
             print(f"  newest complete: {newest['path'] if newest else 'none'}")
+            if r["mirror"] is not None:
+                print(f"  mirror: {_mirror_line(r['mirror'])}")
             for o in r["open"]:
                 print(f"  {o['status']}: {o['checkpoint']}")
                 for finding in o["problems"] + o["hazards"]:  # the same messages and advice as once --json
@@ -409,6 +413,44 @@ def cmd_status(args: argparse.Namespace) -> int:
         if not runs:
             print("no checkpoints judged yet")
     return EXIT_PROBLEMS if any(r["open"] for r in runs) else EXIT_OK
+
+
+def _add_mirror_lag(run: dict[str, Any], now: float) -> None:
+    """Put the lag (``mirror.lag``: steps, seconds) into a run's ``mirror`` object of ``status``."""
+    mirror = run.get("mirror")
+    if mirror is None:
+        return
+    from ckptwatch.mirror.lag import Mark, mirror_lag
+
+    complete, committed = run["newest_complete"], mirror["newest_committed"]
+    lag = mirror_lag(None if complete is None else Mark(complete["path"], complete["step"],
+                                                        mirror["newest_complete_mtime"]),
+                     None if committed is None else Mark(committed["path"], committed["step"],
+                                                         committed["mtime"]), now)
+    mirror["lag_steps"] = None if lag is None else lag.steps
+    mirror["lag_seconds"] = None if lag is None or lag.seconds is None else round(lag.seconds, 3)
+
+
+def _mirror_line(mirror: dict[str, Any]) -> str:
+    """``status``'s mirror line: the newest committed copy and how far the mirror is behind."""
+    committed = mirror["newest_committed"]
+    newest = (f"newest committed {os.path.basename(committed['path'])}" if committed
+              else "nothing committed yet")
+    steps, seconds = mirror["lag_steps"], mirror["lag_seconds"]
+    if steps == 0 and seconds == 0:
+        return f"{newest} to {mirror['to']}, up to date"
+    behind = [f"{steps} steps" if steps is not None else "",
+              f"the newest complete checkpoint waiting {_duration(seconds)}" if seconds is not None else ""]
+    behind_text = ", ".join(b for b in behind if b)
+    return f"{newest} to {mirror['to']}" + (f", behind by {behind_text}" if behind_text else "")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def _cmd_loss(args: argparse.Namespace) -> int:

@@ -81,12 +81,13 @@ def build_row(config: Config, state: StateStore, state_dir: str, log: object, cl
     loss = LossSink(alerts=alerts, hazards_of=state.hazard_messages, faults=faults, background=background,
                     is_active=dirty.active, plots_dir=os.path.join(state_dir, "plots"), log=log)
     mirror = MirrorSink(alerts=alerts, faults=faults, background=background, log=log, clock=clock,
-                        schedule=dirty.schedule)
+                        schedule=dirty.schedule, store=state)
     sinks = (StateSink(state, log), alerts, PointerSink(log), loss,
-             MetricsSink(config.service.metrics_port, loss.resume_ratio, log, poll_counts),
+             MetricsSink(config.service.metrics_port, loss.resume_ratio, log,
+                         mirror=lambda: mirror.positions, poll_counts=poll_counts),
              mirror,
              RetentionSink(alerts=alerts, faults=faults, background=background, rejudge=rejudge, log=log,
-                           mirrored=mirror.is_committed))
+                           mirrored=mirror.is_committed, recheck=mirror.recheck))
     return Row(sinks, alerts)
 
 
@@ -188,7 +189,10 @@ class Daemon:
         return max(0.05, min(waits))
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop the background worker and every sink, then the state store."""
+        """Abort long work in flight (``Sink.stop``: the mirror's upload), stop the background worker and
+        every sink, then the state store."""
+        for sink in self.row.sinks:
+            self.faults.call(f"stopping {sink.name}", sink.stop)
         self.background.close(timeout)
         self.background.drain()
         for sink in self.row.sinks:
@@ -209,6 +213,11 @@ class Daemon:
 
     def _on_term(self, signum: int, frame: object) -> None:
         self.stopping = True
+        for sink in self.row.sinks:  # at once, not after the pass in progress: a copy stops at its next write
+            try:
+                sink.stop()
+            except Exception:  # noqa: BLE001, S110 - close() calls it again through the fault reporter
+                pass
         self.dirty.wake.set()
 
     def _on_hup(self, signum: int, frame: object) -> None:

@@ -3,6 +3,10 @@
 Off unless ``service.metrics_port`` is set. A custom collector reads the daemon's latest snapshot at
 scrape time, so "seconds since the last complete checkpoint" is always current and nothing is
 recomputed on the service's hot path. Bound to loopback only: the numbers name paths on the box.
+
+Runs of watches with ``[watch.mirror]`` also get the mirror's lag (``mirror.lag``: steps, and seconds the
+newest complete checkpoint has waited without a committed copy) and the newest committed copy's step,
+read from the mirror sink's positions at scrape time, so a commit shows at the next scrape.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
+from ckptwatch.mirror.lag import Position, mirror_lag
 from ckptwatch.model import RunReport, Status
 
 
@@ -34,8 +39,10 @@ def snapshot(run: RunReport, resume_ratio: float | None = None) -> RunSnapshot:
 
 
 class _Collector:
-    def __init__(self, source: Callable[[], Mapping[str, RunSnapshot]]) -> None:
+    def __init__(self, source: Callable[[], Mapping[str, RunSnapshot]],
+                 mirror: Callable[[], Mapping[str, Position]] | None = None) -> None:
         self.source = source
+        self.mirror = mirror
 
     def collect(self) -> Iterator[object]:
         from prometheus_client.core import GaugeMetricFamily
@@ -63,6 +70,27 @@ class _Collector:
             if r.resume_ratio is not None:
                 ratio.add_metric([r.root], r.resume_ratio)
         yield from (step, age, count, size, ratio)
+        yield from self._mirror(now)
+
+    def _mirror(self, now: float) -> Iterator[object]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        lag_steps = GaugeMetricFamily("ckptwatch_mirror_lag_steps", "Steps of the newest complete checkpoint "
+                                      "beyond the newest committed copy (0: mirrored)", labels=["run"])
+        lag_seconds = GaugeMetricFamily("ckptwatch_mirror_lag_seconds", "Seconds the newest complete "
+                                        "checkpoint has waited without a committed copy (0: mirrored)",
+                                        labels=["run"])
+        committed = GaugeMetricFamily("ckptwatch_mirror_newest_committed_step",
+                                      "Step of the newest checkpoint with a committed copy", labels=["run"])
+        for root, p in (self.mirror() if self.mirror else {}).items():
+            lag = mirror_lag(p.complete, p.committed, now)
+            if lag is not None and lag.steps is not None:
+                lag_steps.add_metric([root], lag.steps)
+            if lag is not None and lag.seconds is not None:
+                lag_seconds.add_metric([root], lag.seconds)
+            if p.committed is not None and p.committed.step is not None:
+                committed.add_metric([root], p.committed.step)
+        yield from (lag_steps, lag_seconds, committed)
 
 
 class _PollCollector:
@@ -85,12 +113,14 @@ class _PollCollector:
 
 
 def serve(port: int, source: Callable[[], Mapping[str, RunSnapshot]],
+          mirror: Callable[[], Mapping[str, Position]] | None = None,
           polls: Callable[[], Mapping[str, tuple[int, int]]] = dict) -> object:
-    """Start the endpoint on 127.0.0.1:``port``; returns the server (``shutdown()`` to stop)."""
+    """Start the endpoint on 127.0.0.1:``port``; returns the server (``shutdown()`` to stop). ``mirror``:
+    the mirror sink's positions per run (the lag gauges); ``polls``: the pollers' call counts."""
     from prometheus_client import CollectorRegistry, start_http_server
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(source))
+    registry.register(_Collector(source, mirror))
     registry.register(_PollCollector(polls))
     server, _thread = start_http_server(port, addr="127.0.0.1", registry=registry)
     return server

@@ -4,6 +4,15 @@ Why sqlite: one file in the state dir, atomic commits, and WAL mode lets ``ckptw
 while the service writes. A verdict is recorded once per change (status, problems or hazards), so
 a restart after ``kill -9`` neither re-logs nor re-alerts what was already judged.
 
+What the mirror has committed is recorded too (``mirrored``): a restart trusts a row while the checkpoint
+still has the bytes and newest mtime it had when its copy was committed, so the mirror sink does not ask
+the target again for every complete checkpoint (two GETs each on S3); ``ckptwatch status`` reads it for
+the mirror lag.
+
+Migrations: ``SCHEMA`` creates what a new file needs; ``_migrate`` brings an older file up to
+``SCHEMA_VERSION`` (``PRAGMA user_version``) by adding what it lacks, in place, and never drops data. A
+reader (``status``) copes with a file the running service has not upgraded yet.
+
 The service opens its store with ``open_for_service``: one service per state dir (``statelock``).
 Every method raises a failure of the file as an operator error (``errors.StateError``, ``statedb``):
 at start the service exits with its code; while it runs, the guarded pass logs it as ``service_error``.
@@ -23,7 +32,7 @@ from ckptwatch.model import RunReport, Verdict
 from ckptwatch.statedb import STATE_FILE, connect, corrupt, state_errors
 from ckptwatch.statelock import ServiceLock
 
-SCHEMA_VERSION = 1  # PRAGMA user_version
+SCHEMA_VERSION = 2  # PRAGMA user_version. 2: runs.newest_complete_mtime, runs.mirror_to, table mirrored
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -46,9 +55,45 @@ CREATE TABLE IF NOT EXISTS runs (
     newest_complete_step INTEGER,
     newest_resumable TEXT,
     newest_resumable_step INTEGER,
-    judged_at REAL NOT NULL
+    judged_at REAL NOT NULL,
+    newest_complete_mtime REAL,     -- when the newest complete checkpoint was written (its newest file)
+    mirror_to TEXT                  -- the run's [watch.mirror] to when it was judged; NULL without a mirror
 );
+CREATE TABLE IF NOT EXISTS mirrored (
+    checkpoint TEXT NOT NULL,
+    target TEXT NOT NULL,           -- [watch.mirror] to: the copy is <to>/<run>/<checkpoint>
+    run TEXT NOT NULL,
+    step INTEGER,
+    copy TEXT NOT NULL,             -- where the committed copy is, as the logs name it
+    source_bytes INTEGER NOT NULL,  -- the checkpoint's bytes and newest mtime when its copy was committed:
+    source_mtime REAL NOT NULL,     --   a restart trusts the row only while both are unchanged
+    committed_at REAL NOT NULL,     -- when the service saw the copy committed (or found it up to date)
+    verified_at REAL NOT NULL,      -- the last time the target confirmed it
+    PRIMARY KEY (checkpoint, target)
+);
+CREATE INDEX IF NOT EXISTS mirrored_run ON mirrored(run, target);
 """
+# Columns added to existing tables since version 1, in the order they were added: (table, column, type).
+ADDED_COLUMNS = (("runs", "newest_complete_mtime", "REAL"), ("runs", "mirror_to", "TEXT"))
+
+
+@dataclass(frozen=True)
+class MirroredCopy:
+    """One committed copy the mirror sink knows of (a row of ``mirrored``)."""
+
+    run: str
+    checkpoint: str
+    target: str
+    copy: str
+    step: int | None
+    source_bytes: int
+    source_mtime: float
+    committed_at: float
+    verified_at: float
+
+    def trusted_for(self, v: Verdict) -> bool:
+        """Does the checkpoint still look as it did when this copy was committed (no I/O)?"""
+        return (v.path, v.bytes, v.newest_mtime) == (self.checkpoint, self.source_bytes, self.source_mtime)
 
 
 @dataclass(frozen=True)
@@ -111,25 +156,42 @@ class StateStore:
                 raise corrupt(self.path, "holds no ckptwatch state (no checkpoints table)")
             return
         self._db.executescript(SCHEMA)
+        self._migrate()
         # Also the first write into the file: a state dir that cannot take one fails here, at start.
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _migrate(self) -> None:
+        """Bring a file written by an older ckptwatch up to ``SCHEMA_VERSION`` (``CREATE TABLE IF NOT
+        EXISTS`` already added the tables it lacked; here, the columns)."""
+        with self._db:
+            self._db.execute("BEGIN")
+            for table, column, kind in ADDED_COLUMNS:
+                if column not in self._columns(table):
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+
+    def _columns(self, table: str) -> set[str]:
+        return {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
 
     def _has_table(self, name: str) -> bool:
         return self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
                                 (name,)).fetchone() is not None
 
     @_mapped
-    def record(self, report: RunReport, now: float) -> list[Change]:
-        """Store a run's verdicts and resume choice in one transaction; return the verdicts that changed."""
+    def record(self, report: RunReport, now: float, *, mirror_to: str | None = None) -> list[Change]:
+        """Store a run's verdicts and resume choice in one transaction; return the verdicts that changed.
+        ``mirror_to``: the run's ``[watch.mirror] to`` (None without a mirror), for the lag in status."""
         run, verdicts = report.root, report.checkpoints
         changes: list[Change] = []
         complete, resumable = report.newest_complete, report.newest_resumable
         with self._db:
             self._db.execute("BEGIN")
-            self._db.execute("INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?)",
+            self._db.execute("INSERT OR REPLACE INTO runs (run, layout, newest_complete, "
+                             "newest_complete_step, newest_resumable, newest_resumable_step, judged_at, "
+                             "newest_complete_mtime, mirror_to) VALUES (?,?,?,?,?,?,?,?,?)",
                              (run, report.layout, complete.path if complete else None,
                               complete.step if complete else None, resumable.path if resumable else None,
-                              resumable.step if resumable else None, now))
+                              resumable.step if resumable else None, now,
+                              complete.newest_mtime if complete else None, mirror_to))
             for v in verdicts:
                 row = self._db.execute("SELECT status, fingerprint FROM checkpoints WHERE path = ?",
                                        (v.path,)).fetchone()
@@ -167,12 +229,15 @@ class StateStore:
 
     @_mapped
     def runs(self) -> list[dict[str, object]]:
-        """Per run: checkpoint counts by status, the newest complete one, and the open problems."""
+        """Per run: checkpoint counts by status, the newest complete one, the open problems, and for a run
+        with a mirror its newest committed copy (``mirror``; None without a mirror)."""
         chosen = {}
         if self._has_table("runs"):  # absent in a state file the running service has not upgraded yet
+            have = self._columns("runs")
+            extra = [c if c in have else "NULL" for c in ("newest_complete_mtime", "mirror_to")]
             chosen = {row[0]: row[1:] for row in self._db.execute(
-                "SELECT run, newest_complete, newest_complete_step, newest_resumable, newest_resumable_step "
-                "FROM runs")}
+                "SELECT run, newest_complete, newest_complete_step, newest_resumable, newest_resumable_step, "
+                f"{', '.join(extra)} FROM runs")}
         out = []
         for (run,) in self._db.execute("SELECT DISTINCT run FROM checkpoints ORDER BY run").fetchall():
             rows = self._db.execute("SELECT path, step, status, problems, hazards, judged_at "
@@ -180,17 +245,70 @@ class StateStore:
             counts: dict[str, int] = {}
             for _, _, status, _, _, _ in rows:
                 counts[status] = counts.get(status, 0) + 1
-            complete_path, complete_step, resumable_path, resumable_step = chosen.get(run, (None,) * 4)
+            (complete_path, complete_step, resumable_path, resumable_step, complete_mtime,
+             mirror_to) = chosen.get(run, (None,) * 6)
             open_problems = [{"checkpoint": r[0], "step": r[1], "status": r[2], "problems": json.loads(r[3]),
                               "hazards": json.loads(r[4])}
                              for r in rows if r[2] in ("incomplete", "corrupt") or json.loads(r[4])]
+            newest = self.newest_mirrored(run, mirror_to) if mirror_to else None
             out.append({"run": run, "counts": counts,
                         "newest_complete": {"path": complete_path, "step": complete_step} if complete_path
                         else None,
                         "newest_resumable": {"path": resumable_path, "step": resumable_step} if resumable_path
                         else None,
-                        "last_judged": max(r[5] for r in rows), "open": open_problems})
+                        "last_judged": max(r[5] for r in rows), "open": open_problems,
+                        "mirror": None if not mirror_to else {
+                            "to": mirror_to, "newest_complete_mtime": complete_mtime,
+                            "newest_committed": None if newest is None else {
+                                "path": newest.checkpoint, "step": newest.step, "mtime": newest.source_mtime,
+                                "committed_at": newest.committed_at, "verified_at": newest.verified_at}}})
         return out
+
+    # --- what the mirror committed ------------------------------------------------------------------------
+
+    _MIRRORED = ("run, checkpoint, target, copy, step, source_bytes, source_mtime, committed_at, verified_at")
+
+    @_mapped
+    def mirrored(self, run: str, target: str) -> list[MirroredCopy]:
+        """The committed copies of ``run``'s checkpoints on ``target`` (sources since deleted included)."""
+        if not self._has_table("mirrored"):
+            return []
+        return [MirroredCopy(*row) for row in self._db.execute(
+            f"SELECT {self._MIRRORED} FROM mirrored WHERE run = ? AND target = ?", (run, target))]
+
+    @_mapped
+    def newest_mirrored(self, run: str, target: str) -> MirroredCopy | None:
+        """``run``'s committed copy with the highest step (the newest source when steps are unknown)."""
+        if not self._has_table("mirrored"):
+            return None
+        row = self._db.execute(
+            f"SELECT {self._MIRRORED} FROM mirrored WHERE run = ? AND target = ? "
+            "ORDER BY step IS NULL, step DESC, source_mtime DESC LIMIT 1", (run, target)).fetchone()
+        return MirroredCopy(*row) if row else None
+
+    @_mapped
+    def record_mirrored(self, copies: list[MirroredCopy]) -> None:
+        """Remember committed copies (a copy committed again replaces its row)."""
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany(f"INSERT OR REPLACE INTO mirrored ({self._MIRRORED}) "
+                                 "VALUES (?,?,?,?,?,?,?,?,?)",
+                                 [(c.run, c.checkpoint, c.target, c.copy, c.step, c.source_bytes,
+                                   c.source_mtime, c.committed_at, c.verified_at) for c in copies])
+
+    @_mapped
+    def verified_mirrored(self, target: str, checkpoints: list[str], now: float) -> None:
+        """The target confirmed these copies at ``now``."""
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany("UPDATE mirrored SET verified_at = ? WHERE checkpoint = ? AND target = ?",
+                                 [(now, c, target) for c in checkpoints])
+
+    @_mapped
+    def drop_mirrored(self, target: str, checkpoint: str) -> None:
+        """The copy is gone from the target (or no longer verifies): forget it, so it is copied again."""
+        with self._db:
+            self._db.execute("DELETE FROM mirrored WHERE checkpoint = ? AND target = ?", (checkpoint, target))
 
     @_mapped
     def open_alerts(self) -> dict[str, list[dict[str, object]]]:

@@ -48,6 +48,8 @@ FLOORS: dict[str, int] = {
     "ckptwatch.mirror.target": READERS,  # the storage Protocol and the local backend
     "ckptwatch.mirror.fsspec_target": READERS,  # object storage (s3://) through fsspec/s3fs, lazily
     "ckptwatch.mirror.targets": READERS,  # which target a `to` value names (a path or a URL)
+    "ckptwatch.mirror.cancel": READERS,  # a target wrapper whose writes stop once a cancel is set
+    "ckptwatch.mirror.lag": PURE,  # how far a run's mirror is behind (status and metrics)
     "ckptwatch.mirror.manifest": READERS,  # manifest, commit marker, journal: format and I/O via a target
     "ckptwatch.mirror.restore": READERS,  # restore and verify a committed copy
     "ckptwatch.mirror.wrap": READERS,  # a Target passing every call on: the base of the two below

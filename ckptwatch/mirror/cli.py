@@ -8,6 +8,10 @@ The same code the service's mirror sink will run (``mirror.copy``). Exit codes: 
 complete checkpoint is committed or up to date (incomplete and in-progress ones are listed as skipped:
 they are not backups yet), 1 when any failed, conflicts with its committed copy or was skipped for a
 hazard; ``restore`` 0 restored, 1 refused (the file named); ``verify`` of a copy 0 good, 1 not.
+
+SIGTERM or SIGINT during ``mirror`` aborts the uploads in flight (``cancel.CancellableTarget``: a local temp
+removed, an S3 multipart upload aborted), commits nothing more, says so and exits 130; a second signal
+kills at once. The files already in place are kept for the next run to resume (the copy's journal).
 """
 
 from __future__ import annotations
@@ -16,12 +20,14 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
-from ckptwatch.errors import EXIT_OK, EXIT_PROBLEMS, UsageError
+from ckptwatch.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEMS, CkptwatchError, UsageError
 
 COPY_NAMES = (".ckptwatch-mirror.json", ".ckptwatch-mirror-committed", ".ckptwatch-mirror-journal.json",
               ".ckptwatch-mirror-lock")
@@ -89,6 +95,14 @@ def is_copy(path: str) -> bool:
 
 
 def cmd_mirror(args: argparse.Namespace) -> int:
+    from ckptwatch.mirror.cancel import Cancel
+
+    cancel = Cancel()
+    with _stop_on_signals(cancel):
+        return _mirror(args, cancel)
+
+
+def _mirror(args: argparse.Namespace, cancel: Any) -> int:
     from ckptwatch.cliargs import check_options
     from ckptwatch.config import WatchConfig, override
     from ckptwatch.config.mirror import MirrorConfig
@@ -113,7 +127,10 @@ def cmd_mirror(args: argparse.Namespace) -> int:
     if not is_url(config.to) and (config.to == path or config.to.startswith(path.rstrip("/") + "/")):
         raise UsageError(f"--to {config.to} is inside {args.path}: the copies would be judged as "
                          "checkpoints of the run (choose a directory outside it)")
-    target = throttled(_target(config.to, config.endpoint_url), config.max_rate)  # one bucket for all runs
+    from ckptwatch.mirror.cancel import CancellableTarget
+
+    # one bucket for all runs; SIGTERM/SIGINT: the upload in flight aborts
+    target = CancellableTarget(throttled(_target(config.to, config.endpoint_url), config.max_rate), cancel)
     layout = watch.layout if args.layout == "auto" and watch is not None else args.layout
     watch = watch or WatchConfig(path=path, layout=args.layout, expected_ranks=args.expected_ranks)
     now = time.time()
@@ -121,16 +138,21 @@ def cmd_mirror(args: argparse.Namespace) -> int:
     code = EXIT_OK
     runs: list[dict[str, Any]] = []
     for run in report.runs:
-        outcomes = []
-        for v in reversed(run.checkpoints):  # newest first, as copy.mirror_run
-            with _metered(target, v.bytes, os.path.basename(v.path), json=args.json) as shown:
-                o = mirror_checkpoint(v, run.root, shown, config, now=now)
-            outcomes.append(o)
+        outcomes: list[Any] = []
+
+        def copy_run(run: Any = run, outcomes: list[Any] = outcomes) -> None:
+            for v in reversed(run.checkpoints):  # newest first, as copy.mirror_run; each printed when done
+                with _metered(target, v.bytes, os.path.basename(v.path), json=args.json) as shown:
+                    o = mirror_checkpoint(v, run.root, shown, config, now=now)
+                outcomes.append(o)
+                if not args.json:
+                    _print_outcome(o)
+
+        _interruptible(copy_run, run.root, cancel)
+        for o in outcomes:
             hazard_skip = o.result == "skipped" and o.reason.startswith("complete")
             if o.result in ("failed", "conflict") or hazard_skip:
                 code = EXIT_PROBLEMS
-            if not args.json:
-                _print_outcome(o)
         runs.append({"root": run.root, "mirror": {"to": target.url, "verify": config.verify,
                                                   "checkpoints": [o.as_json() for o in outcomes]}})
     if args.json:
@@ -172,6 +194,51 @@ def _watch_of(args: argparse.Namespace, path: str) -> tuple[Any, Any]:
         raise UsageError(f"{path} is not under any [[watch]] path of {args.config}; give the watch's path "
                          "(or a run inside it), or --to without --config")
     return config, max(holders, key=lambda w: len(w.path))  # the most specific watch
+
+
+@contextlib.contextmanager
+def _stop_on_signals(cancel: Any) -> Iterator[None]:
+    """SIGTERM and SIGINT set ``cancel`` (the copy stops at its next write) and restore the default
+    handlers, so a second signal stops the command at once."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def stop(signum: int, frame: object) -> None:
+        cancel.set(signal.Signals(signum).name)
+        for s in previous:
+            signal.signal(s, signal.SIG_DFL if s == signal.SIGTERM else signal.default_int_handler)
+
+    for s in previous:
+        signal.signal(s, stop)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _interruptible(work: Any, run_root: str, cancel: Any) -> Any:
+    """``work()``, or the interrupted command's message and exit code once ``cancel`` stopped it."""
+    from ckptwatch.mirror.cancel import Cancelled
+
+    try:
+        result = work()
+    except Cancelled:
+        raise Interrupted(f"mirror of {run_root} interrupted by {cancel.reason}: the upload in flight was "
+                          "aborted and nothing of it was committed; run the same command again to resume "
+                          "(the files already copied are kept)") from None
+    if cancel.is_set():  # the signal came after the last write: everything returned was committed
+        raise Interrupted(f"mirror interrupted by {cancel.reason} after {run_root}; run the same command "
+                          "again to mirror the rest")
+    return result
+
+
+class Interrupted(CkptwatchError):
+    """``ckptwatch mirror`` stopped by a signal (exit 130, like Ctrl-C)."""
+
+    exit_code = EXIT_INTERRUPTED
 
 
 def _print_outcome(o: Any) -> None:

@@ -23,6 +23,7 @@ from ckptwatch.sinks.base import Background, FaultReporter, Sink
 
 if TYPE_CHECKING:
     from ckptwatch.config import WatchConfig
+    from ckptwatch.config.mirror import MirrorConfig
 
 BLOCKED_ADVICE = ("look at the run dir: if checkpoints really went away (a rotation by the trainer, a "
                   "cleanup by hand), nothing is wrong and the next pass deletes normally; if the filesystem "
@@ -47,11 +48,13 @@ class RetentionSink(Sink):
 
     def __init__(self, *, alerts: Any, faults: FaultReporter, background: Background,
                  rejudge: Callable[[WatchConfig, str, float], RunReport | None], log: Any,
-                 mirrored: Callable[[str, str], bool] | None = None) -> None:
+                 mirrored: Callable[[str, str], bool] | None = None,
+                 recheck: Callable[[MirrorConfig, str], Callable[[str], bool]] | None = None) -> None:
         self.alerts = alerts
         # (run root, checkpoint) -> known committed on the mirror target (the mirror sink's memory, no I/O):
         # what the plan on the loop thread uses; the worker asks the target itself before each deletion.
         self.mirrored = mirrored
+        self.recheck = recheck  # (mirror, run root) -> the worker's predicate (default: mirrored_check)
         self.faults = faults
         self.background = background
         self.rejudge = rejudge
@@ -126,7 +129,7 @@ class RetentionSink(Sink):
 
         memory = self.mirrored
         known = (lambda path: memory(run_root, path)) if memory is not None else (lambda path: False)
-        return known, mirrored_check(config, run_root)
+        return known, (self.recheck(config, run_root) if self.recheck else mirrored_check(config, run_root))
 
     def _recovery_done(self, run_root: str, done: list[str] | BaseException) -> None:
         self._busy.discard(run_root)

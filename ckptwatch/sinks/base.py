@@ -53,6 +53,11 @@ class Sink:
     def remembered(self) -> set[str]:
         return set()
 
+    def stop(self) -> None:
+        """The service is stopping (SIGTERM): abort long work in flight (a mirror's upload), so ``close``
+        returns within the unit's stop timeout. Called from the signal handler itself (so set a flag,
+        nothing more) and again by ``Daemon.close`` before the background worker is waited for."""
+
     def close(self, timeout: float) -> None:
         """Stop; ``timeout`` bounds how long queued work may still take."""
 

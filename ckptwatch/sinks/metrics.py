@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from ckptwatch.sinks.base import Sink, SinkFault
@@ -10,6 +10,7 @@ from ckptwatch.sinks.base import Sink, SinkFault
 if TYPE_CHECKING:
     from ckptwatch.config import WatchConfig
     from ckptwatch.metrics import RunSnapshot
+    from ckptwatch.mirror.lag import Position
     from ckptwatch.model import RunReport
 
 
@@ -23,9 +24,11 @@ class MetricsSink(Sink):
     name = "metrics endpoint"
 
     def __init__(self, port: int, resume_ratio: Callable[[str], float | None], log: Any,
+                 mirror: Callable[[], Mapping[str, Position]] | None = None,
                  poll_counts: Callable[[], dict[str, tuple[int, int]]] = dict) -> None:
         self.port = port
         self.resume_ratio = resume_ratio
+        self.mirror = mirror  # the mirror sink's positions (its lag), read at scrape time
         self.poll_counts = poll_counts  # the polling observers' stat and listdir calls, per watched root
         self.log = log
         self.runs: dict[str, RunSnapshot] = {}
@@ -37,7 +40,7 @@ class MetricsSink(Sink):
         from ckptwatch.metrics import serve
 
         try:
-            self.server = serve(self.port, lambda: dict(self.runs), self.poll_counts)
+            self.server = serve(self.port, lambda: dict(self.runs), self.mirror, self.poll_counts)
         except OSError as exc:
             raise SinkFault(f"127.0.0.1:{self.port}: {exc.strerror or exc}",
                             "running without metrics; free the port or change service.metrics_port, then "

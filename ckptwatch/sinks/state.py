@@ -24,7 +24,8 @@ class StateSink(Sink):
         self.log = log
 
     def judged(self, watch: WatchConfig, run: RunReport, now: float) -> float | None:
-        for change in self.store.record(run, now):
+        mirror_to = watch.mirror.to if watch.mirror is not None else None  # status shows its lag
+        for change in self.store.record(run, now, mirror_to=mirror_to):
             v = change.verdict
             self.log.info("checkpoint_judged", run=run.root, checkpoint=v.path, step=v.step,
                           status=v.status.value, previous=change.previous_status,
