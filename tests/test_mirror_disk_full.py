@@ -63,6 +63,8 @@ def test_target_disk_full_fails_naming_the_file_commits_nothing_and_catches_up(a
     assert str(to / run.name / second.name) in failed["reason"], failed
     assert mf.copy_state(LocalTarget(str(to / run.name / second.name)), "").state != "committed"
     assert not [p for p in to.rglob("*") if ".ckptwatch-tmp-" in p.name]
+    text = run_cli("mirror", str(run), "--to", str(to), "--settle", "0", timeout=180)
+    assert text.returncode == 1 and "checkpoints not mirrored: fix the cause" in text.stderr, text.stderr
     refused = run_cli("restore", str(to / run.name / second.name), str(small_disk.parent / "r"))
     assert refused.returncode == 1 and "not a backup" in refused.stderr, refused.stderr
 

@@ -17,9 +17,9 @@ A write blocked in the kernel or on the network is not interrupted: the check ru
 from __future__ import annotations
 
 import threading
-from typing import Any, BinaryIO
 
 from ckptwatch.mirror.target import Target, Upload
+from ckptwatch.mirror.wrap import TargetWrapper, UploadWrapper
 
 
 class Cancelled(Exception):
@@ -47,53 +47,30 @@ class Cancel:
             raise Cancelled(f"interrupted ({self.reason})")
 
 
-class _CancellableUpload:
+class _CancellableUpload(UploadWrapper):
     def __init__(self, inner: Upload, cancel: Cancel) -> None:
-        self._inner, self._cancel = inner, cancel
+        super().__init__(inner)
+        self._cancel = cancel
 
     def write(self, data: bytes | memoryview) -> None:
         self._cancel.check()  # the caller aborts the upload when this raises (copy_file's finally)
-        self._inner.write(data)
+        self.inner.write(data)
 
     def commit(self, mtime_ns: int | None = None) -> None:
         if self._cancel.is_set():  # a commit that fails leaves nothing behind (as the backends' own do)
-            self._inner.abort()
+            self.inner.abort()
             self._cancel.check()
-        self._inner.commit(mtime_ns)
-
-    def abort(self) -> None:
-        self._inner.abort()
+        self.inner.commit(mtime_ns)
 
 
-class CancellableTarget:
+class CancellableTarget(TargetWrapper):
     """``target`` with every write checked against ``cancel``; reads, lists and removals pass through
     (the cleanup of an aborted upload must still work)."""
 
     def __init__(self, target: Target, cancel: Cancel) -> None:
-        self.inner = target
+        super().__init__(target)
         self.cancel = cancel
-        self.url = target.url
-
-    def describe(self, name: str) -> str:
-        return self.inner.describe(name)
-
-    def list(self, prefix: str) -> dict[str, int]:
-        return self.inner.list(prefix)
-
-    def stat(self, name: str) -> int | None:
-        return self.inner.stat(name)
 
     def open_write(self, name: str) -> Upload:
         self.cancel.check()
         return _CancellableUpload(self.inner.open_write(name), self.cancel)
-
-    def open_read(self, name: str) -> BinaryIO:
-        return self.inner.open_read(name)
-
-    def remove(self, name: str) -> None:
-        self.inner.remove(name)
-
-    def __getattr__(self, name: str) -> Any:  # anything else a backend offers (endpoint_url, ...)
-        if name == "inner":  # not set yet (a copy or unpickling): no recursion through __getattr__
-            raise AttributeError(name)
-        return getattr(self.inner, name)

@@ -160,6 +160,11 @@ def _mirror(args: argparse.Namespace, cancel: Any) -> int:
         sys.stdout.write("\n")
     elif not report.runs:
         print(f"ckptwatch: no checkpoints found under {path}", file=sys.stderr)
+    failed = sum(1 for r in runs for c in r["mirror"]["checkpoints"] if c["result"] == "failed")
+    if failed and not args.json:
+        print(f"ckptwatch: {failed} checkpoint{'s' if failed > 1 else ''} not mirrored: fix the cause named "
+              "above (space, permissions, credentials, the endpoint) and run the same command again; the "
+              "files already copied are kept and verified, not copied twice", file=sys.stderr)
     return code
 
 

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 
 from ckptwatch.mirror import manifest as mf
 from ckptwatch.mirror.target import LocalTarget, Target, join
+from ckptwatch.mirror.wrap import innermost
 
 LEASE_STALE = 3600.0  # seconds without renewal after which an S3 lease is taken over (its writer died)
 MAX_LOCK_BYTES = 4096
@@ -109,8 +110,9 @@ class Lease:
 def copy_lock(target: Target, prefix: str, *, host: str) -> Iterator[Lease]:
     """Hold the lock of the copy at ``prefix`` on ``target``; ``CopyBusy`` when another writer has it."""
     me = Holder(os.getpid(), host, time.time())
-    if isinstance(target, LocalTarget):
-        with _flock(target, prefix, me) as lease:
+    backend = innermost(target)  # under the cancel, cap and progress wrappers
+    if isinstance(backend, LocalTarget):
+        with _flock(backend, prefix, me) as lease:
             yield lease
     else:
         with _lease(target, prefix, me) as lease:

@@ -54,3 +54,10 @@ class TargetWrapper:
 
     def remove(self, name: str) -> None:
         self.inner.remove(name)
+
+
+def innermost(target: Target) -> Target:
+    """The backend under every wrapper (what a lock asks: is this a local directory or object storage?)."""
+    while isinstance(target, TargetWrapper):
+        target = target.inner
+    return target
