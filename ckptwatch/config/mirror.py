@@ -71,4 +71,7 @@ class MirrorConfig:
     parallel: int = setting(Whole(1, 64), default=2)
     max_rate: int | None = setting(Rate(), default=None)  # bytes per second
     mirror_hazards: bool = setting(Boolean(), default=False)
+    # Not a key: the directory runs are named from (``copy.run_name``): the watched root, filled in by
+    # ``WatchConfig.checked``, or the PATH given to ``ckptwatch mirror``.
+    runs_under: str = ""
 

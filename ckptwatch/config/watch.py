@@ -12,6 +12,7 @@ see the package docstring for the steps.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -50,6 +51,8 @@ class WatchConfig:
             raise at.key("mirror").key("to").error(
                 f"{self.mirror.to} is inside the watched root {self.path}: its copies would be judged as "
                 "checkpoints of the run; choose a directory outside it")
+        if self.mirror is not None:  # runs are named by their path below the watched root
+            return dataclasses.replace(self, mirror=dataclasses.replace(self.mirror, runs_under=self.path))
         return self
 
 

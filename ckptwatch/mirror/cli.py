@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -124,6 +125,8 @@ def _mirror(args: argparse.Namespace, cancel: Any) -> int:
     config = override(base, {"to": to, "verify": args.verify, "parallel": args.parallel,
                              "mirror_hazards": args.mirror_hazards or None,
                              "endpoint_url": args.endpoint_url, "max_rate": args.max_rate})
+    # runs are named by their path below the watch's root, or below PATH (copy.run_name)
+    config = dataclasses.replace(config, runs_under=watch.path if watch is not None else path)
     if not is_url(config.to) and (config.to == path or config.to.startswith(path.rstrip("/") + "/")):
         raise UsageError(f"--to {config.to} is inside {args.path}: the copies would be judged as "
                          "checkpoints of the run (choose a directory outside it)")

@@ -130,10 +130,23 @@ def checkpoint_kind(path: str) -> str | None:
     return None
 
 
-def copy_name(run_root: str, checkpoint: str) -> str:
+def run_name(run_root: str, runs_under: str = "") -> str:
+    """The run's part of its copies' names: its path below ``runs_under`` (the watched root, or the PATH
+    given to ``ckptwatch mirror``), so two runs of one name never share copies (every Lightning run's
+    dir is ``.../version_N/checkpoints``); the run dir's own name when it is ``runs_under`` itself, or
+    without one."""
+    run = os.path.normpath(run_root)
+    if runs_under:
+        base = os.path.normpath(runs_under)
+        if run.startswith(base.rstrip(os.sep) + os.sep):
+            return os.path.relpath(run, base).replace(os.sep, "/")
+    return os.path.basename(run)
+
+
+def copy_name(run_root: str, checkpoint: str, runs_under: str = "") -> str:
     """``<run>/<name>``: where the copy of ``checkpoint`` lives under the target (module docstring)."""
     name = os.path.basename(os.path.normpath(checkpoint))
-    return join(os.path.basename(os.path.normpath(run_root)), name.replace("*", "all"))
+    return join(run_name(run_root, runs_under), name.replace("*", "all"))
 
 
 def run_path(run_root: str, checkpoint: str) -> str:
@@ -328,7 +341,7 @@ def _tidy(target: Target, prefix: str, host: str) -> None:
 def mirror_checkpoint(v: Verdict, run_root: str, target: Target, config: MirrorConfig, *, now: float,
                       host: str | None = None, progress: Callable[[str], None] | None = None) -> Outcome:
     """Mirror ``v`` (a checkpoint of the run at ``run_root``) to ``target``; never raises for a fault."""
-    prefix = copy_name(run_root, v.path)
+    prefix = copy_name(run_root, v.path, config.runs_under)
     where = target.describe(prefix)
     reason = why_not_mirrored(v, mirror_hazards=config.mirror_hazards)
     if reason:
@@ -440,7 +453,7 @@ def _copy(v: Verdict, run_root: str, files: list[_Source], target: Target, prefi
         files=tuple(mf.FileEntry(s.rel, e.size, e.hash, e.mtime_ns, e.ctime_ns, e.ino)
                     for s in files for e in (done[s.rel],)),
         verdict=v.status.value, layout=v.layout, step=v.step,
-        run=os.path.basename(os.path.normpath(run_root)),
+        run=run_name(run_root, config.runs_under),
         checkpoint=prefix.rsplit("/", 1)[-1],
         source_host=host, source_path=v.path, created=now, **_kind_fields(v, run_root))
     mf.commit(target, prefix, manifest)

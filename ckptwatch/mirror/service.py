@@ -98,7 +98,7 @@ def copy_problem(config: MirrorConfig, run_root: str, checkpoint: str,
     """
     try:
         target = (make_target or _target)(config)
-        prefix = copy_name(run_root, checkpoint)
+        prefix = copy_name(run_root, checkpoint, config.runs_under)
         state = mf.copy_state(target, prefix)
         if state.state != "committed" or state.manifest is None:
             return f"{state.state}: {state.reason}"
@@ -138,7 +138,7 @@ class Attempt:
     seconds: float
 
 
-def with_progress(target: Target, v: Verdict, run_root: str, log: Any) -> Target:
+def with_progress(target: Target, v: Verdict, run_root: str, log: Any, runs_under: str = "") -> Target:
     """``target``, logging ``mirror_progress`` each 10 % of ``v``'s bytes written when ``v`` holds at least
     ``PROGRESS_MIN_BYTES`` (a smaller copy is over before anyone reads the log); else ``target`` itself.
 
@@ -147,7 +147,7 @@ def with_progress(target: Target, v: Verdict, run_root: str, log: Any) -> Target
     """
     if log is None or v.bytes < PROGRESS_MIN_BYTES:
         return target
-    where = target.describe(copy_name(run_root, v.path))
+    where = target.describe(copy_name(run_root, v.path, runs_under))
 
     def emit(percent: int, done: int) -> None:
         try:
@@ -172,9 +172,11 @@ def run_job(todo: list[Verdict], run_root: str, config: MirrorConfig, now: float
             break
         started = time.monotonic()
         try:
-            outcome = mirror_checkpoint(v, run_root, with_progress(target, v, run_root, log), config, now=now)
+            shown = with_progress(target, v, run_root, log, config.runs_under)
+            outcome = mirror_checkpoint(v, run_root, shown, config, now=now)
         except Cancelled as exc:
-            outcome = Outcome(v.path, target.describe(copy_name(run_root, v.path)), "cancelled", str(exc))
+            where = target.describe(copy_name(run_root, v.path, config.runs_under))
+            outcome = Outcome(v.path, where, "cancelled", str(exc))
         out.append(Attempt(outcome, time.monotonic() - started))
         if outcome.result in (*FAILED, "cancelled"):
             break

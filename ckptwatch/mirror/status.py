@@ -37,7 +37,7 @@ def _error(exc: BaseException) -> str:
 
 def checkpoint_status(v: Verdict, run_root: str, target: Target, config: MirrorConfig) -> dict[str, Any]:
     """The status of one complete checkpoint's copy (module docstring); never raises for a fault."""
-    prefix = copy_name(run_root, v.path)
+    prefix = copy_name(run_root, v.path, config.runs_under)
     out = {"path": v.path, "copy": target.describe(prefix), "state": "", "reason": ""}
     why = why_not_mirrored(v, mirror_hazards=config.mirror_hazards)
     if why:
