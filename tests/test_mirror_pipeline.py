@@ -199,3 +199,26 @@ def test_restore_refusing_one_file_of_several_leaves_nothing(dcp_copy, tmp_path)
     assert finding.kind == "hash" and victim.name in finding.file
     assert os.listdir(tmp_path / "out") == []  # neither DEST nor the staging dir
     _wait_no_readers()
+
+
+def test_local_copy_starts_writeback_while_it_writes(tmp_path, monkeypatch):
+    """A local copy's file has its writeback started every WRITEBACK_EVERY bytes, over consecutive
+    ranges of what was written (so commit's fsync has only the tail left); the bytes are unchanged."""
+    from ckptwatch.mirror import target as mtarget
+
+    calls: list[tuple[int, int, int]] = []
+    real = os.posix_fadvise
+
+    def record(fd: int, offset: int, length: int, advice: int) -> None:
+        calls.append((offset, length, advice))
+        real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", record)
+    monkeypatch.setattr(mtarget, "WRITEBACK_EVERY", 3 * CHUNK)
+    data = os.urandom(10 * CHUNK + 5)
+    src = tmp_path / "src.bin"
+    src.write_bytes(data)
+    entry = copy_file(_Source("src.bin", str(src)), LocalTarget(str(tmp_path / "to")), "src.bin", ALGORITHM)
+    assert (tmp_path / "to" / "src.bin").read_bytes() == data and entry.hash == digest_of(data)
+    assert calls == [(0, 3 * CHUNK, os.POSIX_FADV_DONTNEED), (3 * CHUNK, 3 * CHUNK, os.POSIX_FADV_DONTNEED),
+                     (6 * CHUNK, 3 * CHUNK, os.POSIX_FADV_DONTNEED)]
