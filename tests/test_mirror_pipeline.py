@@ -6,6 +6,9 @@ boundary (the copy's bytes or hash would differ from the source's); a failed wri
 committed or temp file behind, or a reader thread still reading a file descriptor after it was
 closed; a read error that is swallowed; a refused restore of several files at once that leaves
 something at DEST. The chunk size is shrunk to one page so that small files cross many boundaries.
+Also the other overlaps of the mirror: a local copy's writeback started while it is written, and an S3
+file's parts sent several at once (never more than ``PART_CONCURRENCY``; a part failing in flight
+fails the upload and leaves neither an object nor a multipart upload).
 """
 
 from __future__ import annotations
@@ -222,3 +225,65 @@ def test_local_copy_starts_writeback_while_it_writes(tmp_path, monkeypatch):
     assert (tmp_path / "to" / "src.bin").read_bytes() == data and entry.hash == digest_of(data)
     assert calls == [(0, 3 * CHUNK, os.POSIX_FADV_DONTNEED), (3 * CHUNK, 3 * CHUNK, os.POSIX_FADV_DONTNEED),
                      (6 * CHUNK, 3 * CHUNK, os.POSIX_FADV_DONTNEED)]
+
+
+def _instrumented(t, fail_part: int | None = None) -> dict[str, int]:
+    """Wrap ``t``'s S3 calls: count upload_parts in flight at once (each held 0.2 s), fail one part."""
+    import asyncio
+
+    fs = t._fs
+    real = fs._call_s3
+    seen = {"now": 0, "most": 0, "parts": 0}
+
+    async def call(method, *args, **kwargs):
+        if method != "upload_part":
+            return await real(method, *args, **kwargs)
+        seen["now"] += 1
+        seen["parts"] += 1
+        seen["most"] = max(seen["most"], seen["now"])
+        try:
+            await asyncio.sleep(0.2)
+            if kwargs["PartNumber"] == fail_part:
+                raise PermissionError(13, "Access Denied")
+            return await real(method, *args, **kwargs)
+        finally:
+            seen["now"] -= 1
+
+    fs._call_s3 = call
+    return seen
+
+
+def test_s3_parts_go_up_several_at_once_but_never_more_than_the_limit(s3, monkeypatch):
+    """A 6-part file: parts overlap (2 in flight), never more than PART_CONCURRENCY, and the object is
+    whole and in order."""
+    from ckptwatch.mirror import fsspec_target
+
+    monkeypatch.setattr(fsspec_target, "BLOCK_SIZE", 5 << 20)
+    t = fsspec_target.FsspecTarget(s3.url("pre"))
+    seen = _instrumented(t)
+    data = os.urandom(28 << 20)
+    up = t.open_write("big.bin")
+    for i in range(0, len(data), 4 << 20):
+        up.write(data[i:i + (4 << 20)])
+    up.commit()
+    assert seen["parts"] == 6 and seen["most"] == fsspec_target.PART_CONCURRENCY > 1
+    with t.open_read("big.bin") as f:
+        assert f.read() == data
+
+
+def test_s3_part_failing_in_flight_fails_the_upload_and_leaves_nothing(s3, monkeypatch):
+    """Part 2 is refused while part 3 is in flight: the error reaches write or commit naming the object,
+    the other parts are waited for, the multipart upload is aborted, and no object exists."""
+    from ckptwatch.mirror import fsspec_target
+
+    monkeypatch.setattr(fsspec_target, "BLOCK_SIZE", 5 << 20)
+    t = fsspec_target.FsspecTarget(s3.url("pre"))
+    seen = _instrumented(t, fail_part=2)
+    up = t.open_write("a/big.bin")
+    with pytest.raises(PermissionError) as caught:
+        for _ in range(6):
+            up.write(os.urandom(4 << 20))
+        up.commit()
+    assert caught.value.filename == s3.url("pre", "a/big.bin")
+    assert seen["now"] == 0  # nothing left in flight
+    assert s3.multipart_uploads() == [] and s3.keys() == {}
