@@ -243,6 +243,8 @@ def table(results: dict, total: int, files: int) -> list[str]:
         if "rss" in r:
             lines.append(f"  {'':8s} peak RSS of the mirror {r['rss']['peak_bytes'] / 1e6:.0f} MB "
                          f"(limit 200 MB): {'met' if r['rss']['met'] else 'NOT met'}")
+        else:
+            lines.append(f"  {'':8s} peak RSS of {o['label']} {o['peak_rss_kib'] * 1024 / 1e6:.0f} MB")
     return lines
 
 
