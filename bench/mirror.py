@@ -26,11 +26,12 @@ and is deleted at the end.
   ``s3://bench/...`` against boto3 ``upload_file`` of the same files, both to one moto server on
   127.0.0.1.
 
-Before each timed run the destination is removed and ``sync`` runs (not timed), so no run pays for the
-previous one's writeback. Sides alternate (ours first in even runs, the yardstick first in odd ones),
-one warm-up each, then the median of ``--repeat``. The ratio is yardstick / ours (1.0: as fast as the
-tool). The 1-minute load average is recorded before and after each part: the machine is a shared 2-vCPU
-VM, so compare ratios from one run. Results go to ``bench/out/mirror.json``.
+Before each timed run the destination is removed, ``sync`` runs and the disk is given ``SETTLE_S``
+seconds (not timed), so no run pays for the previous one's writeback. Sides alternate (ours first in
+even runs, the yardstick first in odd ones), one warm-up each, then the median of ``--repeat``. The
+ratio is yardstick / ours (1.0: as fast as the tool). The 1-minute load average is recorded before and
+after each part: the machine is a shared 2-vCPU VM, so compare ratios from one run. Results go to
+``bench/out/mirror.json``.
 """
 
 from __future__ import annotations
@@ -121,9 +122,19 @@ def hash_child(root: str) -> None:
                 print(h.hexdigest(), os.path.join(dirpath, name))
 
 
+SETTLE_S = 5.0  # after removing the previous run's 4 GiB: see _fresh
+
+
 def _fresh(path: Path) -> None:
+    """Remove ``path`` and let the disk settle: the previous run's writeback is not this run's cost.
+
+    ``sync`` alone was not enough: in a run of 5 pairs, ckptwatch was 20-60 % slower each time it ran
+    right after the yardstick than when it ran after itself (probably the disk still busy below the
+    guest: ext4's ``discard`` of the 4 GiB just deleted, or the VM host writing them back), so each run
+    also waits ``SETTLE_S`` first (not timed)."""
     shutil.rmtree(path, ignore_errors=True)
-    os.sync()  # the previous run's writeback is not this run's cost
+    os.sync()
+    time.sleep(SETTLE_S)
 
 
 def _stats(runs: list[float]) -> dict:
