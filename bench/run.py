@@ -4,6 +4,7 @@
     python -m bench.run --quick         # small sizes, 3 repeats: a smoke test (about 1.5 minutes)
     python -m bench.run --only tree     # one benchmark (tree | header | deep | service | retention;
                                         # --only repeats)
+    python -m bench.run --only mirror   # 7: mirror, restore and S3 upload of 4 GiB (not in the default set)
 
 Prints a table (ours, the yardstick, ours / yardstick, the target) and writes ``bench/out/latest.json``
 plus the profiles in ``bench/out/``. See bench/README.md for what each benchmark measures and why.
@@ -361,6 +362,21 @@ def rows(results: dict) -> list[dict]:
         from bench import service
 
         service.rows(s, add)
+    m = results.get("mirror")
+    if m:
+        gib = m["bytes"] / 2**30
+        for name, r in m["results"].items():
+            if "error" in r:
+                continue
+            o, t = r["ours"], r["yardstick"]
+            add("7 mirror", f"{o['label']}, {gib:.2f} GiB / {m['files']} files", o["median"],
+                f"{o['median']:.2f} s", t["median"], f"{t['label']} {t['median']:.2f} s",
+                o["median"] / t["median"], f"speed >= {r['floor']} x the tool's", r["met"],
+                f"tool/ours {r['ratio']:.2f}")
+            if "rss" in r:
+                mb = r["rss"]["peak_bytes"] / 1e6
+                add("7 mirror", "  peak RSS of that mirror", mb, f"{mb:.0f} MB", None, "-", None, "< 200 MB",
+                    r["rss"]["met"])
     r = results.get("retention")
     if r:
         ip = r["inproc"]
@@ -444,6 +460,16 @@ def bench_retention(args: argparse.Namespace, work: Path) -> dict:
     return res
 
 
+def bench_mirror(args: argparse.Namespace, work: Path) -> dict:
+    """Benchmark 7, mirror / restore / S3 upload of a big checkpoint: in ``bench/mirror.py``."""
+    from bench import mirror
+
+    gib = args.mirror_gib or (0.25 if args.quick else 4.0)
+    doc = mirror.run_all(["local", "restore", "s3"], gib, args.mirror_files, min(args.repeat, 3), None, work,
+                         args.keep)
+    return {**doc, "valid": all("error" not in r for r in doc["results"].values())}
+
+
 def bench_service(args: argparse.Namespace, work: Path) -> dict:
     """Benchmark 4, the service (``ckptwatch run``): in ``bench/service.py``."""
     from bench import service
@@ -453,8 +479,9 @@ def bench_service(args: argparse.Namespace, work: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--only", action="append", choices=("tree", "header", "deep", "service", "retention"),
-                    help="run only this benchmark (repeatable); default: all five")
+    ap.add_argument("--only", action="append",
+                    choices=("tree", "header", "deep", "service", "retention", "mirror"),
+                    help="run only this benchmark (repeatable); default: all but mirror")
     ap.add_argument("--quick", action="store_true",
                     help="small sizes and 3 repeats (100 checkpoints, 1 GB header file, 256 MiB deep files)")
     ap.add_argument("--repeat", type=int,
@@ -486,6 +513,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="retention: files in that checkpoint (default 1000)")
     ap.add_argument("--retention-checkpoints", type=int, default=10_000,
                     help="retention: checkpoints in the planned run (default 10000, also with --quick)")
+    ap.add_argument("--mirror-gib", type=float, default=None,
+                    help="mirror: GiB of safetensors data (default 4; --quick 0.25)")
+    ap.add_argument("--mirror-files", type=int, default=12, help="mirror: safetensors files (default 12)")
     ap.add_argument("--workdir", default="/tmp/ckptwatch-bench", help="where generated data goes")
     ap.add_argument("--keep", action="store_true", help="keep the generated tree and big files")
     ap.add_argument("--json", default=str(OUT / "latest.json"), help="where to write the results")
@@ -518,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     log(f"running {', '.join(which)} (repeat {args.repeat}) in {work}; load {loadavg()}")
     funcs = {"tree": bench_tree, "header": bench_header, "deep": bench_deep, "service": bench_service,
-             "retention": bench_retention}
+             "retention": bench_retention, "mirror": bench_mirror}
     try:
         for name in which:
             t = time.perf_counter()
@@ -535,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
             results.setdefault("elapsed_s", {})[name] = round(time.perf_counter() - t, 1)
     finally:
         if not args.keep:
-            for sub in ("tree", "header", "deep", "service"):
+            for sub in ("tree", "header", "deep", "service", "mirror"):
                 shutil.rmtree(work / sub, ignore_errors=True)
     ok = {k: v for k, v in results.items() if k in funcs and "error" not in v}
     results["summary"] = rows(ok)

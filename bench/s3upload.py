@@ -140,39 +140,25 @@ def _clear(client, prefix: str) -> None:  # noqa: ANN001
         client.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]]})
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    ap.add_argument("--mib", type=int, default=512, help="MiB of big files added to the checkpoint")
-    ap.add_argument("--files", type=int, default=8, help="how many big files")
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--parallel", type=int, default=None, help="ckptwatch mirror --parallel")
-    ap.add_argument("--quick", action="store_true", help="64 MiB: a smoke test")
-    ap.add_argument("--workdir", default="/tmp/ckptwatch-bench")
-    ap.add_argument("--keep", action="store_true", help="keep the generated checkpoint")
-    ap.add_argument("--boto3-child", nargs=3, metavar=("CKPT", "BUCKET", "PREFIX"), help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
-    if args.boto3_child:
-        boto3_child(*args.boto3_child)
-        return 0
-    mib = 64 if args.quick else args.mib
-    work = Path(args.workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    run = build_run(work, mib << 20, args.files)
-    ckpt = run / "checkpoint-2"
+def measure_s3(run: Path, work: Path, repeat: int, parallel: int | None = None) -> dict:
+    """Both sides, alternating, ``repeat`` times after one warm-up each, on a moto child started here:
+    ``ckptwatch mirror`` of ``run`` (its one checkpoint ``checkpoint-*``) and boto3 ``upload_file`` of the
+    same files. Each upload is checked (every key, its size) and deleted before the next."""
+    [ckpt] = sorted(run.glob("checkpoint-*"))
     source = {str(p.relative_to(ckpt)): p.stat().st_size for p in ckpt.rglob("*") if p.is_file()}
     total = sum(source.values())
-    log(f"checkpoint: {len(source)} files, {total / 2**20:.1f} MiB")
+    log(f"s3: checkpoint of {len(source)} files, {total / 2**20:.1f} MiB")
     server = MotoChild()
     try:
         env = _s3_env(server.endpoint, work)
         client = _client(server.endpoint)
         client.create_bucket(Bucket=BUCKET)
         ours, theirs, rss, load = [], [], [], [loadavg()]
-        for i in range(args.repeat + 1):  # run 0 is the warm-up of each side
+        for i in range(repeat + 1):  # run 0 is the warm-up of each side
             prefix = f"ours-{i}"
             to = f"s3://{BUCKET}/{prefix}"
             mirror = [PY, "-m", "ckptwatch", "mirror", str(run), "--to", to, "--settle", "0",
-                      *(["--parallel", str(args.parallel)] if args.parallel else [])]
+                      *(["--parallel", str(parallel)] if parallel else [])]
             wall, peak, code = run_once(mirror, env)
             if code != 0:
                 raise RuntimeError(f"ckptwatch mirror exited {code}")
@@ -191,25 +177,52 @@ def main(argv: list[str] | None = None) -> int:
                 ours.append(wall)
                 theirs.append(wall_b)
                 rss.append(peak)
-            log(f"run {i}{' (warm-up)' if not i else ''}: ckptwatch mirror {wall:.2f} s, boto3 upload_file "
-                f"{wall_b:.2f} s")
+            log(f"s3: run {i}{' (warm-up)' if not i else ''}: ckptwatch mirror {wall:.2f} s, boto3 "
+                f"upload_file {wall_b:.2f} s")
         load.append(loadavg())
     finally:
         server.stop()
-        if not args.keep:
-            shutil.rmtree(work / "s3", ignore_errors=True)
     ours_m, theirs_m = statistics.median(ours), statistics.median(theirs)
     ratio = theirs_m / ours_m
-    result = {"bytes": total, "files": len(source), "repeat": args.repeat,
+    result = {"bytes": total, "files": len(source), "repeat": repeat,
               "ckptwatch_mirror_s": {"median": ours_m, "runs": ours, "peak_rss_kib": max(rss)},
               "boto3_upload_file_s": {"median": theirs_m, "runs": theirs},
               "ratio": ratio, "floor": FLOOR, "met": ratio >= FLOOR, "loadavg": load,
               "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    ap.add_argument("--mib", type=int, default=512, help="MiB of big files added to the checkpoint")
+    ap.add_argument("--files", type=int, default=8, help="how many big files")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--parallel", type=int, default=None, help="ckptwatch mirror --parallel")
+    ap.add_argument("--quick", action="store_true", help="64 MiB: a smoke test")
+    ap.add_argument("--workdir", default="/tmp/ckptwatch-bench")
+    ap.add_argument("--keep", action="store_true", help="keep the generated checkpoint")
+    ap.add_argument("--boto3-child", nargs=3, metavar=("CKPT", "BUCKET", "PREFIX"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.boto3_child:
+        boto3_child(*args.boto3_child)
+        return 0
+    mib = 64 if args.quick else args.mib
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    run = build_run(work, mib << 20, args.files)
+    try:
+        result = measure_s3(run, work, args.repeat, args.parallel)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work / "s3", ignore_errors=True)
+    total, ours_m, theirs_m, ratio = result["bytes"], result["ckptwatch_mirror_s"]["median"], \
+        result["boto3_upload_file_s"]["median"], result["ratio"]
+    rss = result["ckptwatch_mirror_s"]["peak_rss_kib"]
     OUT.mkdir(exist_ok=True)
     (OUT / "s3upload.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"S3 upload of {len(source)} files, {total / 2**20:.0f} MiB, to moto on 127.0.0.1 "
+    print(f"S3 upload of {result['files']} files, {total / 2**20:.0f} MiB, to moto on 127.0.0.1 "
           f"(median of {args.repeat})")
-    print(f"  ckptwatch mirror     {ours_m:8.2f} s   (peak RSS {max(rss) / 1024:.0f} MiB)")
+    print(f"  ckptwatch mirror     {ours_m:8.2f} s   (peak RSS {rss / 1024:.0f} MiB)")
     print(f"  boto3 upload_file    {theirs_m:8.2f} s")
     print(f"  ratio (boto3 / ours) {ratio:8.2f}x  floor {FLOOR}x: {'met' if ratio >= FLOOR else 'NOT met'}")
     return 0

@@ -20,7 +20,7 @@ import mmap
 import os
 import stat
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 from ckptwatch.formats._io import FormatError, display, open_regular, problem_from_oserror
@@ -235,6 +235,68 @@ def _crc_pipelined(fd: int, ranges: list[tuple[int, int]], path: str) -> list[in
         for b in bufs:
             b.close()
     return crcs
+
+
+def read_ahead(readinto: Callable[[memoryview], int], *, on_read: Callable[[memoryview], None] | None = None,
+               size: int = PIPE_CHUNK) -> Generator[memoryview, None, None]:
+    """Views of everything ``readinto`` gives until it returns 0, the next read in flight while the
+    caller uses the current view (``_crc_pipelined``'s pattern, for a stream of unknown length).
+
+    Why: a copy alternating read, hash and write in one thread makes each wait for the others; the
+    read (``readv``/``readinto``), xxhash and ``write`` all release the GIL, so a reader thread filling
+    one page-aligned buffer while the caller writes the other overlaps them. ``on_read(view)`` runs in
+    the reader thread right after each read, in stream order (a hasher's ``update``: the reader then
+    reads and hashes, the caller only writes, which balances the two threads of a copy).
+
+    The first read is made in the caller's thread, and the reader thread starts only when a read fills
+    the whole buffer, so a small file costs no thread. Each view is valid until the next is requested.
+    Memory: two buffers of ``size``. An error of ``readinto`` or ``on_read`` is raised to the caller at
+    the view it would have produced; when the caller stops early (an error of its own, ``close()``),
+    the read in flight is waited for before its buffer is unmapped.
+    """
+
+    def fill(buf: AlignedBuffer) -> int:
+        with buf.view[:size] as target:
+            n = readinto(target)
+        if n and on_read is not None:
+            with buf.view[:n] as got:
+                on_read(got)
+        return n
+
+    bufs = [AlignedBuffer(size)]
+    ex = None
+    pending = None
+    try:
+        current = bufs[0]
+        n = fill(current)
+        while n:
+            if ex is None and n == size:  # more may follow: read ahead from now on
+                from concurrent.futures import ThreadPoolExecutor  # lazily, like _crc_pipelined
+
+                bufs.append(AlignedBuffer(size))
+                ex = ThreadPoolExecutor(1, thread_name_prefix="ckptwatch-readahead")
+            nxt = current
+            if ex is not None:
+                nxt = bufs[1] if current is bufs[0] else bufs[0]
+                pending = ex.submit(fill, nxt)
+            with current.view[:n] as chunk:
+                yield chunk
+            if pending is not None:
+                n = pending.result()
+                pending = None
+            else:
+                n = fill(nxt)
+            current = nxt
+    finally:
+        if pending is not None:  # the caller stopped early: the reader must be done with its buffer
+            try:
+                pending.result()
+            except Exception:  # noqa: BLE001, S110 - the caller's own error is the one being raised
+                pass
+        if ex is not None:
+            ex.shutdown(wait=True)
+        for b in bufs:
+            b.close()
 
 
 def _crc_segment(fd: int, start: int, end: int, path: str) -> int:

@@ -51,14 +51,15 @@ import glob
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from ckptwatch.config.mirror import MirrorConfig
 from ckptwatch.formats._io import display, open_regular
-from ckptwatch.formats._stream import CHUNK, AlignedBuffer
+from ckptwatch.formats._stream import CHUNK, read_ahead
 from ckptwatch.mirror import manifest as mf
 from ckptwatch.mirror import pointers
 from ckptwatch.mirror.hashing import ALGORITHM, new_hasher
@@ -212,25 +213,23 @@ def _listed(path: str, run_root: str, base: str) -> list[_Source]:
     return out
 
 
-def _chunks(f: BinaryIO | int, buf: AlignedBuffer) -> Iterator[memoryview]:
-    """Views of the whole of ``f`` (an fd or a reader with ``readinto``), one buffer at a time."""
-    with buf.view[:buf.size] as view:
-        while True:
-            n = os.readv(f, [view]) if isinstance(f, int) else f.readinto(view)
-            if not n:
-                return
-            with view[:n] as chunk:  # released before the buffer is, so its map can be closed
-                yield chunk
+def _chunks(f: BinaryIO | int,
+            on_read: Callable[[memoryview], None] | None = None) -> Generator[memoryview, None, None]:
+    """Views of the whole of ``f`` (an fd or a reader with ``readinto``), the next read in flight while
+    the caller uses the current view (``_stream.read_ahead``); ``on_read`` runs on each in the reader."""
+    readinto: Callable[[memoryview], int] = (lambda v: os.readv(f, [v])) if isinstance(f, int) \
+        else f.readinto  # type: ignore[assignment]
+    return read_ahead(readinto, on_read=on_read, size=CHUNK)
 
 
 def hash_source(path: str, algorithm: str) -> tuple[str, int]:
-    """(hash, bytes) of a source file, read once through an aligned buffer."""
+    """(hash, bytes) of a source file, read once through aligned buffers, reading ahead while hashing."""
     h = new_hasher(algorithm)
     fd = open_regular(path)
     total = 0
     try:
-        with AlignedBuffer(CHUNK) as buf:
-            for chunk in _chunks(fd, buf):
+        with closing(_chunks(fd)) as chunks:  # the reader is done with fd before it is closed
+            for chunk in chunks:
                 h.update(chunk)
                 total += len(chunk)
     finally:
@@ -239,11 +238,11 @@ def hash_source(path: str, algorithm: str) -> tuple[str, int]:
 
 
 def hash_copy(target: Target, name: str, algorithm: str) -> tuple[str, int]:
-    """(hash, bytes) of a file of a copy, read once."""
+    """(hash, bytes) of a file of a copy, read once, reading ahead while hashing."""
     h = new_hasher(algorithm)
     total = 0
-    with target.open_read(name) as f, AlignedBuffer(CHUNK) as buf:
-        for chunk in _chunks(f, buf):
+    with target.open_read(name) as f, closing(_chunks(f)) as chunks:
+        for chunk in chunks:
             h.update(chunk)
             total += len(chunk)
     return h.hexdigest(), total
@@ -259,7 +258,11 @@ def _same_file(st: os.stat_result, e: mf.JournalEntry) -> bool:
 
 
 def copy_file(src: _Source, target: Target, name: str, algorithm: str) -> mf.JournalEntry:
-    """Copy one file in one read pass, hashing while copying; the copy appears whole or not at all."""
+    """Copy one file in one read pass, hashing while copying; the copy appears whole or not at all.
+
+    A reader thread reads and hashes the next chunk while this one writes the current one (``_chunks``),
+    so the read, the hash and the write overlap; the hash still covers exactly the bytes written, in
+    order. A failed write stops the reader and aborts the upload: nothing is committed."""
     try:
         fd = open_regular(src.path)
     except OSError as exc:
@@ -269,9 +272,8 @@ def copy_file(src: _Source, target: Target, name: str, algorithm: str) -> mf.Jou
         before = os.fstat(fd)
         upload = target.open_write(name)
         h, total = new_hasher(algorithm), 0
-        with AlignedBuffer(CHUNK) as buf:
-            for chunk in _chunks(fd, buf):
-                h.update(chunk)
+        with closing(_chunks(fd, h.update)) as chunks:  # the reader stops before fd is closed
+            for chunk in chunks:
                 upload.write(chunk)
                 total += len(chunk)
         after = os.fstat(fd)

@@ -5,13 +5,14 @@ It keeps ``target.Target``'s contract with what an object store gives for free:
 
 - **Whole or not at all.** An object exists only once its upload completes: a file below the part size
   (``BLOCK_SIZE``) is one ``PutObject`` at ``commit``; a larger one is a multipart upload whose parts
-  (``part_size``) go up while it is written and which ``CompleteMultipartUpload`` publishes at
-  ``commit``. ``abort`` (and any failure, ``commit``'s included) aborts the multipart upload, so neither
-  an object nor a partial is left; an abort that never reached the endpoint (it was down, or the process
-  was killed) leaves an incomplete multipart upload, which no listing shows and a bucket lifecycle rule
-  (``AbortIncompleteMultipartUpload``) reclaims.
-  The file is never closed by a ``with`` block or by garbage collection, because fsspec's ``close()``
-  *publishes* what was written: an upload is marked closed after an abort.
+  (``part_size``) go up while it is written, ``PART_CONCURRENCY`` at a time, and which
+  ``CompleteMultipartUpload`` publishes at ``commit``. ``abort`` (and any failure, ``commit``'s
+  included) cancels the parts in flight and aborts the multipart upload, so neither an object nor a
+  partial is left; an abort that never reached the endpoint (it was down, or the process was killed)
+  leaves an incomplete multipart upload, which no listing shows and a bucket lifecycle rule
+  (``AbortIncompleteMultipartUpload``) reclaims. The upload calls S3 itself (``_FsspecUpload``)
+  rather than through fsspec's file object, whose ``close()`` (and garbage collection) would publish
+  whatever was written.
 - **Sizes, never ETags.** ``list`` is ``fs.find(prefix, detail=True)``'s sizes; the manifest's hashes
   are ours (a multipart ETag is not an MD5 of the object).
 - **No stale answers.** The instance is private (``skip_instance_cache``) and keeps no listings cache,
@@ -35,9 +36,12 @@ Only ``s3://`` (and ``s3a://``) URLs are accepted: other fsspec backends (sftp, 
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import errno
 import re
+from collections import deque
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
@@ -51,6 +55,8 @@ PROTOCOLS = ("s3", "s3a")  # object stores whose objects appear only when their 
 BLOCK_SIZE = 8 << 20
 PARTS_PER_STEP = 1000
 MAX_PART = 4 << 30  # S3's largest part is 5 GiB
+PART_CONCURRENCY = 2  # parts of one file in flight (boto3's upload_file keeps up to 10); see _FsspecUpload
+ABORT_WAIT = 30.0  # seconds an abort waits for the parts in flight before AbortMultipartUpload
 READ_BLOCK = 16 << 20  # read-ahead of a copy's file being restored or verified
 CREDENTIALS_HINT = ("check the credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE and "
                     "~/.aws) and that they may read and write the bucket")
@@ -103,48 +109,113 @@ def _faults(where: str) -> Iterator[None]:
         raise OSError(errno.EIO, f"{type(exc).__name__}: {exc}", where) from exc
 
 
-def _drop(f: Any) -> None:
-    """Abort ``f``'s upload (its multipart upload, if any) and mark it closed, so nothing publishes it."""
-    with contextlib.suppress(Exception):  # best effort: the endpoint may be the reason we are here
-        f.discard()
-    f.closed = True  # fsspec's __del__ would otherwise close() it, which uploads what was written
-
-
 def part_size(parts_done: int) -> int:
     """The size of the next part once ``parts_done`` parts are up: doubling every ``PARTS_PER_STEP``."""
     return min(BLOCK_SIZE << (parts_done // PARTS_PER_STEP), MAX_PART)
 
 
 class _FsspecUpload:
-    def __init__(self, f: Any, where: str) -> None:
-        self._f: Any = f
-        self._where = where
+    """One object being written: a ``PutObject`` at commit below one part, else a multipart upload whose
+    parts go up ``PART_CONCURRENCY`` at a time while the next part is being filled.
+
+    Why not s3fs's own file: it sends one file's parts one after another (each waits for the previous
+    part's response), where boto3's ``upload_file`` keeps several in flight; on the loopback bench that
+    left us at 0.65-0.75x of boto3. The parts are sent on s3fs's event loop (``fs._call_s3``, the same
+    client, retries and error mapping). ``write`` returns once the part it filled is handed over; it
+    waits only while ``PART_CONCURRENCY`` parts are in flight, so memory stays at most
+    ``PART_CONCURRENCY + 2`` parts (in flight, handed over, being filled). A part that failed fails the
+    next ``write`` or the ``commit``, and the upload is then aborted: the parts in flight are waited for
+    (``ABORT_WAIT`` at most) before ``AbortMultipartUpload``, so none lands after it.
+    Measured (bench/s3upload.py, 512 MiB, two files at once): 2 parts in flight per file as fast as 4
+    (and 1.1x boto3 against 0.73x with s3fs's file), with 180 MiB peak RSS against 260 MiB for 4.
+    """
+
+    def __init__(self, fs: Any, path: str, where: str) -> None:
+        self._fs, self._where = fs, where
+        self._bucket, self._key, _ = fs.split_path(path)
+        self._buf = bytearray()  # the part being filled; ``_filled`` bytes of it are data
+        self._filled = 0
+        self._upload_id: str | None = None
+        self._inflight: deque[tuple[int, concurrent.futures.Future[Any]]] = deque()
+        self._parts: list[dict[str, Any]] = []
+        self._open = True
 
     def write(self, data: bytes | memoryview) -> None:
-        assert self._f is not None, "write after commit or abort"
+        assert self._open, "write after commit or abort"
         try:
             with _faults(self._where):
-                self._f.write(data)  # a full part goes up here (multipart)
-                self._f.blocksize = part_size(len(self._f.parts or ()))  # s3fs cuts a part at blocksize
+                view = memoryview(data).cast("B")
+                while view:
+                    size = part_size(len(self._parts) + len(self._inflight))
+                    if self._filled == 0 and len(self._buf) != size:
+                        self._buf = bytearray(size)
+                    n = min(size - self._filled, len(view))
+                    self._buf[self._filled:self._filled + n] = view[:n]
+                    self._filled += n
+                    view = view[n:]
+                    if self._filled == size:
+                        self._send(self._part())
         except BaseException:
             self.abort()
             raise
 
+    def _part(self) -> bytearray:
+        """The filled part, handed over (a fresh buffer is filled next: this one may still be in flight)."""
+        body = self._buf if self._filled == len(self._buf) else self._buf[:self._filled]
+        self._buf, self._filled = bytearray(), 0
+        return body
+
+    def _send(self, body: bytearray) -> None:
+        """Hand one full part to the event loop, first waiting while ``PART_CONCURRENCY`` are in flight."""
+        if self._upload_id is None:
+            mpu = self._fs.call_s3("create_multipart_upload", Bucket=self._bucket, Key=self._key)
+            self._upload_id = mpu["UploadId"]
+        while len(self._inflight) >= PART_CONCURRENCY:
+            self._finish_oldest()
+        number = len(self._parts) + len(self._inflight) + 1
+        coro = self._fs._call_s3("upload_part", Bucket=self._bucket, Key=self._key, UploadId=self._upload_id,
+                                 PartNumber=number, Body=body)
+        self._inflight.append((number, asyncio.run_coroutine_threadsafe(coro, self._fs.loop)))
+
+    def _finish_oldest(self) -> None:
+        number, future = self._inflight[0]
+        out = future.result()  # a part's error is raised here, by the write or commit that waits for it
+        self._inflight.popleft()
+        self._parts.append({"PartNumber": number, "ETag": out["ETag"]})
+
     def commit(self, mtime_ns: int | None = None) -> None:
         """Publish the object (object stores keep no mtime: the manifest has it for restore)."""
-        assert self._f is not None, "commit after commit or abort"
-        f, self._f = self._f, None
+        assert self._open, "commit after commit or abort"
         try:
             with _faults(self._where):
-                f.close()  # PutObject, or the last part and CompleteMultipartUpload
+                if self._upload_id is None:  # below one part: one PutObject
+                    self._fs.call_s3("put_object", Bucket=self._bucket, Key=self._key, Body=self._part())
+                else:
+                    if self._filled:
+                        self._send(self._part())
+                    while self._inflight:
+                        self._finish_oldest()
+                    self._fs.call_s3("complete_multipart_upload", Bucket=self._bucket, Key=self._key,
+                                     UploadId=self._upload_id, MultipartUpload={"Parts": self._parts})
         except BaseException:
-            _drop(f)
+            self.abort()
             raise
+        self._open = False
+        self._buf, self._filled = bytearray(), 0
 
     def abort(self) -> None:
-        if self._f is not None:
-            f, self._f = self._f, None
-            _drop(f)
+        if not self._open:
+            return
+        self._open = False
+        self._buf, self._filled = bytearray(), 0
+        with contextlib.suppress(Exception):  # best effort: the endpoint may be the reason we are here
+            # Parts still in flight are let finish (or fail) first: one landing after the abort would
+            # be stored again under the aborted upload id until a lifecycle rule removes it.
+            concurrent.futures.wait([f for _, f in self._inflight], timeout=ABORT_WAIT)
+            if self._upload_id is not None:
+                self._fs.call_s3("abort_multipart_upload", Bucket=self._bucket, Key=self._key,
+                                 UploadId=self._upload_id)
+        self._inflight.clear()
 
 
 class _Reader:
@@ -221,10 +292,7 @@ class FsspecTarget:
 
     def open_write(self, name: str) -> Upload:
         path = self._path(name)
-        where = self.describe(name)
-        with _faults(where):
-            f = self._fs.open(path, "wb", block_size=BLOCK_SIZE)
-        return _FsspecUpload(f, where)
+        return _FsspecUpload(self._fs, path, self.describe(name))
 
     def open_read(self, name: str) -> BinaryIO:
         path = self._path(name)

@@ -25,14 +25,19 @@ import errno
 import os
 import secrets
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from ckptwatch.formats._stream import CHUNK, AlignedBuffer
+from ckptwatch.formats._stream import CHUNK, read_ahead
 from ckptwatch.mirror import manifest as mf
 from ckptwatch.mirror import pointer_record as pointers
 from ckptwatch.mirror.hashing import digest_of, new_hasher
 from ckptwatch.mirror.target import TEMP_MARK, LocalTarget, Target, is_temp, join
+
+# Files restored at once. Each file's fsync waits for its writeback; with two files in flight one is
+# copied while the other is flushed, so the disk is never idle (as with ``MirrorConfig.parallel``'s 2).
+RESTORE_PARALLEL = 2
 
 
 @dataclass(frozen=True)
@@ -64,21 +69,22 @@ def committed(target: Target, prefix: str) -> tuple[mf.Manifest | None, list[Cop
 
 
 def _hash_stream(f: object, algorithm: str, sink: Any = None) -> tuple[str, int]:
+    """(hash, bytes) of the reader ``f``, each chunk also written to ``sink`` (an ``Upload``) when given.
+
+    The next chunk is read ahead in a reader thread (``_stream.read_ahead``); with a sink, that thread
+    also hashes, so this one only writes: read, hash and write overlap, and the hash is still of the
+    bytes written, in order."""
     h = new_hasher(algorithm)
     total = 0
-    with AlignedBuffer(CHUNK) as buf:
-        view = buf.view[:buf.size]
-        while True:
-            n = f.readinto(view)  # type: ignore[attr-defined]
-            if not n:
-                break
-            chunk = view[:n]
-            h.update(chunk)
-            if sink is not None:
+    reader = read_ahead(f.readinto, on_read=h.update if sink is not None else None,  # type: ignore[attr-defined]
+                        size=CHUNK)
+    with contextlib.closing(reader) as chunks:  # the reader thread is done before ``f`` is closed
+        for chunk in chunks:
+            if sink is None:
+                h.update(chunk)
+            else:
                 sink.write(chunk)
-            total += n
-            chunk.release()
-        view.release()
+            total += len(chunk)
     return h.hexdigest(), total
 
 
@@ -157,15 +163,27 @@ def restore(target: Target, prefix: str, dest: str) -> mf.Manifest:
     os.mkdir(staging, 0o755)  # ours: a fresh name; fails rather than reuse anything
     try:
         out = LocalTarget(staging)
-        for entry in manifest.files:
+        algorithm = manifest.algorithm
+
+        def one(entry: mf.FileEntry) -> None:
             upload = out.open_write(entry.path)
             try:
-                found = _check_file(target, prefix, entry, manifest.algorithm, upload)
+                found = _check_file(target, prefix, entry, algorithm, upload)
                 if found:
                     raise RestoreRefused([found])
                 upload.commit(entry.mtime_ns)
             finally:
                 upload.abort()  # no-op after commit
+
+        with ThreadPoolExecutor(RESTORE_PARALLEL, thread_name_prefix="ckptwatch-restore") as pool:
+            jobs = [pool.submit(one, entry) for entry in manifest.files]
+            try:
+                for job in jobs:  # the first refusal in manifest order is the one reported
+                    job.result()
+            except BaseException:
+                for job in jobs:
+                    job.cancel()  # those not started; the pool's exit waits for the running ones
+                raise
         _place(staging, dest, manifest)  # DEST appears whole, or not at all
     except BaseException:
         with contextlib.suppress(OSError):
