@@ -37,8 +37,43 @@ if TYPE_CHECKING:
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # argparse exits 2 itself; keep our wording and code
         raise UsageError(f"{self.prog}: {message} (see --help)")
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's help formatter, its width found without importing ``shutil``.
+
+    Why: argparse makes a formatter for every argument it adds (to check the metavar), and the formatter
+    imports shutil for ``get_terminal_size``; shutil brings zlib, bz2, lzma and fnmatch, about 2.5 ms of
+    every start (bench/startup.py) for a width that only --help uses. ``terminal_columns`` gives the
+    width ``shutil.get_terminal_size`` gives (tests/test_cli_imports.py compares them).
+    """
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None, **kwargs: Any) -> None:
+        super().__init__(prog, indent_increment, max_help_position,
+                         terminal_columns() - 2 if width is None else width, **kwargs)
+
+
+def terminal_columns() -> int:
+    """``shutil.get_terminal_size().columns``: $COLUMNS if a positive number, else the terminal's width
+    (of the process's original stdout), else 80."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns > 0:
+        return columns
+    try:
+        columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OSError):
+        columns = 0
+    return columns or 80
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

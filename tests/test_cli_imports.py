@@ -9,6 +9,7 @@ included. The speed itself is measured by ``python -m bench.startup``, not here.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +17,6 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import REPO
-
-pytestmark = pytest.mark.slow
 
 # Libraries no quick command uses: the service's (watchdog, prometheus_client, structlog), the alerts'
 # (apprise), the loss plot's and TensorBoard reader's, the progress bars' (tqdm: --deep and mirror only),
@@ -51,6 +50,7 @@ def trainer_run(artefact) -> Path:
     return artefact("hf_full")
 
 
+@pytest.mark.slow
 def test_latest_imports_only_what_it_uses(trainer_run: Path) -> None:
     r, modules = imported_by("latest", "--settle", "0", str(trainer_run))
     assert r.returncode == 0, r.stderr[-2000:]
@@ -62,6 +62,7 @@ def test_latest_imports_only_what_it_uses(trainer_run: Path) -> None:
     assert [m for m in modules if m.startswith(others)] == []
 
 
+@pytest.mark.slow
 def test_verify_file_imports_only_what_it_uses(trainer_run: Path) -> None:
     newest = max(trainer_run.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     weights = newest / "model.safetensors"
@@ -74,6 +75,7 @@ def test_verify_file_imports_only_what_it_uses(trainer_run: Path) -> None:
                                                 "ckptwatch.mirror.copy", "ckptwatch.mirror.restore"))] == []
 
 
+@pytest.mark.slow
 def test_once_imports_only_what_it_uses(trainer_run: Path) -> None:
     """``once`` reads the run's loss (trainer_state.json here) but no service, alert or plot library."""
     r, modules = imported_by("once", "--settle", "0", "--json", str(trainer_run))
@@ -93,3 +95,16 @@ def test_the_parser_imports_no_implementation(args: list[str]) -> None:
     assert r.returncode == (0 if "--help" in args else 2), r.stderr[-2000:]
     assert heavy(modules) == []
     assert [m for m in modules if m.startswith(IMPLEMENTATIONS)] == []
+
+
+@pytest.mark.parametrize("columns", [None, "100", "37", "0", "-4", "wide", ""])
+def test_help_width_is_shutils(monkeypatch, columns: str | None) -> None:
+    """The parser finds the help width without shutil, and finds the one shutil finds (no terminal here:
+    $COLUMNS or 80), so --help wraps as argparse's own formatter wraps it."""
+    from ckptwatch.cli import terminal_columns
+
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    assert terminal_columns() == shutil.get_terminal_size().columns
