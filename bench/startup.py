@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
 import time
 from pathlib import Path
 
-from bench.common import PY, REPO, child_env, hf_template, loadavg, log, run_once
+from bench.common import PY, REPO, child_env, hf_template, loadavg, log
 from bench.run import build_tree, make_sparse_safetensors
 
 SAFE_OPEN = ("import sys\nfrom safetensors import safe_open\n"
@@ -62,45 +63,64 @@ def cases(run: Path, big: Path) -> dict[str, list[str]]:
     return out
 
 
-def measure_all(argvs: dict[str, list[str]], env: dict[str, str], repeat: int) -> dict[str, dict]:
-    """Every argv once (warm-up: compiles the bytecode), then ``repeat`` rounds of every argv in turn."""
+def run_once(argv: list[str], env: dict[str, str]) -> tuple[float, float, int, int]:
+    """(wall seconds, CPU seconds (user + system), peak RSS in KiB, exit code) of one process, started in
+    the directory that holds the ckptwatch it runs (``python -m`` puts the working directory first)."""
+    t = time.perf_counter()
+    p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         cwd=env["PYTHONPATH"].split(os.pathsep)[0], env=env)
+    _, status, usage = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t
+    p.returncode = os.waitstatus_to_exitcode(status)
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss, p.returncode
+
+
+def measure_all(argvs: dict[str, list[str]], envs: dict[str, dict[str, str]], repeat: int) -> dict[str, dict]:
+    """Every argv once (warm-up: compiles the bytecode), then ``repeat`` rounds of every argv in turn.
+    The CPU time is kept beside the wall time: on a loaded machine it shows what the process itself cost."""
     walls: dict[str, list[float]] = {k: [] for k in argvs}
+    cpus: dict[str, list[float]] = {k: [] for k in argvs}
     codes: dict[str, set[int]] = {k: set() for k in argvs}
     rss: dict[str, int] = dict.fromkeys(argvs, 0)
-    for argv in argvs.values():
-        run_once(argv, env)
+    for name, argv in argvs.items():
+        run_once(argv, envs[name])
     names = list(argvs)
     for i in range(repeat):
         for name in names[i % len(names):] + names[:i % len(names)]:  # a different first command each round
-            wall, peak, code = run_once(argvs[name], env)
+            wall, cpu, peak, code = run_once(argvs[name], envs[name])
             walls[name].append(wall)
+            cpus[name].append(cpu)
             codes[name].add(code)
             rss[name] = max(rss[name], peak)
     return {k: {"argv": " ".join(argvs[k]), "median": statistics.median(w), "min": min(w), "max": max(w),
-                "n": len(w), "exit_codes": sorted(codes[k]), "peak_rss_kib": rss[k]}
-            for k, w in walls.items()}
+                "cpu_median": statistics.median(cpus[k]), "n": len(w), "exit_codes": sorted(codes[k]),
+                "peak_rss_kib": rss[k]} for k, w in walls.items()}
 
 
 def imported(argv: list[str], env: dict[str, str]) -> list[str]:
     """The modules ``argv`` (a ckptwatch command) imports, from ``-X importtime``, in import order."""
-    r = subprocess.run(argv, cwd=REPO, env={**env, "PYTHONPROFILEIMPORTTIME": "1"}, capture_output=True,
-                       text=True, check=False)
+    r = subprocess.run(argv, cwd=env["PYTHONPATH"].split(os.pathsep)[0], capture_output=True, text=True,
+                       env={**env, "PYTHONPROFILEIMPORTTIME": "1"}, check=False)
     return [line.rsplit("|", 1)[1].strip() for line in r.stderr.splitlines()
             if line.startswith("import time:") and not line.rstrip().endswith("imported package")]
 
 
 def table(res: dict[str, dict]) -> list[str]:
-    rows = [f"{'command':<34} {'median':>9} {'min':>8} {'yardstick':<12} {'ratio':>6}  target"]
+    rows = [f"{'command':<14} {'median':>9} {'min':>8} {'cpu':>8} {'yardstick':<12} {'ratio':>6} "
+            f"{'cpu ratio':>9}  target (on the wall-time ratio)"]
     for name, r in res.items():
         base = name.split(":", 1)[-1]
         ref, floor, goal = TARGETS.get(base, ("python_pass" if ":" in name else None, None, None))
         ratio = r["median"] / res[ref]["median"] if ref else None
+        cpu_ratio = r["cpu_median"] / res[ref]["cpu_median"] if ref else None
         target = ""
         if floor is not None and ratio is not None:
             met = "goal met" if goal and ratio <= goal else ("floor met" if ratio <= floor else "NOT met")
             target = f"floor <= {floor:g}x" + (f", goal <= {goal:g}x" if goal else "") + f": {met}"
-        rows.append(f"{name:<34} {r['median'] * 1e3:7.1f}ms {r['min'] * 1e3:6.1f}ms {ref or '':<12} "
-                    f"{'' if ratio is None else f'{ratio:5.2f}x':>6}  {target}"
+        shown = "" if ratio is None else f"{ratio:5.2f}x"
+        cpu_shown = "" if cpu_ratio is None else f"{cpu_ratio:5.2f}x"
+        rows.append(f"{name:<14} {r['median'] * 1e3:7.1f}ms {r['min'] * 1e3:6.1f}ms "
+                    f"{r['cpu_median'] * 1e3:6.1f}ms {ref or '':<12} {shown:>6} {cpu_shown:>9}  {target}"
                     + ("" if r["exit_codes"] == [0] else f"  exit {r['exit_codes']}"))
     return rows
 
@@ -114,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=str(REPO / "bench" / "out" / "startup.json"),
                     help="where the results go")
     ap.add_argument("--keep", action="store_true", help="keep the run dir and the big file")
+    ap.add_argument("--baseline", metavar="DIR",
+                    help="also run `python -m ckptwatch` from DIR (a directory holding another version's "
+                         "ckptwatch/, e.g. `git archive BASE ckptwatch | tar -x -C DIR`): rows base:*, for a "
+                         "before/after in one run")
     args = ap.parse_args(argv)
     if args.repeat < 11:
         ap.error("--repeat must be 11 or more (a median of fewer runs of a 30 ms process is noise)")
@@ -125,13 +149,20 @@ def main(argv: list[str] | None = None) -> int:
                                   write_tail=True)
     env = _env(base)
     argvs = cases(run, Path(big["path"]))
+    envs = dict.fromkeys(argvs, env)
+    if args.baseline:
+        old = {**env, "PYTHONPATH": str(Path(args.baseline).resolve()),
+               "PYTHONPYCACHEPREFIX": str(base / "pycache-baseline")}
+        for name in ("help", "latest", "once", "verify"):
+            argvs[f"base:{name}"] = argvs[f"m:{name}"]
+            envs[f"base:{name}"] = old
     load_before = loadavg()
     log(f"startup: {len(argvs)} commands x {args.repeat} rounds, load {load_before}")
     t = time.perf_counter()
-    res = measure_all(argvs, env, args.repeat)
+    res = measure_all(argvs, envs, args.repeat)
     out = {"results": res, "loadavg_before": load_before, "loadavg_after": loadavg(), "file": big,
            "run": str(run), "seconds": time.perf_counter() - t,
-           "imports": {k: imported(argvs[k], env) for k in ("m:latest", "m:verify", "m:once", "m:help")}}
+           "imports": {k: imported(argvs[k], envs[k]) for k in argvs if k.startswith(("m:", "base:"))}}
     if not args.keep:
         shutil.rmtree(base, ignore_errors=True)
     print("\n".join(table(res)))
