@@ -85,6 +85,7 @@ def test_once_imports_only_what_it_uses(trainer_run: Path) -> None:
     assert [m for m in modules if m.startswith(("ckptwatch.daemon", "ckptwatch.mirror.copy",
                                                 "ckptwatch.retention.execute", "ckptwatch.alerts.sender",
                                                 "ckptwatch.losswatch.plot"))] == []
+    assert [m for m in modules if m.startswith(("tomllib", "ckptwatch.config.file"))] == []  # no --config
 
 
 @pytest.mark.parametrize("args", [["--help"], ["latest", "--help"], ["loss", "--help"], ["mirror", "--help"],
