@@ -73,6 +73,7 @@ def test_verify_file_imports_only_what_it_uses(trainer_run: Path) -> None:
     assert [m for m in modules if m.startswith(("ckptwatch.losswatch", "ckptwatch.retention",
                                                 "ckptwatch.daemon", "ckptwatch.alerts",
                                                 "ckptwatch.mirror.copy", "ckptwatch.mirror.restore"))] == []
+    assert "ckptwatch.mirror.target" not in modules  # asking whether PATH is a URL makes no target
 
 
 @pytest.mark.slow
