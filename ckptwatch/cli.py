@@ -29,28 +29,85 @@ from ckptwatch.errors import (
     UsageError,
 )
 from ckptwatch.errors import EXIT_USAGE as EXIT_USAGE  # unused here; re-exported beside the other three
-from ckptwatch.vocabulary import full_message
 
 if TYPE_CHECKING:
     from ckptwatch.config import WatchConfig
 
+    _Sub = argparse._SubParsersAction[argparse.ArgumentParser]
+
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> None:  # argparse exits 2 itself; keep our wording and code
         raise UsageError(f"{self.prog}: {message} (see --help)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Formatter(argparse.HelpFormatter):
+    """argparse's help formatter, its width found without importing ``shutil``.
+
+    Why: argparse makes a formatter for every argument it adds (to check the metavar), and the formatter
+    imports shutil for ``get_terminal_size``; shutil brings zlib, bz2, lzma and fnmatch, about 2.5 ms of
+    every start (bench/startup.py) for a width that only --help uses. ``terminal_columns`` gives the
+    width ``shutil.get_terminal_size`` gives (tests/test_cli_imports.py compares them).
+    """
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None, **kwargs: Any) -> None:
+        super().__init__(prog, indent_increment, max_help_position,
+                         terminal_columns() - 2 if width is None else width, **kwargs)
+
+
+def terminal_columns() -> int:
+    """``shutil.get_terminal_size().columns``: $COLUMNS if a positive number, else the terminal's width
+    (of the process's original stdout), else 80."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns > 0:
+        return columns
+    try:
+        columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OSError):
+        columns = 0
+    return columns or 80
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser: every command (``command=None``), or only ``command``'s subparser.
+
+    Why the second form: ``main`` parses ``ckptwatch latest RUN`` with a parser that holds ``latest``
+    alone. A launcher runs ``latest`` before every restart, on thousands of nodes, and building all
+    eleven subparsers took ~6 ms of CPU (plus the modules defining the loss, prune and mirror flags),
+    as much as judging a small run's newest checkpoint; a parser holding one command parses that
+    command's arguments, prints its ``--help`` and words its errors exactly as the whole tree does.
+    Building the tree imports no command's implementation (only help texts, arguments and their
+    defaults): each ``cmd_`` function imports what it runs.
+    """
     parser = _Parser(prog="ckptwatch", description="Checkpoint watchdog: completeness across ranks, resume "
                      "hazards, the newest resumable checkpoint.")
     parser.add_argument("--version", action="version", version=f"ckptwatch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    adders = [_SUBPARSERS[command]] if command in _SUBPARSERS else dict.fromkeys(_SUBPARSERS.values())
+    for add in adders:
+        add(sub)
+    return parser
+
+
+def _add_once(sub: _Sub) -> None:
     once = sub.add_parser("once", help="judge every checkpoint under the given output dirs and exit")
     once.add_argument("paths", nargs="*", metavar="PATH")
     once.add_argument("--config", metavar="FILE", help="judge every [[watch]] path of this config file")
     once.add_argument("--no-loss", action="store_true",
                       help="skip the loss watch (resumes and loss jumps read from the runs' logs)")
     _check_args(once)
+    _allow_hazards_arg(once)
+
+
+def _add_verify(sub: _Sub) -> None:
     verify = sub.add_parser("verify", help="judge one checkpoint (a directory or a single file), or check a "
                             "mirrored copy against its manifest")
     verify.add_argument("path", metavar="PATH")
@@ -58,42 +115,81 @@ def build_parser() -> argparse.ArgumentParser:
     from ckptwatch.mirror.cli import add_endpoint_arg
 
     add_endpoint_arg(verify)  # for a copy at an s3:// URL
+
+
+def _add_latest(sub: _Sub) -> None:
     latest = sub.add_parser("latest", help="print the newest resumable checkpoint of the run(s) at PATH")
     latest.add_argument("path", metavar="PATH")
     latest.add_argument("--print0", action="store_true",
                         help="end the path with NUL instead of a newline, and print any path (one with a "
                              "newline in its name included), byte for byte")
     _check_args(latest)
-    for p in (once, latest):
-        p.add_argument("--allow-hazards", action="store_true",
-                       help="a complete checkpoint whose resume hazards would load the wrong weights may "
-                            "still be named as the one to resume from (by default it is skipped)")
+    _allow_hazards_arg(latest)
+
+
+def _allow_hazards_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-hazards", action="store_true",
+                   help="a complete checkpoint whose resume hazards would load the wrong weights may "
+                        "still be named as the one to resume from (by default it is skipped)")
+
+
+def _add_run(sub: _Sub) -> None:
     run = sub.add_parser("run",
                          help="the long-running service: watch the config's roots, judge settled checkpoints")
     run.add_argument("--config", required=True, metavar="FILE")
+
+
+def _add_alert(sub: _Sub) -> None:
     alert = sub.add_parser("alert", help="alert channel tools")
     alert_sub = alert.add_subparsers(dest="alert_command", required=True, parser_class=_Parser)
     alert_test = alert_sub.add_parser("test", help="send a test message to every configured channel")
     alert_test.add_argument("--config", metavar="FILE", help="default: /etc/ckptwatch/config.toml")
+
+
+def _add_config(sub: _Sub) -> None:
     config = sub.add_parser("config", help="config file tools")
     config_sub = config.add_subparsers(dest="config_command", required=True, parser_class=_Parser)
     check = config_sub.add_parser("check",
                                   help="validate a config file and say what the service would do with it")
     check.add_argument("file", metavar="FILE")
+
+
+def _add_loss(sub: _Sub) -> None:
     from ckptwatch.losswatch.cli import add_parser as add_loss_parser
 
     add_loss_parser(sub)
+
+
+def _add_prune(sub: _Sub) -> None:
     from ckptwatch.retention.cli import add_parser as add_prune_parser
 
     add_prune_parser(sub)
+
+
+def _add_mirror(sub: _Sub) -> None:
+    """``mirror`` and ``restore`` (one function adds both)."""
     from ckptwatch.mirror.cli import add_parsers as add_mirror_parsers
 
     add_mirror_parsers(sub)
+
+
+def _add_status(sub: _Sub) -> None:
     status = sub.add_parser("status",
                             help="what the service knows: per run, newest complete and open problems")
     status.add_argument("--config", metavar="FILE", help="the service's config (for its state_dir)")
     status.add_argument("--json", action="store_true")
-    return parser
+
+
+# command -> the function adding its subparser, in the order --help lists them
+_SUBPARSERS = {"once": _add_once, "verify": _add_verify, "latest": _add_latest, "run": _add_run,
+               "alert": _add_alert, "config": _add_config, "loss": _add_loss, "prune": _add_prune,
+               "mirror": _add_mirror, "restore": _add_mirror, "status": _add_status}
+
+
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` runs when it starts with one (``latest RUN``), else None (``--help``,
+    ``--version`` or a mistake: the whole tree, for the top-level help and the list of commands)."""
+    return argv[0] if argv and argv[0] in _SUBPARSERS else None
 
 
 def _existing(path: str) -> str:
@@ -105,11 +201,15 @@ def _existing(path: str) -> str:
 
 
 def cmd_once(args: argparse.Namespace) -> int:
-    from ckptwatch.config import WatchConfig, load_config, override
+    from ckptwatch.config import WatchConfig, override
     from ckptwatch.engine import check_root, has_problems
     from ckptwatch.report import write_json, write_table
 
-    config = load_config(args.config) if args.config else None
+    config = None
+    if args.config:  # the file's reader (tomllib, [alerts], secrets: ~7 ms of CPU) only when one is named
+        from ckptwatch.config import load_config
+
+        config = load_config(args.config)
     targets = [WatchConfig(path=p, layout=args.layout, expected_ranks=args.expected_ranks)
                for p in args.paths]
     if config:
@@ -227,6 +327,7 @@ def cmd_latest(args: argparse.Namespace) -> int:
     from ckptwatch.engine import check_root
     from ckptwatch.shellpath import for_terminal as shown
     from ckptwatch.shellpath import path_b64, write_path
+    from ckptwatch.vocabulary import full_message
 
     opts = _options(args)
     root = _existing(args.path)
@@ -485,7 +586,8 @@ COMMANDS = {"once": cmd_once, "verify": cmd_verify, "latest": cmd_latest, "run":
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        argv = sys.argv[1:] if argv is None else list(argv)
+        args = build_parser(_command_of(argv)).parse_args(argv)
         return COMMANDS[args.command](args)
     except CkptwatchError as exc:
         print(f"ckptwatch: error: {exc}", file=sys.stderr)

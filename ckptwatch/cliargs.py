@@ -1,7 +1,9 @@
 """Arguments several commands share: the check flags and the CheckOptions they make.
 
 Why a module of its own: ``ckptwatch.cli`` and the commands that live beside their feature
-(``retention.cli``) both need them, and neither may import the other (no import cycles).
+(``retention.cli``) both need them, and neither may import the other (no import cycles). Adding the flags
+imports only what their help and choices state; ``check_options`` imports the readers' limits and the
+layouts' options when a command runs (the start-up of ``ckptwatch latest`` is measured: bench/startup.py).
 """
 
 from __future__ import annotations
@@ -10,13 +12,12 @@ import argparse
 from typing import TYPE_CHECKING
 
 from ckptwatch.errors import UsageError
-from ckptwatch.formats.limits import limits_of
-from ckptwatch.layouts.base import CheckOptions
 from ckptwatch.layouts.registry import NAMES
 from ckptwatch.settle import parse_duration
 
 if TYPE_CHECKING:
     from ckptwatch.config import Config, WatchConfig
+    from ckptwatch.layouts.base import CheckOptions
 
 
 def duration(text: str) -> float:
@@ -65,6 +66,8 @@ def check_options(args: argparse.Namespace, config: "Config | None" = None,
     if args.scan_values and not args.deep:
         raise UsageError("--scan-values reads every tensor; it needs --deep")
     from ckptwatch.config import ServiceConfig, override
+    from ckptwatch.formats.limits import limits_of
+    from ckptwatch.layouts.base import CheckOptions
 
     service = override(config.service if config else ServiceConfig(),
                        {"settle_seconds": args.settle, "stale_after": args.stale_after})

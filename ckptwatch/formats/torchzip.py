@@ -18,9 +18,8 @@ import errno
 import io
 import os
 import struct
-import zipfile
 import zlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ckptwatch.formats._io import FormatError, open_regular_file, read_exact_at
 from ckptwatch.formats._show import show, show_brief, show_int, show_shape
@@ -38,6 +37,9 @@ from ckptwatch.formats.pickle_stub import (
     walk_pickle,
 )
 from ckptwatch.model import FileCheck, Problem
+
+if TYPE_CHECKING:  # imported where used: a structural check of a stored torch zip never needs it
+    import zipfile
 
 ZIP_MAGIC = b"PK\x03\x04"
 EOCD_SIG = b"PK\x05\x06"
@@ -180,6 +182,8 @@ def _check_zip(
     file_label: str | None = None,
     read_pickle: bool = True,
 ) -> None:
+    import zipfile
+
     shown = file_label or label
     facts["format"] = "zip"
     count, cd_size, _ = _check_eocd(fd, path, label, base, length, problems, shown)
@@ -612,6 +616,8 @@ def _check_eocd(
 
 def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int, label: str) -> bytes:
     """Read one small member; zipfile checks its local header and CRC-32 on the way."""
+    import zipfile
+
     try:
         with zf.open(info) as f:
             return f.read(cap + 1)
@@ -641,6 +647,8 @@ def _crc_all(
     problems: list[Problem],
 ) -> None:
     """CRC-32 of every record: stored records streamed from disk, compressed ones through zipfile."""
+    import zipfile
+
     stored: list[tuple[zipfile.ZipInfo, int, int]] = []
     bad: list[str] = []
     for n, i in enumerate(sorted(infos, key=lambda z: z.header_offset)):
@@ -939,6 +947,8 @@ def read_scalar(path: str, tensor: Any, prefix: str) -> float | None:
     read, through ``zipfile`` on an ``open_regular`` fd; None for anything else (not a one-element float
     tensor, a compressed or missing record, any read error). Never raises for what the file holds.
     """
+    import zipfile
+
     if not isinstance(tensor, TensorRef) or not isinstance(tensor.storage, StorageRef):
         return None
     if any(s != 1 for s in tensor.size) or not 0 <= tensor.offset:

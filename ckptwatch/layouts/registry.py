@@ -7,8 +7,12 @@ it claims loose weight files only where no framework layout recognised the direc
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ckptwatch.errors import UsageError
-from ckptwatch.layouts.base import Layout
+
+if TYPE_CHECKING:  # NAMES is read by the command line's parser, which imports no layout (cli.build_parser)
+    from ckptwatch.layouts.base import Layout
 
 
 def _all() -> list[Layout]:

@@ -10,11 +10,27 @@ Modules: ``points`` (types, bounded history), ``settings`` (``[watch.loss]``), `
 ``tail`` (incremental file reads), ``sources`` (discovery and readers), ``rule`` (the jump rule),
 ``watcher`` (resume detection; ``RunLossWatcher`` and ``analyse_run``), ``report`` (results),
 ``plot`` (matplotlib, lazily), ``cli`` (``ckptwatch loss``).
+
+The names below are imported on first use, not with the package (as ``ckptwatch.config`` does): the
+command line's parser imports ``losswatch.cli`` for the ``loss`` flags, and ``ckptwatch --help`` must
+not load the sources and the watcher to print them.
 """
 
-from ckptwatch.losswatch.report import LossReport, Resume, SegmentSummary
-from ckptwatch.losswatch.settings import LossSettings, parse_loss_settings
-from ckptwatch.losswatch.watcher import RunLossWatcher, analyse_run
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ckptwatch.losswatch.report import LossReport, Resume, SegmentSummary
+    from ckptwatch.losswatch.settings import LossSettings, parse_loss_settings
+    from ckptwatch.losswatch.watcher import RunLossWatcher, analyse_run
+
+_HOME = {  # name -> the module that defines it
+    "LossReport": "report", "Resume": "report", "SegmentSummary": "report",
+    "LossSettings": "settings", "parse_loss_settings": "settings",
+    "RunLossWatcher": "watcher", "analyse_run": "watcher",
+}
 
 
 def plot_history(report: LossReport, path: str) -> None:
@@ -22,6 +38,12 @@ def plot_history(report: LossReport, path: str) -> None:
     from ckptwatch.losswatch.plot import plot_history as _plot
 
     _plot(report, path)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)
 
 
 __all__ = ["LossReport", "LossSettings", "Resume", "RunLossWatcher", "SegmentSummary", "analyse_run",

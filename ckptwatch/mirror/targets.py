@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import re
+from typing import TYPE_CHECKING
 
-from ckptwatch.mirror.target import LocalTarget, Target
+if TYPE_CHECKING:  # `verify FILE` asks is_url before anything else; the targets load when one is made
+    from ckptwatch.mirror.target import Target
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -27,4 +29,6 @@ def target_for(to: str, *, endpoint_url: str | None = None) -> Target:
         from ckptwatch.mirror.fsspec_target import FsspecTarget
 
         return FsspecTarget(to, endpoint_url=endpoint_url)
+    from ckptwatch.mirror.target import LocalTarget
+
     return LocalTarget(os.path.abspath(to))
