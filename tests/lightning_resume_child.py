@@ -1,7 +1,7 @@
 """``python -m tests.lightning_resume_child CKPT OUT``: resume Lightning 2.6.6 from a ``.ckpt`` file.
 
-The ``lightning`` builder's model (``tests/builders/lightning._child_main``'s ``TinyRegressor``, repeated
-here because a checkpoint only loads into the same module), ``Trainer.fit(ckpt_path=CKPT)`` for one more
+The ``lightning`` builder's model (``tests/builders/lightning.tiny_regressor``: a checkpoint only loads
+into the same module), ``Trainer.fit(ckpt_path=CKPT)`` for one more
 step; OUT gets ``{"start_step", "params"}``: the global step training resumed at, and the sum of every
 parameter as loaded (before the extra step), to compare two resumes.
 """
@@ -15,27 +15,15 @@ import warnings
 
 def main(ckpt: str, out: str) -> None:
     import torch
-    from lightning.pytorch import Callback, LightningModule, Trainer, seed_everything
+    from lightning.pytorch import Callback, Trainer, seed_everything
     from torch.utils.data import DataLoader, TensorDataset
 
     warnings.filterwarnings("ignore")
     seed_everything(0, verbose=False)
 
-    class TinyRegressor(LightningModule):
-        def __init__(self, hidden: int = 16, lr: float = 3e-2) -> None:
-            super().__init__()
-            self.save_hyperparameters()
-            self.net = torch.nn.Sequential(torch.nn.Linear(8, hidden), torch.nn.ReLU(),
-                                           torch.nn.Linear(hidden, 1))
+    from tests.builders.lightning import tiny_regressor
 
-        def training_step(self, batch, batch_idx):
-            x, y = batch
-            return torch.nn.functional.mse_loss(self.net(x), y)
-
-        def configure_optimizers(self):
-            opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
-            sched = torch.optim.lr_scheduler.StepLR(opt, step_size=4, gamma=0.5)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+    TinyRegressor = tiny_regressor()  # the builder's class: the checkpoint loads only into it
 
     seen: dict[str, float] = {}
 

@@ -201,7 +201,12 @@ def task_dcp(args: dict[str, Any]) -> None:
 # task: deepspeed (ZeRO 2/3 on the CPU over gloo)
 
 
-def _ds_rank(rank: int, world: int, args: dict[str, Any]) -> None:
+DS_MICRO = 4  # the micro batch of the DeepSpeed runs
+
+
+def ds_engine(world: int, stage: int):  # -> deepspeed.DeepSpeedEngine
+    """The DeepSpeed runs' model and ZeRO config on gloo (one home: a checkpoint loads only into the
+    same model, so ``tests/deepspeed_resume_child.py`` builds its engine here too)."""
     import deepspeed
     import torch
     import torch.nn as nn
@@ -209,20 +214,28 @@ def _ds_rank(rank: int, world: int, args: dict[str, Any]) -> None:
     deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4))
-    micro = 4
     config = {
-        "train_batch_size": micro * world,
-        "train_micro_batch_size_per_gpu": micro,
+        "train_batch_size": DS_MICRO * world,
+        "train_micro_batch_size_per_gpu": DS_MICRO,
         "gradient_accumulation_steps": 1,
         "optimizer": {"type": "Adam", "params": {"lr": 1e-3, "torch_adam": True}},
-        "zero_optimization": {"stage": args["stage"]},
+        "zero_optimization": {"stage": stage},
         "steps_per_print": 1000,
         "wall_clock_breakdown": False,
     }
-    if args["stage"] == 3:
+    if stage == 3:
         # the default threshold (1e5 elements) would keep every tiny parameter unpartitioned
         config["zero_optimization"]["stage3_param_persistence_threshold"] = 0
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=config)
+    return engine
+
+
+def _ds_rank(rank: int, world: int, args: dict[str, Any]) -> None:
+    import torch
+    import torch.nn as nn
+
+    engine = ds_engine(world, args["stage"])
+    micro = DS_MICRO
     gen = torch.Generator().manual_seed(10 + rank)
     for _ in range(args["train_steps"]):
         x = torch.randn(micro, 16, generator=gen)
@@ -236,7 +249,8 @@ def _ds_rank(rank: int, world: int, args: dict[str, Any]) -> None:
     torch.distributed.destroy_process_group()
 
 
-def task_deepspeed(args: dict[str, Any]) -> None:
+def import_deepspeed() -> None:
+    """Import DeepSpeed for the CPU, or exit ``SKIP_EXIT`` (the test skips) when it cannot be imported."""
     try:
         import deepspeed
         import deepspeed.ops
@@ -248,6 +262,10 @@ def task_deepspeed(args: dict[str, Any]) -> None:
     # ~/.cache/torch_extensions. It only speeds up collectives and changes nothing on disk, so it is
     # disabled (build_shm_op() returns None when the op is not marked compatible).
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def task_deepspeed(args: dict[str, Any]) -> None:
+    import_deepspeed()
     _spawn(_ds_rank, args["nprocs"], args)
 
 

@@ -48,19 +48,15 @@ def build_lightning_top_k(dest: Path) -> None:
               env=_child_env())
 
 
-def _child_main(dest: Path, variant: str = "") -> None:
-    import json
-    import os
-    import warnings
-
+def tiny_regressor(val_losses: dict[int, float] | None = None) -> type:
+    """The builders' LightningModule (a tiny MLP, Adam + StepLR, ``save_hyperparameters``), as a class
+    defined on call (torch and lightning are imported by the child processes only). A checkpoint loads
+    only into the same module, so ``tests/lightning_resume_child.py`` resumes with this class too.
+    ``val_losses``: filled with the validation loss by global step."""
     import torch
-    from lightning.pytorch import LightningModule, Trainer, seed_everything
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
-    from torch.utils.data import DataLoader, TensorDataset
+    from lightning.pytorch import LightningModule
 
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    seed_everything(0, verbose=False)
+    val_losses = {} if val_losses is None else val_losses
 
     class TinyRegressor(LightningModule):
         def __init__(self, hidden: int = 16, lr: float = 3e-2) -> None:
@@ -90,12 +86,31 @@ def _child_main(dest: Path, variant: str = "") -> None:
             sched = torch.optim.lr_scheduler.StepLR(opt, step_size=4, gamma=0.5)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    return TinyRegressor
+
+
+def _child_main(dest: Path, variant: str = "") -> None:
+    import json
+    import os
+    import warnings
+
+    import torch
+    from lightning.pytorch import Trainer, seed_everything
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+    from torch.utils.data import DataLoader, TensorDataset
+
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    seed_everything(0, verbose=False)
+
+    val_losses: dict[int, float] = {}
+    TinyRegressor = tiny_regressor(val_losses)
+
     g = torch.Generator().manual_seed(1)
     x = torch.randn(64, 8, generator=g)
     y = torch.tanh(x @ torch.randn(8, 1, generator=g)) + 0.05 * torch.randn(64, 1, generator=g)
     loader = DataLoader(TensorDataset(x, y), batch_size=4, shuffle=True, generator=g)
 
-    val_losses: dict[int, float] = {}
     top_k = variant == "top_k"
     if top_k:
         ckpt = ModelCheckpoint(dirpath=str(dest / "checkpoints"), monitor="val_loss", mode="min",
