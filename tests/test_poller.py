@@ -91,12 +91,18 @@ def _poller(root: Path, dirty: DirtyScopes, clock: FakeClock, **kw) -> Checkpoin
     return p
 
 
-def test_complete_checkpoints_leave_the_poll_set_and_a_round_stats_only_the_rest(artefact, tmp_path):
-    root = _root_with_runs(artefact, tmp_path, runs=3)
+def _primed(root: Path) -> tuple[FakeClock, DirtyScopes, CheckpointPoller]:
+    """A poller of ``root`` told what a whole-root pass found, after its first walk."""
     clock, dirty = FakeClock(), DirtyScopes()
     p = _poller(root, dirty, clock)
     _told(p, root)
     p.prime()
+    return clock, dirty, p
+
+
+def test_complete_checkpoints_leave_the_poll_set_and_a_round_stats_only_the_rest(artefact, tmp_path):
+    root = _root_with_runs(artefact, tmp_path, runs=3)
+    clock, dirty, p = _primed(root)
     polled = set(p.dirs)
     assert str(root) in polled and all(str(root / f"run-{i}") in polled for i in range(3))
     assert not [d for d in polled if "checkpoint-" in d], sorted(polled)
@@ -110,10 +116,7 @@ def test_complete_checkpoints_leave_the_poll_set_and_a_round_stats_only_the_rest
 
 def test_new_checkpoint_in_a_quiet_run_is_due_after_one_round(artefact, tmp_path):
     root = _root_with_runs(artefact, tmp_path)
-    clock, dirty = FakeClock(), DirtyScopes()
-    p = _poller(root, dirty, clock)
-    _told(p, root)
-    p.prime()
+    clock, dirty, p = _primed(root)
     for _ in range(200):  # 1000 s of quiet: the run dirs are still looked at every interval
         clock.t += 5.0
         p.round()
@@ -130,10 +133,7 @@ def test_rewritten_settled_checkpoint_is_polled_again_once_no_longer_complete(ar
     """A file rewritten in place in a complete checkpoint is not polled for (the rescan's job); once a
     pass judges it otherwise, its directory is polled again."""
     root = _root_with_runs(artefact, tmp_path, runs=1)
-    clock, dirty = FakeClock(), DirtyScopes()
-    p = _poller(root, dirty, clock)
-    _told(p, root)
-    p.prime()
+    clock, dirty, p = _primed(root)
     ckpt = root / "run-0" / "checkpoint-4"
     assert str(ckpt) not in p.dirs
     (ckpt / "model.safetensors").write_bytes(b"\0" * 16)  # the rewrite: no dir entry changes
@@ -148,10 +148,7 @@ def test_rewritten_settled_checkpoint_is_polled_again_once_no_longer_complete(ar
 
 def test_deleted_run_and_removed_checkpoint_make_the_scope_due(artefact, tmp_path):
     root = _root_with_runs(artefact, tmp_path)
-    clock, dirty = FakeClock(), DirtyScopes()
-    p = _poller(root, dirty, clock)
-    _told(p, root)
-    p.prime()
+    clock, dirty, p = _primed(root)
     shutil.rmtree(root / "run-0" / "checkpoint-2")
     clock.t += 5.0
     p.round()
@@ -191,10 +188,7 @@ def test_unreadable_dir_and_odd_entries_never_stop_the_poller(artefact, tmp_path
     (root / "run-0" / "out").symlink_to("/")
     weird = root / "run-0" / "new\nline"
     weird.mkdir()
-    clock, dirty = FakeClock(), DirtyScopes()
-    p = _poller(root, dirty, clock)
-    _told(p, root)
-    p.prime()
+    clock, dirty, p = _primed(root)
     assert str(weird) in p.dirs and str(root / "run-0" / "loop") not in p.dirs  # links are not followed
     shutil.rmtree(weird)
     os.mkdir(weird)  # replaced: a new inode
