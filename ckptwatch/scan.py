@@ -8,8 +8,11 @@ those is a finding here, not an exception, and the scan always finishes.
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass
+from functools import cached_property, partial
+from operator import attrgetter
+from stat import S_ISDIR, S_ISREG
+from typing import NamedTuple
 
 from ckptwatch.formats._io import (
     display,
@@ -21,9 +24,13 @@ from ckptwatch.formats._io import (
 from ckptwatch.model import Problem
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One directory entry, stat'ed once. For a symlink, size/mtime/kind are the target's."""
+class Entry(NamedTuple):
+    """One directory entry, stat'ed once. For a symlink, size/mtime/kind are the target's.
+
+    A named tuple rather than a dataclass: a whole-root pass builds one per file (100,000 and more on a
+    cluster's shared filesystem), and a tuple is built several times faster; it also hashes as the
+    fingerprint of its file (``TreeStat.digest``).
+    """
 
     name: str
     path: str
@@ -36,6 +43,9 @@ class Entry:
     # with ctime: a file replaced by one of the same size and mtime (rsync -t, cp -p) still differs
     ino: int = 0
     ctime: float = 0.0
+
+
+_entry = partial(tuple.__new__, Entry)  # an Entry from a full tuple, without NamedTuple's argument parsing
 
 
 # Retention's trash (retention/delete.py): ckptwatch's own, never a checkpoint or a run, so no listing
@@ -52,38 +62,46 @@ MIRROR_PREFIX = ".ckptwatch-mirror"
 
 def list_dir(path: str) -> tuple[list[Entry], list[Problem]]:
     """Entries of ``path`` sorted by name (never retention's trash); problems for entries that cannot be
-    stat'ed."""
-    entries: list[Entry] = []
-    problems: list[Problem] = []
+    stat'ed.
+
+    One ``stat`` per entry, through the link for a symlink (the entry type of a plain entry comes from the
+    listing itself, so ``is_symlink`` costs no call). This is the inner loop of every pass over a root: it
+    builds plain tuples and nothing else per entry.
+    """
     try:
         with os.scandir(path) as it:
             raw = list(it)
     except OSError as exc:
         return [], [problem_from_oserror(path, exc)]
+    entries: list[Entry] = []
+    problems: list[Problem] = []
+    add = entries.append
     for de in raw:
-        if de.name == TRASH_NAME:
+        name = de.name
+        if name == TRASH_NAME:
             continue
-        try:
-            de.name.encode("utf-8")
-        except UnicodeEncodeError:
-            problems.append(Problem("bad_name", display(de.path),
-                                    f"{display(de.path)}: name is not valid UTF-8"))
+        if not name.isascii():  # an ASCII name is valid UTF-8; only others need the encode
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:
+                problems.append(Problem("bad_name", display(de.path),
+                                        f"{display(de.path)}: name is not valid UTF-8"))
+        is_link = False
         try:
             is_link = de.is_symlink()
-            st = de.stat(follow_symlinks=True)
+            st = de.stat()
         except OSError as exc:
             if is_link and exc.errno == 2:  # ENOENT through a link: dangling
                 problems.append(Problem("dangling_symlink", display(de.path),
                                         f"{display(de.path)} points to {_readlink(de.path)}, which does not "
                                         "exist"))
-            elif is_link:
-                problems.append(problem_from_oserror(display(de.path), exc))
             else:
                 problems.append(problem_from_oserror(display(de.path), exc))
             continue
-        entries.append(Entry(de.name, de.path, stat.S_ISDIR(st.st_mode), stat.S_ISREG(st.st_mode), is_link,
-                             st.st_size, st.st_mtime, st.st_mode, st.st_ino, st.st_ctime))
-    entries.sort(key=lambda e: e.name)
+        mode = st.st_mode
+        add(_entry((name, de.path, S_ISDIR(mode), S_ISREG(mode), is_link, st.st_size, st.st_mtime, mode,
+                    st.st_ino, st.st_ctime)))
+    entries.sort()  # by name: names are unique within a directory, so no later field is ever compared
     return entries, problems
 
 
@@ -108,11 +126,21 @@ class TreeStat:
     problems: tuple[Problem, ...]
     newest_dir_mtime: float = 0.0  # a rename or delete inside changes only the directory's mtime
 
-    @property
+    @cached_property
     def newest_mtime(self) -> float:
         return max(max((e.mtime for e in self.files), default=0.0), self.newest_dir_mtime)
 
+    @cached_property
+    def digest(self) -> int:
+        """What must be unchanged for an earlier judgement to still hold (and for two looks to agree): every
+        file's path, kind, size, mtime, mode, inode and ctime, the newest directory mtime and the problems,
+        as one 64-bit hash. The judgement cache keeps this, not the listing: over 100,000 files the tuples
+        would cost ~30 MiB of the service's memory; a collision between two states of one checkpoint is no
+        practical risk."""
+        return hash((self.files, self.newest_dir_mtime, self.problems))
 
+
+_path_of = attrgetter("path")
 MAX_TREE_DEPTH = 32  # levels below a checkpoint; the deepest real layout (Orbax) uses about 6
 
 
@@ -131,35 +159,40 @@ def tree(path: str, root: str) -> TreeStat:
         st = os.stat(path)
     except OSError as exc:
         return TreeStat((), (problem_from_oserror(display(path), exc),))
-    if not stat.S_ISDIR(st.st_mode):
-        return TreeStat((Entry(os.path.basename(path), path, False, stat.S_ISREG(st.st_mode),
+    if not S_ISDIR(st.st_mode):
+        return TreeStat((Entry(os.path.basename(path), path, False, S_ISREG(st.st_mode),
                                os.path.islink(path), st.st_size, st.st_mtime, st.st_mode, st.st_ino,
                                st.st_ctime),), ())
     stack = [(path, 0)]
     newest_dir = st.st_mtime
+    walked = 0
     while stack:
         d, depth = stack.pop()
+        walked += 1
         entries, probs = list_dir(d)
         problems.extend(probs)
         for e in entries:
-            if e.name.endswith(PIN_NAME) or e.name.startswith(MIRROR_PREFIX):
+            name = e.name
+            if name.endswith(PIN_NAME) or name.startswith(MIRROR_PREFIX):
                 continue
             if e.is_symlink and not inside(e.path, root):
                 problems.append(unsafe_link_problem(e.path, os.path.realpath(e.path), os.path.realpath(root)))
                 continue
-            if e.is_dir:
+            if e.is_file:
+                files.append(e)
+            elif e.is_dir:
                 if e.is_symlink:
                     continue
-                newest_dir = max(newest_dir, e.mtime)
+                if e.mtime > newest_dir:
+                    newest_dir = e.mtime
                 if depth + 1 < MAX_TREE_DEPTH:
                     stack.append((e.path, depth + 1))
                 else:
                     problems.append(Problem("too_deep", display(e.path), f"{display(e.path)} is nested "
                                             f"{MAX_TREE_DEPTH} directories below {display(path)}; what lies "
                                             "below it was not examined"))
-            elif e.is_file:
-                files.append(e)
             else:
                 problems.append(not_regular_problem(e.path, kind_of_mode(e.mode)))
-    files.sort(key=lambda e: e.path)
+    if walked > 1:  # one directory's listing is already in name (so path) order
+        files.sort(key=_path_of)
     return TreeStat(tuple(files), tuple(problems), newest_dir)
