@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from functools import cached_property, partial
-from operator import attrgetter
+from functools import partial
+from operator import attrgetter, itemgetter
 from stat import S_ISDIR, S_ISREG
 from typing import NamedTuple
 
@@ -80,29 +80,39 @@ def list_dir(path: str) -> tuple[list[Entry], list[Problem]]:
         name = de.name
         if name == TRASH_NAME:
             continue
-        if not name.isascii():  # an ASCII name is valid UTF-8; only others need the encode
-            try:
-                name.encode("utf-8")
-            except UnicodeEncodeError:
-                problems.append(Problem("bad_name", display(de.path),
-                                        f"{display(de.path)}: name is not valid UTF-8"))
+        if not name.isascii() and not _utf8(name):  # an ASCII name is valid UTF-8; others need the encode
+            problems.append(_bad_name(de.path))
         is_link = False
         try:
             is_link = de.is_symlink()
             st = de.stat()
         except OSError as exc:
-            if is_link and exc.errno == 2:  # ENOENT through a link: dangling
-                problems.append(Problem("dangling_symlink", display(de.path),
-                                        f"{display(de.path)} points to {_readlink(de.path)}, which does not "
-                                        "exist"))
-            else:
-                problems.append(problem_from_oserror(display(de.path), exc))
+            problems.append(_unstatable(de.path, is_link, exc))
             continue
         mode = st.st_mode
         add(_entry((name, de.path, S_ISDIR(mode), S_ISREG(mode), is_link, st.st_size, st.st_mtime, mode,
                     st.st_ino, st.st_ctime)))
     entries.sort()  # by name: names are unique within a directory, so no later field is ever compared
     return entries, problems
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _bad_name(path: str) -> Problem:
+    return Problem("bad_name", display(path), f"{display(path)}: name is not valid UTF-8")
+
+
+def _unstatable(path: str, is_link: bool, exc: OSError) -> Problem:
+    if is_link and exc.errno == 2:  # ENOENT through a link: dangling
+        return Problem("dangling_symlink", display(path),
+                       f"{display(path)} points to {_readlink(path)}, which does not exist")
+    return problem_from_oserror(display(path), exc)
 
 
 def _readlink(path: str) -> str:
@@ -126,11 +136,11 @@ class TreeStat:
     problems: tuple[Problem, ...]
     newest_dir_mtime: float = 0.0  # a rename or delete inside changes only the directory's mtime
 
-    @cached_property
+    @property
     def newest_mtime(self) -> float:
         return max(max((e.mtime for e in self.files), default=0.0), self.newest_dir_mtime)
 
-    @cached_property
+    @property
     def digest(self) -> int:
         """What must be unchanged for an earlier judgement to still hold (and for two looks to agree): every
         file's path, kind, size, mtime, mode, inode and ctime, the newest directory mtime and the problems,
@@ -141,6 +151,7 @@ class TreeStat:
 
 
 _path_of = attrgetter("path")
+_first = itemgetter(0)
 MAX_TREE_DEPTH = 32  # levels below a checkpoint; the deepest real layout (Orbax) uses about 6
 
 
@@ -165,34 +176,60 @@ def tree(path: str, root: str) -> TreeStat:
                                st.st_ctime),), ())
     stack = [(path, 0)]
     newest_dir = st.st_mtime
-    walked = 0
+    # One loop per entry (this is the service's rescan over every file of a root): what ``list_dir`` would
+    # report comes first, in listing order, then this walk's own findings and sub-directories in name order,
+    # exactly as a walk over ``list_dir``'s sorted entries would give them.
     while stack:
         d, depth = stack.pop()
-        walked += 1
-        entries, probs = list_dir(d)
-        problems.extend(probs)
-        for e in entries:
-            name = e.name
+        try:
+            with os.scandir(d) as it:
+                raw = list(it)
+        except OSError as exc:
+            problems.append(problem_from_oserror(d, exc))
+            continue
+        later: list[tuple[str, Problem | None, str]] = []  # (name, finding or None for a dir to walk, path)
+        for de in raw:
+            name = de.name
+            if name == TRASH_NAME:
+                continue
+            if not name.isascii() and not _utf8(name):
+                problems.append(_bad_name(de.path))
+            is_link = False
+            try:
+                is_link = de.is_symlink()
+                st = de.stat()
+            except OSError as exc:
+                problems.append(_unstatable(de.path, is_link, exc))
+                continue
             if name.endswith(PIN_NAME) or name.startswith(MIRROR_PREFIX):
                 continue
-            if e.is_symlink and not inside(e.path, root):
-                problems.append(unsafe_link_problem(e.path, os.path.realpath(e.path), os.path.realpath(root)))
-                continue
-            if e.is_file:
-                files.append(e)
-            elif e.is_dir:
-                if e.is_symlink:
+            mode = st.st_mode
+            if is_link and not inside(de.path, root):
+                later.append((name, unsafe_link_problem(de.path, os.path.realpath(de.path),
+                                                        os.path.realpath(root)), de.path))
+            elif S_ISREG(mode):
+                files.append(_entry((name, de.path, False, True, is_link, st.st_size, st.st_mtime, mode,
+                                     st.st_ino, st.st_ctime)))
+            elif S_ISDIR(mode):
+                if is_link:
                     continue
-                if e.mtime > newest_dir:
-                    newest_dir = e.mtime
+                if st.st_mtime > newest_dir:
+                    newest_dir = st.st_mtime
                 if depth + 1 < MAX_TREE_DEPTH:
-                    stack.append((e.path, depth + 1))
+                    later.append((name, None, de.path))
                 else:
-                    problems.append(Problem("too_deep", display(e.path), f"{display(e.path)} is nested "
-                                            f"{MAX_TREE_DEPTH} directories below {display(path)}; what lies "
-                                            "below it was not examined"))
+                    p = de.path
+                    later.append((name, Problem("too_deep", display(p), f"{display(p)} is nested "
+                                                f"{MAX_TREE_DEPTH} directories below {display(path)}; what "
+                                                "lies below it was not examined"), p))
             else:
-                problems.append(not_regular_problem(e.path, kind_of_mode(e.mode)))
-    if walked > 1:  # one directory's listing is already in name (so path) order
-        files.sort(key=_path_of)
+                later.append((name, not_regular_problem(de.path, kind_of_mode(mode)), de.path))
+        if later:
+            later.sort(key=_first)
+            for _, finding, p in later:
+                if finding is None:
+                    stack.append((p, depth + 1))
+                else:
+                    problems.append(finding)
+    files.sort(key=_path_of)
     return TreeStat(tuple(files), tuple(problems), newest_dir)
