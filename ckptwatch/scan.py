@@ -58,6 +58,7 @@ PIN_NAME = ".ckptwatch-keep"
 # A mirrored copy's own names (mirror/manifest.py: manifest, commit marker, journal): no part of the
 # checkpoint, so judging a copy (or a checkpoint restored from one) sees the checkpoint's files only.
 MIRROR_PREFIX = ".ckptwatch-mirror"
+OWN_MARK = "ckptwatch"  # in each of the three names above
 
 
 def list_dir(path: str) -> tuple[list[Entry], list[Problem]]:
@@ -176,6 +177,7 @@ def tree(path: str, root: str) -> TreeStat:
                                st.st_ctime),), ())
     stack = [(path, 0)]
     newest_dir = st.st_mtime
+    walked = 0
     # One loop per entry (this is the service's rescan over every file of a root): what ``list_dir`` would
     # report comes first, in listing order, then this walk's own findings and sub-directories in name order,
     # exactly as a walk over ``list_dir``'s sorted entries would give them.
@@ -188,9 +190,11 @@ def tree(path: str, root: str) -> TreeStat:
             problems.append(problem_from_oserror(d, exc))
             continue
         later: list[tuple[str, Problem | None, str]] = []  # (name, finding or None for a dir to walk, path)
+        walked += 1
         for de in raw:
             name = de.name
-            if name == TRASH_NAME:
+            ours = OWN_MARK in name  # one test per entry for the three names that are ckptwatch's own
+            if ours and name == TRASH_NAME:
                 continue
             if not name.isascii() and not _utf8(name):
                 problems.append(_bad_name(de.path))
@@ -201,7 +205,7 @@ def tree(path: str, root: str) -> TreeStat:
             except OSError as exc:
                 problems.append(_unstatable(de.path, is_link, exc))
                 continue
-            if name.endswith(PIN_NAME) or name.startswith(MIRROR_PREFIX):
+            if ours and (name.endswith(PIN_NAME) or name.startswith(MIRROR_PREFIX)):
                 continue
             mode = st.st_mode
             if is_link and not inside(de.path, root):
@@ -231,5 +235,8 @@ def tree(path: str, root: str) -> TreeStat:
                     stack.append((p, depth + 1))
                 else:
                     problems.append(finding)
-    files.sort(key=_path_of)
+    if walked == 1:
+        files.sort()  # one directory: by name (unique), which is path order, compared in C
+    else:
+        files.sort(key=_path_of)
     return TreeStat(tuple(files), tuple(problems), newest_dir)
