@@ -150,7 +150,7 @@ def make_tree(work: Path, runs: int, per_run: int) -> tuple[Path, dict]:
     base = work / f"rootpass-{runs}x{per_run}"
     root = base / "root"
     stamp = base / "shape.json"
-    if stamp.is_file() and (root / f"run_{runs - 1:03d}").is_dir():
+    if stamp.is_file() and len(os.listdir(root)) == runs:
         return root, json.loads(stamp.read_text())
     writer = CkptWriter(hf_template(work))
     try:
@@ -158,10 +158,44 @@ def make_tree(work: Path, runs: int, per_run: int) -> tuple[Path, dict]:
     finally:
         writer.close()
     t = time.perf_counter()
-    shape = build_tree(template, root, runs, per_run)
+    if runs <= LINKS_PER_TEMPLATE // per_run:
+        shape = build_tree(template, root, runs, per_run)
+    else:
+        shape = _build_big(template, root, runs, per_run)
     shape["build_s"] = time.perf_counter() - t
     stamp.write_text(json.dumps(shape))
     return root, shape
+
+
+LINKS_PER_TEMPLATE = 60_000  # ext4 allows 65,000 hard links to one inode
+
+
+def _build_big(template: Path, root: Path, runs: int, per_run: int) -> dict:
+    """``service.build_tree``'s tree past the hard-link limit: a fresh copy of the template every
+    ``LINKS_PER_TEMPLATE // per_run`` runs, the same files otherwise."""
+    import shutil
+
+    from bench.service import build_tree
+
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    chunk = LINKS_PER_TEMPLATE // per_run
+    files = dirs = 0
+    for start in range(0, runs, chunk):
+        src = root.parent / f"template-{start}"
+        shutil.rmtree(src, ignore_errors=True)
+        shutil.copytree(template, src)
+        part = root.parent / f"part-{start}"
+        shape = build_tree(src, part, min(chunk, runs - start), per_run)
+        for i, run in enumerate(sorted(part.iterdir())):
+            os.rename(run, root / f"run_{start + i:05d}")
+        part.rmdir()
+        files += shape["files"]
+        dirs += shape["dirs"] - 1
+    stamp = time.time() - 3600
+    os.utime(root, (stamp, stamp))
+    return {"runs": runs, "checkpoints_per_run": per_run, "checkpoints": runs * per_run, "files": files,
+            "dirs": dirs + 1}
 
 
 def bench_rootpass(args: argparse.Namespace, work: Path, prof_dir: Path) -> dict:
