@@ -321,6 +321,19 @@ def rows(results: dict) -> list[dict]:
             v1, f1 = t["cli_verify_one"]["median"], t["find_one"]["median"]
             add("1 tree", f"CLI verify of 1 checkpoint in the {n}-ckpt run", v1, f"{v1:.2f} s", f1,
                 f"find -printf {f1 * 1e3:.1f} ms", v1 / f1, "(context)", None)
+    rp = results.get("rootpass")
+    if rp:
+        f, files = rp["find_wall"], rp["tree"]["files"]
+        for key, what in (("warm", "service rescan (all cached)"),
+                          ("first", "service first pass (empty cache)"),
+                          ("cold", "check_root, no cache (once)")):
+            w = rp[f"{key}_wall"]
+            add("1b rootpass", f"{what}, {files:,} files", w, f"{w:.2f} s (cpu {rp[f'{key}_cpu']:.2f} s)", f,
+                f"find -printf {f:.2f} s", w / f, "<= 2.5x (goal 1.5x)" if key == "warm" else "(context)",
+                w / f <= 2.5 if key == "warm" else None)
+        add("1b rootpass", "RSS after the warm pass", rp["rss_warm_mib"], f"{rp['rss_warm_mib']:.0f} MiB "
+            f"({rp['cache_rss_per_checkpoint_bytes']:.0f} B/ckpt over imports)", rp["rss_imports_mib"],
+            f"imports {rp['rss_imports_mib']:.0f} MiB", None, "(context)", None)
     h = results.get("header")
     if h:
         cli, pas, so = h["cli"]["median"], h["python_pass"]["median"], h["safe_open_proc"]["median"]
@@ -470,6 +483,13 @@ def bench_mirror(args: argparse.Namespace, work: Path) -> dict:
     return {**doc, "valid": all("error" not in r for r in doc["results"].values())}
 
 
+def bench_rootpass(args: argparse.Namespace, work: Path) -> dict:
+    """Benchmark 1b, the service's whole-root pass cold and warm against find: in ``bench/rootpass.py``."""
+    from bench import rootpass
+
+    return rootpass.bench_rootpass(args, work, PROF)
+
+
 def bench_service(args: argparse.Namespace, work: Path) -> dict:
     """Benchmark 4, the service (``ckptwatch run``): in ``bench/service.py``."""
     from bench import service
@@ -480,8 +500,8 @@ def bench_service(args: argparse.Namespace, work: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", action="append",
-                    choices=("tree", "header", "deep", "service", "retention", "mirror"),
-                    help="run only this benchmark (repeatable); default: all but mirror")
+                    choices=("tree", "rootpass", "header", "deep", "service", "retention", "mirror"),
+                    help="run only this benchmark (repeatable); default: all but rootpass and mirror")
     ap.add_argument("--quick", action="store_true",
                     help="small sizes and 3 repeats (100 checkpoints, 1 GB header file, 256 MiB deep files)")
     ap.add_argument("--repeat", type=int,
@@ -489,6 +509,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoints", type=int, help="tree: number of checkpoints (default 1000)")
     ap.add_argument("--tree-copy", action="store_true",
                     help="tree: copy the files instead of hard-linking them")
+    ap.add_argument("--rootpass-runs", type=int, default=100,
+                    help="rootpass: runs of 100 checkpoints x 10 files (default 100 = 100,000 files)")
+    ap.add_argument("--rootpass-big", action="store_true",
+                    help="rootpass: 10,000 runs (1,000,000 files; slow to build: keep it with --keep)")
+    ap.add_argument("--rootpass-profile", action="store_true",
+                    help="rootpass: also profile (cProfile, untimed runs) the cold and the warm pass")
     ap.add_argument("--header-gb", type=float, help="header: data size in GB (10^9 bytes; default 10)")
     ap.add_argument("--header-tensors", type=int, default=1000, help="header: tensor count (default 1000)")
     ap.add_argument("--deep-st-mib", type=int, help="deep: safetensors file size in MiB (default 2048)")
@@ -506,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="service: checkpoints in the burst (default 1000; --quick 200)")
     ap.add_argument("--service-phase", action="append",
                     choices=("latency_inotify", "latency_polling", "idle", "idle_polling", "burst"),
-                    help="service: run only this phase (repeatable; default: all four)")
+                    help="service: run only this phase (repeatable; default: all five)")
     ap.add_argument("--prune-gb", type=float, default=None,
                     help="retention: size of the checkpoint the sink deletes, GB (default 10; --quick 1)")
     ap.add_argument("--prune-files", type=int, default=1000,
@@ -547,8 +573,8 @@ def main(argv: list[str] | None = None) -> int:
         "note": "shared, noisy 2-vCPU VM: medians with min/max; compare ratios, not absolute numbers",
     }
     log(f"running {', '.join(which)} (repeat {args.repeat}) in {work}; load {loadavg()}")
-    funcs = {"tree": bench_tree, "header": bench_header, "deep": bench_deep, "service": bench_service,
-             "retention": bench_retention, "mirror": bench_mirror}
+    funcs = {"tree": bench_tree, "rootpass": bench_rootpass, "header": bench_header, "deep": bench_deep,
+             "service": bench_service, "retention": bench_retention, "mirror": bench_mirror}
     try:
         for name in which:
             t = time.perf_counter()
@@ -567,6 +593,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             for sub in ("tree", "header", "deep", "service", "mirror"):
                 shutil.rmtree(work / sub, ignore_errors=True)
+            for d in work.glob("rootpass-*"):
+                shutil.rmtree(d, ignore_errors=True)
     ok = {k: v for k, v in results.items() if k in funcs and "error" not in v}
     results["summary"] = rows(ok)
     results["total_s"] = round(time.time() - started, 1)

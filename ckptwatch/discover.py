@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass, field
 
 from ckptwatch.layouts import registry
-from ckptwatch.layouts.base import Layout, RunFound
+from ckptwatch.layouts.base import Layout, RunFound, listing_memo
 from ckptwatch.model import Problem
 from ckptwatch.scan import display, inside, list_dir
 
@@ -28,7 +28,11 @@ class Discovery:
 
 def discover(root: str, *, layout: str = "auto", max_depth: int = MAX_DEPTH) -> Discovery:
     """Every run below ``root`` (``root`` itself included), down to ``max_depth`` levels (0: root only)."""
-    layouts: list[Layout] = registry.layouts(layout)
+    with listing_memo():
+        return _discover(root, registry.layouts(layout), max_depth)
+
+
+def _discover(root: str, layouts: list[Layout], max_depth: int) -> Discovery:
     found = Discovery()
     stack: list[tuple[str, int]] = [(root, 0)]
     while stack:

@@ -41,7 +41,26 @@ class RootReport:
     problems: list[Problem]
 
 
-JudgementCache = dict  # checkpoint path -> (file fingerprint, Judgement); owned by one caller
+class Cached:
+    """One checkpoint's entry in the judgement cache: a small record, never a listing of its files.
+
+    ``fingerprint`` is the 64-bit ``TreeStat.digest`` the judgement was made on. ``verdict`` (with ``key``,
+    the run-level inputs it was built from, and ``facts``, its hazard facts) is the last verdict built
+    from this judgement when no time rule could change it: a settled checkpoint with no transient
+    finding. A rescan that finds the same fingerprint and key, still settled, reuses it as it is.
+    """
+
+    __slots__ = ("fingerprint", "judgement", "key", "verdict", "facts")
+
+    def __init__(self, fingerprint: int, judgement: Judgement) -> None:
+        self.fingerprint = fingerprint
+        self.judgement = judgement
+        self.key: tuple | None = None
+        self.verdict: Verdict | None = None
+        self.facts: CheckpointFacts | None = None
+
+
+JudgementCache = dict  # checkpoint path -> Cached; owned by one caller
 
 
 def check_root(root: str, opts: CheckOptions, now: float, *, layout: str = "auto",
@@ -171,25 +190,22 @@ def _temp_files(stat: TreeStat) -> list[Problem]:
             for e in stat.files if TEMP_NAME.match(e.name)]
 
 
-def _fingerprint(stat: TreeStat) -> tuple:
+def _fingerprint(stat: TreeStat) -> int:
     """What must be unchanged for an earlier judgement to still hold (and for two looks to agree)."""
-    return (tuple((e.path, e.size, e.mtime, e.mode, e.ino, e.ctime) for e in stat.files),
-            stat.newest_dir_mtime, stat.problems)
+    return stat.digest
 
 
 def _judge_candidate(run: RunFound, cand: Candidate, opts: CheckOptions,
                      cache: JudgementCache | None = None) -> tuple[Judgement, TreeStat]:
     stat = _stat_candidate(run, cand)
-    cand.data["tree"] = stat  # layouts that list every file reuse it instead of walking again
-    fingerprint = _fingerprint(stat)
+    fingerprint = _fingerprint(stat)  # a 64-bit hash (TreeStat.digest), never the listing itself
     if cache is not None:
-        # The cache keeps a 64-bit hash, not the per-file tuples: over 100,000 files the tuples (paths,
-        # sizes, times, inodes) cost ~30 MiB of the service's RSS budget; a hash collision between two
-        # states of one checkpoint is not a practical risk.
-        fingerprint = hash(fingerprint)
         hit = cache.get(cand.path)
-        if hit is not None and hit[0] == fingerprint:
-            return hit[1], stat
+        if hit is not None and hit.fingerprint == fingerprint:
+            return hit.judgement, stat
+    # Layouts that list every file reuse the listing instead of walking again; it is dropped right after,
+    # so a pass never holds every file's entry of the root at once (memory, and the collector's work).
+    cand.data["tree"] = stat
     try:
         with limits_in_force(opts.limits):
             judgement = run.layout.judge(cand, opts)
@@ -200,6 +216,8 @@ def _judge_candidate(run: RunFound, cand: Candidate, opts: CheckOptions,
         if os.environ.get("CKPTWATCH_DEBUG"):
             raise
         judgement = Judgement([fault_problem(cand.path, exc)])
+    finally:
+        cand.data.pop("tree", None)
     if opts.second_look and not any(severity_of(p.kind) is Severity.TRANSIENT for p in judgement.problems):
         again = _stat_candidate(run, cand)
         if _fingerprint(again) != _fingerprint(stat):
@@ -212,7 +230,7 @@ def _judge_candidate(run: RunFound, cand: Candidate, opts: CheckOptions,
     # it is judged again next time, like a transient finding.
     if cache is not None and not any(severity_of(p.kind) is Severity.TRANSIENT or p.kind == EXCEEDS_LIMITS
                                      for p in judgement.problems):
-        cache[cand.path] = (fingerprint, judgement)
+        cache[cand.path] = Cached(fingerprint, judgement)
     return judgement, stat
 
 
@@ -309,17 +327,36 @@ def _judge_run(run: RunFound, opts: CheckOptions, now: float, *, only: str | Non
 
     verdicts: list[Verdict] = []
     facts: list[CheckpointFacts] = []
+    run_key = (widest, opts.expected_ranks, opts.settle_seconds, opts.stale_after)
     for cand, j, stat in judged:
+        entry = cache.get(cand.path) if cache is not None and only is None else None
+        if entry is not None and entry.judgement is not j:
+            entry = None  # judged afresh and not cached (a transient finding): nothing to reuse
+        key = (*run_key, cand.step, cand.layout)
+        if (entry is not None and entry.verdict is not None and entry.key == key
+                and settle_state(entry.verdict.newest_mtime, now, opts.settle_seconds) is Settle.SETTLED):
+            # Same files (fingerprint), same judgement, same run-level inputs, still settled: the rules below
+            # would build this very verdict again (the service's rescan, over every settled checkpoint).
+            verdicts.append(entry.verdict)
+            facts.append(entry.facts)
+            continue
         ranks, rank_problems = _rank_facts(cand, j, widest, opts)
-        problems = _apply_time_rules(cand, [*j.problems, *stat.problems, *_temp_files(stat), *rank_problems],
-                                     stat, opts, now)
+        found = [*j.problems, *stat.problems, *_temp_files(stat), *rank_problems]
+        problems = _apply_time_rules(cand, found, stat, opts, now)
         step = j.step if cand.step is None else cand.step
         cf = CheckpointFacts(cand.path, step, j.facts.get("adapters") or {},
                              j.facts.get("full_weights") or [])
         facts.append(cf)
-        verdicts.append(Verdict(display(cand.path), step, cand.layout, status_from(problems), ranks,
-                                tuple(_dedupe(problems)), tuple(checkpoint_hazards(cf)), stat.newest_mtime,
-                                sum(e.size for e in stat.files)))
+        verdict = Verdict(display(cand.path), step, cand.layout, status_from(problems), ranks,
+                          tuple(_dedupe(problems)), tuple(checkpoint_hazards(cf)), stat.newest_mtime,
+                          sum(e.size for e in stat.files))
+        verdicts.append(verdict)
+        if entry is not None:
+            # Reusable only when no time rule touched it: a transient finding (a temp file, a settle) or an
+            # abandoned-temp check depends on ``now``; a settled checkpoint without them does not.
+            timeless = not any(severity_of(p.kind) is Severity.TRANSIENT for p in found) and \
+                problems == found
+            entry.key, entry.verdict, entry.facts = (key, verdict, cf) if timeless else (None, None, None)
 
     across = run_hazards(facts)
     verdicts = [_with_hazards(v, across.get(f.path, [])) for v, f in zip(verdicts, facts)]

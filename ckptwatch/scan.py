@@ -8,8 +8,11 @@ those is a finding here, not an exception, and the scan always finishes.
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass
+from functools import partial
+from operator import attrgetter, itemgetter
+from stat import S_ISDIR, S_ISREG
+from typing import NamedTuple
 
 from ckptwatch.formats._io import (
     display,
@@ -21,9 +24,13 @@ from ckptwatch.formats._io import (
 from ckptwatch.model import Problem
 
 
-@dataclass(frozen=True)
-class Entry:
-    """One directory entry, stat'ed once. For a symlink, size/mtime/kind are the target's."""
+class Entry(NamedTuple):
+    """One directory entry, stat'ed once. For a symlink, size/mtime/kind are the target's.
+
+    A named tuple rather than a dataclass: a whole-root pass builds one per file (100,000 and more on a
+    cluster's shared filesystem), and a tuple is built several times faster; it also hashes as the
+    fingerprint of its file (``TreeStat.digest``).
+    """
 
     name: str
     path: str
@@ -38,6 +45,9 @@ class Entry:
     ctime: float = 0.0
 
 
+_entry = partial(tuple.__new__, Entry)  # an Entry from a full tuple, without NamedTuple's argument parsing
+
+
 # Retention's trash (retention/delete.py): ckptwatch's own, never a checkpoint or a run, so no listing
 # shows it to the layouts, to discovery or to the settle rule.
 TRASH_NAME = ".ckptwatch-trash"
@@ -48,43 +58,62 @@ PIN_NAME = ".ckptwatch-keep"
 # A mirrored copy's own names (mirror/manifest.py: manifest, commit marker, journal): no part of the
 # checkpoint, so judging a copy (or a checkpoint restored from one) sees the checkpoint's files only.
 MIRROR_PREFIX = ".ckptwatch-mirror"
+OWN_MARK = "ckptwatch"  # in each of the three names above
 
 
 def list_dir(path: str) -> tuple[list[Entry], list[Problem]]:
     """Entries of ``path`` sorted by name (never retention's trash); problems for entries that cannot be
-    stat'ed."""
-    entries: list[Entry] = []
-    problems: list[Problem] = []
+    stat'ed.
+
+    One ``stat`` per entry, through the link for a symlink (the entry type of a plain entry comes from the
+    listing itself, so ``is_symlink`` costs no call). This is the inner loop of every pass over a root: it
+    builds plain tuples and nothing else per entry.
+    """
     try:
         with os.scandir(path) as it:
             raw = list(it)
     except OSError as exc:
         return [], [problem_from_oserror(path, exc)]
+    entries: list[Entry] = []
+    problems: list[Problem] = []
+    add = entries.append
     for de in raw:
-        if de.name == TRASH_NAME:
+        name = de.name
+        if name == TRASH_NAME:
             continue
-        try:
-            de.name.encode("utf-8")
-        except UnicodeEncodeError:
-            problems.append(Problem("bad_name", display(de.path),
-                                    f"{display(de.path)}: name is not valid UTF-8"))
+        if not name.isascii() and not _utf8(name):  # an ASCII name is valid UTF-8; others need the encode
+            problems.append(_bad_name(de.path))
+        is_link = False
         try:
             is_link = de.is_symlink()
-            st = de.stat(follow_symlinks=True)
+            st = de.stat()
         except OSError as exc:
-            if is_link and exc.errno == 2:  # ENOENT through a link: dangling
-                problems.append(Problem("dangling_symlink", display(de.path),
-                                        f"{display(de.path)} points to {_readlink(de.path)}, which does not "
-                                        "exist"))
-            elif is_link:
-                problems.append(problem_from_oserror(display(de.path), exc))
-            else:
-                problems.append(problem_from_oserror(display(de.path), exc))
+            problems.append(_unstatable(de.path, is_link, exc))
             continue
-        entries.append(Entry(de.name, de.path, stat.S_ISDIR(st.st_mode), stat.S_ISREG(st.st_mode), is_link,
-                             st.st_size, st.st_mtime, st.st_mode, st.st_ino, st.st_ctime))
-    entries.sort(key=lambda e: e.name)
+        mode = st.st_mode
+        add(_entry((name, de.path, S_ISDIR(mode), S_ISREG(mode), is_link, st.st_size, st.st_mtime, mode,
+                    st.st_ino, st.st_ctime)))
+    entries.sort()  # by name: names are unique within a directory, so no later field is ever compared
     return entries, problems
+
+
+def _utf8(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _bad_name(path: str) -> Problem:
+    return Problem("bad_name", display(path), f"{display(path)}: name is not valid UTF-8")
+
+
+def _unstatable(path: str, is_link: bool, exc: OSError) -> Problem:
+    if is_link and exc.errno == 2:  # ENOENT through a link: dangling
+        return Problem("dangling_symlink", display(path),
+                       f"{display(path)} points to {_readlink(path)}, which does not exist")
+    return problem_from_oserror(display(path), exc)
 
 
 def _readlink(path: str) -> str:
@@ -112,7 +141,18 @@ class TreeStat:
     def newest_mtime(self) -> float:
         return max(max((e.mtime for e in self.files), default=0.0), self.newest_dir_mtime)
 
+    @property
+    def digest(self) -> int:
+        """What must be unchanged for an earlier judgement to still hold (and for two looks to agree): every
+        file's path, kind, size, mtime, mode, inode and ctime, the newest directory mtime and the problems,
+        as one 64-bit hash. The judgement cache keeps this, not the listing: over 100,000 files the tuples
+        would cost ~30 MiB of the service's memory; a collision between two states of one checkpoint is no
+        practical risk."""
+        return hash((self.files, self.newest_dir_mtime, self.problems))
 
+
+_path_of = attrgetter("path")
+_first = itemgetter(0)
 MAX_TREE_DEPTH = 32  # levels below a checkpoint; the deepest real layout (Orbax) uses about 6
 
 
@@ -131,35 +171,72 @@ def tree(path: str, root: str) -> TreeStat:
         st = os.stat(path)
     except OSError as exc:
         return TreeStat((), (problem_from_oserror(display(path), exc),))
-    if not stat.S_ISDIR(st.st_mode):
-        return TreeStat((Entry(os.path.basename(path), path, False, stat.S_ISREG(st.st_mode),
+    if not S_ISDIR(st.st_mode):
+        return TreeStat((Entry(os.path.basename(path), path, False, S_ISREG(st.st_mode),
                                os.path.islink(path), st.st_size, st.st_mtime, st.st_mode, st.st_ino,
                                st.st_ctime),), ())
     stack = [(path, 0)]
     newest_dir = st.st_mtime
+    walked = 0
+    # One loop per entry (this is the service's rescan over every file of a root): what ``list_dir`` would
+    # report comes first, in listing order, then this walk's own findings and sub-directories in name order,
+    # exactly as a walk over ``list_dir``'s sorted entries would give them.
     while stack:
         d, depth = stack.pop()
-        entries, probs = list_dir(d)
-        problems.extend(probs)
-        for e in entries:
-            if e.name.endswith(PIN_NAME) or e.name.startswith(MIRROR_PREFIX):
+        try:
+            with os.scandir(d) as it:
+                raw = list(it)
+        except OSError as exc:
+            problems.append(problem_from_oserror(d, exc))
+            continue
+        later: list[tuple[str, Problem | None, str]] = []  # (name, finding or None for a dir to walk, path)
+        walked += 1
+        for de in raw:
+            name = de.name
+            ours = OWN_MARK in name  # one test per entry for the three names that are ckptwatch's own
+            if ours and name == TRASH_NAME:
                 continue
-            if e.is_symlink and not inside(e.path, root):
-                problems.append(unsafe_link_problem(e.path, os.path.realpath(e.path), os.path.realpath(root)))
+            if not name.isascii() and not _utf8(name):
+                problems.append(_bad_name(de.path))
+            is_link = False
+            try:
+                is_link = de.is_symlink()
+                st = de.stat()
+            except OSError as exc:
+                problems.append(_unstatable(de.path, is_link, exc))
                 continue
-            if e.is_dir:
-                if e.is_symlink:
+            if ours and (name.endswith(PIN_NAME) or name.startswith(MIRROR_PREFIX)):
+                continue
+            mode = st.st_mode
+            if is_link and not inside(de.path, root):
+                later.append((name, unsafe_link_problem(de.path, os.path.realpath(de.path),
+                                                        os.path.realpath(root)), de.path))
+            elif S_ISREG(mode):
+                files.append(_entry((name, de.path, False, True, is_link, st.st_size, st.st_mtime, mode,
+                                     st.st_ino, st.st_ctime)))
+            elif S_ISDIR(mode):
+                if is_link:
                     continue
-                newest_dir = max(newest_dir, e.mtime)
+                if st.st_mtime > newest_dir:
+                    newest_dir = st.st_mtime
                 if depth + 1 < MAX_TREE_DEPTH:
-                    stack.append((e.path, depth + 1))
+                    later.append((name, None, de.path))
                 else:
-                    problems.append(Problem("too_deep", display(e.path), f"{display(e.path)} is nested "
-                                            f"{MAX_TREE_DEPTH} directories below {display(path)}; what lies "
-                                            "below it was not examined"))
-            elif e.is_file:
-                files.append(e)
+                    p = de.path
+                    later.append((name, Problem("too_deep", display(p), f"{display(p)} is nested "
+                                                f"{MAX_TREE_DEPTH} directories below {display(path)}; what "
+                                                "lies below it was not examined"), p))
             else:
-                problems.append(not_regular_problem(e.path, kind_of_mode(e.mode)))
-    files.sort(key=lambda e: e.path)
+                later.append((name, not_regular_problem(de.path, kind_of_mode(mode)), de.path))
+        if later:
+            later.sort(key=_first)
+            for _, finding, p in later:
+                if finding is None:
+                    stack.append((p, depth + 1))
+                else:
+                    problems.append(finding)
+    if walked == 1:
+        files.sort()  # one directory: by name (unique), which is path order, compared in C
+    else:
+        files.sort(key=_path_of)
     return TreeStat(tuple(files), tuple(problems), newest_dir)

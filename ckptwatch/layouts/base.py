@@ -9,6 +9,9 @@ from siblings, stale temp markers) the same way for every layout.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -134,7 +137,33 @@ def pickled_step(value: Any) -> int | None:
     return value if type(value) is int and 0 <= value <= MAX_STEP else None
 
 
+# Discovery asks every layout about every directory, and several layouts list each sub-directory to
+# recognise it (DeepSpeed tags, DCP, NeMo, MindSpore): within one discovery walk (``listing_memo``) a
+# directory is listed once, not once per layout. Judging never runs under it: it always lists afresh.
+_Listing = tuple[list[str], Problem | None]
+_MEMO: ContextVar[dict[str, _Listing] | None] = ContextVar("listing_memo", default=None)
+
+
+@contextmanager
+def listing_memo() -> Iterator[None]:
+    token = _MEMO.set({})
+    try:
+        yield
+    finally:
+        _MEMO.reset(token)
+
+
 def listdir_names(path: str) -> tuple[list[str], Problem | None]:
+    memo = _MEMO.get()
+    if memo is not None:
+        hit = memo.get(path)
+        if hit is None:
+            hit = memo[path] = _listdir_names(path)
+        return list(hit[0]), hit[1]
+    return _listdir_names(path)
+
+
+def _listdir_names(path: str) -> _Listing:
     try:
         return sorted(os.listdir(path)), None
     except OSError as exc:
