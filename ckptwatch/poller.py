@@ -30,6 +30,7 @@ walk is iterative (a 10,000-deep tree is no recursion limit). The poller only ma
 
 from __future__ import annotations
 
+import heapq
 import os
 import stat
 import threading
@@ -43,6 +44,7 @@ QUIET_AFTER = 300.0  # seconds without a change before a non-structural dir is p
 RUN_QUIET_AFTER = 6 * 3600.0  # a run dir (or the root) this long without a new entry: a finished run
 MAX_BACKOFF = 12  # a quiet dir is polled at most this many intervals apart
 MIN_WAIT = 0.05  # the loop never spins faster than this
+BATCH = 0.05  # a round also looks at what is due within this fraction of the interval (see round)
 
 
 def poll_every(interval: float, quiet_for: float, structural: bool) -> float:
@@ -145,6 +147,8 @@ class CheckpointPoller:
         self._stop = threading.Event()
         self.ops = MetaOps(TokenBucket(max_stats_per_second, monotonic, self._stop.wait))
         self.dirs: dict[str, _Dir] = {}
+        self._due: list[tuple[float, str]] = []  # heap of (due, path); an entry whose due is no longer
+        # its dir's (looked at since, or dropped) is skipped when it comes up
         self._lock = threading.Lock()
         self._runs: frozenset[str] = frozenset()
         self._structural: frozenset[str] = frozenset({root})
@@ -226,18 +230,33 @@ class CheckpointPoller:
 
     def round(self) -> float | None:
         """Look at every due directory once; the seconds until the next is due, None when the root is
-        gone (the thread ends, and ``Observers.check`` restarts it when the root is back)."""
+        gone (the thread ends, and ``Observers.check`` restarts it when the root is back).
+
+        Why a heap and a batch: with 10,000 run dirs each looked at on its own schedule, their due times
+        spread over the interval. Scanning every record to find the due ones (and the next due) each time
+        one came due cost 12 % of a core at 1,000,000 files, for 2,000 stats a second that cost 0.7 %.
+        The heap finds the due ones in O(log n) each, and a round also takes what falls due within
+        ``BATCH`` of the interval (looked at up to 0.25 s early at 5 s), so the thread wakes at most
+        ~20 times an interval however many dirs there are."""
         self._apply_cold()
         now = self.monotonic()
-        for path in [p for p, d in self.dirs.items() if d.due <= now]:
+        horizon = now + BATCH * self.interval
+        heap = self._due
+        while heap and heap[0][0] <= horizon:
+            due, path = heapq.heappop(heap)
             d = self.dirs.get(path)
-            if d is not None:
+            if d is not None and d.due == due:
                 self._look(path, d)
         self.rounds += 1
         if self.root not in self.dirs:
             return None
-        nxt = min(d.due for d in self.dirs.values())
-        return max(MIN_WAIT, nxt - self.monotonic())
+        while heap and (heap[0][1] not in self.dirs or self.dirs[heap[0][1]].due != heap[0][0]):
+            heapq.heappop(heap)  # stale: not worth a wake-up
+        return max(MIN_WAIT, heap[0][0] - self.monotonic())
+
+    def _schedule(self, path: str, d: _Dir, due: float) -> None:
+        d.due = due
+        heapq.heappush(self._due, (due, path))
 
     # --- directories -------------------------------------------------------------------------------
 
@@ -261,7 +280,7 @@ class CheckpointPoller:
             d.stamp, d.changed = stamp, now
             self._relist(path, d, now)
             self._touch(path)
-        d.due = now + poll_every(self.interval, now - d.changed, path in self._structural)
+        self._schedule(path, d, now + poll_every(self.interval, now - d.changed, path in self._structural))
 
     def _relist(self, path: str, d: _Dir, now: float) -> None:
         try:
@@ -299,8 +318,8 @@ class CheckpointPoller:
             children = {s for s in subdirs if s not in self._cold}
             if since is not None and st.st_mtime >= since - 1.0:  # 1 s: coarse filesystem timestamps
                 self._touch(path)
-            self.dirs[path] = _Dir((st.st_mtime_ns, st.st_ino), now,
-                                   now + poll_every(self.interval, 0.0, True), children)
+            d = self.dirs[path] = _Dir((st.st_mtime_ns, st.st_ino), now, 0.0, children)
+            self._schedule(path, d, now + poll_every(self.interval, 0.0, True))
             stack.extend(sorted(children, reverse=True))
 
     def _drop(self, top: str) -> None:
