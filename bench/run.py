@@ -524,10 +524,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--service-poll-samples", type=int,
                     help="service: checkpoints timed with the polling observer (default 5; --quick 2)")
     ap.add_argument("--service-runs", type=int,
-                    help="service: runs of 100 checkpoints x 10 files in the idle tree (default 100 = "
-                         "100,000 files)")
+                    help="service: runs of --service-per-run checkpoints x 10 files in the idle tree "
+                         "(default 100 = 100,000 files)")
+    ap.add_argument("--service-per-run", type=int, default=100,
+                    help="service: checkpoints of 10 files per run in the idle tree (default 100; "
+                         "--service-runs 10000 --service-per-run 10 is issue 13's 1,000,000 files)")
     ap.add_argument("--service-idle", type=float,
                     help="service: idle period in seconds (default 30; --quick 10)")
+    ap.add_argument("--service-idle-passes", type=int, default=2,
+                    help="service: new checkpoints timed in the idle tree after the idle period, one per "
+                         "run, spread over the runs (default 2; with polling, each at a random phase of the "
+                         "poll)")
     ap.add_argument("--service-burst", type=int,
                     help="service: checkpoints in the burst (default 1000; --quick 200)")
     ap.add_argument("--service-phase", action="append",

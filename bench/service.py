@@ -508,14 +508,22 @@ def _free_port() -> int:
 
 
 def phase_idle(work: Path, writer: CkptWriter, template: Path, runs: int, idle_s: float, res: dict,
-               observer: str = "auto") -> dict:
+               observer: str = "auto", passes: int = 2, poll_interval: float = 5.0,
+               per_run: int = 100) -> dict:
     """``observer = "polling"``: the same tree under the checkpoint-aware poller (issue 13), with the
-    stat + listdir calls it made in the idle period from its metrics."""
+    stat + listdir calls it made in the idle period from its metrics, and each per-run pass's write at a
+    random phase of the poll. ``passes`` new checkpoints, in runs spread over the tree."""
     base = work / ("idle" if observer == "auto" else f"idle-{observer}")
     shutil.rmtree(base, ignore_errors=True)
     root = base / "root"
     t = time.perf_counter()
-    res["tree"] = build_tree(template, root, runs, 100)
+    from bench.rootpass import LINKS_PER_TEMPLATE, _build_big
+
+    if runs * per_run > LINKS_PER_TEMPLATE:  # past ext4's 65,000 links per inode: a template copy per chunk
+        res["tree"] = _build_big(template, root, runs, per_run)
+    else:
+        res["tree"] = build_tree(template, root, runs, per_run)
+    run_names = sorted(os.listdir(root))
     res["tree"]["build_s"] = round(time.perf_counter() - t, 1)
     n = res["tree"]["checkpoints"]
     log(f"service idle: {res['tree']['files']:,} files in {res['tree']['dirs']:,} dirs built in "
@@ -528,7 +536,7 @@ def phase_idle(work: Path, writer: CkptWriter, template: Path, runs: int, idle_s
     res["observer"] = observer
     iw = None
     try:
-        ready = svc.wait_ready(300)
+        ready = svc.wait_ready(300 + 0.01 * res["tree"]["files"])  # the catch-up judges every checkpoint
         res["catchup_s"] = ready - svc.started
         res["catchup_cpu_s"] = svc.cpu()
         res["catchup_complete"] = len(svc.judged(status="complete"))
@@ -571,12 +579,22 @@ def phase_idle(work: Path, writer: CkptWriter, template: Path, runs: int, idle_s
         iw = None
         # Per-run passes: a new checkpoint inside a known run makes only that run due (scope_of). Two, in
         # different runs, to see whether RSS keeps growing from pass to pass.
+        # With the poller, each write lands at a random phase of its poll interval (as in latency_polling),
+        # so the passes' latencies sample the polling bound at this tree's size.
         res["passes"] = []
-        for run_name, step in (("run_000", 101), (f"run_{runs // 2:03d}", 101)):
-            p = one_pass(svc, writer, str(root / run_name / f"checkpoint-{step}"), step)
+        rng = random.Random(13)
+        for k in range(passes):
+            if observer == "polling":
+                time.sleep(rng.uniform(0.0, poll_interval))
+            run_name = run_names[(k * len(run_names)) // passes]
+            p = one_pass(svc, writer, str(root / run_name / f"checkpoint-{per_run + 1}"), per_run + 1)
             res["passes"].append(p)
             if p.get("timed_out"):
                 break
+        lat = [p["verdict_over_settle_s"] for p in res["passes"]
+               if p.get("verdict_over_settle_s") is not None]
+        if lat:
+            res["passes_latency"] = summary(lat)
         res["pass"] = res["passes"][0]
         # Whole-root passes: a new empty directory directly under the root is in no known run, so the
         # service judges the whole root: the pass an inotify overflow and every rescan_seconds also run.
@@ -789,9 +807,13 @@ def bench_service(args: argparse.Namespace, work: Path) -> dict:
                   "latency_polling": lambda r: phase_latency(base, writer, "polling",
                                                              args.service_poll_samples, poll_interval, r),
                   "idle": lambda r: phase_idle(base, writer, template, args.service_runs, args.service_idle,
-                                               r),
+                                               r, passes=args.service_idle_passes,
+                                               per_run=args.service_per_run),
                   "idle_polling": lambda r: phase_idle(base, writer, template, args.service_runs,
-                                                       args.service_idle, r, observer="polling"),
+                                                       args.service_idle, r, observer="polling",
+                                                       passes=args.service_idle_passes,
+                                                       poll_interval=poll_interval,
+                                                       per_run=args.service_per_run),
                   "burst": lambda r: phase_burst(base, writer, args.service_burst, r)}
         for key in getattr(args, "service_phase", None) or phases:
             log(f"service: {key}")
