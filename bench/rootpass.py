@@ -1,7 +1,7 @@
 """The service's whole-root pass against ``find`` on the same tree (issue 13), cold and warm.
 
     python -m bench.run --only rootpass              # 100 runs x 100 checkpoints x 10 files (100,000 files)
-    python -m bench.run --only rootpass --rootpass-big   # 10,000 runs x 100 x 10 (1,000,000 files)
+    python -m bench.run --only rootpass --rootpass-big   # 10,000 runs x 10 x 10 (1,000,000 files)
 
 The tree is ``bench/service.py``'s (``build_tree``: real Trainer checkpoints, hard links, an hour old).
 Each repetition runs, back to back: ``find ROOT -type f -printf '%s %T@\\n'`` (the yardstick), two fresh
@@ -145,7 +145,7 @@ def _find(root: str) -> dict:
 def make_tree(work: Path, runs: int, per_run: int) -> tuple[Path, dict]:
     """service.py's tree, reused when a kept one (``--keep``) has this shape: 1,000,000 files build slowly."""
     from bench.common import hf_template
-    from bench.service import CkptWriter, build_tree, make_template
+    from bench.service import LINKS_PER_TEMPLATE, CkptWriter, build_big_tree, build_tree, make_template
 
     base = work / f"rootpass-{runs}x{per_run}"
     root = base / "root"
@@ -161,46 +161,15 @@ def make_tree(work: Path, runs: int, per_run: int) -> tuple[Path, dict]:
     if runs <= LINKS_PER_TEMPLATE // per_run:
         shape = build_tree(template, root, runs, per_run)
     else:
-        shape = _build_big(template, root, runs, per_run)
+        shape = build_big_tree(template, root, runs, per_run)
     shape["build_s"] = time.perf_counter() - t
     stamp.write_text(json.dumps(shape))
     return root, shape
 
 
-LINKS_PER_TEMPLATE = 60_000  # ext4 allows 65,000 hard links to one inode
-
-
-def _build_big(template: Path, root: Path, runs: int, per_run: int) -> dict:
-    """``service.build_tree``'s tree past the hard-link limit: a fresh copy of the template every
-    ``LINKS_PER_TEMPLATE // per_run`` runs, the same files otherwise."""
-    import shutil
-
-    from bench.service import build_tree
-
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
-    chunk = LINKS_PER_TEMPLATE // per_run
-    files = dirs = 0
-    for start in range(0, runs, chunk):
-        src = root.parent / f"template-{start}"
-        shutil.rmtree(src, ignore_errors=True)
-        shutil.copytree(template, src)
-        part = root.parent / f"part-{start}"
-        shape = build_tree(src, part, min(chunk, runs - start), per_run)
-        for i, run in enumerate(sorted(part.iterdir())):
-            os.rename(run, root / f"run_{start + i:05d}")
-        part.rmdir()
-        files += shape["files"]
-        dirs += shape["dirs"] - 1
-    stamp = time.time() - 3600
-    os.utime(root, (stamp, stamp))
-    return {"runs": runs, "checkpoints_per_run": per_run, "checkpoints": runs * per_run, "files": files,
-            "dirs": dirs + 1}
-
-
 def bench_rootpass(args: argparse.Namespace, work: Path, prof_dir: Path) -> dict:
     runs = 10_000 if args.rootpass_big else args.rootpass_runs
-    root, shape = make_tree(work, runs, 100)
+    root, shape = make_tree(work, runs, 10 if args.rootpass_big else 100)  # big: issue 13's 1,000,000 files
     log(f"rootpass: tree {shape}")
     res: dict = {"tree": shape, "root": str(root), "loadavg_before": loadavg(), "rows": []}
     run_once(["find", str(root), "-type", "f"])  # warm the dentry/inode caches for both sides

@@ -421,6 +421,33 @@ def build_tree(template: Path, root: Path, runs: int, per_run: int) -> dict:
             "dirs": 1 + runs + runs * per_run}
 
 
+LINKS_PER_TEMPLATE = 60_000  # ext4 allows 65,000 hard links to one inode
+
+
+def build_big_tree(template: Path, root: Path, runs: int, per_run: int) -> dict:
+    """``build_tree``'s tree past the hard-link limit: a fresh copy of the template every
+    ``LINKS_PER_TEMPLATE // per_run`` runs, the same files otherwise."""
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    chunk = LINKS_PER_TEMPLATE // per_run
+    files = dirs = 0
+    for start in range(0, runs, chunk):
+        src = root.parent / f"template-{start}"
+        shutil.rmtree(src, ignore_errors=True)
+        shutil.copytree(template, src)
+        part = root.parent / f"part-{start}"
+        shape = build_tree(src, part, min(chunk, runs - start), per_run)
+        for i, run in enumerate(sorted(part.iterdir())):
+            os.rename(run, root / f"run_{start + i:05d}")
+        part.rmdir()
+        files += shape["files"]
+        dirs += shape["dirs"] - 1
+    stamp = time.time() - 3600
+    os.utime(root, (stamp, stamp))
+    return {"runs": runs, "checkpoints_per_run": per_run, "checkpoints": runs * per_run, "files": files,
+            "dirs": dirs + 1}
+
+
 # --------------------------------------------------------------------------------------------------
 # Phases
 
@@ -517,10 +544,8 @@ def phase_idle(work: Path, writer: CkptWriter, template: Path, runs: int, idle_s
     shutil.rmtree(base, ignore_errors=True)
     root = base / "root"
     t = time.perf_counter()
-    from bench.rootpass import LINKS_PER_TEMPLATE, _build_big
-
     if runs * per_run > LINKS_PER_TEMPLATE:  # past ext4's 65,000 links per inode: a template copy per chunk
-        res["tree"] = _build_big(template, root, runs, per_run)
+        res["tree"] = build_big_tree(template, root, runs, per_run)
     else:
         res["tree"] = build_tree(template, root, runs, per_run)
     run_names = sorted(os.listdir(root))
