@@ -25,6 +25,7 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii as _json_str
 from typing import Concatenate, ParamSpec, TypeVar
 
 from ckptwatch.findings import hazard_json, problem_json
@@ -106,8 +107,16 @@ class Change:
 
 
 def _fingerprint(v: Verdict) -> str:
-    return json.dumps([v.status.value, sorted((p.kind, p.file) for p in v.problems),
-                       sorted((h.kind, h.file) for h in v.hazards)])
+    """Status and the (kind, file) of each problem and hazard: what "changed" means.
+
+    The text is exactly ``json.dumps([status, sorted pairs, sorted pairs])`` (fingerprints stored by
+    earlier versions still compare equal), built from json's own string encoder: it runs for every
+    checkpoint of every run at each whole-root pass, and json.dumps's set-up per call was most of it."""
+    def pairs(items: list[tuple[str, str]]) -> str:
+        return ", ".join(f"[{_json_str(kind)}, {_json_str(file)}]" for kind, file in sorted(items))
+
+    return (f"[{_json_str(v.status.value)}, [{pairs([(p.kind, p.file) for p in v.problems])}], "
+            f"[{pairs([(h.kind, h.file) for h in v.hazards])}]]")
 
 
 P = ParamSpec("P")
@@ -192,10 +201,12 @@ class StateStore:
                               complete.step if complete else None, resumable.path if resumable else None,
                               resumable.step if resumable else None, now,
                               complete.newest_mtime if complete else None, mirror_to))
+            stored = self._stored(run, verdicts)
             for v in verdicts:
-                row = self._db.execute("SELECT status, fingerprint FROM checkpoints WHERE path = ?",
-                                       (v.path,)).fetchone()
+                row = stored.get(v.path)
                 fp = _fingerprint(v)
+                if row is not None and row[1] == fp:
+                    continue  # unchanged: most of every pass, so nothing is encoded for it
                 problems = json.dumps([problem_json(p) for p in v.problems])
                 hazards = json.dumps([hazard_json(h) for h in v.hazards])
                 if row is None:
@@ -203,13 +214,26 @@ class StateStore:
                         "INSERT INTO checkpoints VALUES (?,?,?,?,?,?,?,?,?,?)",
                         (v.path, run, v.layout, v.step, v.status.value, fp, problems, hazards, now, now))
                     changes.append(Change(v, run, None))
-                elif row[1] != fp:
+                else:
                     self._db.execute(
                         "UPDATE checkpoints SET status=?, fingerprint=?, problems=?, hazards=?, step=?, "
                         "judged_at=? WHERE path=?",
                         (v.status.value, fp, problems, hazards, v.step, now, v.path))
                     changes.append(Change(v, run, row[0]))
         return changes
+
+    def _stored(self, run: str, verdicts: list[Verdict]) -> dict[str, tuple[str, str]]:
+        """path -> (status, fingerprint) of the stored rows of these verdicts: one query by the run's
+        index, not one per checkpoint (a whole-root pass over 10,000 runs asks for every checkpoint)."""
+        wanted = {v.path for v in verdicts}
+        rows = self._db.execute("SELECT path, status, fingerprint FROM checkpoints WHERE run = ?", (run,))
+        out = {path: (status, fp) for path, status, fp in rows if path in wanted}
+        for path in wanted - out.keys():  # stored under another run name (a run dir renamed, re-rooted)
+            row = self._db.execute("SELECT status, fingerprint FROM checkpoints WHERE path = ?",
+                                   (path,)).fetchone()
+            if row is not None:
+                out[path] = row
+        return out
 
     @_mapped
     def changed_paths(self, verdicts: list[Verdict]) -> set[str]:
