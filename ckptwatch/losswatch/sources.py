@@ -102,19 +102,28 @@ def wants_trainer_state(settings: LossSettings) -> bool:
     return any(s in ("auto", "trainer_state") for s in settings.sources)
 
 
-def checkpoint_states(run_root: str, checkpoints: Sequence[tuple[int | None, str]]) -> list[tuple[int, str]]:
-    """``(step, trainer_state.json path)`` of each checkpoint, oldest step first. Uses the caller's
-    checkpoint list when given, else the ``checkpoint-<N>`` dirs directly under the run dir."""
-    out: dict[str, int] = {}
+def checkpoint_states(run_root: str,
+                      checkpoints: Sequence[tuple[int | None, str]]) -> list[tuple[int, str, os.stat_result]]:
+    """``(step, trainer_state.json path, its stat)`` of each checkpoint that has one as a regular file,
+    oldest step first. Uses the caller's checkpoint list when given, else the ``checkpoint-<N>`` dirs
+    directly under the run dir. The stat is returned because the caller compares it with the last read:
+    one stat per checkpoint per pass, not two (10,000 runs' checkpoints at every whole-root pass)."""
+    out: dict[str, tuple[int, os.stat_result]] = {}
     dirs = [(s, p) for s, p in checkpoints] or [(None, e.path) for e in _scandir(run_root) if e.is_dir()]
     for step, d in dirs:
-        m = re.search(r"(\d+)\Z", os.path.basename(d.rstrip("/")))
-        if step is None and (m is None or not os.path.basename(d).startswith("checkpoint")):
-            continue
+        if step is None:
+            m = re.search(r"(\d+)\Z", os.path.basename(d.rstrip("/")))
+            if m is None or not os.path.basename(d).startswith("checkpoint"):
+                continue
+            step = int(m.group(1))
         path = os.path.join(d, "trainer_state.json")
-        if os.path.isfile(path):
-            out[path] = step if step is not None else int(m.group(1))  # type: ignore[union-attr]
-    return sorted(((s, p) for p, s in out.items()), key=lambda t: (t[0], t[1]))
+        try:
+            st = os.stat(path)
+        except (OSError, ValueError):
+            continue
+        if stat.S_ISREG(st.st_mode):  # what os.path.isfile asked (a link is followed, as it did)
+            out[path] = (step, st)
+    return sorted(((s, p, st) for p, (s, st) in out.items()), key=lambda t: (t[0], t[1]))
 
 
 def _scandir(path: str) -> list[os.DirEntry[str]]:

@@ -456,11 +456,9 @@ class RunLossWatcher:
         grew = False
         fam = self._family("trainer_state")
         fam.checkpoints = checkpoints
-        for step, path in checkpoint_states(self.root, checkpoints):
-            try:
-                st = os.stat(path)
-            except OSError:
-                continue
+        present = set()
+        for step, path, st in checkpoint_states(self.root, checkpoints):
+            present.add(path)
             sig = (st.st_size, st.st_mtime_ns)
             if self._ts_seen.get(path) == sig:
                 continue
@@ -501,7 +499,7 @@ class RunLossWatcher:
                 hist[p.step] = p.value
             while len(hist) > 4 * 4096:  # bounded: forget the oldest steps
                 hist.pop(min(hist))
-        for path in [p for p in self._ts_seen if not os.path.exists(p)]:  # rotated-away checkpoints
+        for path in [p for p in self._ts_seen if p not in present and not os.path.exists(p)]:  # rotated away
             del self._ts_seen[path]
         return grew
 
