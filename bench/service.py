@@ -625,7 +625,7 @@ def phase_idle(work: Path, writer: CkptWriter, template: Path, runs: int, idle_s
         # service judges the whole root: the pass an inotify overflow and every rescan_seconds also run.
         res["root_passes"] = []
         for k in (1, 2):
-            rp = root_pass(svc, root / f"zz_new_dir_{k}")
+            rp = root_pass(svc, root / f"zz_new_dir_{k}", PASS_WAIT + res["tree"]["files"] / 20_000)
             res["root_passes"].append(rp)
             if rp.get("timed_out"):
                 break
@@ -707,7 +707,7 @@ def one_pass(svc: Service, writer: CkptWriter, d: str, step: int) -> dict:
     return p
 
 
-def root_pass(svc: Service, d: Path) -> dict:
+def root_pass(svc: Service, d: Path, wait_s: float = PASS_WAIT) -> dict:
     """Create the empty directory ``d`` directly under the watched root and time the whole-root pass.
 
     No known run holds ``d``, so the event makes the whole root due; the pass ends with a STATUS=
@@ -718,11 +718,11 @@ def root_pass(svc: Service, d: Path) -> dict:
     n_notes, n_events = len(svc.notes), len(svc.events)
     t0 = time.time()
     d.mkdir()
-    p: dict = {"dir": str(d), "wait_limit_s": SETTLE + PASS_WAIT}
+    p: dict = {"dir": str(d), "wait_limit_s": SETTLE + wait_s}
     try:
         t_status = svc.wait(lambda: next((t for t, m in svc.notes[n_notes:] if m.startswith("STATUS=")),
                                          None),
-                            SETTLE + PASS_WAIT, f"STATUS= after the whole-root pass for {d.name}")
+                            SETTLE + wait_s, f"STATUS= after the whole-root pass for {d.name}")
         time.sleep(0.2)
         c1, th1 = svc.cpu(), thread_cpu(svc.pid)
         p.update({"status_after_mkdir_s": t_status - t0, "wall_s": t_status - t0 - SETTLE, "cpu_s": c1 - c0,
