@@ -176,9 +176,10 @@ def _replace_inode(ckpt: Path) -> None:
     copy = ckpt.parent / "copy.safetensors"
     shutil.copy2(target, copy)
     _corrupt_header(copy)
-    st = target.stat()
+    st, dst = target.stat(), ckpt.stat()
     os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns))
     os.replace(copy, target)
+    os.utime(ckpt, ns=(dst.st_atime_ns, dst.st_mtime_ns))  # only the file's inode (and ctime) tell
 
 
 def _new_file(ckpt: Path) -> None:
