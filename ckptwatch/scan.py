@@ -196,6 +196,7 @@ def tree(path: str, root: str) -> TreeStat:
             continue
         later: list[tuple[str, Problem | None, str]] = []  # (name, finding or None for a dir to walk, path)
         walked += 1
+        here = 0  # this directory's part of the quick digest (see _quick_dir)
         for de in raw:
             name = de.name
             ours = OWN_MARK in name  # one test per entry for the three names that are ckptwatch's own
@@ -221,11 +222,11 @@ def tree(path: str, root: str) -> TreeStat:
             elif S_ISREG(mode):
                 size, mtime, ino, ctime = st.st_size, st.st_mtime, st.st_ino, st.st_ctime
                 files.append(_entry((name, de.path, False, True, is_link, size, mtime, mode, ino, ctime)))
-                acc ^= hash((prefix, name, mode, size, mtime, ino, ctime))
+                here ^= hash((name, mode, size, mtime, ino, ctime))
             elif S_ISDIR(mode):
                 if is_link:
                     continue
-                acc ^= hash((prefix, name, mode, st.st_size, st.st_mtime, st.st_ino, st.st_ctime))
+                here ^= hash((name, mode, st.st_size, st.st_mtime, st.st_ino, st.st_ctime))
                 if st.st_mtime > newest_dir:
                     newest_dir = st.st_mtime
                 if depth + 1 < MAX_TREE_DEPTH:
@@ -237,6 +238,7 @@ def tree(path: str, root: str) -> TreeStat:
                                                 "lies below it was not examined"), p))
             else:
                 later.append((name, not_regular_problem(de.path, kind_of_mode(mode)), de.path))
+        acc ^= hash((prefix, here)) if prefix else here
         if later:
             later.sort(key=_first)
             for name, finding, p in later:
@@ -288,29 +290,37 @@ def quick_digest(path: str) -> int | None:
 
 
 def _quick_dir(fd: int, prefix: str, depth: int) -> int | None:
-    """XOR of the entries' hashes below the open directory ``fd`` (see ``quick_digest``); OSError passes."""
-    acc = 0
-    subdirs = []
-    with os.scandir(fd) as it:
-        for de in it:
-            name = de.name
-            ours = OWN_MARK in name
-            if ours and name == TRASH_NAME:
-                continue
-            if de.is_symlink() or (not name.isascii() and not _utf8(name)):
+    """The quick digest's part for the open directory ``fd`` and all below it; OSError passes.
+
+    Per directory, the XOR of one hash per entry (name, mode, size, mtime, inode, ctime); below the top,
+    hashed with the directory's relative path; the parts XOR-ed together. ``tree`` computes the same from
+    its own stat results. The inner loop is the rescan's per-file cost: a name from ``listdir`` and one
+    ``fstatat`` (``os.stat`` with ``dir_fd``, not following a link), nothing else that allocates.
+    """
+    here = 0
+    subdirs = None
+    stat = os.stat
+    for name in os.listdir(fd):
+        if OWN_MARK in name and name == TRASH_NAME:
+            continue
+        if not name.isascii() and not _utf8(name):
+            return None
+        st = stat(name, dir_fd=fd, follow_symlinks=False)
+        mode = st.st_mode
+        regular = S_ISREG(mode)
+        if not regular and not S_ISDIR(mode):
+            return None  # a link (not followed here), a FIFO, a socket, a device
+        if OWN_MARK in name and (name.endswith(PIN_NAME) or name.startswith(MIRROR_PREFIX)):
+            continue
+        if not regular:
+            if depth + 1 >= MAX_TREE_DEPTH:
                 return None
-            st = de.stat()  # fstatat(fd, name, AT_SYMLINK_NOFOLLOW): not a link, so no link to follow
-            if ours and (name.endswith(PIN_NAME) or name.startswith(MIRROR_PREFIX)):
-                continue
-            mode = st.st_mode
-            if S_ISDIR(mode):
-                if depth + 1 >= MAX_TREE_DEPTH:
-                    return None
-                subdirs.append(name)
-            elif not S_ISREG(mode):
-                return None
-            acc ^= hash((prefix, name, mode, st.st_size, st.st_mtime, st.st_ino, st.st_ctime))
-    for name in subdirs:
+            if subdirs is None:
+                subdirs = []
+            subdirs.append(name)
+        here ^= hash((name, mode, st.st_size, st.st_mtime, st.st_ino, st.st_ctime))
+    acc = hash((prefix, here)) if prefix else here
+    for name in subdirs or ():
         sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
         try:
             below = _quick_dir(sub, f"{prefix}{name}/", depth + 1)

@@ -17,7 +17,7 @@ import pytest
 from ckptwatch.engine import check_root
 from ckptwatch.layouts.base import CheckOptions
 from ckptwatch.model import Status
-from ckptwatch.scan import MAX_TREE_DEPTH, quick_digest, tree
+from ckptwatch.scan import MAX_TREE_DEPTH, PIN_NAME, quick_digest, tree
 from tests.helpers import verdicts_by_name
 
 pytestmark = pytest.mark.slow
@@ -98,6 +98,7 @@ def test_quick_digest_is_the_one_tree_computes_and_follows_every_change(artefact
     run = artefact(name)
     ckpts = _ckpt_dirs(run)
     assert ckpts
+    (ckpts[0] / PIN_NAME).write_bytes(b"")  # a user's pin: no part of the checkpoint, nor of either digest
     for ckpt in ckpts:
         quick = quick_digest(str(ckpt))
         assert quick is not None and quick == tree(str(ckpt), str(run)).quick
