@@ -283,3 +283,21 @@ def test_run_inputs_changed_under_a_quick_recheck_rejudge_the_run(artefact) -> N
     fresh = check_root(str(run), wider, now + 5)
     assert again.runs == fresh.runs
     assert all(e.key is not None and e.key[1] == 4 for e in cache.values())  # rebuilt with the new input
+
+
+def test_quick_digest_gives_up_below_the_top_and_closes_every_descriptor(artefact) -> None:
+    """Megatron's per-rank directories: a FIFO in one, then that directory swapped for a link to a copy
+    (never followed): None each time, with no descriptor left open; ``tree`` records no quick digest."""
+    run = artefact("megatron_legacy")
+    ckpt = _ckpt_dirs(run)[-1]
+    rank = sorted(p for p in ckpt.iterdir() if p.is_dir())[-1]
+    fds = _fds()
+    os.mkfifo(rank / "extra.pt")
+    assert quick_digest(str(ckpt)) is None and _fds() == fds
+    assert tree(str(ckpt), str(run)).quick is None
+    os.unlink(rank / "extra.pt")
+    shutil.copytree(rank, run / "copy")
+    shutil.rmtree(rank)
+    os.symlink(run / "copy", rank)
+    assert quick_digest(str(ckpt)) is None and _fds() == fds
+    assert tree(str(ckpt), str(run)).quick is None
