@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from functools import partial
 from operator import attrgetter, itemgetter
-from stat import S_ISDIR, S_ISREG
+from stat import S_IFDIR, S_IFMT, S_IFREG, S_ISDIR, S_ISREG
 from typing import NamedTuple
 
 from ckptwatch.formats._io import (
@@ -255,6 +255,7 @@ def tree(path: str, root: str) -> TreeStat:
 
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_S_IFMT, _S_IFREG, _S_IFDIR = S_IFMT(0o177777), S_IFREG, S_IFDIR
 
 
 def quick_digest(path: str) -> int | None:
@@ -301,18 +302,19 @@ def _quick_dir(fd: int, prefix: str, depth: int) -> int | None:
     subdirs = None
     stat = os.stat
     for name in os.listdir(fd):
-        if OWN_MARK in name and name == TRASH_NAME:
+        ours = OWN_MARK in name
+        if ours and name == TRASH_NAME:
             continue
         if not name.isascii() and not _utf8(name):
             return None
         st = stat(name, dir_fd=fd, follow_symlinks=False)
         mode = st.st_mode
-        regular = S_ISREG(mode)
-        if not regular and not S_ISDIR(mode):
+        kind = mode & _S_IFMT  # S_ISREG / S_ISDIR without a call each: this loop runs once per file
+        if kind != _S_IFREG and kind != _S_IFDIR:
             return None  # a link (not followed here), a FIFO, a socket, a device
-        if OWN_MARK in name and (name.endswith(PIN_NAME) or name.startswith(MIRROR_PREFIX)):
+        if ours and (name.endswith(PIN_NAME) or name.startswith(MIRROR_PREFIX)):
             continue
-        if not regular:
+        if kind == _S_IFDIR:
             if depth + 1 >= MAX_TREE_DEPTH:
                 return None
             if subdirs is None:
