@@ -2,6 +2,7 @@
 
     python -m bench.run --only rootpass              # 100 runs x 100 checkpoints x 10 files (100,000 files)
     python -m bench.run --only rootpass --rootpass-big   # 10,000 runs x 10 x 10 (1,000,000 files)
+    python -m bench.run --only rootpass --rootpass-baseline DIR   # also DIR/ckptwatch's service, interleaved
 
 The tree is ``bench/service.py``'s (``build_tree``: real Trainer checkpoints, hard links, an hour old).
 Each repetition runs, back to back: ``find ROOT -type f -printf '%s %T@\\n'`` (the yardstick), two fresh
@@ -17,6 +18,10 @@ from ``/proc/self/statm`` (after a ``gc.collect()``) in the service child after 
 passes: the difference is the cache and the service's per-root memory. Interpreter start-up and imports
 are not in the pass times. The verdicts of the three passes are compared (a digest of every Verdict):
 a faster pass that changes a verdict makes the row invalid.
+
+``--rootpass-baseline DIR`` (a directory holding another ``ckptwatch/`` package, e.g. main's from
+``git archive HEAD ckptwatch | tar -x -C DIR``) adds that code's service child to every repetition, in
+alternating order with ours, so a before/after comparison shares its load; its verdicts must agree too.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.common import PY, check_call, loadavg, log, run_once
+from bench.common import PY, check_call, child_env, loadavg, log, run_once
 
 
 def _rss_mib() -> float:
@@ -53,12 +58,13 @@ def child(args: argparse.Namespace) -> None:
     service's first pass, then its warm rescans); results to ``args.out``."""
     import gc
 
+    import ckptwatch
     from ckptwatch.config import ServiceConfig, WatchConfig
     from ckptwatch.engine import check_root
     from ckptwatch.layouts.base import CheckOptions
     from ckptwatch.passes import Engine, Judge
 
-    res: dict = {"rss_imports_mib": _rss_mib()}
+    res: dict = {"rss_imports_mib": _rss_mib(), "code": os.path.realpath(ckptwatch.__file__)}
     now = time.time()
     prof = None
     if args.profile:
@@ -120,15 +126,29 @@ def child(args: argparse.Namespace) -> None:
     Path(args.out).write_text(json.dumps(res))
 
 
-def _child_run(root: str, mode: str, profile: str | None = None) -> dict:
+def _child_run(root: str, mode: str, profile: str | None = None, code: str | None = None) -> dict:
+    """One child; with ``code``, its ``ckptwatch`` package is the one in that directory (this repo's
+    ``bench`` still runs it: the child's working directory is ``code``, first on its ``sys.path``)."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tf:
         out = tf.name
     try:
         argv = [PY, "-m", "bench.rootpass", "child", mode, root, "--out", out]
         if profile:
             argv += ["--profile", profile]
-        check_call(argv, f"rootpass {mode} child", timeout=7200)
-        return json.loads(Path(out).read_text())
+        if code is None:
+            check_call(argv, f"rootpass {mode} child", timeout=7200)
+        else:
+            env = child_env()
+            env["PYTHONPATH"] = os.pathsep.join((code, env["PYTHONPATH"]))
+            r = subprocess.run(argv, cwd=code, env=env, capture_output=True, text=True, timeout=7200,
+                               check=False)
+            if r.returncode != 0:
+                raise RuntimeError(f"rootpass {mode} child of {code} failed ({r.returncode}):\n"
+                                   f"{r.stderr[-3000:]}")
+        res = json.loads(Path(out).read_text())
+        if code is not None and not res.get("code", "").startswith(os.path.realpath(code)):
+            raise RuntimeError(f"the baseline child imported ckptwatch from {res.get('code')}, not {code}")
+        return res
     finally:
         os.unlink(out)
 
@@ -173,17 +193,32 @@ def bench_rootpass(args: argparse.Namespace, work: Path, prof_dir: Path) -> dict
     log(f"rootpass: tree {shape}")
     res: dict = {"tree": shape, "root": str(root), "loadavg_before": loadavg(), "rows": []}
     run_once(["find", str(root), "-type", "f"])  # warm the dentry/inode caches for both sides
+    base = getattr(args, "rootpass_baseline", None)
+    if base:
+        base = os.path.realpath(base)
+        if not os.path.isfile(os.path.join(base, "ckptwatch", "__init__.py")):
+            raise SystemExit(f"--rootpass-baseline {base}: no ckptwatch/__init__.py there; extract one with "
+                             f"git archive HEAD ckptwatch | tar -x -C {base}")
+        res["baseline"] = base
     for i in range(args.repeat):
         f = _find(str(root))
+        if base and i % 2:
+            svc_base = _child_run(str(root), "service", code=base)
         svc = _child_run(str(root), "service")
+        if base and not i % 2:
+            svc_base = _child_run(str(root), "service", code=base)
         cold = _child_run(str(root), "cold")
         f2 = _find(str(root))
         row = {"find": f, "find_after": f2, "service": svc, "cold": cold, "load": loadavg()[0]}
+        if base:
+            row["service_base"] = svc_base
         res["rows"].append(row)
         log(f"rootpass {i + 1}/{args.repeat}: find {f['wall']:.2f}/{f2['wall']:.2f} s, cold "
             f"{cold['cold']['wall']:.2f} s, first {svc['first']['wall']:.2f} s, "
-            f"warm {svc['warm']['wall']:.2f} s, "
-            f"RSS {svc['rss_imports_mib']:.0f} -> {svc['rss_warm_mib']:.0f} MiB, load {row['load']:.2f}")
+            f"warm {svc['warm']['wall']:.2f} s (cpu {svc['warm']['cpu']:.2f} s)"
+            + (f", baseline warm {svc_base['warm']['wall']:.2f} s (cpu {svc_base['warm']['cpu']:.2f} s)"
+               if base else "")
+            + f", RSS {svc['rss_imports_mib']:.0f} -> {svc['rss_warm_mib']:.0f} MiB, load {row['load']:.2f}")
     res["loadavg_after"] = loadavg()
     if args.rootpass_profile:
         for mode in ("service", "cold"):
@@ -196,6 +231,12 @@ def bench_rootpass(args: argparse.Namespace, work: Path, prof_dir: Path) -> dict
         res[f"{k}_wall"] = med(r[side][k]["wall"] for r in res["rows"])
         res[f"{k}_cpu"] = med(r[side][k]["cpu"] for r in res["rows"])
         res[f"{k}_ratio"] = res[f"{k}_wall"] / find_wall
+    if base:
+        for k in ("first", "warm"):
+            res[f"base_{k}_wall"] = med(r["service_base"][k]["wall"] for r in res["rows"])
+            res[f"base_{k}_cpu"] = med(r["service_base"][k]["cpu"] for r in res["rows"])
+            res[f"base_{k}_ratio"] = res[f"base_{k}_wall"] / find_wall
+        res["base_rss_warm_mib"] = med(r["service_base"]["rss_warm_mib"] for r in res["rows"])
     for k in ("rss_imports_mib", "rss_first_mib", "rss_warm_mib"):
         res[k] = med(r["service"][k] for r in res["rows"])
     res["cache_entries"] = res["rows"][0]["service"]["cache_entries"]
@@ -205,10 +246,15 @@ def bench_rootpass(args: argparse.Namespace, work: Path, prof_dir: Path) -> dict
     res["valid"] = (all(r["service"]["first_equals_warm"] and r["service"]["digest"] == r["cold"]["digest"]
                         for r in res["rows"])
                     and last["cold"]["statuses"] == {"complete": shape["checkpoints"]}
-                    and all(r["find"]["exit"] == 0 for r in res["rows"]))
+                    and all(r["find"]["exit"] == 0 for r in res["rows"])
+                    and all(r["service_base"]["first_equals_warm"] and r["service_base"]["digest"]
+                            == r["cold"]["digest"] for r in res["rows"] if base))
     res["verdicts_digest"] = last["cold"]["digest"]
-    log(f"rootpass: find {find_wall:.2f} s; cold x{res['cold_ratio']:.2f}, first x{res['first_ratio']:.2f}, "
-        f"warm x{res['warm_ratio']:.2f}; valid {res['valid']} (verdicts {res['verdicts_digest'][:12]})")
+    log(f"rootpass: find {find_wall:.2f} s (cpu {res['find_cpu']:.2f} s); cold x{res['cold_ratio']:.2f}, "
+        f"first x{res['first_ratio']:.2f}, warm x{res['warm_ratio']:.2f} (cpu {res['warm_cpu']:.2f} s)"
+        + (f", baseline warm x{res['base_warm_ratio']:.2f} (cpu {res['base_warm_cpu']:.2f} s)"
+           if base else "")
+        + f"; valid {res['valid']} (verdicts {res['verdicts_digest'][:12]})")
     return res
 
 

@@ -331,6 +331,11 @@ def rows(results: dict) -> list[dict]:
             add("1b rootpass", f"{what}, {files:,} files", w, f"{w:.2f} s (cpu {rp[f'{key}_cpu']:.2f} s)", f,
                 f"find -printf {f:.2f} s", w / f, "<= 2.5x (goal 1.5x)" if key == "warm" else "(context)",
                 w / f <= 2.5 if key == "warm" else None)
+        if "base_warm_wall" in rp:
+            bw = rp["base_warm_wall"]
+            add("1b rootpass", f"baseline's service rescan ({rp['baseline']})", bw,
+                f"{bw:.2f} s (cpu {rp['base_warm_cpu']:.2f} s)", f, f"find -printf {f:.2f} s", bw / f,
+                "(context)", None)
         add("1b rootpass", "RSS after the warm pass", rp["rss_warm_mib"], f"{rp['rss_warm_mib']:.0f} MiB "
             f"({rp['cache_rss_per_checkpoint_bytes']:.0f} B/ckpt over imports)", rp["rss_imports_mib"],
             f"imports {rp['rss_imports_mib']:.0f} MiB", None, "(context)", None)
@@ -513,6 +518,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="rootpass: runs of 100 checkpoints x 10 files (default 100 = 100,000 files)")
     ap.add_argument("--rootpass-big", action="store_true",
                     help="rootpass: 10,000 runs (1,000,000 files; slow to build: keep it with --keep)")
+    ap.add_argument("--rootpass-baseline", metavar="DIR",
+                    help="rootpass: also run DIR/ckptwatch's service (e.g. main's, from git archive), "
+                         "interleaved with ours")
     ap.add_argument("--rootpass-profile", action="store_true",
                     help="rootpass: also profile (cProfile, untimed runs) the cold and the warm pass")
     ap.add_argument("--header-gb", type=float, help="header: data size in GB (10^9 bytes; default 10)")

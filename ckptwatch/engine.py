@@ -29,7 +29,7 @@ from ckptwatch.hazards import CheckpointFacts, checkpoint_hazards, run_hazards
 from ckptwatch.layouts.base import Candidate, CheckOptions, Judgement, RankFile, RunFound
 from ckptwatch.model import Hazard, Problem, Ranks, RunReport, Severity, Status, Verdict
 from ckptwatch.resume import resume_choice, run_report
-from ckptwatch.scan import TreeStat, display, tree
+from ckptwatch.scan import TreeStat, display, quick_digest, tree
 from ckptwatch.settle import Settle, is_abandoned, settle_state
 from ckptwatch.vocabulary import severity_of, status_from
 
@@ -48,13 +48,18 @@ class Cached:
     the run-level inputs it was built from, and ``facts``, its hazard facts) is the last verdict built
     from this judgement when no time rule could change it: a settled checkpoint with no transient
     finding. A rescan that finds the same fingerprint and key, still settled, reuses it as it is.
+
+    ``quick`` is ``TreeStat.quick`` of a look with this fingerprint (None: the checkpoint holds a link or a
+    finding, or is a file): while a verdict is kept, a rescan re-checks the checkpoint with
+    ``scan.quick_digest`` alone, and walks it in full only when that differs.
     """
 
-    __slots__ = ("fingerprint", "judgement", "key", "verdict", "facts")
+    __slots__ = ("fingerprint", "judgement", "key", "verdict", "facts", "quick")
 
-    def __init__(self, fingerprint: int, judgement: Judgement) -> None:
+    def __init__(self, fingerprint: int, judgement: Judgement, quick: int | None = None) -> None:
         self.fingerprint = fingerprint
         self.judgement = judgement
+        self.quick = quick
         self.key: tuple | None = None
         self.verdict: Verdict | None = None
         self.facts: CheckpointFacts | None = None
@@ -195,13 +200,24 @@ def _fingerprint(stat: TreeStat) -> int:
     return stat.digest
 
 
-def _judge_candidate(run: RunFound, cand: Candidate, opts: CheckOptions,
-                     cache: JudgementCache | None = None) -> tuple[Judgement, TreeStat]:
+def _judge_candidate(run: RunFound, cand: Candidate, opts: CheckOptions, cache: JudgementCache | None = None,
+                     quick: bool = False) -> tuple[Judgement, TreeStat | None]:
+    """The layout's judgement of ``cand`` and the look it was made on.
+
+    With ``quick`` (the cached rescan), a checkpoint whose cache entry holds a kept verdict is re-checked
+    with ``quick_digest`` only; when that matches, the stat is None: the caller reuses the kept verdict,
+    or judges the run again without ``quick`` if it cannot.
+    """
+    if cache is not None:
+        hit = cache.get(cand.path)
+        if (quick and hit is not None and hit.verdict is not None and hit.quick is not None
+                and not cand.members and quick_digest(cand.path) == hit.quick):
+            return hit.judgement, None
     stat = _stat_candidate(run, cand)
     fingerprint = _fingerprint(stat)  # a 64-bit hash (TreeStat.digest), never the listing itself
     if cache is not None:
-        hit = cache.get(cand.path)
         if hit is not None and hit.fingerprint == fingerprint:
+            hit.quick = stat.quick  # this look has the judged files too (its quick digest may be new)
             return hit.judgement, stat
     # Layouts that list every file reuse the listing instead of walking again; it is dropped right after,
     # so a pass never holds every file's entry of the root at once (memory, and the collector's work).
@@ -230,7 +246,7 @@ def _judge_candidate(run: RunFound, cand: Candidate, opts: CheckOptions,
     # it is judged again next time, like a transient finding.
     if cache is not None and not any(severity_of(p.kind) is Severity.TRANSIENT or p.kind == EXCEEDS_LIMITS
                                      for p in judgement.problems):
-        cache[cand.path] = Cached(fingerprint, judgement)
+        cache[cand.path] = Cached(fingerprint, judgement, None if cand.members else stat.quick)
     return judgement, stat
 
 
@@ -314,10 +330,10 @@ def judge_run(run: RunFound, opts: CheckOptions, now: float, *, only: str | None
 
 
 def _judge_run(run: RunFound, opts: CheckOptions, now: float, *, only: str | None,
-               cache: JudgementCache | None) -> RunReport:
+               cache: JudgementCache | None, quick: bool = True) -> RunReport:
     cands = sorted(run.candidates, key=lambda c: c.sort_key())
     if cache is not None and only is None:
-        judged = [(c, *_judge_candidate(run, c, opts, cache)) for c in cands]
+        judged = [(c, *_judge_candidate(run, c, opts, cache, quick)) for c in cands]
     elif only is None:
         judged = _judge_all(run, cands, opts)
     else:
@@ -340,6 +356,10 @@ def _judge_run(run: RunFound, opts: CheckOptions, now: float, *, only: str | Non
             verdicts.append(entry.verdict)
             facts.append(entry.facts)
             continue
+        if stat is None:
+            # Re-checked by the quick digest only, and its kept verdict does not fit any more (the run's
+            # inputs changed): judge the whole run again the ordinary way, every checkpoint walked.
+            return _judge_run(run, opts, now, only=only, cache=cache, quick=False)
         ranks, rank_problems = _rank_facts(cand, j, widest, opts)
         found = [*j.problems, *stat.problems, *_temp_files(stat), *rank_problems]
         problems = _apply_time_rules(cand, found, stat, opts, now)

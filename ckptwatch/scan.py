@@ -8,10 +8,10 @@ those is a finding here, not an exception, and the scan always finishes.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from operator import attrgetter, itemgetter
-from stat import S_ISDIR, S_ISREG
+from stat import S_IFDIR, S_IFMT, S_IFREG, S_ISDIR, S_ISREG
 from typing import NamedTuple
 
 from ckptwatch.formats._io import (
@@ -136,6 +136,9 @@ class TreeStat:
     files: tuple[Entry, ...]
     problems: tuple[Problem, ...]
     newest_dir_mtime: float = 0.0  # a rename or delete inside changes only the directory's mtime
+    # ``quick_digest`` of the same look (same stat results), or None where the quick walk gives up (a link,
+    # a finding, a file checkpoint): the judgement cache re-checks a settled checkpoint with it.
+    quick: int | None = field(default=None, compare=False)
 
     @property
     def newest_mtime(self) -> float:
@@ -175,14 +178,16 @@ def tree(path: str, root: str) -> TreeStat:
         return TreeStat((Entry(os.path.basename(path), path, False, S_ISREG(st.st_mode),
                                os.path.islink(path), st.st_size, st.st_mtime, st.st_mode, st.st_ino,
                                st.st_ctime),), ())
-    stack = [(path, 0)]
-    newest_dir = st.st_mtime
+    stack = [(path, 0, "")]
+    newest_dir = top_mtime = st.st_mtime
     walked = 0
+    acc = 0  # quick_digest's XOR over the same stat results (TreeStat.quick)
+    linked = False  # a symlink anywhere: quick_digest gives up on it, so no quick digest
     # One loop per entry (this is the service's rescan over every file of a root): what ``list_dir`` would
     # report comes first, in listing order, then this walk's own findings and sub-directories in name order,
     # exactly as a walk over ``list_dir``'s sorted entries would give them.
     while stack:
-        d, depth = stack.pop()
+        d, depth, prefix = stack.pop()
         try:
             with os.scandir(d) as it:
                 raw = list(it)
@@ -191,6 +196,7 @@ def tree(path: str, root: str) -> TreeStat:
             continue
         later: list[tuple[str, Problem | None, str]] = []  # (name, finding or None for a dir to walk, path)
         walked += 1
+        here = 0  # this directory's part of the quick digest (see _quick_dir)
         for de in raw:
             name = de.name
             ours = OWN_MARK in name  # one test per entry for the three names that are ckptwatch's own
@@ -205,6 +211,8 @@ def tree(path: str, root: str) -> TreeStat:
             except OSError as exc:
                 problems.append(_unstatable(de.path, is_link, exc))
                 continue
+            if is_link:
+                linked = True
             if ours and (name.endswith(PIN_NAME) or name.startswith(MIRROR_PREFIX)):
                 continue
             mode = st.st_mode
@@ -212,11 +220,13 @@ def tree(path: str, root: str) -> TreeStat:
                 later.append((name, unsafe_link_problem(de.path, os.path.realpath(de.path),
                                                         os.path.realpath(root)), de.path))
             elif S_ISREG(mode):
-                files.append(_entry((name, de.path, False, True, is_link, st.st_size, st.st_mtime, mode,
-                                     st.st_ino, st.st_ctime)))
+                size, mtime, ino, ctime = st.st_size, st.st_mtime, st.st_ino, st.st_ctime
+                files.append(_entry((name, de.path, False, True, is_link, size, mtime, mode, ino, ctime)))
+                here ^= hash((name, mode, size, mtime, ino, ctime))
             elif S_ISDIR(mode):
                 if is_link:
                     continue
+                here ^= hash((name, mode, st.st_size, st.st_mtime, st.st_ino, st.st_ctime))
                 if st.st_mtime > newest_dir:
                     newest_dir = st.st_mtime
                 if depth + 1 < MAX_TREE_DEPTH:
@@ -228,15 +238,97 @@ def tree(path: str, root: str) -> TreeStat:
                                                 "lies below it was not examined"), p))
             else:
                 later.append((name, not_regular_problem(de.path, kind_of_mode(mode)), de.path))
+        acc ^= hash((prefix, here)) if prefix else here
         if later:
             later.sort(key=_first)
-            for _, finding, p in later:
+            for name, finding, p in later:
                 if finding is None:
-                    stack.append((p, depth + 1))
+                    stack.append((p, depth + 1, f"{prefix}{name}/"))
                 else:
                     problems.append(finding)
     if walked == 1:
         files.sort()  # one directory: by name (unique), which is path order, compared in C
     else:
         files.sort(key=_path_of)
-    return TreeStat(tuple(files), tuple(problems), newest_dir)
+    quick = None if problems or linked else hash((acc, top_mtime))
+    return TreeStat(tuple(files), tuple(problems), newest_dir, quick)
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_S_IFMT, _S_IFREG, _S_IFDIR = S_IFMT(0o177777), S_IFREG, S_IFDIR
+
+
+def quick_digest(path: str) -> int | None:
+    """``tree(path, ...).quick`` without building the listing, or None: the judgement cache's re-check.
+
+    A settled checkpoint is looked at again every rescan only to learn that nothing changed. This walk
+    computes just the 64-bit digest ``tree`` computes alongside its listing (every file's and
+    sub-directory's relative path, mode, size, mtime, inode and ctime, XOR-combined so listing order does
+    not matter, and the directory's own mtime), with no entry tuples, paths or findings. Anything a
+    plain walk of regular files and directories would not meet gives None, and the caller walks with
+    ``tree``: a symlink, a FIFO or other special file, an error, a name that is not UTF-8, too deep a tree.
+    Directories are opened with ``O_NOFOLLOW`` relative to their parent's descriptor and the entries are
+    stat'ed relative to it (``fstatat``, no path resolution per file; what ``find`` does): a directory
+    swapped for a link mid-walk fails the open (None) and is never followed. Every descriptor opened here
+    is closed before it returns.
+
+    The digest is stricter than ``TreeStat.digest`` (it also covers sub-directories' inodes and ctimes), so
+    a match means the files a judgement was made on are unchanged; a mismatch only costs the full walk.
+    """
+    try:
+        fd = os.open(path, _DIR_FLAGS)
+    except OSError:
+        return None
+    try:
+        acc = _quick_dir(fd, "", 0)
+        if acc is None:
+            return None
+        return hash((acc, os.fstat(fd).st_mtime))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _quick_dir(fd: int, prefix: str, depth: int) -> int | None:
+    """The quick digest's part for the open directory ``fd`` and all below it; OSError passes.
+
+    Per directory, the XOR of one hash per entry (name, mode, size, mtime, inode, ctime); below the top,
+    hashed with the directory's relative path; the parts XOR-ed together. ``tree`` computes the same from
+    its own stat results. The inner loop is the rescan's per-file cost: a name from ``listdir`` and one
+    ``fstatat`` (``os.stat`` with ``dir_fd``, not following a link), nothing else that allocates.
+    """
+    here = 0
+    subdirs = None
+    stat = os.stat
+    for name in os.listdir(fd):
+        ours = OWN_MARK in name
+        if ours and name == TRASH_NAME:
+            continue
+        if not name.isascii() and not _utf8(name):
+            return None
+        st = stat(name, dir_fd=fd, follow_symlinks=False)
+        mode = st.st_mode
+        kind = mode & _S_IFMT  # S_ISREG / S_ISDIR without a call each: this loop runs once per file
+        if kind != _S_IFREG and kind != _S_IFDIR:
+            return None  # a link (not followed here), a FIFO, a socket, a device
+        if ours and (name.endswith(PIN_NAME) or name.startswith(MIRROR_PREFIX)):
+            continue
+        if kind == _S_IFDIR:
+            if depth + 1 >= MAX_TREE_DEPTH:
+                return None
+            if subdirs is None:
+                subdirs = []
+            subdirs.append(name)
+        here ^= hash((name, mode, st.st_size, st.st_mtime, st.st_ino, st.st_ctime))
+    acc = hash((prefix, here)) if prefix else here
+    for name in subdirs or ():
+        sub = os.open(name, _DIR_FLAGS, dir_fd=fd)
+        try:
+            below = _quick_dir(sub, f"{prefix}{name}/", depth + 1)
+        finally:
+            os.close(sub)
+        if below is None:
+            return None
+        acc ^= below
+    return acc
