@@ -54,10 +54,10 @@ class ReadLimits:
 
 @functools.cache
 def default_limits() -> ReadLimits:
-    """The ``[service]`` defaults (the config section is the only home of defaults)."""
-    from ckptwatch.config.service import ServiceConfig
+    """The ``[service]`` defaults, read without building the section (config/defaults.py)."""
+    from ckptwatch.config import defaults
 
-    return limits_of(ServiceConfig())
+    return ReadLimits(defaults.MAX_SECONDS_PER_FILE, defaults.MAX_MEMORY_PER_FILE)
 
 
 def limits_of(service: ServiceConfig) -> ReadLimits:
