@@ -13,8 +13,7 @@ named adapters (``<name>/`` sub-dirs) are often frozen on purpose, and flagging 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ckptwatch.model import Hazard
 from ckptwatch.scan import display
@@ -27,8 +26,7 @@ DRIFT_KEYS = ("r", "lora_alpha", "target_modules")
 DRIFT_KEYS_IF_RECORDED = ("use_rslora", "use_dora", "modules_to_save", "rank_pattern", "alpha_pattern")
 
 
-@dataclass(frozen=True)
-class CheckpointFacts:
+class CheckpointFacts(NamedTuple):
     """What the hazard rules need to know about one checkpoint of a run, in step order."""
 
     path: str

@@ -10,14 +10,14 @@ hazards do not block. ``allow_hazards`` (``latest --allow-hazards``) is the oper
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
+from typing import NamedTuple
 
 from ckptwatch.model import Hazard, Problem, RunReport, Status, Verdict
 from ckptwatch.vocabulary import blocks_resume
 
 
-@dataclass(frozen=True)
-class ResumeChoice:
+class ResumeChoice(NamedTuple):
     newest_complete: Verdict | None
     newest_resumable: Verdict | None
 

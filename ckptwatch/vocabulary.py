@@ -11,13 +11,12 @@ verdict (``severity_of``, ``status_from``, ``file_ok``) and what its message say
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ckptwatch.model import FileCheck, Hazard, Problem, Severity, Status
 
 
-@dataclass(frozen=True)
-class Kind:
+class Kind(NamedTuple):
     name: str
     severity: Severity
     meaning: str

@@ -31,8 +31,7 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from ckptwatch.formats._io import FormatError
 
@@ -44,8 +43,7 @@ _RSS_EVERY = 0.02  # CPU seconds between two looks at the resident set size
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
-@dataclass(frozen=True)
-class ReadLimits:
+class ReadLimits(NamedTuple):
     """What one file may cost a reader: CPU seconds of the reading thread and bytes of memory."""
 
     seconds: float

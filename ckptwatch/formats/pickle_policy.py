@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ckptwatch.model import Problem
 
@@ -180,8 +180,7 @@ def weights_only_refuses(full: str) -> bool:
     return module in WEIGHTS_ONLY_BLOCKED_MODULES or full not in WEIGHTS_ONLY_GLOBALS
 
 
-@dataclass(frozen=True)
-class PickleGlobals:
+class PickleGlobals(NamedTuple):
     """The judgement of one stream's globals: (global, why) that run code, and those that need trust."""
 
     unsafe: tuple[tuple[str, str], ...]

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ckptwatch.formats._io import problem_from_oserror
 from ckptwatch.formats.limits import ReadLimits
@@ -56,8 +56,7 @@ class Candidate:
         return self.order or (self.step if self.step is not None else -1,)
 
 
-@dataclass(frozen=True)
-class RankFile:
+class RankFile(NamedTuple):
     """The file a rank writes, for messages naming a missing rank: ``template.format(r=, tp=, pp=)``.
 
     A value, not a closure, so judgements can cross a process boundary. With ``tp_width`` the rank
