@@ -43,7 +43,7 @@ import pickle
 import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 from ckptwatch.formats._io import FormatError
 from ckptwatch.formats._show import show_brief
@@ -186,8 +186,7 @@ class TensorRef:
         return self.offset + 1 + sum((s - 1) * st for s, st in zip(self.size, self.stride, strict=True))
 
 
-@dataclass(frozen=True)
-class PickleWalk:
+class PickleWalk(NamedTuple):
     """The result of walking one pickle stream.
 
     ``obj`` is the unpickled object graph made of builtins, stubs and the refs above; ``storages`` maps
