@@ -17,7 +17,6 @@ Nothing here imports torch or numpy.
 from __future__ import annotations
 
 import functools
-import mmap
 import os
 import stat
 import zlib
@@ -29,7 +28,7 @@ from ckptwatch.formats.limits import KIND as LIMIT_KIND
 from ckptwatch.formats.limits import file_budget, unmetered
 from ckptwatch.model import FileCheck, Problem
 
-PAGE = mmap.PAGESIZE
+PAGE = os.sysconf("SC_PAGE_SIZE")  # mmap.PAGESIZE, without importing mmap on every start (no stream read)
 CHUNK = 4 << 20  # 4 MiB: fastest measured size that stays in cache (perf-baselines §3-4)
 PARALLEL_MIN = 64 << 20  # with threads > 1, only this much data or more is split between threads
 SEGMENT = 32 << 20  # bytes per thread job
@@ -128,6 +127,8 @@ class AlignedBuffer:
     """A page-aligned scratch buffer of ``size`` bytes (plus one page of slack for offset matching)."""
 
     def __init__(self, size: int = CHUNK) -> None:
+        import mmap  # here, not at the top: only streaming reads (--deep, CRCs) make a buffer
+
         self._map = mmap.mmap(-1, size + PAGE)
         self.view = memoryview(self._map)
         self.size = size
