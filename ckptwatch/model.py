@@ -3,16 +3,17 @@
 Findings are data, not exceptions: a validator that sees a truncated file returns a ``Problem``; it does
 not raise. Everything here is frozen so a verdict can be cached, compared across scans and stored.
 
-``Problem``, ``Hazard`` and ``Ranks`` are ``NamedTuple`` records, the others frozen dataclasses: every
-command imports this module, a frozen dataclass costs ~0.7 ms of CPU to create and a NamedTuple ~0.1 ms
-(``ckptwatch latest``'s start-up is measured: bench/startup.py). The records are immutable, compare by
-value and hash as the dataclasses did; ``dataclasses.replace`` is only ever applied to the others.
+``Problem``, ``Hazard`` and ``Ranks`` are ``NamedTuple`` records and ``FileCheck`` a class written out,
+``Verdict`` and ``RunReport`` frozen dataclasses: every command imports this module, a frozen dataclass
+costs ~0.7 ms of CPU to create and a NamedTuple ~0.15 ms (``ckptwatch latest``'s start-up is measured:
+bench/startup.py). All are immutable, compare by value and hash as the dataclasses did;
+``dataclasses.replace`` is only ever applied to the two dataclasses.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import FrozenInstanceError, dataclass
 from typing import Any, NamedTuple
 
 
@@ -59,17 +60,43 @@ class Hazard(NamedTuple):
     message: str
 
 
-@dataclass(frozen=True)
 class FileCheck:
     """What a format reader found in one file: its problems and the facts later checks cross-check.
 
     ``facts`` is format specific (tensor table of a safetensors header, storage table and scalar
     metadata of a pickle, ...) and documented by the reader that fills it.
+
+    Written out rather than a frozen dataclass (~0.7 ms of CPU to create at import) or a NamedTuple
+    (whose default would be one dict shared by every instance): read-only, compared and hashed by path
+    and problems (the facts are not compared), pickled with its attributes as the dataclass was.
     """
 
     path: str
-    problems: tuple[Problem, ...] = ()
-    facts: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    problems: tuple[Problem, ...]
+    facts: dict[str, Any]
+
+    def __init__(self, path: str, problems: tuple[Problem, ...] = (),
+                 facts: dict[str, Any] | None = None) -> None:
+        object.__setattr__(self, "path", path)
+        object.__setattr__(self, "problems", problems)
+        object.__setattr__(self, "facts", {} if facts is None else facts)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return (self.path, self.problems) == (other.path, other.problems)  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((self.path, self.problems))
+
+    def __repr__(self) -> str:
+        return f"FileCheck(path={self.path!r}, problems={self.problems!r}, facts={self.facts!r})"
 
 
 class Ranks(NamedTuple):
