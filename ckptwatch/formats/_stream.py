@@ -52,7 +52,27 @@ def _pick_crc() -> tuple[str, Callable[..., int], Callable[[int, int, int], int]
     return "zlib", zlib.crc32, None, True
 
 
-CRC_IMPL, crc32, _crc32_combine, _CRC_RELEASES_GIL = _pick_crc()
+# The CRC in use, set by ``_load_crc`` on first use: its name, ``crc32(data, value)``, its
+# ``crc32_combine`` or None, and whether it releases the GIL. Not at import: importing isal costs ~1 ms
+# of CPU, and most commands (``ckptwatch latest``, every structural check) compute no CRC.
+CRC_IMPL: str
+crc32: Callable[..., int]
+_crc32_combine: Callable[[int, int, int], int] | None
+_CRC_RELEASES_GIL: bool
+
+
+def _load_crc() -> None:
+    global CRC_IMPL, crc32, _crc32_combine, _CRC_RELEASES_GIL
+    if "crc32" not in globals():
+        CRC_IMPL, crc32, _crc32_combine, _CRC_RELEASES_GIL = _pick_crc()
+
+
+def __getattr__(name: str) -> Any:
+    """The four names above, read from outside (``CRC_IMPL``, a test's monkeypatch) before any CRC ran."""
+    if name in ("CRC_IMPL", "crc32", "_crc32_combine", "_CRC_RELEASES_GIL"):
+        _load_crc()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # Told the size of every chunk the streaming reads below deliver (``verify --deep``'s progress bar); None
 # (the default, and the service's setting) costs one comparison per 4 MiB chunk.
@@ -194,6 +214,8 @@ def _crc_pipelined(fd: int, ranges: list[tuple[int, int]], path: str) -> list[in
     """
     from concurrent.futures import ThreadPoolExecutor  # only --deep needs threads; keep start-up light
 
+    _load_crc()
+
     def pieces() -> Iterator[tuple[int, int, int]]:
         for index, (s, e) in enumerate(ranges):
             pos = s
@@ -302,6 +324,7 @@ def read_ahead(readinto: Callable[[memoryview], int], *, on_read: Callable[[memo
 
 
 def _crc_segment(fd: int, start: int, end: int, path: str) -> int:
+    _load_crc()
     crc = 0
     with AlignedBuffer() as buf:
         for chunk in iter_range(fd, start, end, path, buf):
@@ -328,6 +351,7 @@ def crc32_ranges(fd: int, ranges: list[tuple[int, int]], path: str, *, threads: 
     combines them in order; it only pays off with a CRC that releases the GIL (isal, stdlib zlib) and a
     free second core, so the default is one thread.
     """
+    _load_crc()
     with unmetered():
         return _crc32_ranges(fd, ranges, path, threads)
 
@@ -406,6 +430,7 @@ def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
     """CRC-32 of A+B from crc32(A), crc32(B) and len(B)."""
     if len2 == 0:
         return crc1
+    _load_crc()
     return (
         _crc32_combine(crc1, crc2, len2)
         if _crc32_combine is not None
