@@ -43,7 +43,7 @@ import pickle
 import posixpath
 from collections.abc import Mapping
 from dataclasses import FrozenInstanceError
-from typing import Any, NamedTuple
+from typing import Any
 
 from ckptwatch.formats._io import FormatError
 from ckptwatch.formats._show import show_brief
@@ -239,7 +239,7 @@ class TensorRef(_Record):
         return self.offset + 1 + sum((s - 1) * st for s, st in zip(self.size, self.stride, strict=True))
 
 
-class PickleWalk(NamedTuple):
+class PickleWalk(_Record):
     """The result of walking one pickle stream.
 
     ``obj`` is the unpickled object graph made of builtins, stubs and the refs above; ``storages`` maps
@@ -247,12 +247,22 @@ class PickleWalk(NamedTuple):
     ``tensors`` every ``TensorRef`` built; ``end`` the offset just past the STOP opcode.
     """
 
+    __slots__ = ("obj", "storages", "globals", "tensors", "end", "protocol")
     obj: Any
     storages: dict[str, StorageRef]
     globals: frozenset[str]
     tensors: tuple[TensorRef, ...]
     end: int
     protocol: int
+
+    def __init__(self, obj: Any, storages: dict[str, StorageRef], globals_: frozenset[str],
+                 tensors: tuple[TensorRef, ...], end: int, protocol: int) -> None:
+        _set(self, "obj", obj)
+        _set(self, "storages", storages)
+        _set(self, "globals", globals_)
+        _set(self, "tensors", tensors)
+        _set(self, "end", end)
+        _set(self, "protocol", protocol)
 
 
 # --------------------------------------------------------------------------------------------------
