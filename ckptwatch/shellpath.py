@@ -16,16 +16,23 @@ from __future__ import annotations
 
 import os
 import re
-from typing import BinaryIO, NamedTuple
+from typing import BinaryIO
+
+from ckptwatch.model import Record, set_field
 
 _ESCAPE = re.compile(r"\\x([0-9a-f]{2})")
 
 
-class ShellPath(NamedTuple):
+class ShellPath(Record):
     """The exact bytes of a shown path, and why it must not be printed bare (``None``: it may be)."""
 
+    __slots__ = ("raw", "refusal")
     raw: bytes | None  # None: the bytes could not be recovered unambiguously
     refusal: str | None
+
+    def __init__(self, raw: bytes | None, refusal: str | None) -> None:
+        set_field(self, "raw", raw)
+        set_field(self, "refusal", refusal)
 
 
 def _display(raw: bytes) -> str:

@@ -31,9 +31,10 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from ckptwatch.formats._io import FormatError
+from ckptwatch.model import Record, set_field
 
 if TYPE_CHECKING:
     from ckptwatch.config.service import ServiceConfig
@@ -43,11 +44,16 @@ _RSS_EVERY = 0.02  # CPU seconds between two looks at the resident set size
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
-class ReadLimits(NamedTuple):
+class ReadLimits(Record):
     """What one file may cost a reader: CPU seconds of the reading thread and bytes of memory."""
 
+    __slots__ = ("seconds", "memory")
     seconds: float
     memory: int
+
+    def __init__(self, seconds: float, memory: int) -> None:
+        set_field(self, "seconds", seconds)
+        set_field(self, "memory", memory)
 
 
 @functools.cache

@@ -13,11 +13,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 from ckptwatch.formats._io import problem_from_oserror
 from ckptwatch.formats.limits import ReadLimits
-from ckptwatch.model import Hazard, Problem, Verdict
+from ckptwatch.model import Hazard, Problem, Record, Verdict, set_field
 from ckptwatch.scan import Entry, display
 
 
@@ -62,15 +62,20 @@ class Candidate:
         return self.order or (self.step if self.step is not None else -1,)
 
 
-class RankFile(NamedTuple):
+class RankFile(Record):
     """The file a rank writes, for messages naming a missing rank: ``template.format(r=, tp=, pp=)``.
 
     A value, not a closure, so judgements can cross a process boundary. With ``tp_width`` the rank
     number is a cell of a tensor x pipeline grid (Megatron): ``tp = r % tp_width``, ``pp = r // tp_width``.
     """
 
+    __slots__ = ("template", "tp_width")
     template: str
-    tp_width: int = 0
+    tp_width: int
+
+    def __init__(self, template: str, tp_width: int = 0) -> None:
+        set_field(self, "template", template)
+        set_field(self, "tp_width", tp_width)
 
     def __call__(self, r: int) -> str:
         if self.tp_width:
