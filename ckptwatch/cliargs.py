@@ -38,9 +38,7 @@ def positive_int(text: str) -> int:
 
 
 def add_check_args(p: argparse.ArgumentParser) -> None:
-    from ckptwatch.config import ServiceConfig
-
-    defaults = ServiceConfig()  # the one home of the defaults the help states
+    from ckptwatch.config import defaults  # the [service] defaults the help states
     p.add_argument("--json", action="store_true", help="print the versioned JSON report (see README)")
     p.add_argument("--deep", action="store_true",
                    help="also read every byte: zip CRCs, full safetensors reads, MindSpore CRC, "
@@ -49,10 +47,10 @@ def add_check_args(p: argparse.ArgumentParser) -> None:
                    help="with --deep: flag NaN/Inf and all-zero tensors in safetensors files")
     p.add_argument("--settle", type=float, default=None, metavar="SECONDS",
                    help="anything modified within this many seconds is in_progress (default: the config's "
-                        f"service.settle_seconds, else {defaults.settle_seconds:g})")
+                        f"service.settle_seconds, else {defaults.SETTLE_SECONDS:g})")
     p.add_argument("--stale-after", type=duration, default=None, metavar="DURATION",
                    help="a temp/staging marker older than this means a killed save (default: the config's "
-                        f"service.stale_after, else {defaults.stale_after:g} s)")
+                        f"service.stale_after, else {defaults.STALE_AFTER:g} s)")
     p.add_argument("--expected-ranks", type=positive_int, metavar="N",
                    help="ranks to expect when neither metadata nor sibling checkpoints tell")
     p.add_argument("--layout", default="auto", choices=("auto", *NAMES), help="force one layout")
@@ -65,13 +63,21 @@ def check_options(args: argparse.Namespace, config: "Config | None" = None,
         raise UsageError(f"--settle must be 0 or more, not {args.settle:g}")
     if args.scan_values and not args.deep:
         raise UsageError("--scan-values reads every tensor; it needs --deep")
-    from ckptwatch.config import ServiceConfig, override
-    from ckptwatch.formats.limits import limits_of
+    from ckptwatch.formats.limits import default_limits, limits_of
     from ckptwatch.layouts.base import CheckOptions
 
-    service = override(config.service if config else ServiceConfig(),
-                       {"settle_seconds": args.settle, "stale_after": args.stale_after})
+    if config is None and args.settle is None and args.stale_after is None:
+        # The [service] defaults as they are: no section to build (~3 ms of `latest RUN`'s start-up).
+        from ckptwatch.config import defaults
+
+        settle, stale, limits = defaults.SETTLE_SECONDS, defaults.STALE_AFTER, default_limits()
+    else:
+        from ckptwatch.config import ServiceConfig, override
+
+        service = override(config.service if config else ServiceConfig(),
+                           {"settle_seconds": args.settle, "stale_after": args.stale_after})
+        settle, stale, limits = service.settle_seconds, service.stale_after, limits_of(service)
     ranks = args.expected_ranks or (watch.expected_ranks if watch else None)
-    return CheckOptions(deep=args.deep, scan_values=args.scan_values, settle_seconds=service.settle_seconds,
-                        stale_after=service.stale_after, expected_ranks=ranks, limits=limits_of(service),
+    return CheckOptions(deep=args.deep, scan_values=args.scan_values, settle_seconds=settle,
+                        stale_after=stale, expected_ranks=ranks, limits=limits,
                         allow_hazards=getattr(args, "allow_hazards", False))

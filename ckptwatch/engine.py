@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -410,7 +409,11 @@ def _judge_all(run: RunFound, cands: list[Candidate],
     """
     global _FORK_JOB
     workers = min(os.cpu_count() or 1, 4)
-    if len(cands) < PARALLEL_MIN_CHECKPOINTS or workers < 2 or threading.active_count() > 1:
+    if len(cands) < PARALLEL_MIN_CHECKPOINTS or workers < 2:
+        return [(c, *_judge_candidate(run, c, opts)) for c in cands]
+    import threading  # here, not at the top: `latest` on a small run does not need it
+
+    if threading.active_count() > 1:
         return [(c, *_judge_candidate(run, c, opts)) for c in cands]
     import multiprocessing  # 14 ms of start-up that small runs and `verify` do not need
 

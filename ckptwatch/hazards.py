@@ -13,10 +13,9 @@ named adapters (``<name>/`` sub-dirs) are often frozen on purpose, and flagging 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Any
 
-from ckptwatch.model import Hazard
+from ckptwatch.model import Hazard, Record, set_field
 from ckptwatch.scan import display
 
 EMPTY_ADAPTER_BYTES = 1024
@@ -27,14 +26,21 @@ DRIFT_KEYS = ("r", "lora_alpha", "target_modules")
 DRIFT_KEYS_IF_RECORDED = ("use_rslora", "use_dora", "modules_to_save", "rank_pattern", "alpha_pattern")
 
 
-@dataclass(frozen=True)
-class CheckpointFacts:
+class CheckpointFacts(Record):
     """What the hazard rules need to know about one checkpoint of a run, in step order."""
 
+    __slots__ = ("path", "step", "adapters", "full_weights")
     path: str
     step: int | None
     adapters: dict[str, dict[str, Any]]
     full_weights: list[tuple[str, int]]
+
+    def __init__(self, path: str, step: int | None, adapters: dict[str, dict[str, Any]],
+                 full_weights: list[tuple[str, int]]) -> None:
+        set_field(self, "path", path)
+        set_field(self, "step", step)
+        set_field(self, "adapters", adapters)
+        set_field(self, "full_weights", full_weights)
 
 
 def checkpoint_hazards(facts: CheckpointFacts) -> list[Hazard]:

@@ -10,16 +10,20 @@ hazards do not block. ``allow_hazards`` (``latest --allow-hazards``) is the oper
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
-from ckptwatch.model import Hazard, Problem, RunReport, Status, Verdict
+from ckptwatch.model import Hazard, Problem, Record, RunReport, Status, Verdict, set_field
 from ckptwatch.vocabulary import blocks_resume
 
 
-@dataclass(frozen=True)
-class ResumeChoice:
+class ResumeChoice(Record):
+    __slots__ = ("newest_complete", "newest_resumable")
     newest_complete: Verdict | None
     newest_resumable: Verdict | None
+
+    def __init__(self, newest_complete: Verdict | None, newest_resumable: Verdict | None) -> None:
+        set_field(self, "newest_complete", newest_complete)
+        set_field(self, "newest_resumable", newest_resumable)
 
 
 def blocking_hazards(v: Verdict) -> list[Hazard]:

@@ -11,20 +11,26 @@ verdict (``severity_of``, ``status_from``, ``file_ok``) and what its message say
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from ckptwatch.model import FileCheck, Hazard, Problem, Severity, Status
+from ckptwatch.model import FileCheck, Hazard, Problem, Record, Severity, Status, set_field
 
 
-@dataclass(frozen=True)
-class Kind:
+class Kind(Record):
+    __slots__ = ("name", "severity", "meaning", "advice", "blocks_resume")
     name: str
     severity: Severity
     meaning: str
     advice: str
     # Hazards only: the trainer would load the wrong weights from this checkpoint, so `latest`, the
     # resume pointer and the alerts' "resume from" line skip it (``resume.resume_choice``).
-    blocks_resume: bool = False
+    blocks_resume: bool
+
+    def __init__(self, name: str, severity: Severity, meaning: str, advice: str,
+                 blocks_resume: bool = False) -> None:
+        set_field(self, "name", name)
+        set_field(self, "severity", severity)
+        set_field(self, "meaning", meaning)
+        set_field(self, "advice", advice)
+        set_field(self, "blocks_resume", blocks_resume)
 
 
 _NOT_THIS = "Do not resume from this checkpoint; `ckptwatch latest RUN_DIR` names the newest complete one"

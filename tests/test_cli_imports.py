@@ -9,9 +9,11 @@ included. The speed itself is measured by ``python -m bench.startup``, not here.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -40,6 +42,22 @@ def imported_by(*args: str) -> tuple[subprocess.CompletedProcess[str], list[str]
     return r, modules
 
 
+# ``python -m ckptwatch ARGS``, then the names in sys.modules on stderr's last line: unlike -X importtime,
+# this also sees modules imported through importlib (the layouts registry imports each layout so).
+_RUN_THEN_LIST = ("import runpy, sys\n"
+                  "try:\n    runpy.run_module('ckptwatch', run_name='__main__', alter_sys=True)\n"
+                  "finally:\n    sys.stderr.write('\\n' + ' '.join(sorted(sys.modules)) + '\\n')\n")
+
+
+def loaded_by(*args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """Run ``python -m ckptwatch ARGS``: the process and every module loaded when it exits."""
+    r = subprocess.run([sys.executable, "-c", _RUN_THEN_LIST, *args], capture_output=True, text=True,
+                       timeout=120, cwd=REPO)
+    modules = set(r.stderr.rstrip("\n").rsplit("\n", 1)[-1].split())
+    assert "ckptwatch.cli" in modules, r.stderr[-2000:]
+    return r, modules
+
+
 def heavy(modules: list[str]) -> list[str]:
     return [m for m in modules if m.split(".")[0] in HEAVY]
 
@@ -60,6 +78,45 @@ def test_latest_imports_only_what_it_uses(trainer_run: Path) -> None:
     others = ("ckptwatch.losswatch", "ckptwatch.mirror", "ckptwatch.retention", "ckptwatch.daemon",
               "ckptwatch.report", "ckptwatch.alerts")
     assert [m for m in modules if m.startswith(others)] == []
+
+
+def _age(tree: Path, seconds: float) -> None:
+    """Every file and directory of ``tree`` last modified ``seconds`` ago (settled for the default rule)."""
+    when = time.time() - seconds
+    for p in [tree, *tree.rglob("*")]:
+        os.utime(p, (when, when), follow_symlinks=False)
+
+
+@pytest.mark.slow
+def test_latest_without_flags_builds_no_config_and_imports_one_layout(trainer_run: Path) -> None:
+    """``latest RUN`` as a launcher runs it (no flags, no config file): the ``[service]`` defaults come from
+    ``config.defaults``, not from building the section; discovery imports the Trainer layout alone, as it
+    claims the run at its root (and no DeepSpeed layout: its checkpoints have no sub-directories); and
+    nothing that only other runs or reads need."""
+    _age(trainer_run, 3600)
+    r, modules = loaded_by("latest", str(trainer_run))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout == f"{trainer_run / 'checkpoint-6'}\n"
+    assert {"ckptwatch.config.defaults", "ckptwatch.layouts.hf_trainer", "ckptwatch.formats.torchzip",
+            "ckptwatch.formats.pickle_stub"} <= modules  # what the check imports on demand is seen
+    assert sorted(m for m in modules if m.startswith("ckptwatch.config.")) == ["ckptwatch.config.defaults"]
+    assert sorted(m for m in modules if m.startswith("ckptwatch.layouts.")) == [
+        "ckptwatch.layouts.base", "ckptwatch.layouts.hf_trainer", "ckptwatch.layouts.registry"]
+    # no worker pool, no non-printable path to escape, no streamed read or CRC (mmap buffers, isal's CRC)
+    assert modules & {"threading", "unicodedata", "mmap", "isal", "ckptwatch.formats.dcp"} == set()
+
+
+@pytest.mark.slow
+def test_latest_above_the_run_imports_every_layout(trainer_run: Path) -> None:
+    """A directory no layout claims (here the run's parent) is asked of every layout, in order: all ten
+    are imported, and the run below is still found (the lazy registry loses no layout)."""
+    _age(trainer_run, 3600)
+    r, modules = loaded_by("latest", str(trainer_run.parent))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout == f"{trainer_run / 'checkpoint-6'}\n"
+    from ckptwatch.layouts.registry import _HOME
+
+    assert {f"ckptwatch.layouts.{module}" for module, _ in _HOME.values()} <= modules
 
 
 @pytest.mark.slow

@@ -39,6 +39,7 @@ FLOORS: dict[str, int] = {
     "ckptwatch.config.kinds": PURE,
     "ckptwatch.config.secrets": PURE,
     "ckptwatch.config.service": PURE,
+    "ckptwatch.config.defaults": PURE,  # the [service] defaults latest reads without the section
     "ckptwatch.config.loss": PURE,
     "ckptwatch.config.alerts": PURE,
     "ckptwatch.config.retention": PURE,

@@ -11,14 +11,16 @@ Modules, one job each:
 - ``kinds``    what a key can hold: numbers, whole numbers, durations, sizes, booleans, choices, paths,
                lists of strings, sub-tables
 - ``service``  ``[service]`` -> ``ServiceConfig``
+- ``defaults`` the ``[service]`` defaults the quick commands read without building ``ServiceConfig``
 - ``watch``    ``[[watch]]`` -> ``WatchConfig``
 - ``loss``     ``[watch.loss]`` -> ``LossSettings``
 - ``alerts``   ``[alerts]`` -> ``AlertsConfig`` (channels, routes)
 - ``secrets``  ``${ENV}`` in URLs, ``urls_file``, URL masking, exposure warnings
 - ``file``     the whole file -> ``Config``; ``load_config``, ``config_warnings``
 
-A section's dataclass is the only place its defaults are written; code that needs a default reads it
-from an instance (``ServiceConfig().settle_seconds``), and command-line flags replace keys with
+A section's dataclass is the only place its defaults are written (``ServiceConfig`` takes four of its
+own from ``defaults``, which ``latest`` reads without building the section); code that needs a default
+reads it from an instance (``ServiceConfig().settle_seconds``), and command-line flags replace keys with
 ``override(section, {"settle_seconds": 5})``.
 
 Adding a ``[[watch]]`` sub-section, e.g. ``[watch.retention]``:
@@ -36,7 +38,8 @@ A top-level section (``[mirror]``) is the same with the field in ``Config`` (``f
 module has yet is a small class with ``read(value, at)`` in ``kinds.py``.
 
 The names below are imported on first use, not with the package: ``verify`` and ``latest`` need only
-``ServiceConfig`` and ``override``, and the CLI's start-up time is measured (bench/README).
+``ServiceConfig`` and ``override`` (``latest`` without ``--settle``/``--stale-after`` not even those), and
+the CLI's start-up time is measured (bench/README).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """``[service]``: how the service (and ``once``) judges time, where it keeps state, how it logs.
 
-Defaults and why:
+Defaults and why (``settle_seconds``, ``stale_after`` and the two per-file limits are written in
+``defaults.py``, which ``latest`` reads without building this section):
 
 - ``settle_seconds = 60``: quiet time before a checkpoint is judged; anything modified more recently is
   ``in_progress``, never ``incomplete``.
@@ -23,20 +24,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ckptwatch.config import defaults
 from ckptwatch.config.kinds import Duration, Number, OneOf, Path, Size, Whole
 from ckptwatch.config.reader import Location, setting
 
 
 @dataclass(frozen=True, kw_only=True)
 class ServiceConfig:
-    settle_seconds: float = setting(Number(0.0, noun="a number of seconds"), default=60.0)
-    stale_after: float = setting(Duration(), default=1800.0)
+    settle_seconds: float = setting(Number(0.0, noun="a number of seconds"), default=defaults.SETTLE_SECONDS)
+    stale_after: float = setting(Duration(), default=defaults.STALE_AFTER)
     state_dir: str = setting(Path("a directory path"), default="")
     log_format: str = setting(OneOf("auto", "json", "console"), default="auto")
     rescan_seconds: float = setting(Number(0.0, above=True, noun="a number of seconds"), default=600.0)
     metrics_port: int = setting(Whole(0, 65535, why="a TCP port (1-65535) or 0 for off"), default=0)
-    max_seconds_per_file: float = setting(Number(0.0, above=True, noun="a number of seconds"), default=5.0)
-    max_memory_per_file: int = setting(Size(), default=1 << 30)
+    max_seconds_per_file: float = setting(Number(0.0, above=True, noun="a number of seconds"),
+                                         default=defaults.MAX_SECONDS_PER_FILE)
+    max_memory_per_file: int = setting(Size(), default=defaults.MAX_MEMORY_PER_FILE)
 
     def checked(self, at: Location) -> ServiceConfig:
         """Below 16 MiB not even a real checkpoint's headers can be read."""

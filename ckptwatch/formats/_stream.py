@@ -16,7 +16,7 @@ Nothing here imports torch or numpy.
 
 from __future__ import annotations
 
-import mmap
+import functools
 import os
 import stat
 import zlib
@@ -28,7 +28,7 @@ from ckptwatch.formats.limits import KIND as LIMIT_KIND
 from ckptwatch.formats.limits import file_budget, unmetered
 from ckptwatch.model import FileCheck, Problem
 
-PAGE = mmap.PAGESIZE
+PAGE = os.sysconf("SC_PAGE_SIZE")  # mmap.PAGESIZE, without importing mmap on every start (no stream read)
 CHUNK = 4 << 20  # 4 MiB: fastest measured size that stays in cache (perf-baselines §3-4)
 PARALLEL_MIN = 64 << 20  # with threads > 1, only this much data or more is split between threads
 SEGMENT = 32 << 20  # bytes per thread job
@@ -52,7 +52,27 @@ def _pick_crc() -> tuple[str, Callable[..., int], Callable[[int, int, int], int]
     return "zlib", zlib.crc32, None, True
 
 
-CRC_IMPL, crc32, _crc32_combine, _CRC_RELEASES_GIL = _pick_crc()
+# The CRC in use, set by ``_load_crc`` on first use: its name, ``crc32(data, value)``, its
+# ``crc32_combine`` or None, and whether it releases the GIL. Not at import: importing isal costs ~1 ms
+# of CPU, and most commands (``ckptwatch latest``, every structural check) compute no CRC.
+CRC_IMPL: str
+crc32: Callable[..., int]
+_crc32_combine: Callable[[int, int, int], int] | None
+_CRC_RELEASES_GIL: bool
+
+
+def _load_crc() -> None:
+    global CRC_IMPL, crc32, _crc32_combine, _CRC_RELEASES_GIL
+    if "crc32" not in globals():
+        CRC_IMPL, crc32, _crc32_combine, _CRC_RELEASES_GIL = _pick_crc()
+
+
+def __getattr__(name: str) -> Any:
+    """The four names above, read from outside (``CRC_IMPL``, a test's monkeypatch) before any CRC ran."""
+    if name in ("CRC_IMPL", "crc32", "_crc32_combine", "_CRC_RELEASES_GIL"):
+        _load_crc()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 # Told the size of every chunk the streaming reads below deliver (``verify --deep``'s progress bar); None
 # (the default, and the service's setting) costs one comparison per 4 MiB chunk.
@@ -127,6 +147,8 @@ class AlignedBuffer:
     """A page-aligned scratch buffer of ``size`` bytes (plus one page of slack for offset matching)."""
 
     def __init__(self, size: int = CHUNK) -> None:
+        import mmap  # here, not at the top: only streaming reads (--deep, CRCs) make a buffer
+
         self._map = mmap.mmap(-1, size + PAGE)
         self.view = memoryview(self._map)
         self.size = size
@@ -191,6 +213,8 @@ def _crc_pipelined(fd: int, ranges: list[tuple[int, int]], path: str) -> list[in
     mmap of the file: one truncated under us must give a finding, not SIGBUS.
     """
     from concurrent.futures import ThreadPoolExecutor  # only --deep needs threads; keep start-up light
+
+    _load_crc()
 
     def pieces() -> Iterator[tuple[int, int, int]]:
         for index, (s, e) in enumerate(ranges):
@@ -300,6 +324,7 @@ def read_ahead(readinto: Callable[[memoryview], int], *, on_read: Callable[[memo
 
 
 def _crc_segment(fd: int, start: int, end: int, path: str) -> int:
+    _load_crc()
     crc = 0
     with AlignedBuffer() as buf:
         for chunk in iter_range(fd, start, end, path, buf):
@@ -326,6 +351,7 @@ def crc32_ranges(fd: int, ranges: list[tuple[int, int]], path: str, *, threads: 
     combines them in order; it only pays off with a CRC that releases the GIL (isal, stdlib zlib) and a
     free second core, so the default is one thread.
     """
+    _load_crc()
     with unmetered():
         return _crc32_ranges(fd, ranges, path, threads)
 
@@ -378,7 +404,10 @@ def _multmodp(a: int, b: int) -> int:
         b = (b >> 1) ^ _POLY if b & 1 else b >> 1
 
 
+@functools.cache
 def _x2n_table() -> list[int]:
+    """x^(2^k) mod the polynomial, k < 32: built on first use (only a parallel CRC without a library's
+    combine needs it), not at import (~0.3 ms of every start, bench/startup.py)."""
     p, table = 1 << 30, []  # x^1
     for _ in range(32):
         table.append(p)
@@ -386,14 +415,12 @@ def _x2n_table() -> list[int]:
     return table
 
 
-_X2N = _x2n_table()
-
-
 def _crc32_combine_py(crc1: int, crc2: int, len2: int) -> int:
     p, k, n = 1 << 31, 3, len2  # x^0; multiply by x^(8 * len2)
+    x2n = _x2n_table()
     while n:
         if n & 1:
-            p = _multmodp(_X2N[k & 31], p)
+            p = _multmodp(x2n[k & 31], p)
         n >>= 1
         k += 1
     return _multmodp(p, crc1) ^ crc2
@@ -403,6 +430,7 @@ def crc32_combine(crc1: int, crc2: int, len2: int) -> int:
     """CRC-32 of A+B from crc32(A), crc32(B) and len(B)."""
     if len2 == 0:
         return crc1
+    _load_crc()
     return (
         _crc32_combine(crc1, crc2, len2)
         if _crc32_combine is not None

@@ -31,10 +31,10 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ckptwatch.formats._io import FormatError
+from ckptwatch.model import Record, set_field
 
 if TYPE_CHECKING:
     from ckptwatch.config.service import ServiceConfig
@@ -44,20 +44,24 @@ _RSS_EVERY = 0.02  # CPU seconds between two looks at the resident set size
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
-@dataclass(frozen=True)
-class ReadLimits:
+class ReadLimits(Record):
     """What one file may cost a reader: CPU seconds of the reading thread and bytes of memory."""
 
+    __slots__ = ("seconds", "memory")
     seconds: float
     memory: int
+
+    def __init__(self, seconds: float, memory: int) -> None:
+        set_field(self, "seconds", seconds)
+        set_field(self, "memory", memory)
 
 
 @functools.cache
 def default_limits() -> ReadLimits:
-    """The ``[service]`` defaults (the config section is the only home of defaults)."""
-    from ckptwatch.config.service import ServiceConfig
+    """The ``[service]`` defaults, read without building the section (config/defaults.py)."""
+    from ckptwatch.config import defaults
 
-    return limits_of(ServiceConfig())
+    return ReadLimits(defaults.MAX_SECONDS_PER_FILE, defaults.MAX_MEMORY_PER_FILE)
 
 
 def limits_of(service: ServiceConfig) -> ReadLimits:

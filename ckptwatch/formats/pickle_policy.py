@@ -24,9 +24,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
-from dataclasses import dataclass
 
-from ckptwatch.model import Problem
+from ckptwatch.model import Problem, Record, set_field
 
 # module -> "*" (every name) or the names (dotted qualnames allowed) that are code-execution vectors.
 # fmt: off
@@ -180,12 +179,16 @@ def weights_only_refuses(full: str) -> bool:
     return module in WEIGHTS_ONLY_BLOCKED_MODULES or full not in WEIGHTS_ONLY_GLOBALS
 
 
-@dataclass(frozen=True)
-class PickleGlobals:
+class PickleGlobals(Record):
     """The judgement of one stream's globals: (global, why) that run code, and those that need trust."""
 
+    __slots__ = ("unsafe", "needs_trust")
     unsafe: tuple[tuple[str, str], ...]
     needs_trust: tuple[str, ...]
+
+    def __init__(self, unsafe: tuple[tuple[str, str], ...], needs_trust: tuple[str, ...]) -> None:
+        set_field(self, "unsafe", unsafe)
+        set_field(self, "needs_trust", needs_trust)
 
 
 @functools.lru_cache(maxsize=256)

@@ -42,7 +42,7 @@ import os
 import pickle
 import posixpath
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import FrozenInstanceError
 from typing import Any
 
 from ckptwatch.formats._io import FormatError
@@ -116,68 +116,121 @@ class PickleMalformed(FormatError):
 
 
 def _refuse_build(self: Any, state: Any) -> None:
-    """BUILD on one of our records: refused. A frozen slots dataclass would otherwise get the
-    ``__setstate__`` that ``dataclasses`` adds (it writes with ``object.__setattr__``), letting the stream
-    overwrite a tensor's size or a storage's numel after the walker validated them."""
+    """BUILD on one of our records: refused. Without it the stream could set a record's slots (a frozen
+    slots dataclass even gets a ``__setstate__`` that writes with ``object.__setattr__``), overwriting a
+    tensor's size or a storage's numel after the walker validated them."""
     raise pickle.UnpicklingError(f"BUILD applied to a {type(self).__name__} (the walker's own record)")
 
 
-@dataclass(frozen=True, slots=True)
-class StorageType:
-    """Marker for a pickled ``torch.<X>Storage`` class. ``element_size`` is None for unknown names."""
+class _Record:
+    """The walker's records: immutable slots, compared and hashed by value, shown as ``Name(field=...)``,
+    BUILD refused (``_refuse_build``), as the frozen slots dataclasses they were.
 
+    Plain classes, not dataclasses: each frozen slots dataclass cost ~0.8 ms of CPU to create when this
+    module is imported, which every ``ckptwatch latest`` does (its start-up is measured: bench/startup.py).
+    Not tuples either: a walked object graph indexes tuples (``get``), never our records.
+    """
+
+    __slots__ = ()
     __setstate__ = _refuse_build
 
+    def _values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._values() == other._values()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{n}={getattr(self, n)!r}' for n in self.__slots__)})"
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+
+_set = object.__setattr__  # how a record's __init__ fills its slots
+
+
+class StorageType(_Record):
+    """Marker for a pickled ``torch.<X>Storage`` class. ``element_size`` is None for unknown names."""
+
+    __slots__ = ("name", "element_size")
     name: str
     element_size: int | None
 
+    def __init__(self, name: str, element_size: int | None) -> None:
+        _set(self, "name", name)
+        _set(self, "element_size", element_size)
 
-@dataclass(frozen=True, slots=True)
-class TorchDtype:
+
+class TorchDtype(_Record):
     """A pickled ``torch.<dtype>`` global (pickled by name; never imported)."""
 
-    __setstate__ = _refuse_build
-
+    __slots__ = ("name", "itemsize")
     name: str
     itemsize: int
+
+    def __init__(self, name: str, itemsize: int) -> None:
+        _set(self, "name", name)
+        _set(self, "itemsize", itemsize)
 
     def __str__(self) -> str:
         return f"torch.{self.name}"
 
 
-@dataclass(frozen=True, slots=True)
-class StorageRef:
+class StorageRef(_Record):
     """A persistent id ``('storage', type, key, location, numel[, view])``: bytes stored outside the pickle.
 
     ``numel`` counts elements of ``storage_type`` (bytes for ``UntypedStorage``); ``nbytes`` is None when
     the element size is unknown.
     """
 
-    __setstate__ = _refuse_build
-
+    __slots__ = ("key", "storage_type", "element_size", "location", "numel")
     key: str
     storage_type: str
     element_size: int | None
     location: str
     numel: int
 
+    def __init__(self, key: str, storage_type: str, element_size: int | None, location: str,
+                 numel: int) -> None:
+        _set(self, "key", key)
+        _set(self, "storage_type", storage_type)
+        _set(self, "element_size", element_size)
+        _set(self, "location", location)
+        _set(self, "numel", numel)
+
     @property
     def nbytes(self) -> int | None:
         return None if self.element_size is None else self.numel * self.element_size
 
 
-@dataclass(frozen=True, slots=True)
-class TensorRef:
+class TensorRef(_Record):
     """``torch._utils._rebuild_tensor[_v2|_v3]`` arguments: a view of ``storage`` (counts in elements)."""
 
-    __setstate__ = _refuse_build
-
+    __slots__ = ("storage", "offset", "size", "stride", "requires_grad", "dtype")
     storage: Any
     offset: int
     size: tuple[int, ...]
     stride: tuple[int, ...]
-    requires_grad: bool = False
-    dtype: TorchDtype | None = None  # v3 only; v2 takes the dtype from the storage class
+    requires_grad: bool
+    dtype: TorchDtype | None  # v3 only; v2 takes the dtype from the storage class
+
+    def __init__(self, storage: Any, offset: int, size: tuple[int, ...], stride: tuple[int, ...],
+                 requires_grad: bool = False, dtype: TorchDtype | None = None) -> None:
+        _set(self, "storage", storage)
+        _set(self, "offset", offset)
+        _set(self, "size", size)
+        _set(self, "stride", stride)
+        _set(self, "requires_grad", requires_grad)
+        _set(self, "dtype", dtype)
 
     def storage_elements_needed(self) -> int:
         """Elements of the storage this view reaches (0 for an empty tensor)."""
@@ -186,8 +239,7 @@ class TensorRef:
         return self.offset + 1 + sum((s - 1) * st for s, st in zip(self.size, self.stride, strict=True))
 
 
-@dataclass(frozen=True)
-class PickleWalk:
+class PickleWalk(_Record):
     """The result of walking one pickle stream.
 
     ``obj`` is the unpickled object graph made of builtins, stubs and the refs above; ``storages`` maps
@@ -195,12 +247,22 @@ class PickleWalk:
     ``tensors`` every ``TensorRef`` built; ``end`` the offset just past the STOP opcode.
     """
 
+    __slots__ = ("obj", "storages", "globals", "tensors", "end", "protocol")
     obj: Any
     storages: dict[str, StorageRef]
     globals: frozenset[str]
     tensors: tuple[TensorRef, ...]
     end: int
     protocol: int
+
+    def __init__(self, obj: Any, storages: dict[str, StorageRef], globals_: frozenset[str],
+                 tensors: tuple[TensorRef, ...], end: int, protocol: int) -> None:
+        _set(self, "obj", obj)
+        _set(self, "storages", storages)
+        _set(self, "globals", globals_)
+        _set(self, "tensors", tensors)
+        _set(self, "end", end)
+        _set(self, "protocol", protocol)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -384,9 +446,7 @@ def get(obj: Any, *path: Any, default: Any = None) -> Any:
     return cur
 
 
-_REF_FIELDS = {
-    cls: frozenset(f.name for f in fields(cls)) for cls in (StorageRef, TensorRef, StorageType, TorchDtype)
-}
+_REF_FIELDS = {cls: frozenset(cls.__slots__) for cls in (StorageRef, TensorRef, StorageType, TorchDtype)}
 
 
 def _step(obj: Any, key: Any) -> Any:

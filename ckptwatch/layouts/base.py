@@ -12,12 +12,12 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ckptwatch.formats._io import problem_from_oserror
 from ckptwatch.formats.limits import ReadLimits
-from ckptwatch.model import Hazard, Problem, Verdict
+from ckptwatch.model import Hazard, Problem, Record, Verdict, set_field
 from ckptwatch.scan import Entry, display
 
 
@@ -41,31 +41,41 @@ class CheckOptions:
     limits: ReadLimits | None = None
 
 
-@dataclass
+# Candidate, Judgement and RunFound are plain classes, not dataclasses: mutable working records that
+# nothing compares, copies or replaces, built by every layout on `latest`'s start-up path, where each
+# dataclass cost ~0.5 ms of CPU to create at import (bench/startup.py).
+
+
 class Candidate:
     """A checkpoint found on disk, not yet judged."""
 
-    path: str
-    step: int | None
-    layout: str
-    order: tuple[Any, ...] = ()  # sort key within the run; defaults to (step,)
-    data: dict[str, Any] = field(default_factory=dict)
-    members: tuple[str, ...] = ()  # the files, when a checkpoint is not one path (one file per rank dir)
+    def __init__(self, path: str, step: int | None, layout: str, order: tuple[Any, ...] = (),
+                 data: dict[str, Any] | None = None, members: tuple[str, ...] = ()) -> None:
+        self.path = path
+        self.step = step
+        self.layout = layout
+        self.order = order  # sort key within the run; defaults to (step,)
+        self.data: dict[str, Any] = {} if data is None else data
+        self.members = members  # the files, when a checkpoint is not one path (one file per rank dir)
 
     def sort_key(self) -> tuple[Any, ...]:
         return self.order or (self.step if self.step is not None else -1,)
 
 
-@dataclass(frozen=True)
-class RankFile:
+class RankFile(Record):
     """The file a rank writes, for messages naming a missing rank: ``template.format(r=, tp=, pp=)``.
 
     A value, not a closure, so judgements can cross a process boundary. With ``tp_width`` the rank
     number is a cell of a tensor x pipeline grid (Megatron): ``tp = r % tp_width``, ``pp = r // tp_width``.
     """
 
+    __slots__ = ("template", "tp_width")
     template: str
-    tp_width: int = 0
+    tp_width: int
+
+    def __init__(self, template: str, tp_width: int = 0) -> None:
+        set_field(self, "template", template)
+        set_field(self, "tp_width", tp_width)
 
     def __call__(self, r: int) -> str:
         if self.tp_width:
@@ -73,28 +83,32 @@ class RankFile:
         return self.template.format(r=r)
 
 
-@dataclass
 class Judgement:
     """A layout's findings on one candidate."""
 
-    problems: list[Problem] = field(default_factory=list)
-    present_ranks: tuple[int, ...] | None = None  # None: this layout has no notion of ranks here
-    expected_ranks: int | None = None  # from the checkpoint's own metadata, when it records it
-    step: int | None = None  # learned from content (e.g. Lightning's pickled global_step)
-    rank_file: RankFile | None = None  # names the file a missing rank should have written
-    facts: dict[str, Any] = field(default_factory=dict)  # for hazards (adapters, weights files)
+    def __init__(self, problems: list[Problem] | None = None, present_ranks: tuple[int, ...] | None = None,
+                 expected_ranks: int | None = None, step: int | None = None,
+                 rank_file: RankFile | None = None, facts: dict[str, Any] | None = None) -> None:
+        self.problems: list[Problem] = [] if problems is None else problems
+        self.present_ranks = present_ranks  # None: this layout has no notion of ranks here
+        self.expected_ranks = expected_ranks  # from the checkpoint's own metadata, when it records it
+        self.step = step  # learned from content (e.g. Lightning's pickled global_step)
+        self.rank_file = rank_file  # names the file a missing rank should have written
+        self.facts: dict[str, Any] = {} if facts is None else facts  # for hazards (adapters, weights files)
 
 
-@dataclass
 class RunFound:
     """A training run: one directory whose checkpoints share a layout."""
 
-    root: str
-    layout: "Layout"
-    candidates: list[Candidate]
-    consumed: set[str] = field(default_factory=set)  # paths the walker must not descend into
-    problems: list[Problem] = field(default_factory=list)
-    data: dict[str, Any] = field(default_factory=dict)  # layout specific (pointer links, caches)
+    def __init__(self, root: str, layout: Layout, candidates: list[Candidate],
+                 consumed: set[str] | None = None, problems: list[Problem] | None = None,
+                 data: dict[str, Any] | None = None) -> None:
+        self.root = root
+        self.layout = layout
+        self.candidates = candidates
+        self.consumed: set[str] = set() if consumed is None else consumed  # not to descend into
+        self.problems: list[Problem] = [] if problems is None else problems
+        self.data: dict[str, Any] = {} if data is None else data  # layout specific (pointer links, caches)
 
 
 class Layout(Protocol):

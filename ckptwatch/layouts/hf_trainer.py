@@ -26,7 +26,6 @@ from ckptwatch.layouts.base import (
     missing,
     pickled_count,
 )
-from ckptwatch.layouts.deepspeed import is_tag_dir, judge_tag_dir
 from ckptwatch.model import FileCheck, Problem
 from ckptwatch.scan import Entry, display, tree
 from ckptwatch.vocabulary import file_ok
@@ -54,6 +53,22 @@ def _mtime(path: str) -> float | None:
 def _is_dcp_dir(path: str) -> bool:
     names, _ = listdir_names(path)
     return ".metadata" in names or any(n.endswith(".distcp") for n in names)
+
+
+def _deepspeed_tags(ckpt: str, sub_dirs: list[str]) -> set[str]:
+    """The sub-directories that are DeepSpeed tag dirs. The DeepSpeed layout is imported only for a
+    checkpoint that has sub-directories: most Trainer checkpoints have none (``latest``'s start-up)."""
+    if not sub_dirs:
+        return set()
+    from ckptwatch.layouts.deepspeed import is_tag_dir
+
+    return {n for n in sub_dirs if is_tag_dir(listdir_names(os.path.join(ckpt, n))[0])}
+
+
+def _judge_tag_dir(path: str, opts: CheckOptions) -> Judgement:
+    from ckptwatch.layouts.deepspeed import judge_tag_dir
+
+    return judge_tag_dir(path, opts)
 
 
 def check_index(ckpt: str, index_name: str, opts: CheckOptions,
@@ -141,7 +156,7 @@ class HfTrainer(NoRunFindings):
         checked: dict[str, FileCheck] = {}
         sub_dirs = [n for n in names if os.path.isdir(os.path.join(ckpt, n))]
         dcp_dirs = {n for n in sub_dirs if _is_dcp_dir(os.path.join(ckpt, n))}
-        ds_tags = {n for n in sub_dirs if is_tag_dir(listdir_names(os.path.join(ckpt, n))[0])}
+        ds_tags = _deepspeed_tags(ckpt, sub_dirs)
 
         # Every file we can read, once: JSON parses, torch zips and safetensors are structurally sound.
         stat = cand.data.get("tree")
@@ -208,7 +223,7 @@ class HfTrainer(NoRunFindings):
 
             j.problems.extend(check_dcp_dir(os.path.join(ckpt, n), deep=opts.deep).problems)
         fsdp_rank_files = {int(m.group(1)) for n in names if (m := FSDP_RANK.match(n))}
-        ds_judgements = {t: judge_tag_dir(os.path.join(ckpt, t), opts) for t in sorted(ds_tags)}
+        ds_judgements = {t: _judge_tag_dir(os.path.join(ckpt, t), opts) for t in sorted(ds_tags)}
         for tag, dj in ds_judgements.items():
             j.problems.extend(dj.problems)
             if dj.expected_ranks and dj.present_ranks is not None:
