@@ -42,12 +42,12 @@ import os
 import pickle
 import posixpath
 from collections.abc import Mapping
-from dataclasses import FrozenInstanceError
 from typing import Any
 
 from ckptwatch.formats._io import FormatError
 from ckptwatch.formats._show import show_brief
 from ckptwatch.formats.limits import LimitExceeded, tick
+from ckptwatch.model import Record
 
 MAX_PICKLE_BYTES = 256 << 20
 MAX_PICKLE_OPCODES = 16 << 20
@@ -122,37 +122,17 @@ def _refuse_build(self: Any, state: Any) -> None:
     raise pickle.UnpicklingError(f"BUILD applied to a {type(self).__name__} (the walker's own record)")
 
 
-class _Record:
-    """The walker's records: immutable slots, compared and hashed by value, shown as ``Name(field=...)``,
-    BUILD refused (``_refuse_build``), as the frozen slots dataclasses they were.
+class _Record(Record):
+    """The walker's records: ``model.Record`` (immutable slots, compared and hashed by value, shown as
+    ``Name(field=...)``), with BUILD refused (``_refuse_build``), as the frozen slots dataclasses they were.
 
-    Plain classes, not dataclasses: each frozen slots dataclass cost ~0.8 ms of CPU to create when this
-    module is imported, which every ``ckptwatch latest`` does (its start-up is measured: bench/startup.py).
+    Not dataclasses: each frozen slots dataclass cost ~0.8 ms of CPU to create when this module is
+    imported, which every ``ckptwatch latest`` does (its start-up is measured: bench/startup.py).
     Not tuples either: a walked object graph indexes tuples (``get``), never our records.
     """
 
     __slots__ = ()
     __setstate__ = _refuse_build
-
-    def _values(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, name) for name in self.__slots__)
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return self._values() == other._values()  # type: ignore[attr-defined]
-
-    def __hash__(self) -> int:
-        return hash(self._values())
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{n}={getattr(self, n)!r}' for n in self.__slots__)})"
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise FrozenInstanceError(f"cannot assign to field {name!r}")
-
-    def __delattr__(self, name: str) -> None:
-        raise FrozenInstanceError(f"cannot delete field {name!r}")
 
 
 _set = object.__setattr__  # how a record's __init__ fills its slots
