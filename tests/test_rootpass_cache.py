@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ckptwatch.engine import check_root
+from ckptwatch.engine import RootReport, check_root
 from ckptwatch.layouts.base import CheckOptions
 from ckptwatch.model import Status
 from ckptwatch.scan import MAX_TREE_DEPTH, PIN_NAME, quick_digest, tree
@@ -31,13 +31,18 @@ def _age(path: Path, seconds: float) -> None:
     os.utime(path, (old, old))
 
 
-def test_cached_rescan_gives_the_verdicts_of_a_fresh_pass(artefact) -> None:
-    run = artefact("hf_full")
+def _primed(run: Path, opts: CheckOptions) -> tuple[dict, float, RootReport]:
+    """``run`` aged an hour, then judged once into a fresh cache: (the cache, that pass's now, its report)."""
     _age(run, 3600)
-    opts = CheckOptions(settle_seconds=60, second_look=True)
     cache: dict = {}
     now = time.time()
-    first = check_root(str(run), opts, now, cache=cache)
+    return cache, now, check_root(str(run), opts, now, cache=cache)
+
+
+def test_cached_rescan_gives_the_verdicts_of_a_fresh_pass(artefact) -> None:
+    run = artefact("hf_full")
+    opts = CheckOptions(settle_seconds=60, second_look=True)
+    cache, now, first = _primed(run, opts)
     again = check_root(str(run), opts, now + 5, cache=cache)
     fresh = check_root(str(run), opts, now + 5)
     assert again.runs == fresh.runs == first.runs
@@ -49,11 +54,8 @@ def test_a_reused_verdict_is_still_checked_against_the_clock(artefact) -> None:
     """A pass whose ``now`` is within settle_seconds of the newest write (a clock stepped back) says
     in_progress, even though the checkpoint's judgement and verdict are cached."""
     run = artefact("hf_full")
-    _age(run, 3600)
     opts = CheckOptions(settle_seconds=60)
-    cache: dict = {}
-    now = time.time()
-    check_root(str(run), opts, now, cache=cache)
+    cache, now, _ = _primed(run, opts)
     newest = max(v.newest_mtime for v in check_root(str(run), opts, now, cache=cache).runs[0].checkpoints)
     early = check_root(str(run), opts, newest + 1, cache=cache)
     assert {v.status for v in early.runs[0].checkpoints} == {Status.IN_PROGRESS}
@@ -208,11 +210,8 @@ def test_kept_verdict_is_not_reused_after_a_change_the_quick_walk_must_see(artef
     the directory's mtime set back, a file swapped for a link. The rescan gives what a fresh pass gives,
     and that differs from the kept verdict."""
     run = artefact("hf_full")
-    _age(run, 3600)
     opts = CheckOptions(settle_seconds=60, second_look=True)
-    cache: dict = {}
-    now = time.time()
-    check_root(str(run), opts, now, cache=cache)
+    cache, now, _ = _primed(run, opts)
     kept = verdicts_by_name(check_root(str(run), opts, now, cache=cache).runs[0])["checkpoint-4"]
     assert kept.status is Status.COMPLETE
     change(run / "checkpoint-4")
@@ -225,11 +224,8 @@ def test_kept_verdict_is_not_reused_after_a_change_the_quick_walk_must_see(artef
 def test_a_nested_rank_file_rewritten_in_place_is_seen(artefact) -> None:
     """Megatron's per-rank directories: a file two levels down rewritten in place (same size and mtime)."""
     run = artefact("megatron_legacy")
-    _age(run, 3600)
     opts = CheckOptions(settle_seconds=60, second_look=True)
-    cache: dict = {}
-    now = time.time()
-    check_root(str(run), opts, now, cache=cache)
+    cache, now, _ = _primed(run, opts)
     kept = check_root(str(run), opts, now, cache=cache).runs[0].checkpoints
     rank_file = sorted((_ckpt_dirs(run)[-1]).rglob("*.pt"))[-1]
     st = rank_file.stat()
@@ -247,11 +243,8 @@ def test_unchanged_rescan_walks_no_kept_checkpoint_in_full(artefact, monkeypatch
     import ckptwatch.engine as engine
 
     run = artefact("hf_full")
-    _age(run, 3600)
     opts = CheckOptions(settle_seconds=60, second_look=True)
-    cache: dict = {}
-    now = time.time()
-    check_root(str(run), opts, now, cache=cache)
+    cache, now, _ = _primed(run, opts)
     check_root(str(run), opts, now, cache=cache)
     walked: list[str] = []
     real = engine.tree
@@ -272,11 +265,8 @@ def test_run_inputs_changed_under_a_quick_recheck_rejudge_the_run(artefact) -> N
     """Kept verdicts re-checked quickly, then a run-level input changes (``expected_ranks``): the run is
     judged again with full walks, as a fresh pass judges it."""
     run = artefact("hf_full")
-    _age(run, 3600)
-    cache: dict = {}
-    now = time.time()
     opts = CheckOptions(settle_seconds=60, second_look=True)
-    check_root(str(run), opts, now, cache=cache)
+    cache, now, _ = _primed(run, opts)
     check_root(str(run), opts, now, cache=cache)
     wider = CheckOptions(settle_seconds=60, second_look=True, expected_ranks=4)
     again = check_root(str(run), wider, now + 5, cache=cache)
