@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ckptwatch import packed
 from ckptwatch.discover import discover
 from ckptwatch.formats._io import confined_to
 from ckptwatch.formats.limits import KIND as EXCEEDS_LIMITS
@@ -43,25 +44,59 @@ class RootReport:
 class Cached:
     """One checkpoint's entry in the judgement cache: a small record, never a listing of its files.
 
-    ``fingerprint`` is the 64-bit ``TreeStat.digest`` the judgement was made on. ``verdict`` (with ``key``,
-    the run-level inputs it was built from, and ``facts``, its hazard facts) is the last verdict built
-    from this judgement when no time rule could change it: a settled checkpoint with no transient
-    finding. A rescan that finds the same fingerprint and key, still settled, reuses it as it is.
+    ``fingerprint`` is the 64-bit ``TreeStat.digest`` the judgement was made on. ``keep`` stores the last
+    verdict built from this judgement when no time rule could change it (a settled checkpoint with no
+    transient finding), with ``key``, a hash of the run-level inputs it was built from. A rescan that finds
+    the same fingerprint and key, still settled, reuses it as it is (``kept``).
+
+    A kept entry is held packed (``packed``): the service keeps one for every settled checkpoint of every
+    root, and as objects they cost ~4.5 KB each. Packed, the parts checkpoints share (their findings with the
+    path taken out, ranks, weights files) are held once; ``judgement()`` and ``kept()`` decode a copy.
 
     ``quick`` is ``TreeStat.quick`` of a look with this fingerprint (None: the checkpoint holds a link or a
     finding, or is a file): while a verdict is kept, a rescan re-checks the checkpoint with
     ``scan.quick_digest`` alone, and walks it in full only when that differs.
     """
 
-    __slots__ = ("fingerprint", "judgement", "key", "verdict", "facts", "quick")
+    __slots__ = ("fingerprint", "quick", "key", "path", "_judgement", "_kept")
 
-    def __init__(self, fingerprint: int, judgement: Judgement, quick: int | None = None) -> None:
+    def __init__(self, fingerprint: int, judgement: Judgement, quick: int | None, path: str) -> None:
         self.fingerprint = fingerprint
-        self.judgement = judgement
         self.quick = quick
-        self.key: tuple | None = None
-        self.verdict: Verdict | None = None
-        self.facts: CheckpointFacts | None = None
+        self.key: int | None = None  # hash of the run-level inputs of the kept verdict (None: none kept)
+        self.path = path  # the checkpoint (the cache's key): what packed strings stand in for
+        self._judgement: Any = judgement  # a Judgement, or its packed form (a tuple)
+        self._kept: Any = None  # None, a Verdict, or its packed form (a tuple)
+
+    def judgement(self) -> Judgement:
+        j = self._judgement
+        return packed.decode(j, self.path) if type(j) is tuple else j
+
+    def kept(self, key: int, judgement: Judgement) -> tuple[Verdict, CheckpointFacts] | None:
+        """The verdict kept for these run-level inputs and its hazard facts, which ``judgement`` (this
+        entry's) gives again (None: none kept, or for other inputs)."""
+        if self.key != key or self._kept is None:
+            return None
+        k = self._kept
+        verdict = packed.decode(k, self.path) if type(k) is tuple else k
+        return verdict, hazard_facts(self.path, verdict.step, judgement)
+
+    def keep(self, key: int, verdict: Verdict) -> None:
+        try:
+            if type(self._judgement) is not tuple:
+                self._judgement = packed.encode(self._judgement, self.path)
+            self._kept = packed.encode(verdict, self.path)
+        except packed.Unpackable:  # kept as objects: correct, only larger
+            self._judgement, self._kept = self.judgement(), verdict
+        self.key = key
+
+    def forget_kept(self) -> None:
+        self.key, self._kept = None, None
+
+
+def hazard_facts(path: str, step: int | None, j: Judgement) -> CheckpointFacts:
+    """What the hazard rules need of one checkpoint: from its judgement (adapters, weights files)."""
+    return CheckpointFacts(path, step, j.facts.get("adapters") or {}, j.facts.get("full_weights") or [])
 
 
 JudgementCache = dict  # checkpoint path -> Cached; owned by one caller
@@ -199,25 +234,43 @@ def _fingerprint(stat: TreeStat) -> int:
     return stat.digest
 
 
-def _judge_candidate(run: RunFound, cand: Candidate, opts: CheckOptions, cache: JudgementCache | None = None,
-                     quick: bool = False) -> tuple[Judgement, TreeStat | None]:
-    """The layout's judgement of ``cand`` and the look it was made on.
+def _judge_cached(run: RunFound, cand: Candidate, opts: CheckOptions, cache: JudgementCache,
+                  quick: bool) -> tuple[Judgement, TreeStat | None, Cached | None]:
+    """The judgement of ``cand``, from the cache when its files are unchanged; the look it was made on; the
+    cache entry that holds it (None: judged afresh and not cached, e.g. a transient finding).
 
     With ``quick`` (the cached rescan), a checkpoint whose cache entry holds a kept verdict is re-checked
     with ``quick_digest`` only; when that matches, the stat is None: the caller reuses the kept verdict,
     or judges the run again without ``quick`` if it cannot.
     """
-    if cache is not None:
-        hit = cache.get(cand.path)
-        if (quick and hit is not None and hit.verdict is not None and hit.quick is not None
-                and not cand.members and quick_digest(cand.path) == hit.quick):
-            return hit.judgement, None
+    hit = cache.get(cand.path)
+    if (quick and hit is not None and hit.key is not None and hit.quick is not None
+            and not cand.members and quick_digest(cand.path) == hit.quick):
+        return hit.judgement(), None, hit
     stat = _stat_candidate(run, cand)
     fingerprint = _fingerprint(stat)  # a 64-bit hash (TreeStat.digest), never the listing itself
-    if cache is not None:
-        if hit is not None and hit.fingerprint == fingerprint:
-            hit.quick = stat.quick  # this look has the judged files too (its quick digest may be new)
-            return hit.judgement, stat
+    if hit is not None and hit.fingerprint == fingerprint:
+        hit.quick = stat.quick  # this look has the judged files too (its quick digest may be new)
+        return hit.judgement(), stat, hit
+    judgement, stat = _judge_look(run, cand, opts, stat)  # a changed second look is in_progress: not kept
+    # A read stopped at a limit depends on the machine's load and on the limits (a reload may raise them):
+    # it is judged again next time, like a transient finding.
+    if any(severity_of(p.kind) is Severity.TRANSIENT or p.kind == EXCEEDS_LIMITS for p in judgement.problems):
+        return judgement, stat, None
+    entry = cache[cand.path] = Cached(fingerprint, judgement, None if cand.members else stat.quick,
+                                      cand.path)
+    return judgement, stat, entry
+
+
+def _judge_candidate(run: RunFound, cand: Candidate, opts: CheckOptions) -> tuple[Judgement, TreeStat]:
+    """The layout's judgement of ``cand`` and the look it was made on."""
+    return _judge_look(run, cand, opts, _stat_candidate(run, cand))
+
+
+def _judge_look(run: RunFound, cand: Candidate, opts: CheckOptions,
+                stat: TreeStat) -> tuple[Judgement, TreeStat]:
+    """The layout's judgement of ``cand`` on the look ``stat``, and the look it holds for (a second look
+    that differs makes the checkpoint ``in_progress``, judged on that look)."""
     # Layouts that list every file reuse the listing instead of walking again; it is dropped right after,
     # so a pass never holds every file's entry of the root at once (memory, and the collector's work).
     cand.data["tree"] = stat
@@ -241,11 +294,6 @@ def _judge_candidate(run: RunFound, cand: Candidate, opts: CheckOptions, cache: 
                                            f"{display(cand.path)} changed while it was being checked "
                                            f"({changed}): a save is still in progress")])
             stat = again
-    # A read stopped at a limit depends on the machine's load and on the limits (a reload may raise them):
-    # it is judged again next time, like a transient finding.
-    if cache is not None and not any(severity_of(p.kind) is Severity.TRANSIENT or p.kind == EXCEEDS_LIMITS
-                                     for p in judgement.problems):
-        cache[cand.path] = Cached(fingerprint, judgement, None if cand.members else stat.quick)
     return judgement, stat
 
 
@@ -331,29 +379,28 @@ def judge_run(run: RunFound, opts: CheckOptions, now: float, *, only: str | None
 def _judge_run(run: RunFound, opts: CheckOptions, now: float, *, only: str | None,
                cache: JudgementCache | None, quick: bool = True) -> RunReport:
     cands = sorted(run.candidates, key=lambda c: c.sort_key())
+    judged: list[tuple[Candidate, Judgement, TreeStat | None, Cached | None]]
     if cache is not None and only is None:
-        judged = [(c, *_judge_candidate(run, c, opts, cache, quick)) for c in cands]
+        judged = [(c, *_judge_cached(run, c, opts, cache, quick)) for c in cands]
     elif only is None:
-        judged = _judge_all(run, cands, opts)
+        judged = [(*x, None) for x in _judge_all(run, cands, opts)]
     else:
-        judged = _judge_for_one(run, cands, only, opts)
+        judged = [(*x, None) for x in _judge_for_one(run, cands, only, opts)]
     widest = max((j.expected_ranks or (max(j.present_ranks) + 1 if j.present_ranks else 0)
-                  for _, j, _ in judged if j.present_ranks is not None), default=0)
+                  for _, j, _, _ in judged if j.present_ranks is not None), default=0)
 
     verdicts: list[Verdict] = []
     facts: list[CheckpointFacts] = []
     run_key = (widest, opts.expected_ranks, opts.settle_seconds, opts.stale_after)
-    for cand, j, stat in judged:
-        entry = cache.get(cand.path) if cache is not None and only is None else None
-        if entry is not None and entry.judgement is not j:
-            entry = None  # judged afresh and not cached (a transient finding): nothing to reuse
-        key = (*run_key, cand.step, cand.layout)
-        if (entry is not None and entry.verdict is not None and entry.key == key
-                and settle_state(entry.verdict.newest_mtime, now, opts.settle_seconds) is Settle.SETTLED):
+    for cand, j, stat, entry in judged:
+        key = hash((*run_key, cand.step, cand.layout))
+        kept = entry.kept(key, j) if entry is not None else None
+        if kept is not None and settle_state(kept[0].newest_mtime, now,
+                                             opts.settle_seconds) is Settle.SETTLED:
             # Same files (fingerprint), same judgement, same run-level inputs, still settled: the rules below
             # would build this very verdict again (the service's rescan, over every settled checkpoint).
-            verdicts.append(entry.verdict)
-            facts.append(entry.facts)
+            verdicts.append(kept[0])
+            facts.append(kept[1])
             continue
         if stat is None:
             # Re-checked by the quick digest only, and its kept verdict does not fit any more (the run's
@@ -363,8 +410,7 @@ def _judge_run(run: RunFound, opts: CheckOptions, now: float, *, only: str | Non
         found = [*j.problems, *stat.problems, *_temp_files(stat), *rank_problems]
         problems = _apply_time_rules(cand, found, stat, opts, now)
         step = j.step if cand.step is None else cand.step
-        cf = CheckpointFacts(cand.path, step, j.facts.get("adapters") or {},
-                             j.facts.get("full_weights") or [])
+        cf = hazard_facts(cand.path, step, j)
         facts.append(cf)
         verdict = Verdict(display(cand.path), step, cand.layout, status_from(problems), ranks,
                           tuple(_dedupe(problems)), tuple(checkpoint_hazards(cf)), stat.newest_mtime,
@@ -375,7 +421,10 @@ def _judge_run(run: RunFound, opts: CheckOptions, now: float, *, only: str | Non
             # abandoned-temp check depends on ``now``; a settled checkpoint without them does not.
             timeless = not any(severity_of(p.kind) is Severity.TRANSIENT for p in found) and \
                 problems == found
-            entry.key, entry.verdict, entry.facts = (key, verdict, cf) if timeless else (None, None, None)
+            if timeless:
+                entry.keep(key, verdict)
+            else:
+                entry.forget_kept()
 
     across = run_hazards(facts)
     verdicts = [_with_hazards(v, across.get(f.path, [])) for v, f in zip(verdicts, facts)]

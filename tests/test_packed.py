@@ -1,0 +1,133 @@
+"""Kept verdicts held packed (issue 13, memory): exact round trips, shared parts, and a small cache.
+
+The judgement cache keeps a packed record of every settled checkpoint (``ckptwatch.packed``); a rescan
+decodes it instead of judging again. These tests check, on checkpoints written by the real frameworks,
+that decoding gives back exactly what was packed (types included), that what cannot be packed exactly
+is kept as objects, and that the cache of a run costs a small, bounded amount per checkpoint.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import shutil
+import time
+import tracemalloc
+
+import pytest
+
+from ckptwatch import packed
+from ckptwatch.engine import Cached, check_root, hazard_facts
+from ckptwatch.layouts.base import CheckOptions, Judgement
+from ckptwatch.model import Problem, Status
+from ckptwatch.packed import MARK, Unpackable, decode, encode
+
+pytestmark = pytest.mark.slow
+
+
+def _shape(x: object) -> object:
+    """``x`` with every scalar's type next to it: ``==`` alone takes True for 1 and 1.0 for 1."""
+    if isinstance(x, dict):
+        return [(_shape(k), _shape(v)) for k, v in x.items()]
+    if isinstance(x, (list, tuple)):
+        return (type(x).__name__, [_shape(v) for v in x])
+    return (type(x).__name__, repr(x))
+
+
+@pytest.mark.parametrize("name", ["hf_full", "hf_lora", "hf_multi_adapter", "dcp", "deepspeed_zero2",
+                                  "lightning"])
+def test_real_verdicts_and_judgements_round_trip_exactly(artefact, name: str) -> None:
+    run = artefact(name)
+    cache: dict = {}
+    report = check_root(str(run), CheckOptions(settle_seconds=0), time.time() + 60, cache=cache)
+    verdicts = [v for r in report.runs for v in r.checkpoints]
+    assert verdicts and cache
+    for v in verdicts:
+        assert decode(encode(v, v.path), v.path) == v
+    for path, entry in cache.items():
+        j = entry.judgement()
+        back = decode(encode(j, path), path)
+        assert type(back) is Judgement and _shape(vars(back)) == _shape(vars(j))
+        assert entry.key is not None, f"{path}: a settled checkpoint keeps its verdict"
+        assert entry.kept(entry.key, j) is not None
+        assert type(entry._kept) is tuple, f"{path}: kept packed, not as objects"
+
+
+def test_types_survive_where_python_calls_values_equal() -> None:
+    value = {1: True, "one": 1, "float": 1.0, "neg_zero": -0.0, "half": 0.5, "none": None,
+             "list": [1, 1.0, True, False, 0, 0.0], "tuple": (Status.COMPLETE, "complete"),
+             "nested": {"x": [{"y": (2, 2.0)}]}}
+    back = decode(encode(value, "/r/checkpoint-1"), "/r/checkpoint-1")
+    assert _shape(back) == _shape(value)
+    assert type(back["tuple"][0]) is Status and type(back["tuple"][1]) is str
+
+
+def test_the_path_is_taken_out_and_put_back_including_its_longer_neighbours() -> None:
+    path = "/runs/a/checkpoint-1"
+    p = Problem("needs_weights_only_false", f"{path}/rng_state.pth",
+                f"{path}/rng_state.pth needs weights_only=False; compare /runs/a/checkpoint-10/rng_state.pth")
+    enc = encode(p, path)
+    assert path not in repr(enc)
+    assert decode(enc, path) == p
+    other = "/runs/a/checkpoint-2"
+    assert decode(encode(Problem(p.kind, f"{other}/rng_state.pth", p.message.replace(path, other)), other),
+                  path) == p  # the same finding of two checkpoints is one packed value
+
+
+def test_what_cannot_be_packed_exactly_is_refused() -> None:
+    with pytest.raises(Unpackable):
+        encode({"name": "a" + MARK + "b"}, "/r")
+    with pytest.raises(Unpackable):
+        encode({"ids": {1, 2}}, "/r")
+    odd = Judgement([], facts={"ids": {1, 2}})
+    odd.extra = 1  # a field of its own: not rebuilt by Judgement(...)
+    with pytest.raises(Unpackable):
+        encode(odd, "/r")
+
+
+def test_an_entry_that_cannot_be_packed_is_kept_as_objects(artefact) -> None:
+    run = artefact("hf_full")
+    cache: dict = {}
+    report = check_root(str(run), CheckOptions(settle_seconds=0), time.time() + 60, cache=cache)
+    v = report.runs[0].checkpoints[0]
+    entry = cache[v.path]
+    odd = Judgement(list(entry.judgement().problems), facts={"ids": {1, 2}})
+    kept = Cached(entry.fingerprint, odd, entry.quick, v.path)
+    kept.keep(1, v)
+    assert kept.judgement() is odd and kept.kept(2, odd) is None
+    assert kept.kept(1, odd) == (v, hazard_facts(v.path, v.step, odd))
+    kept.forget_kept()
+    assert kept.kept(1, odd) is None and kept.judgement() is odd
+
+
+def test_a_cached_run_costs_a_small_record_per_checkpoint(artefact) -> None:
+    """200 real Trainer checkpoints (copies of one, each with its two needs_weights_only_false findings):
+    the cache of their judgements and kept verdicts, measured by tracemalloc, stays under 1,200 bytes a
+    checkpoint (as objects it was ~4,500). The sharing table is emptied first, so its part is counted."""
+    run = artefact("hf_full")
+    first = sorted(p for p in run.iterdir() if p.name.startswith("checkpoint-"))[0]
+    for i in range(1000, 1200):
+        copy = run / f"checkpoint-{i}"
+        shutil.copytree(first, copy, symlinks=True)
+        state = json.loads((copy / "trainer_state.json").read_text())
+        (copy / "trainer_state.json").write_text(json.dumps({**state, "global_step": i}))
+    opts = CheckOptions(settle_seconds=0)
+    check_root(str(run), opts, time.time() + 60, cache={})  # every module and reader's one-time tables
+    # loaded in this process (without a cache, 200 checkpoints are judged in forked workers)
+    packed._shared.clear()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        cache: dict = {}
+        before = tracemalloc.get_traced_memory()[0]
+        report = check_root(str(run), opts, time.time() + 60, cache=cache)
+        count = sum(len(r.checkpoints) for r in report.runs)
+        assert count >= 200 and all(e.key is not None for e in cache.values())
+        kinds = {p.kind for v in report.runs[0].checkpoints for p in v.problems}
+        assert "needs_weights_only_false" in kinds
+        del report
+        gc.collect()
+        per_checkpoint = (tracemalloc.get_traced_memory()[0] - before) / count
+    finally:
+        tracemalloc.stop()
+    assert per_checkpoint < 1200, f"{per_checkpoint:.0f} bytes per cached checkpoint"
