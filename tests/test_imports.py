@@ -90,6 +90,7 @@ FLOORS: dict[str, int] = {
     "ckptwatch.layouts": LAYOUTS,
     "ckptwatch.discover": LAYOUTS,
     "ckptwatch.hazards": LAYOUTS,  # pure rules over the facts the layouts gather (paths shown by scan)
+    "ckptwatch.packed": LAYOUTS,  # the engine cache's kept records, packed (knows Judgement, a layouts type)
     "ckptwatch.retention.facts": LAYOUTS,  # metrics, pins, framework pointers, the best checkpoint
     "ckptwatch.retention.delete": LAYOUTS,  # the one guarded deletion path (re-checks with the layouts)
     "ckptwatch.retention.access": LAYOUTS,  # may this user delete under a root (discovery + os.access)
