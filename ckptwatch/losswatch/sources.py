@@ -103,12 +103,14 @@ def wants_trainer_state(settings: LossSettings) -> bool:
 
 
 def checkpoint_states(run_root: str,
-                      checkpoints: Sequence[tuple[int | None, str]]) -> list[tuple[int, str, os.stat_result]]:
-    """``(step, trainer_state.json path, its stat)`` of each checkpoint that has one as a regular file,
-    oldest step first. Uses the caller's checkpoint list when given, else the ``checkpoint-<N>`` dirs
-    directly under the run dir. The stat is returned because the caller compares it with the last read:
-    one stat per checkpoint per pass, not two (10,000 runs' checkpoints at every whole-root pass)."""
-    out: dict[str, tuple[int, os.stat_result]] = {}
+                      checkpoints: Sequence[tuple[int | None, str]]
+                      ) -> list[tuple[int, str, os.stat_result, str]]:
+    """``(step, trainer_state.json path, its stat, the checkpoint dir)`` of each checkpoint that has one as
+    a regular file, oldest step first (the dir is the caller's string: a key it may keep at no cost).
+    Uses the caller's checkpoint list when given, else the ``checkpoint-<N>`` dirs directly under the run
+    dir. The stat is returned because the caller compares it with the last read: one stat per checkpoint
+    per pass, not two (10,000 runs' checkpoints at every whole-root pass)."""
+    out: dict[str, tuple[int, os.stat_result, str]] = {}
     dirs = [(s, p) for s, p in checkpoints] or [(None, e.path) for e in _scandir(run_root) if e.is_dir()]
     for step, d in dirs:
         if step is None:
@@ -122,8 +124,8 @@ def checkpoint_states(run_root: str,
         except (OSError, ValueError):
             continue
         if stat.S_ISREG(st.st_mode):  # what os.path.isfile asked (a link is followed, as it did)
-            out[path] = (step, st)
-    return sorted(((s, p, st) for p, (s, st) in out.items()), key=lambda t: (t[0], t[1]))
+            out[path] = (step, st, d)
+    return sorted(((s, p, st, d) for p, (s, st, d) in out.items()), key=lambda t: (t[0], t[1]))
 
 
 def _scandir(path: str) -> list[os.DirEntry[str]]:

@@ -356,7 +356,7 @@ class RunLossWatcher:
         self._polled = False
         self.resumes: list[Resume] = []
         self.notes: list[str] = []
-        self._ts_seen: dict[str, tuple[int, int]] = {}
+        self._ts_seen: dict[str, int] = {}  # checkpoint dir -> hash of its trainer_state.json's size, mtime
         self._ts_hist: dict[int, float] = {}  # step -> loss of the accumulated trainer_state history
         # step -> (checkpoint name, run configuration) of the trainer_state.json last read at that step
         self._ts_conf: dict[int, tuple[str, dict[str, Any]]] = {}
@@ -457,16 +457,16 @@ class RunLossWatcher:
         fam = self._family("trainer_state")
         fam.checkpoints = checkpoints
         present = set()
-        for step, path, st in checkpoint_states(self.root, checkpoints):
-            present.add(path)
-            sig = (st.st_size, st.st_mtime_ns)
-            if self._ts_seen.get(path) == sig:
+        for step, path, st, ckpt in checkpoint_states(self.root, checkpoints):
+            present.add(ckpt)
+            sig = hash((st.st_size, st.st_mtime_ns))  # one int a checkpoint (10,000 runs' worth are kept)
+            if self._ts_seen.get(ckpt) == sig:
                 continue
             read = read_trainer_state(path, self.settings.metric)
             if read is None:
                 continue  # being written: try again next poll
             pts, state = read
-            self._ts_seen[path] = sig
+            self._ts_seen[ckpt] = sig
             grew = True
             evidence = self._config_evidence(step, path, run_config(state))
             hist = self._ts_hist
@@ -499,8 +499,9 @@ class RunLossWatcher:
                 hist[p.step] = p.value
             while len(hist) > 4 * 4096:  # bounded: forget the oldest steps
                 hist.pop(min(hist))
-        for path in [p for p in self._ts_seen if p not in present and not os.path.exists(p)]:  # rotated away
-            del self._ts_seen[path]
+        for ckpt in [p for p in self._ts_seen
+                     if p not in present and not os.path.exists(os.path.join(p, "trainer_state.json"))]:
+            del self._ts_seen[ckpt]  # rotated away
         return grew
 
     def _config_evidence(self, step: int, path: str, config: dict[str, Any] | None) -> str:
@@ -509,6 +510,8 @@ class RunLossWatcher:
         earlier = [s for s in self._ts_conf if s < step]
         before = self._ts_conf[max(earlier)] if earlier else None
         if config is not None:
+            if before is not None and before[1] == config:
+                config = before[1]  # one view for a run's checkpoints, not one each (memory)
             self._ts_conf[step] = (name, config)
             while len(self._ts_conf) > 4096:  # bounded: forget the oldest checkpoints
                 self._ts_conf.pop(min(self._ts_conf))
