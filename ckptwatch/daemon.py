@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from ckptwatch.config import Config, WatchConfig, load_config
@@ -89,6 +89,31 @@ def build_row(config: Config, state: StateStore, state_dir: str, log: object, cl
              RetentionSink(alerts=alerts, faults=faults, background=background, rejudge=rejudge, log=log,
                            mirrored=mirror.is_committed, recheck=mirror.recheck))
     return Row(sinks, alerts)
+
+
+JUDGING_ACTION = ("retrying at the next event or rescan; if it persists, run `ckptwatch once {root}` by hand "
+                  "and report the error")
+
+
+class _Taken:
+    """A pass's runs as the daemon takes them: a whole-root pass judges each run as it is taken, so a
+    fault of ours can come half-way; it ends the pass and is kept in ``fault`` (the runs delivered stay
+    delivered; the rest are judged at the next pass), instead of escaping the loop."""
+
+    def __init__(self, runs: Iterable[RunReport]) -> None:
+        self._runs = iter(runs)
+        self.fault: str | None = None
+
+    def __iter__(self) -> Iterator[RunReport]:
+        while True:
+            try:
+                run = next(self._runs)
+            except StopIteration:
+                return
+            except Exception as exc:  # noqa: BLE001 - see the docstring
+                self.fault = f"{type(exc).__name__}: {exc}"
+                return
+            yield run
 
 
 @dataclass
@@ -278,8 +303,7 @@ class Daemon:
             self.faults.call(sink.name, sink.begin_pass, now)
         result = self.faults.call(
             f"judging {w.path}", self.judge.judge, w, scope, now, context={"root": w.path},
-            action=f"retrying at the next event or rescan; if it persists, run `ckptwatch once {w.path}` by "
-                   "hand and report the error")
+            action=JUDGING_ACTION.format(root=w.path))
         if result is not None:
             self._deliver(w, result, now)
         status = self.faults.call("state store", self._status_line)
@@ -294,7 +318,8 @@ class Daemon:
             for run_root in sorted(remembered):
                 if (run_root == w.path or run_root.startswith(base)) and run_root not in result.live:
                     self.forget_run(run_root)
-        for run in result.runs:
+        judged = _Taken(result.runs)
+        for run in judged:
             self.runs[run.root] = RunRecord(w.path)
             self.observers.judged(w.path, run)
             wake = [settled_at(run, self.config.service.settle_seconds, now)]
@@ -304,7 +329,10 @@ class Daemon:
             again = min((t for t in wake if t is not None), default=None)
             if again is not None:
                 self.dirty.schedule(w.path, run.root, again)
-        if result.whole:
+        if judged.fault is not None:
+            self.faults.report(f"judging {w.path}", judged.fault, JUDGING_ACTION.format(root=w.path),
+                               root=w.path)
+        elif result.whole:
             for sink in self.row.sinks:
                 self.faults.call(sink.name, sink.root_judged, w, result.live, now)
 

@@ -15,8 +15,10 @@ Generic rules applied here, identically for every layout:
 
 from __future__ import annotations
 
+import collections
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -37,8 +39,9 @@ from ckptwatch.vocabulary import severity_of, status_from
 @dataclass
 class RootReport:
     root: str
-    runs: list[RunReport]
+    runs: list[RunReport]  # with check_root(stream=True): an iterator, judged as it is taken
     problems: list[Problem]
+    live: frozenset[str] | None = None  # every run's root as its RunReport names it, known before judging
 
 
 class Cached:
@@ -103,24 +106,39 @@ JudgementCache = dict  # checkpoint path -> Cached; owned by one caller
 
 
 def check_root(root: str, opts: CheckOptions, now: float, *, layout: str = "auto",
-               cache: JudgementCache | None = None, loss: Any = None) -> RootReport:
+               cache: JudgementCache | None = None, loss: Any = None, stream: bool = False) -> RootReport:
     """Every run below ``root``, judged.
 
     ``cache`` (the service's, one per root): a checkpoint whose files (paths, sizes, mtimes, modes)
     are unchanged since the last pass reuses its layout judgement, so an event or a rescan of a root
     with thousands of checkpoints costs a listing and a stat per file, not a re-read of every header.
     The time rules (settle, stale markers), ranks and hazards are still applied afresh.
+
+    ``stream`` (the service's whole-root pass): ``runs`` is an iterator that judges each run as it is
+    taken, and ``live`` names them all up front. Why: at 10,000 runs, holding every run's verdicts at
+    once cost the service ~150 MiB at each pass, and a process keeps the high-water mark of its heap.
     """
     found = discover(root, layout=layout)
-    runs = [_judge_run_guarded(run, opts, now, cache) for run in found.runs]
-    if loss is not None:
-        memo: dict[str, Any] = {}
-        runs = [with_loss(r, loss, memo) for r in runs]
+    live = frozenset(display(run.root) for run in found.runs)
+    runs: Any = _judged_runs(collections.deque(found.runs), opts, now, cache)
+    if not stream:
+        runs = list(runs)
+        if loss is not None:
+            memo: dict[str, Any] = {}
+            runs = [with_loss(r, loss, memo) for r in runs]
+    return RootReport(root, runs, found.problems, live)
+
+
+def _judged_runs(runs: collections.deque[RunFound], opts: CheckOptions, now: float,
+                 cache: JudgementCache | None) -> Iterator[RunReport]:
+    """Each run judged in turn, its discovery (candidates) released once judged; at the end, the cache
+    forgets checkpoints that are gone."""
+    seen = {c.path for run in runs for c in run.candidates} if cache is not None else set()
+    while runs:
+        yield _judge_run_guarded(runs.popleft(), opts, now, cache)
     if cache is not None:
-        seen = {c.path for run in found.runs for c in run.candidates}
         for gone in [p for p in cache if p not in seen]:
             del cache[gone]
-    return RootReport(root, runs, found.problems)
 
 
 def check_run_dir(run_root: str, opts: CheckOptions, now: float, *, layout: str = "auto",

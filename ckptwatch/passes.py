@@ -10,7 +10,7 @@ writing has not settled), which is looked up only when a verdict is about to cha
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -42,7 +42,7 @@ class Engine:
 
 @dataclass(frozen=True)
 class PassResult:
-    runs: tuple[RunReport, ...]
+    runs: Iterable[RunReport]  # taken once: a whole-root pass judges each run as it is taken
     whole: bool  # a whole-root pass: ``live`` is every run the root holds now
     live: frozenset[str] = frozenset()
 
@@ -66,8 +66,13 @@ class Judge:
             runs = self.engine.check_run_dir(scope, opts, now, layout=watch.layout, cache=cache)
         whole = runs is None
         if whole:
-            runs = self.engine.check_root(watch.path, opts, now, layout=watch.layout, cache=cache).runs
-            self.run_index[watch.path] = frozenset(r.root for r in runs)
+            report = self.engine.check_root(watch.path, opts, now, layout=watch.layout, cache=cache,
+                                            stream=True)
+            runs = report.runs  # judged one at a time as the daemon delivers them (see check_root)
+            if report.live is None:  # an engine that does not stream (a test's)
+                runs = list(runs)
+            live = frozenset(r.root for r in runs) if report.live is None else report.live
+            self.run_index[watch.path] = live
         return PassResult(self._open_files_rule(watch.path, runs), whole,
                           self.run_index[watch.path] if whole else frozenset())
 
@@ -85,9 +90,8 @@ class Judge:
         held = held_open_is_in_progress(list(run.checkpoints), self.engine.open_for_writing([run_root]))
         return with_checkpoints(run, tuple(held)) if held != list(run.checkpoints) else run
 
-    def _open_files_rule(self, root: str, runs: list[RunReport]) -> tuple[RunReport, ...]:
+    def _open_files_rule(self, root: str, runs: Iterable[RunReport]) -> Iterator[RunReport]:
         writing: dict[str, str] | None = None  # the open-files sweep, at most once per pass
-        out = []
         for run in runs:
             about_to_change = self.changed_paths(list(run.checkpoints))
             if any(v.path in about_to_change and v.status is not Status.IN_PROGRESS for v in run.checkpoints):
@@ -96,8 +100,7 @@ class Judge:
                 held = held_open_is_in_progress(list(run.checkpoints), writing)
                 if held != list(run.checkpoints):
                     run = with_checkpoints(run, tuple(held))
-            out.append(run)
-        return tuple(out)
+            yield run
 
     def forget_root(self, root: str) -> None:
         self.caches.pop(root, None)
