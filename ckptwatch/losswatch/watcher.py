@@ -358,8 +358,9 @@ class RunLossWatcher:
         self.notes: list[str] = []
         self._ts_seen: dict[str, int] = {}  # checkpoint dir -> hash of its trainer_state.json's size, mtime
         self._ts_hist: dict[int, float] = {}  # step -> loss of the accumulated trainer_state history
-        # step -> (checkpoint name, run configuration) of the trainer_state.json last read at that step
-        self._ts_conf: dict[int, tuple[str, dict[str, Any]]] = {}
+        # step -> run configuration of the trainer_state.json last read at that step (one view shared by
+        # the steps that have the same: 10,000 runs' checkpoints are kept)
+        self._ts_conf: dict[int, dict[str, Any]] = {}
         self.level_steps: list[int] = []  # steps of the returns to the initial loss reported
 
     def _family(self, kind: str) -> _Family:
@@ -457,7 +458,9 @@ class RunLossWatcher:
         fam = self._family("trainer_state")
         fam.checkpoints = checkpoints
         present = set()
-        for step, path, st, ckpt in checkpoint_states(self.root, checkpoints):
+        states = checkpoint_states(self.root, checkpoints)
+        names = {step: ckpt for step, _, _, ckpt in states}  # for messages naming the checkpoint before
+        for step, path, st, ckpt in states:
             present.add(ckpt)
             sig = hash((st.st_size, st.st_mtime_ns))  # one int a checkpoint (10,000 runs' worth are kept)
             if self._ts_seen.get(ckpt) == sig:
@@ -468,7 +471,7 @@ class RunLossWatcher:
             pts, state = read
             self._ts_seen[ckpt] = sig
             grew = True
-            evidence = self._config_evidence(step, path, run_config(state))
+            evidence = self._config_evidence(step, path, run_config(state), names)
             hist = self._ts_hist
             diverge = next((i for i, p in enumerate(pts)
                             if p.step in hist and not _same(hist[p.step], p.value)), None)
@@ -504,20 +507,24 @@ class RunLossWatcher:
             del self._ts_seen[ckpt]  # rotated away
         return grew
 
-    def _config_evidence(self, step: int, path: str, config: dict[str, Any] | None) -> str:
-        """What changed in the run configuration since the checkpoint before ``step`` ("" if nothing)."""
+    def _config_evidence(self, step: int, path: str, config: dict[str, Any] | None,
+                         names: dict[int, str]) -> str:
+        """What changed in the run configuration since the checkpoint before ``step`` ("" if nothing).
+        ``names``: step -> checkpoint dir of the checkpoints present (the one before is named by it)."""
         name = os.path.basename(os.path.dirname(path))
         earlier = [s for s in self._ts_conf if s < step]
-        before = self._ts_conf[max(earlier)] if earlier else None
+        prev = max(earlier) if earlier else None
+        before = self._ts_conf[prev] if prev is not None else None
         if config is not None:
-            if before is not None and before[1] == config:
-                config = before[1]  # one view for a run's checkpoints, not one each (memory)
-            self._ts_conf[step] = (name, config)
+            if before is not None and before == config:
+                config = before  # one view for a run's checkpoints, not one each (memory)
+            self._ts_conf[step] = config
             while len(self._ts_conf) > 4096:  # bounded: forget the oldest checkpoints
                 self._ts_conf.pop(min(self._ts_conf))
-        if before is None:
+        if before is None or prev is None:
             return ""
-        return config_change(before[1], before[0], config, name) or ""
+        before_name = os.path.basename(names[prev]) if prev in names else f"the checkpoint at step {prev}"
+        return config_change(before, before_name, config, name) or ""
 
     def report(self) -> LossReport:
         segs: list[SegmentSummary] = []
