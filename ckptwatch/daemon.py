@@ -116,7 +116,7 @@ class _Taken:
             yield run
 
 
-@dataclass
+@dataclass(slots=True)
 class RunRecord:
     """The daemon's one record per known run: which watched root holds it."""
 

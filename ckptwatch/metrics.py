@@ -19,7 +19,7 @@ from ckptwatch.mirror.lag import Position, mirror_lag
 from ckptwatch.model import RunReport, Status
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RunSnapshot:
     root: str
     layout: str

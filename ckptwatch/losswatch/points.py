@@ -27,7 +27,7 @@ class LossPoint(NamedTuple):
     wall_time: float | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WriterId:
     """Where a segment's points came from: the source kind, the file, and which segment of that file.
 
@@ -86,6 +86,9 @@ class Decimated:
 
 class Segment:
     """The bounded history of one writer segment (mutable: the watcher appends as the file grows)."""
+
+    __slots__ = ("count", "first", "keep_first", "last", "max_step", "order_key", "plot", "recent", "ring",
+                 "writer")
 
     def __init__(self, writer: WriterId, keep_first: int, exact: int = EXACT_POINTS,
                  plot_points: int = PLOT_POINTS, order_key: float = 0.0) -> None:

@@ -47,7 +47,7 @@ IDLE_SECONDS = 300.0
 MAX_WRITTEN = 4096  # complete checkpoints per run whose write time is remembered (the newest judged)
 
 
-@dataclass
+@dataclass(slots=True)
 class LossRun:
     """What the loss watch remembers of one run between passes."""
 
@@ -60,7 +60,7 @@ class LossRun:
     written: dict[str, tuple[float, int | None]] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(slots=True)
 class LossWatch:
     """One loss root's incremental reader and when its last poll read new points."""
 

@@ -48,7 +48,7 @@ class Chunk:
     reset: bool = False
 
 
-@dataclass
+@dataclass(slots=True)
 class Tailer:
     """Per-file read positions for any number of files (several runs may share one tailer)."""
 

@@ -72,7 +72,7 @@ class _Pending:
     evidence: str = ""
 
 
-@dataclass
+@dataclass(slots=True)
 class _Family:
     kind: str
     settings: LossSettings
@@ -340,6 +340,9 @@ class RunLossWatcher:
     changed, plus one directory walk to find new files) and returns only the resumes decided in this
     call: a resume is decided once ``window`` post-resume points exist, at once when one is not finite.
     """
+
+    __slots__ = ("_polled", "_seen", "_ts_conf", "_ts_hist", "_ts_seen", "families", "grew", "level_steps",
+                 "notes", "readers", "reported", "resumes", "root", "settings", "tailer")
 
     def __init__(self, run_root: str, settings: LossSettings, *, tailer: Tailer | None = None) -> None:
         self.root = run_root
