@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import os
 import re
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -61,7 +62,7 @@ class Cached:
     ``scan.quick_digest`` alone, and walks it in full only when that differs.
     """
 
-    __slots__ = ("fingerprint", "quick", "key", "path", "_judgement", "_kept")
+    __slots__ = ("fingerprint", "quick", "key", "path", "_judgement", "_kept", "_numbers")
 
     def __init__(self, fingerprint: int, judgement: Judgement, quick: int | None, path: str) -> None:
         self.fingerprint = fingerprint
@@ -70,6 +71,7 @@ class Cached:
         self.path = path  # the checkpoint (the cache's key): what packed strings stand in for
         self._judgement: Any = judgement  # a Judgement, or its packed form (a tuple)
         self._kept: Any = None  # None, a Verdict, or its packed form (a tuple)
+        self._numbers: bytes | None = None  # the packed verdict's own step, newest_mtime and bytes
 
     def judgement(self) -> Judgement:
         j = self._judgement
@@ -81,20 +83,42 @@ class Cached:
         if self.key != key or self._kept is None:
             return None
         k = self._kept
-        verdict = packed.decode(k, self.path) if type(k) is tuple else k
+        if type(k) is not tuple:
+            verdict = k
+        else:
+            verdict = packed.decode(k, self.path)
+            if self._numbers is not None:
+                mtime, size, step, has_step = _VERDICT_NUMBERS.unpack(self._numbers)
+                verdict = Verdict(verdict.path, step if has_step else None, verdict.layout, verdict.status,
+                                  verdict.ranks, verdict.problems, verdict.hazards, mtime, size)
         return verdict, hazard_facts(self.path, verdict.step, judgement)
 
     def keep(self, key: int, verdict: Verdict) -> None:
+        """Keep ``verdict`` for these run-level inputs. Packed, a verdict's own numbers (step, newest write,
+        size) go to 25 bytes and the rest is packed without them: the checkpoints of a run, which differ in
+        little else, then share one packed verdict."""
+        numbers = None
+        if (type(verdict.newest_mtime) is float and type(verdict.bytes) is int
+                and (verdict.step is None or type(verdict.step) is int)):
+            try:
+                numbers = _VERDICT_NUMBERS.pack(verdict.newest_mtime, verdict.bytes, verdict.step or 0,
+                                                verdict.step is not None)
+            except struct.error:  # out of range: kept in the packed verdict itself
+                numbers = None
         try:
             if type(self._judgement) is not tuple:
                 self._judgement = packed.encode(self._judgement, self.path)
-            self._kept = packed.encode(verdict, self.path)
+            shared = verdict if numbers is None else replace(verdict, step=None, newest_mtime=0.0, bytes=0)
+            self._kept, self._numbers = packed.encode(shared, self.path), numbers
         except packed.Unpackable:  # kept as objects: correct, only larger
-            self._judgement, self._kept = self.judgement(), verdict
+            self._judgement, self._kept, self._numbers = self.judgement(), verdict, None
         self.key = key
 
     def forget_kept(self) -> None:
-        self.key, self._kept = None, None
+        self.key, self._kept, self._numbers = None, None, None
+
+
+_VERDICT_NUMBERS = struct.Struct("<dQq?")  # newest_mtime, bytes, step, whether there is a step
 
 
 def hazard_facts(path: str, step: int | None, j: Judgement) -> CheckpointFacts:
