@@ -51,9 +51,9 @@ def test_real_verdicts_and_judgements_round_trip_exactly(artefact, name: str) ->
         assert entry.key is not None, f"{path}: a settled checkpoint keeps its verdict"
         kept, _ = entry.kept(entry.key, j)
         v = next(v for v in verdicts if v.path == path)
-        assert (kept.path, kept.step, kept.status, kept.ranks, kept.problems, kept.newest_mtime, kept.bytes) == \
-            (v.path, v.step, v.status, v.ranks, v.problems, v.newest_mtime, v.bytes)
-        assert type(kept.step) is type(v.step) and type(kept.newest_mtime) is float and type(kept.bytes) is int
+        fields = ("path", "step", "status", "ranks", "problems", "newest_mtime", "bytes")
+        assert [getattr(kept, f) for f in fields] == [getattr(v, f) for f in fields]
+        assert [type(getattr(kept, f)) for f in fields] == [type(getattr(v, f)) for f in fields]
         assert type(entry._kept) is tuple, f"{path}: kept packed, not as objects"
 
 
