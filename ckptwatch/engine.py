@@ -53,9 +53,10 @@ class Cached:
     transient finding), with ``key``, a hash of the run-level inputs it was built from. A rescan that finds
     the same fingerprint and key, still settled, reuses it as it is (``kept``).
 
-    A kept entry is held packed (``packed``): the service keeps one for every settled checkpoint of every
-    root, and as objects they cost ~4.5 KB each. Packed, the parts checkpoints share (their findings with the
-    path taken out, ranks, weights files) are held once; ``judgement()`` and ``kept()`` decode a copy.
+    In a big cache a kept entry is held packed (``packed``, ``PACK_ABOVE``): the service keeps one for every
+    settled checkpoint of every root, and as objects they cost ~4.5 KB each. Packed, the parts checkpoints
+    share (their findings with the path taken out, ranks, weights files) are held once, ~570 bytes a
+    checkpoint in all; ``judgement()`` and ``kept()`` decode a copy (~18 us a checkpoint at each rescan).
 
     ``quick`` is ``TreeStat.quick`` of a look with this fingerprint (None: the checkpoint holds a link or a
     finding, or is a file): while a verdict is kept, a rescan re-checks the checkpoint with
@@ -85,18 +86,34 @@ class Cached:
         k = self._kept
         if type(k) is not tuple:
             verdict = k
-        else:
+        elif self._numbers is None:
             verdict = packed.decode(k, self.path)
-            if self._numbers is not None:
-                mtime, size, step, has_step = _VERDICT_NUMBERS.unpack(self._numbers)
-                verdict = Verdict(verdict.path, step if has_step else None, verdict.layout, verdict.status,
-                                  verdict.ranks, verdict.problems, verdict.hazards, mtime, size)
+        else:
+            # path, step, layout, status, ranks, problems, hazards, newest_mtime, bytes (Verdict's fields)
+            fields = packed.decode_fields(k, self.path)
+            mtime, size, step, has_step = _VERDICT_NUMBERS.unpack(self._numbers)
+            fields[1], fields[7], fields[8] = step if has_step else None, mtime, size
+            verdict = Verdict(*fields)
         return verdict, hazard_facts(self.path, verdict.step, judgement)
 
-    def keep(self, key: int, verdict: Verdict) -> None:
-        """Keep ``verdict`` for these run-level inputs. Packed, a verdict's own numbers (step, newest write,
-        size) go to 25 bytes and the rest is packed without them: the checkpoints of a run, which differ in
-        little else, then share one packed verdict."""
+    def judgement_for_kept(self) -> Judgement:
+        """This entry's judgement without its problems, for a rescan that reuses the kept verdict: the run's
+        widest ranks and the hazard facts are all that reuse reads (the problems are in the verdict).
+        A caller that cannot reuse the verdict must judge with ``judgement()`` (the engine does: it
+        judges the run again without the quick path)."""
+        j = self._judgement
+        if type(j) is not tuple:
+            return j
+        return Judgement([], *packed.decode_fields(j, self.path, start=2))
+
+    def keep(self, key: int, verdict: Verdict, pack: bool = True) -> None:
+        """Keep ``verdict`` for these run-level inputs, packed or (``pack`` False) as it is. Packed, a
+        verdict's own numbers (step, newest write, size) go to 25 bytes and the rest is packed without them:
+        the checkpoints of a run, which differ in little else, then share one packed verdict."""
+        self.key = key
+        if not pack:
+            self._kept, self._numbers = verdict, None
+            return
         numbers = None
         if (type(verdict.newest_mtime) is float and type(verdict.bytes) is int
                 and (verdict.step is None or type(verdict.step) is int)):
@@ -112,7 +129,6 @@ class Cached:
             self._kept, self._numbers = packed.encode(shared, self.path), numbers
         except packed.Unpackable:  # kept as objects: correct, only larger
             self._judgement, self._kept, self._numbers = self.judgement(), verdict, None
-        self.key = key
 
     def forget_kept(self) -> None:
         self.key, self._kept, self._numbers = None, None, None
@@ -127,6 +143,13 @@ def hazard_facts(path: str, step: int | None, j: Judgement) -> CheckpointFacts:
 
 
 JudgementCache = dict  # checkpoint path -> Cached; owned by one caller
+
+# Kept verdicts are packed once a root's cache holds more checkpoints than this. Below, they stay objects:
+# at most ~90 MiB, and a rescan reuses them as they are (the warm rescan of 10,000 checkpoints is ~2.4x
+# `find`, and decoding each would add ~0.18 s to its 0.57 s). Above, memory is what runs out first: at
+# 100,000 checkpoints the objects were ~450 MiB; packed they are ~57 MiB, and a rescan pays ~2 s more
+# (issue 13, bench/README.md section 10).
+PACK_ABOVE = 20_000
 
 
 def check_root(root: str, opts: CheckOptions, now: float, *, layout: str = "auto",
@@ -288,7 +311,7 @@ def _judge_cached(run: RunFound, cand: Candidate, opts: CheckOptions, cache: Jud
     hit = cache.get(cand.path)
     if (quick and hit is not None and hit.key is not None and hit.quick is not None
             and not cand.members and quick_digest(cand.path) == hit.quick):
-        return hit.judgement(), None, hit
+        return hit.judgement_for_kept(), None, hit  # no stat: only a kept verdict may be used (_judge_run)
     stat = _stat_candidate(run, cand)
     fingerprint = _fingerprint(stat)  # a 64-bit hash (TreeStat.digest), never the listing itself
     if hit is not None and hit.fingerprint == fingerprint:
@@ -434,6 +457,7 @@ def _judge_run(run: RunFound, opts: CheckOptions, now: float, *, only: str | Non
     verdicts: list[Verdict] = []
     facts: list[CheckpointFacts] = []
     run_key = (widest, opts.expected_ranks, opts.settle_seconds, opts.stale_after)
+    pack = cache is not None and len(cache) > PACK_ABOVE
     for cand, j, stat, entry in judged:
         key = hash((*run_key, cand.step, cand.layout))
         kept = entry.kept(key, j) if entry is not None else None
@@ -464,7 +488,7 @@ def _judge_run(run: RunFound, opts: CheckOptions, now: float, *, only: str | Non
             timeless = not any(severity_of(p.kind) is Severity.TRANSIENT for p in found) and \
                 problems == found
             if timeless:
-                entry.keep(key, verdict)
+                entry.keep(key, verdict, pack)
             else:
                 entry.forget_kept()
 

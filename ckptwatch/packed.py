@@ -38,6 +38,32 @@ class Unpackable(Exception):
     """The value holds something ``encode`` does not know how to rebuild exactly."""
 
 
+class _Const:
+    """A packed part that holds no path and cannot change (a ``Ranks``, a ``Status``, a tuple of them, an
+    integral float): decoded once, when packed, and handed out as it is by ``decode``. Why: a rescan decodes
+    every kept checkpoint, and rebuilding these each time doubled its cost; an immutable value may be
+    shared. Equal and hashed by its packed form (so ``1`` and ``True`` stay apart)."""
+
+    __slots__ = ("_hash", "key", "value")
+
+    def __init__(self, key: tuple[Any, ...], value: Any) -> None:
+        self.key = key
+        self.value = value
+        self._hash = hash(key)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is _Const and self.key == other.key
+
+    def __hash__(self) -> int:
+        return self._hash
+
+
+def _fixed(part: Any) -> bool:
+    """Whether a packed child decodes to the same immutable value for every path."""
+    t = type(part)
+    return t is _Const or part is None or t is int or (t is float) or (t is str and MARK not in part)
+
+
 def encode(value: Any, path: str) -> Any:
     """``value`` as hashable nested tuples, ``path`` replaced by ``MARK`` in its strings, parts shared."""
     t = type(value)
@@ -49,20 +75,24 @@ def encode(value: Any, path: str) -> Any:
         return _share(value)
     if value is None or t is int:
         return value
-    if t is float:
-        return value if not value.is_integer() else _share((float, repr(value)))  # 1.0 is not 1; -0.0
+    if t is float:  # 1.0 is not 1, and -0.0 is not 0.0: integral floats are tagged
+        return value if not value.is_integer() else _share(_Const((float, repr(value)), value))
     if t is bool:
-        return _share((bool, value))
+        return _share(_Const((bool, value), value))
+    immutable = False  # its decoded value cannot change: a candidate for _Const
     if t is tuple or t is list:
         out: tuple[Any, ...] = (t, *[encode(v, path) for v in value])
+        immutable = t is tuple
     elif t is dict:
         out = (dict, *[x for k, v in value.items() for x in (encode(k, path), encode(v, path))])
     elif isinstance(value, tuple) and hasattr(t, "_fields"):  # a NamedTuple (a safetensors TensorInfo)
         out = (t, *[encode(v, path) for v in value])
+        immutable = True
     elif isinstance(value, enum.Enum):
-        return _share((t, value.value))
-    elif isinstance(value, Record):
+        return _share(_Const((t, value.value), value))
+    elif isinstance(value, Record):  # read-only fields (model.Record)
         out = (t, *[encode(getattr(value, name), path) for name in t.__slots__])
+        immutable = True
     elif t is Judgement:
         if value.__dict__.keys() != _JUDGEMENT_FIELDS_SET:
             raise Unpackable("a judgement with fields of its own")
@@ -71,16 +101,20 @@ def encode(value: Any, path: str) -> Any:
         out = (t, *[encode(getattr(value, f.name), path) for f in dataclasses.fields(value)])
     else:
         raise Unpackable(f"cannot pack a {t.__name__}")
+    if immutable and all(_fixed(part) for part in out[1:]):
+        return _share(_Const(out, decode(out, path)))
     return _share(out)
 
 
 def decode(packed: Any, path: str) -> Any:
-    """The value ``encode`` was given (equal, not the same object)."""
+    """The value ``encode`` was given (equal; the same object only for an immutable part with no path)."""
     t = type(packed)
     if t is str:
         if packed == MARK:
             return path  # the checkpoint's own path: the caller's string, not a copy
         return packed.replace(MARK, path) if MARK in packed else packed
+    if t is _Const:
+        return packed.value
     if t is not tuple:
         return packed
     tag = packed[0]
@@ -91,13 +125,13 @@ def decode(packed: Any, path: str) -> Any:
     if tag is dict:
         items = packed[1:]
         return {decode(items[i], path): decode(items[i + 1], path) for i in range(0, len(items), 2)}
-    if tag is bool:
-        return packed[1]
-    if tag is float:
-        return float(packed[1])
-    if issubclass(tag, enum.Enum):
-        return tag(packed[1])
     return tag(*[decode(v, path) for v in packed[1:]])
+
+
+def decode_fields(packed: Any, path: str, start: int = 1) -> list[Any]:
+    """The decoded fields of a packed record from ``start`` (1: all): for a caller that builds the
+    record itself with some fields of its own (the engine's kept verdicts)."""
+    return [decode(v, path) for v in packed[start:]]
 
 
 def _share(value: Any) -> Any:

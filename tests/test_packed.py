@@ -16,10 +16,10 @@ import tracemalloc
 
 import pytest
 
-from ckptwatch import packed
+from ckptwatch import engine, packed
 from ckptwatch.engine import Cached, check_root, hazard_facts
 from ckptwatch.layouts.base import CheckOptions, Judgement
-from ckptwatch.model import Problem, Status
+from ckptwatch.model import Problem, Status, Verdict
 from ckptwatch.packed import MARK, Unpackable, decode, encode
 
 pytestmark = pytest.mark.slow
@@ -36,7 +36,8 @@ def _shape(x: object) -> object:
 
 @pytest.mark.parametrize("name", ["hf_full", "hf_lora", "hf_multi_adapter", "dcp", "deepspeed_zero2",
                                   "lightning"])
-def test_real_verdicts_and_judgements_round_trip_exactly(artefact, name: str) -> None:
+def test_real_verdicts_and_judgements_round_trip_exactly(artefact, name: str, monkeypatch) -> None:
+    monkeypatch.setattr(engine, "PACK_ABOVE", 0)  # pack whatever the cache's size
     run = artefact(name)
     cache: dict = {}
     report = check_root(str(run), CheckOptions(settle_seconds=0), time.time() + 60, cache=cache)
@@ -104,7 +105,7 @@ def test_an_entry_that_cannot_be_packed_is_kept_as_objects(artefact) -> None:
     assert kept.kept(1, odd) is None and kept.judgement() is odd
 
 
-def test_a_cached_run_costs_a_small_record_per_checkpoint(artefact) -> None:
+def test_a_cached_run_costs_a_small_record_per_checkpoint(artefact, monkeypatch) -> None:
     """200 real Trainer checkpoints (copies of one, each with its two needs_weights_only_false findings):
     the cache of their judgements and kept verdicts, measured by tracemalloc, stays under 800 bytes a
     checkpoint (~570 measured; as objects it was ~4,500). The sharing table is emptied first, so its part
@@ -116,6 +117,7 @@ def test_a_cached_run_costs_a_small_record_per_checkpoint(artefact) -> None:
         shutil.copytree(first, copy, symlinks=True)
         state = json.loads((copy / "trainer_state.json").read_text())
         (copy / "trainer_state.json").write_text(json.dumps({**state, "global_step": i}))
+    monkeypatch.setattr(engine, "PACK_ABOVE", 100)  # 200 checkpoints: packed
     opts = CheckOptions(settle_seconds=0)
     check_root(str(run), opts, time.time() + 60, cache={})  # every module and reader's one-time tables
     # loaded in this process (without a cache, 200 checkpoints are judged in forked workers)
@@ -136,3 +138,18 @@ def test_a_cached_run_costs_a_small_record_per_checkpoint(artefact) -> None:
     finally:
         tracemalloc.stop()
     assert per_checkpoint < 800, f"{per_checkpoint:.0f} bytes per cached checkpoint"
+
+
+def test_a_small_cache_keeps_its_verdicts_as_objects_and_a_big_one_packs_them(artefact, monkeypatch) -> None:
+    """Below ``PACK_ABOVE`` checkpoints a rescan reuses the kept verdicts as they are (no decoding, the
+    warm rescan's speed); above, they are packed. Both give the verdicts of a pass without a cache."""
+    run = artefact("hf_full")
+    opts = CheckOptions(settle_seconds=0)
+    now = time.time() + 60
+    fresh = check_root(str(run), opts, now)
+    for limit, kind in ((1000, Verdict), (0, tuple)):
+        monkeypatch.setattr(engine, "PACK_ABOVE", limit)
+        cache: dict = {}
+        check_root(str(run), opts, now, cache=cache)
+        assert {type(e._kept) for e in cache.values()} == {kind}
+        assert check_root(str(run), opts, now + 1, cache=cache).runs == fresh.runs
