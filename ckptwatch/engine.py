@@ -71,7 +71,7 @@ class Cached:
         self.key: int | None = None  # hash of the run-level inputs of the kept verdict (None: none kept)
         self.path = path  # the checkpoint (the cache's key): what packed strings stand in for
         self._judgement: Any = judgement  # a Judgement, or its packed form (a tuple)
-        self._kept: Any = None  # None, a Verdict, or its packed form (a tuple)
+        self._kept: Any = None  # None, [verdict, facts], or the verdict's packed form (a tuple)
         self._numbers: bytes | None = None  # the packed verdict's own step, newest_mtime and bytes
 
     def judgement(self) -> Judgement:
@@ -84,9 +84,9 @@ class Cached:
         if self.key != key or self._kept is None:
             return None
         k = self._kept
-        if type(k) is not tuple:
-            verdict = k
-        elif self._numbers is None:
+        if type(k) is list:  # kept as objects
+            return k[0], k[1]
+        if self._numbers is None:
             verdict = packed.decode(k, self.path)
         else:
             # path, step, layout, status, ranks, problems, hazards, newest_mtime, bytes (Verdict's fields)
@@ -106,13 +106,14 @@ class Cached:
             return j
         return Judgement([], *packed.decode_fields(j, self.path, start=2))
 
-    def keep(self, key: int, verdict: Verdict, pack: bool = True) -> None:
-        """Keep ``verdict`` for these run-level inputs, packed or (``pack`` False) as it is. Packed, a
-        verdict's own numbers (step, newest write, size) go to 25 bytes and the rest is packed without them:
-        the checkpoints of a run, which differ in little else, then share one packed verdict."""
+    def keep(self, key: int, verdict: Verdict, facts: CheckpointFacts, pack: bool = True) -> None:
+        """Keep ``verdict`` (and its hazard facts) for these run-level inputs, packed or (``pack`` False) as
+        they are. Packed, a verdict's own numbers (step, newest write, size) go to 25 bytes and the rest is
+        packed without them: the checkpoints of a run, which differ in little else, then share one packed
+        verdict; the facts are not kept (``kept`` builds them again from the judgement)."""
         self.key = key
         if not pack:
-            self._kept, self._numbers = verdict, None
+            self._kept, self._numbers = [verdict, facts], None
             return
         numbers = None
         if (type(verdict.newest_mtime) is float and type(verdict.bytes) is int
@@ -128,7 +129,7 @@ class Cached:
             shared = verdict if numbers is None else replace(verdict, step=None, newest_mtime=0.0, bytes=0)
             self._kept, self._numbers = packed.encode(shared, self.path), numbers
         except packed.Unpackable:  # kept as objects: correct, only larger
-            self._judgement, self._kept, self._numbers = self.judgement(), verdict, None
+            self._judgement, self._kept, self._numbers = self.judgement(), [verdict, facts], None
 
     def forget_kept(self) -> None:
         self.key, self._kept, self._numbers = None, None, None
@@ -488,7 +489,7 @@ def _judge_run(run: RunFound, opts: CheckOptions, now: float, *, only: str | Non
             timeless = not any(severity_of(p.kind) is Severity.TRANSIENT for p in found) and \
                 problems == found
             if timeless:
-                entry.keep(key, verdict, pack)
+                entry.keep(key, verdict, cf, pack)
             else:
                 entry.forget_kept()
 

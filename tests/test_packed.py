@@ -19,7 +19,7 @@ import pytest
 from ckptwatch import engine, packed
 from ckptwatch.engine import Cached, check_root, hazard_facts
 from ckptwatch.layouts.base import CheckOptions, Judgement
-from ckptwatch.model import Problem, Status, Verdict
+from ckptwatch.model import Problem, Status
 from ckptwatch.packed import MARK, Unpackable, decode, encode
 
 pytestmark = pytest.mark.slow
@@ -98,9 +98,10 @@ def test_an_entry_that_cannot_be_packed_is_kept_as_objects(artefact) -> None:
     entry = cache[v.path]
     odd = Judgement(list(entry.judgement().problems), facts={"ids": {1, 2}})
     kept = Cached(entry.fingerprint, odd, entry.quick, v.path)
-    kept.keep(1, v)
+    facts = hazard_facts(v.path, v.step, odd)
+    kept.keep(1, v, facts)
     assert kept.judgement() is odd and kept.kept(2, odd) is None
-    assert kept.kept(1, odd) == (v, hazard_facts(v.path, v.step, odd))
+    assert kept.kept(1, odd) == (v, facts)
     kept.forget_kept()
     assert kept.kept(1, odd) is None and kept.judgement() is odd
 
@@ -147,7 +148,7 @@ def test_a_small_cache_keeps_its_verdicts_as_objects_and_a_big_one_packs_them(ar
     opts = CheckOptions(settle_seconds=0)
     now = time.time() + 60
     fresh = check_root(str(run), opts, now)
-    for limit, kind in ((1000, Verdict), (0, tuple)):
+    for limit, kind in ((1000, list), (0, tuple)):
         monkeypatch.setattr(engine, "PACK_ABOVE", limit)
         cache: dict = {}
         check_root(str(run), opts, now, cache=cache)
