@@ -76,9 +76,13 @@ def test_a_run_touched_by_an_event_is_read_every_tick_until_it_is_quiet(tmp_path
         loss.tick(now + ACTIVE_SECONDS)  # still within ACTIVE_SECONDS of the event
         loss.tick(now + 1 + ACTIVE_SECONDS)  # no longer
         assert read == Counter({runs[7]: 4})
-        d.dirty.touch(str(root), now + 3 + ACTIVE_SECONDS)  # beside the runs: any run's logs may be there
+        shared = root / "lightning_logs"  # a run whose logs are outside its run dir
+        (shared / "version_0").mkdir(parents=True)
+        (shared / "metrics.csv").write_text("step,train_loss\n1,1.0\n")
+        loss.runs[str(shared / "version_0")] = LossRun(str(root), str(shared), LossSettings(), ())
+        d.dirty.touch(str(root), now + 3 + ACTIVE_SECONDS)  # in no known run (a new run dir, say)
         loss.tick(now + 4 + ACTIVE_SECONDS)
-        assert set(read) == set(runs) and read[runs[0]] == 1
+        assert read == Counter({runs[7]: 4, str(shared / "version_0"): 1})  # the logs in run dirs: not theirs
     finally:
         d.close()
 

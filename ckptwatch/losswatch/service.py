@@ -2,14 +2,17 @@
 
 Log lines need no settling (only complete lines are read), so a jump is seen within one flush plus a
 few seconds, not after ``settle_seconds``: an active run is polled every ``POLL_SECONDS``, a quiet
-one every ``IDLE_SECONDS``. Active means a file event in the run (or in its whole watched root), or new
-loss points read, within ``ACTIVE_SECONDS``: a logger keeps its file open and appends, which produces
-no event the watcher listens to (only creates, closes after writing, moves and deletes), so growth seen
-by the last poll counts too. A resumed process creates files (an events file, its next checkpoint) that
-make the run active; the slow round over quiet runs is the safety net for one that only appends to an
-old log. A tick looks only at the active runs (``DirtyScopes.touched_since`` and the runs that grew,
-not a check of each of 10,000 runs every 5 s), and the slow round is spread over its ``IDLE_SECONDS``,
-a slice of the quiet runs each tick, not a burst of every run at once.
+one every ``IDLE_SECONDS``. Active means a file event in the run, or new loss points read, within
+``ACTIVE_SECONDS``. Growth counts because a logger keeps its file open and appends, which produces no
+event the watcher listens to (only creates, closes after writing, moves and deletes). An event outside
+every known run (a new run dir, a file beside the runs) counts only for the runs whose loss logs are
+outside their run dir (Lightning's shared ``lightning_logs``): an event inside a run dir is that run's,
+so one new run dir does not make 10,000 runs' logs be read every 5 s for 10 minutes. A resumed process
+creates files (an events file, its next checkpoint) that make the run active; the slow round over quiet
+runs is the safety net for one that only appends to an old log. A tick looks only at the active runs
+(``DirtyScopes.touched_since`` and the runs that grew, not a check of each of 10,000 runs every 5 s),
+and the slow round is spread over its ``IDLE_SECONDS``, a slice of the quiet runs each tick, not a
+burst of every run at once.
 
 A checkpoint written again after it was judged complete (a second process resumed from an earlier
 checkpoint and saved over it: the same step, new files) is a resume the loss writers may not show. The
@@ -150,11 +153,12 @@ class LossSink(Sink):
         for root, scope in self.touched_since(since):
             run = self.runs.get(scope)
             if scope == root:
-                whole.add(root)  # an event the index could not place: the root may hold any run's logs
+                whole.add(root)  # an event the index could not place: in no run dir
             elif run is not None and run.watch_root == root:
                 due[scope] = None
-        if whole:
-            due.update((r, None) for r, run in self.runs.items() if run.watch_root in whole)
+        if whole:  # the runs whose logs are outside their run dir, where such an event may be
+            due.update((r, None) for r, run in self.runs.items()
+                       if run.watch_root in whole and not _inside(run.loss_root, r))
         for run_root in due:
             if run_root in self.runs:  # not forgotten since the slow round took it
                 self.poll(run_root, now)
@@ -248,6 +252,11 @@ class LossSink(Sink):
 
     def remembered(self) -> set[str]:
         return set(self.runs) | set(self.watches) | set(self._grew)
+
+
+def _inside(path: str, run_root: str) -> bool:
+    """Is ``path`` the run dir or below it? (Its events then come with the run's scope.)"""
+    return path == run_root or path.startswith(run_root.rstrip(os.sep) + os.sep)
 
 
 def _written_since(path: str, root: str, since: float) -> tuple[int, int]:
