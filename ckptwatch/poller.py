@@ -50,6 +50,7 @@ import os
 import stat
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -163,8 +164,11 @@ class CheckpointPoller:
         self._stop = threading.Event()
         self.ops = MetaOps(TokenBucket(max_stats_per_second, monotonic, self._stop.wait))
         self.dirs: dict[str, _Dir] = {}
-        self._due: list[tuple[float, str]] = []  # heap of (due, path); an entry whose due is no longer
-        # its dir's (looked at since, or dropped) is skipped when it comes up
+        # When each dir is due: (due, path) entries in three queues (see round). An entry whose due is no
+        # longer its dir's (looked at since, or dropped) is skipped when it comes up.
+        self._every: deque[tuple[float, str]] = deque()  # due one interval after a look: in due order
+        self._slow: deque[tuple[float, str]] = deque()  # due MAX_BACKOFF intervals after: in due order
+        self._due: list[tuple[float, str]] = []  # a heap: every other wait
         self._lock = threading.Lock()
         self._runs: frozenset[str] = frozenset()
         self._structural: frozenset[str] = frozenset({root})
@@ -248,63 +252,84 @@ class CheckpointPoller:
         """Look at every due directory once; the seconds until the next is due, None when the root is
         gone (the thread ends, and ``Observers.check`` restarts it when the root is back).
 
-        Why a heap and a batch: with 10,000 run dirs each looked at on its own schedule, their due times
+        Why queues and a batch: with 10,000 run dirs each looked at on its own schedule, their due times
         spread over the interval. Scanning every record to find the due ones (and the next due) each time
         one came due cost 12 % of a core at 1,000,000 files, for 2,000 stats a second that cost 0.7 %.
-        The heap finds the due ones in O(log n) each, and a round also takes what falls due within
-        ``BATCH`` of the interval (looked at up to 0.25 s early at 5 s), so the thread wakes at most
-        ~20 times an interval however many dirs there are.
+        A round takes what falls due within ``BATCH`` of the interval (looked at up to 0.25 s early at
+        5 s), so the thread wakes at most ~20 times an interval however many dirs there are. Most looks
+        schedule the next one a fixed wait later (one interval, or ``MAX_BACKOFF`` of them), so those
+        go to the end of a FIFO that stays in due order (the clock only moves forward): O(1) each. A
+        heap of 10,000 entries due at the same moment (a first walk stamps them all at once) compared
+        their paths at every step, and cost as much as the ``lstat``. Other waits, and an entry that
+        would be out of order (a clock that stood still, a test's), go to the heap.
 
         Why the look is inlined here: at 10,000 run dirs polled every interval, 2,000 looks a second
         find their dir unchanged. Through ``_look`` (the budget, the counter, ``poll_every``,
         ``_schedule``: six calls) a look cost ~6.5 us, 1.3 % of a core; the loop below does the same for
-        an unchanged dir without a budget in one ``lstat``, a compare and a push (``_seen`` takes
+        an unchanged dir without a budget in one ``lstat``, a compare and an append (``_seen`` takes
         a change, ``_gone`` an error; under a budget every look goes through ``_look``)."""
         self._apply_cold()
         now = self.monotonic()
         horizon = now + BATCH * self.interval
-        heap, dirs = self._due, self.dirs
+        dirs, heap, every, slow = self.dirs, self._due, self._every, self._slow
         fast = self.ops.budget.rate is None
         structural = self._structural
-        interval, slow = self.interval, self.interval * MAX_BACKOFF
-        lstat, pop, push, isdir = os.lstat, heapq.heappop, heapq.heappush, stat.S_ISDIR
+        interval, slow_wait = self.interval, self.interval * MAX_BACKOFF
+        lstat, isdir = os.lstat, stat.S_ISDIR
+        queues = ((heap, lambda: heapq.heappop(heap)), (every, every.popleft), (slow, slow.popleft))
         fast_looks = 0
         try:
-            while heap and heap[0][0] <= horizon:
-                due, path = pop(heap)
-                d = dirs.get(path)
-                if d is None or d.due != due:
-                    continue
-                if not fast:
-                    self._look(path, d)
-                    continue
-                fast_looks += 1
-                try:
-                    st = lstat(path)
-                except OSError:
-                    self._gone(path)
-                    continue
-                if st.st_mtime_ns != d.stamp[0] or st.st_ino != d.stamp[1] or not isdir(st.st_mode):
-                    self._seen(path, d, st)  # changed, or no longer a directory
-                    continue
-                quiet_for = now - d.changed
-                if path in structural:  # poll_every, inlined
-                    d.due = now + (interval if quiet_for < RUN_QUIET_AFTER else slow)
-                else:
-                    d.due = now + poll_every(interval, quiet_for, False)
-                push(heap, (d.due, path))
+            for queue, take in queues:
+                while queue and queue[0][0] <= horizon:
+                    due, path = take()
+                    d = dirs.get(path)
+                    if d is None or d.due != due:
+                        continue
+                    if not fast:
+                        self._look(path, d)
+                        continue
+                    fast_looks += 1
+                    try:
+                        st = lstat(path)
+                    except OSError:
+                        self._gone(path)
+                        continue
+                    if st.st_mtime_ns != d.stamp[0] or st.st_ino != d.stamp[1] or not isdir(st.st_mode):
+                        self._seen(path, d, st)  # changed, or no longer a directory
+                        continue
+                    quiet_for = now - d.changed
+                    if path in structural:  # poll_every and _schedule, inlined
+                        wait = interval if quiet_for < RUN_QUIET_AFTER else slow_wait
+                    else:
+                        wait = poll_every(interval, quiet_for, False)
+                    d.due = due = now + wait
+                    q = every if wait == interval else slow if wait == slow_wait else None
+                    if q is not None and (not q or q[-1][0] <= due):
+                        q.append((due, path))
+                    else:
+                        heapq.heappush(heap, (due, path))
         finally:
             self.ops.stats += fast_looks
         self.rounds += 1
         if self.root not in self.dirs:
             return None
-        while heap and (heap[0][1] not in self.dirs or self.dirs[heap[0][1]].due != heap[0][0]):
-            heapq.heappop(heap)  # stale: not worth a wake-up
-        return max(MIN_WAIT, heap[0][0] - self.monotonic())
+        nxt = now + self.interval  # (every polled dir has an entry; the root at least)
+        for queue, take in queues:
+            while queue and (queue[0][1] not in dirs or dirs[queue[0][1]].due != queue[0][0]):
+                take()  # stale: not worth a wake-up
+            if queue and queue[0][0] < nxt:
+                nxt = queue[0][0]
+        return max(MIN_WAIT, nxt - self.monotonic())
 
-    def _schedule(self, path: str, d: _Dir, due: float) -> None:
+    def _schedule(self, path: str, d: _Dir, due: float, wait: float) -> None:
+        """``d`` is next looked at ``due`` (``wait`` after now): a FIFO when it keeps it in order."""
         d.due = due
-        heapq.heappush(self._due, (due, path))
+        q = self._every if wait == self.interval else self._slow if wait == self.interval * MAX_BACKOFF \
+            else None
+        if q is not None and (not q or q[-1][0] <= due):
+            q.append((due, path))
+        else:
+            heapq.heappush(self._due, (due, path))
 
     # --- directories -------------------------------------------------------------------------------
 
@@ -333,7 +358,8 @@ class CheckpointPoller:
             d.stamp, d.changed = stamp, now
             self._relist(path, d, now)
             self._touch(path)
-        self._schedule(path, d, now + poll_every(self.interval, now - d.changed, path in self._structural))
+        wait = poll_every(self.interval, now - d.changed, path in self._structural)
+        self._schedule(path, d, now + wait, wait)
 
     def _relist(self, path: str, d: _Dir, now: float) -> None:
         try:
@@ -380,7 +406,7 @@ class CheckpointPoller:
                 self._touch(path)
             age = min(max(0.0, wall - st.st_mtime), MAX_AGE)
             d = self.dirs[path] = _Dir((st.st_mtime_ns, st.st_ino), now - age, 0.0, children)
-            self._schedule(path, d, now + self.interval)
+            self._schedule(path, d, now + self.interval, self.interval)
             stack.extend(sorted(children, reverse=True))
 
     def _drop(self, top: str) -> None:
