@@ -452,9 +452,10 @@ AGED = 3 * 86400.0  # a finished run of a realistic tree was last written this l
 
 
 def age_runs(root: Path, run_names: list[str], active: int) -> list[str]:
-    """Date every run of ``root`` but ``active`` of them (every len/active-th) ``AGED`` back: the run
-    dir, its checkpoint dirs and their own files. Hard-linked files (the template's) are left alone: their
-    inode is every run's, and they are an hour old already. Returns the active runs' names."""
+    """Date every run dir of ``root`` but ``active`` of them (every len/active-th), and its checkpoint
+    dirs, ``AGED`` back: what a directory poller sees of a run finished days ago. The files keep their
+    hour-old mtimes: the template's are hard links (one inode for every run), and a ``trainer_state.json``
+    older than its weights is the Trainer's sign of a save in progress. Returns the active runs' names."""
     step = max(1, len(run_names) // max(1, active))
     keep = set(run_names[::step][:active])
     stamp = time.time() - AGED
@@ -464,10 +465,7 @@ def age_runs(root: Path, run_names: list[str], active: int) -> list[str]:
         run = root / name
         for ckpt in os.scandir(run):
             if ckpt.is_dir(follow_symlinks=False):
-                for f in os.scandir(ckpt.path):
-                    if f.is_file(follow_symlinks=False) and f.stat(follow_symlinks=False).st_nlink == 1:
-                        os.utime(f.path, (stamp, stamp), follow_symlinks=False)
-            os.utime(ckpt.path, (stamp, stamp), follow_symlinks=False)
+                os.utime(ckpt.path, (stamp, stamp), follow_symlinks=False)
         os.utime(run, (stamp, stamp), follow_symlinks=False)
     return [n for n in run_names if n in keep]
 
