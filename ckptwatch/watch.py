@@ -97,10 +97,6 @@ class DirtyScopes:
         whole = {r for r, scope in ready if scope == r}
         return [(r, scope) for r, scope in ready if scope == r or r not in whole]
 
-    def active(self, root: str, scope: str, since: float) -> bool:
-        """Did an event touch ``scope`` (or its whole root, which may hold its logs) after ``since``?"""
-        return max(self._last_event.get((root, scope), 0.0), self._last_event.get((root, root), 0.0)) > since
-
     def touched_since(self, since: float) -> list[tuple[str, str]]:
         """(watch root, scope) pairs an event touched after ``since``, newest first.
 
