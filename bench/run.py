@@ -543,6 +543,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="service: new checkpoints timed in the idle tree after the idle period, one per "
                          "run, spread over the runs (default 2; with polling, each at a random phase of the "
                          "poll)")
+    ap.add_argument("--service-active-runs", type=int, default=None,
+                    help="service: a realistic idle tree: only this many runs (spread over the tree) were "
+                         "written within the last hours; every other run dir and its checkpoint dirs are "
+                         "dated 3 days back (os.utime, counted in the build time), and the timed "
+                         "checkpoints go into the active runs (default: every run active, the worst case "
+                         "for polling)")
     ap.add_argument("--service-burst", type=int,
                     help="service: checkpoints in the burst (default 1000; --quick 200)")
     ap.add_argument("--service-phase", action="append",

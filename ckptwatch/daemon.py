@@ -79,7 +79,7 @@ def build_row(config: Config, state: StateStore, state_dir: str, log: object, cl
         log.info("alerts_off", reason="no [alerts] channel configured")
     faults.alerts = alerts
     loss = LossSink(alerts=alerts, hazards_of=state.hazard_messages, faults=faults, background=background,
-                    is_active=dirty.active, plots_dir=os.path.join(state_dir, "plots"), log=log)
+                    touched_since=dirty.touched_since, plots_dir=os.path.join(state_dir, "plots"), log=log)
     mirror = MirrorSink(alerts=alerts, faults=faults, background=background, log=log, clock=clock,
                         schedule=dirty.schedule, store=state)
     sinks = (StateSink(state, log), alerts, PointerSink(log), loss,

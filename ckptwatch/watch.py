@@ -61,13 +61,17 @@ class DirtyScopes:
 
     quiet: float = 0.0  # settle_seconds
     _due: dict[tuple[str, str], float] = field(default_factory=dict)  # (watch root, scope) -> due time
-    _last_event: dict[tuple[str, str], float] = field(default_factory=dict)  # for "is this run active?"
+    _last_event: dict[tuple[str, str], float] = field(default_factory=dict)  # for "is this run active?";
+    # in the order of the last touch, newest last (``touched_since`` reads from the end)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     wake: threading.Event = field(default_factory=threading.Event)
 
     def touch(self, root: str, when: float, scope: str | None = None) -> None:
         """An event at ``when``: the scope is due ``quiet`` later, unless it is due sooner already."""
-        self._last_event[(root, scope or root)] = when  # one dict store: atomic under the GIL
+        key = (root, scope or root)
+        with self._lock:
+            self._last_event.pop(key, None)  # re-inserted: the dict stays in the order of the last touch
+            self._last_event[key] = when
         self._set(root, scope or root, when + self.quiet)
 
     def schedule(self, root: str, scope: str, at: float) -> None:
@@ -93,9 +97,21 @@ class DirtyScopes:
         whole = {r for r, scope in ready if scope == r}
         return [(r, scope) for r, scope in ready if scope == r or r not in whole]
 
-    def active(self, root: str, scope: str, since: float) -> bool:
-        """Did an event touch ``scope`` (or its whole root, which may hold its logs) after ``since``?"""
-        return max(self._last_event.get((root, scope), 0.0), self._last_event.get((root, root), 0.0)) > since
+    def touched_since(self, since: float) -> list[tuple[str, str]]:
+        """(watch root, scope) pairs an event touched after ``since``, newest first.
+
+        Read from the end of the touch order and stopped at the first older one, so the cost is the
+        number of recently touched scopes, not every scope an event ever touched: the loss watch asks
+        every 5 s which of 10,000 runs are active. After the wall clock stepped back, a scope touched
+        after the step (an older stamp, later in the order) hides the ones touched before it: they count
+        as quiet (the loss watch's slow round reads them)."""
+        with self._lock:
+            out = []
+            for key in reversed(self._last_event):
+                if self._last_event[key] <= since:
+                    break
+                out.append(key)
+            return out
 
     def forget(self, root: str, scope: str) -> None:
         """A run that is gone: drop its event time and any look scheduled for it."""

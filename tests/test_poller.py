@@ -356,3 +356,90 @@ def test_file_rewritten_inside_a_complete_checkpoint_is_judged_at_the_rescan_or_
     finally:
         d.observers.stop()
         d.close()
+
+
+def _looks(p: CheckpointPoller, clock: FakeClock, paths: list[str], seconds: float) -> dict[str, int]:
+    """Drive the poller for ``seconds`` of its clock; how many times each of ``paths`` was looked at."""
+    looks = dict.fromkeys(paths, 0)
+    start = clock.t
+    while clock.t - start < seconds:
+        before = {k: p.dirs[k].due for k in paths}
+        wait = p.round()
+        assert wait is not None
+        for k in paths:
+            looks[k] += p.dirs[k].due != before[k]
+        clock.t += wait
+    return looks
+
+
+def test_a_run_finished_days_ago_is_quiet_from_the_first_look_and_polled_again_at_its_next_entry(
+        artefact, tmp_path):
+    """After a (re)start the poller takes a run dir's quiet time from its mtime: a run whose last new
+    entry is days old is looked at every MAX_BACKOFF intervals from the start (not every interval for
+    RUN_QUIET_AFTER first), the active run beside it every interval; a new checkpoint in the old run is
+    seen at its next look, and the run is back to every interval."""
+    root = _root_with_runs(artefact, tmp_path)
+    old, active = str(root / "run-0"), str(root / "run-1")
+    days_ago = time.time() - 3 * 86400
+    os.utime(old, (days_ago, days_ago))
+    clock, dirty, p = _primed(root)
+    looks = _looks(p, clock, [old, active], 5.0 * MAX_BACKOFF)
+    assert looks[active] >= MAX_BACKOFF - 1 and looks[old] <= 2, looks  # the first look, then 12 intervals
+    shutil.copytree(root / "run-0" / "checkpoint-6", root / "run-0" / "checkpoint-8")
+    written = clock.t
+    while not dirty.take_due(time.time() + 1):
+        clock.t += p.round()
+    assert clock.t - written <= 5.0 * MAX_BACKOFF  # at its next look
+    d = p.dirs[old]
+    assert d.due - d.changed == 5.0  # changed just now: every interval again
+    assert _looks(p, clock, [old], 5.0 * MAX_BACKOFF)[old] >= MAX_BACKOFF - 1
+
+
+def test_a_dir_dated_in_the_future_counts_as_changed_just_now(artefact, tmp_path):
+    """A clock skewed ahead (a file server's) gives mtimes in the future: such a dir counts as changed
+    at its first look, and backs off like any other once quiet for RUN_QUIET_AFTER, not a year later."""
+    root = _root_with_runs(artefact, tmp_path, runs=1)
+    run = str(root / "run-0")
+    ahead = time.time() + 365 * 86400
+    os.utime(run, (ahead, ahead))
+    clock, dirty, p = _primed(root)
+    assert p.dirs[run].changed <= clock.t
+    clock.t += RUN_QUIET_AFTER
+    p.round()
+    assert p.dirs[run].due - clock.t == 5.0 * MAX_BACKOFF
+
+
+def test_the_inlined_look_decides_as_the_full_look_does(artefact, tmp_path):
+    """Without a budget a round looks at an unchanged dir inline; with one every look goes through
+    ``_look``. On the same tree and clock both keep the same schedule, make the same scopes due and
+    count the same calls, through a quiet spell, a new checkpoint, a removed one and a run gone."""
+    root = _root_with_runs(artefact, tmp_path, runs=3)
+    os.utime(root / "run-2", (time.time() - 86400, time.time() - 86400))
+    (root / "run-0" / "runs" / "events").mkdir(parents=True)  # not structural: backs off
+    clock, wall = FakeClock(), time.time()  # one wall time: a dir's age is the same to both
+    pollers = []
+    for budget in (None, 1e9):
+        dirty = DirtyScopes()
+        p = CheckpointPoller(str(root), dirty, lambda: wall, interval=5.0, monotonic=clock,
+                             max_stats_per_second=budget)
+        p.ops.budget.wait = clock.wait
+        _told(p, root)
+        pollers.append((p, dirty))
+    start = clock.t
+    for p, _ in pollers:
+        p.prime()
+    changes = {200: lambda: shutil.copytree(root / "run-1" / "checkpoint-6", root / "run-1" / "checkpoint-8"),
+               400: lambda: shutil.rmtree(root / "run-2" / "checkpoint-2"),
+               600: lambda: shutil.rmtree(root / "run-0")}
+    for k in range(800):
+        if k in changes:
+            changes[k]()
+        clock.t = start + k * 2.5
+        waits = [p.round() for p, _ in pollers]
+        assert waits[0] == waits[1]
+        (fast, fast_dirty), (full, full_dirty) = pollers
+        assert {k: (d.due, d.changed, d.stamp) for k, d in fast.dirs.items()} == \
+            {k: (d.due, d.changed, d.stamp) for k, d in full.dirs.items()}
+        assert fast_dirty.take_due(time.time() + 1) == full_dirty.take_due(time.time() + 1)
+        assert (fast.ops.stats, fast.ops.listdirs) == (full.ops.stats, full.ops.listdirs)
+    assert str(root / "run-0") not in fast.dirs and str(root / "run-1" / "checkpoint-8") in fast.dirs

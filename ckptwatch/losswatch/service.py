@@ -3,10 +3,16 @@
 Log lines need no settling (only complete lines are read), so a jump is seen within one flush plus a
 few seconds, not after ``settle_seconds``: an active run is polled every ``POLL_SECONDS``, a quiet
 one every ``IDLE_SECONDS``. Active means a file event in the run, or new loss points read, within
-``ACTIVE_SECONDS``: a logger keeps its file open and appends, which produces no event the watcher
-listens to (only creates, closes after writing, moves and deletes), so growth seen by the last poll
-counts too. A resumed process creates files (an events file, its next checkpoint) that make the run
-active; the slow round over quiet runs is the safety net for one that only appends to an old log.
+``ACTIVE_SECONDS``. Growth counts because a logger keeps its file open and appends, which produces no
+event the watcher listens to (only creates, closes after writing, moves and deletes). An event outside
+every known run (a new run dir, a file beside the runs) counts only for the runs whose loss logs are
+outside their run dir (Lightning's shared ``lightning_logs``): an event inside a run dir is that run's,
+so one new run dir does not make 10,000 runs' logs be read every 5 s for 10 minutes. A resumed process
+creates files (an events file, its next checkpoint) that make the run active; the slow round over quiet
+runs is the safety net for one that only appends to an old log. A tick looks only at the active runs
+(``DirtyScopes.touched_since`` and the runs that grew, not a check of each of 10,000 runs every 5 s),
+and the slow round is spread over its ``IDLE_SECONDS``, a slice of the quiet runs each tick, not a
+burst of every run at once.
 
 A checkpoint written again after it was judged complete (a second process resumed from an earlier
 checkpoint and saved over it: the same step, new files) is a resume the loss writers may not show. The
@@ -26,6 +32,7 @@ it); ``forget`` drops both, so a root where runs come and go does not grow.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
 from collections.abc import Callable
@@ -72,18 +79,22 @@ class LossSink(Sink):
     name = "loss watch"
 
     def __init__(self, *, alerts: Any, hazards_of: Callable[[str], list[str]], faults: FaultReporter,
-                 background: Background, is_active: Callable[[str, str, float], bool], plots_dir: str,
-                 log: Any) -> None:
+                 background: Background, touched_since: Callable[[float], list[tuple[str, str]]],
+                 plots_dir: str, log: Any) -> None:
         self.alerts = alerts
         self.hazards_of = hazards_of  # checkpoint path -> its stored resume hazards (cause beside effect)
         self.faults = faults
         self.background = background
-        self.is_active = is_active  # (watch root, run root, since) -> did an event touch it since?
+        self.touched_since = touched_since  # since -> the (watch root, scope) pairs events touched since
         self.plots_dir = plots_dir
         self.log = log
         self.runs: dict[str, LossRun] = {}
         self.watches: dict[str, LossWatch] = {}
-        self.next_idle_round = 0.0
+        self.next_idle_round = 0.0  # when the next slow round starts
+        self._grew: dict[str, float] = {}  # run root -> when its poll last read new points (active ones)
+        self._idle_order: list[str] = []  # the runs of the slow round in progress, in the order read
+        self._idle_done = 0  # how many of them were read
+        self._idle_start = 0.0
 
     def judged(self, watch: WatchConfig, run: RunReport, now: float) -> float | None:
         if watch.loss is None:
@@ -130,16 +141,48 @@ class LossSink(Sink):
             written.pop(next(iter(written)))
 
     def tick(self, now: float) -> float | None:
-        """Poll active runs now; every run on the slow round."""
-        idle_round = now >= self.next_idle_round
-        if idle_round:
-            self.next_idle_round = now + IDLE_SECONDS
-        for run_root, run in list(self.runs.items()):
-            watch = self.watches.get(run.loss_root)
-            grew_recently = watch is not None and now - watch.grew_at <= ACTIVE_SECONDS
-            if idle_round or grew_recently or self.is_active(run.watch_root, run_root, now - ACTIVE_SECONDS):
+        """Poll the active runs now; the quiet ones on the slow round, a slice of it each tick."""
+        since = now - ACTIVE_SECONDS
+        due = dict.fromkeys(self._slow_round(now))
+        for run_root, at in list(self._grew.items()):
+            if at >= since and run_root in self.runs:
+                due[run_root] = None
+            else:
+                del self._grew[run_root]
+        whole = set()
+        for root, scope in self.touched_since(since):
+            run = self.runs.get(scope)
+            if scope == root:
+                whole.add(root)  # an event the index could not place: in no run dir
+            elif run is not None and run.watch_root == root:
+                due[scope] = None
+        if whole:  # the runs whose logs are outside their run dir, where such an event may be
+            due.update((r, None) for r, run in self.runs.items()
+                       if run.watch_root in whole and not _inside(run.loss_root, r))
+        for run_root in due:
+            if run_root in self.runs:  # not forgotten since the slow round took it
                 self.poll(run_root, now)
         return now + POLL_SECONDS
+
+    def _slow_round(self, now: float) -> list[str]:
+        """The quiet runs to read at this tick: every run once per ``IDLE_SECONDS``, spread over it.
+
+        A round takes the runs as they are when it starts and reads them a tick ahead of its share of
+        ``IDLE_SECONDS`` (1/60 of 10,000 runs per 5 s tick); a round that ran late (the loop was busy in
+        a long pass) is finished at the start of the next. A run added during a round was read when it
+        was judged, and is in the next round."""
+        todo: list[str] = []
+        if now >= self.next_idle_round:
+            todo = self._idle_order[self._idle_done:]
+            self._idle_order, self._idle_done, self._idle_start = list(self.runs), 0, now
+            self.next_idle_round = now + IDLE_SECONDS
+        n = len(self._idle_order)
+        share = (now - self._idle_start + POLL_SECONDS) / IDLE_SECONDS
+        upto = min(n, math.ceil(n * share - 1e-6))  # 1e-6: a float's noise is no extra run
+        if upto > self._idle_done:
+            todo += self._idle_order[self._idle_done:upto]
+            self._idle_done = upto
+        return todo
 
     def poll(self, run_root: str, now: float) -> None:
         """Read what the run's loss sources appended; log each newly judged resume; alert a jump."""
@@ -156,6 +199,7 @@ class LossSink(Sink):
             return
         if watch.watcher.grew:
             watch.grew_at = now
+            self._grew[run_root] = now
         for r in resumes:
             self.log.info("resume_detected", run=run_root, checkpoint=r.from_checkpoint, step=r.at_step,
                           from_step=r.from_step, before=r.before, after=r.after, ratio=r.ratio, alert=r.alert,
@@ -202,11 +246,17 @@ class LossSink(Sink):
 
     def forget(self, run_root: str) -> None:
         run = self.runs.pop(run_root, None)
+        self._grew.pop(run_root, None)
         if run is not None and not any(r.loss_root == run.loss_root for r in self.runs.values()):
             self.watches.pop(run.loss_root, None)
 
     def remembered(self) -> set[str]:
-        return set(self.runs) | set(self.watches)
+        return set(self.runs) | set(self.watches) | set(self._grew)
+
+
+def _inside(path: str, run_root: str) -> bool:
+    """Is ``path`` the run dir or below it? (Its events then come with the run's scope.)"""
+    return path == run_root or path.startswith(run_root.rstrip(os.sep) + os.sep)
 
 
 def _written_since(path: str, root: str, since: float) -> tuple[int, int]:
