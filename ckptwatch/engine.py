@@ -131,6 +131,11 @@ class Cached:
         except packed.Unpackable:  # kept as objects: correct, only larger
             self._judgement, self._kept, self._numbers = self.judgement(), [verdict, facts], None
 
+    def pack(self) -> None:
+        """Pack a verdict kept as objects (the cache grew past ``PACK_ABOVE``)."""
+        if type(self._kept) is list and self.key is not None:
+            self.keep(self.key, *self._kept)
+
     def forget_kept(self) -> None:
         self.key, self._kept, self._numbers = None, None, None
 
@@ -182,11 +187,15 @@ def _judged_runs(runs: collections.deque[RunFound], opts: CheckOptions, now: flo
     """Each run judged in turn, its discovery (candidates) released once judged; at the end, the cache
     forgets checkpoints that are gone."""
     seen = {c.path for run in runs for c in run.candidates} if cache is not None else set()
+    pack = len(seen) > PACK_ABOVE  # decided up front: a catch-up's first 20,000 are packed too
     while runs:
-        yield _judge_run_guarded(runs.popleft(), opts, now, cache)
+        yield _judge_run_guarded(runs.popleft(), opts, now, cache, pack)
     if cache is not None:
         for gone in [p for p in cache if p not in seen]:
             del cache[gone]
+        if pack:
+            for entry in cache.values():  # kept as objects while the cache was small (per-run passes)
+                entry.pack()
 
 
 def check_run_dir(run_root: str, opts: CheckOptions, now: float, *, layout: str = "auto",
@@ -227,10 +236,10 @@ def fault_problem(where: str, exc: Exception) -> Problem:
 
 
 def _judge_run_guarded(run: RunFound, opts: CheckOptions, now: float,
-                       cache: JudgementCache | None) -> RunReport:
+                       cache: JudgementCache | None, pack: bool = False) -> RunReport:
     """``judge_run``, with a fault of ours becoming a finding of this run instead of failing the pass."""
     try:
-        return judge_run(run, opts, now, cache=cache)
+        return judge_run(run, opts, now, cache=cache, pack=pack)
     except Exception as exc:  # see fault_problem
         if os.environ.get("CKPTWATCH_DEBUG"):
             raise
@@ -430,7 +439,7 @@ def _apply_time_rules(cand: Candidate, problems: list[Problem], stat: TreeStat, 
 
 
 def judge_run(run: RunFound, opts: CheckOptions, now: float, *, only: str | None = None,
-              cache: JudgementCache | None = None) -> RunReport:
+              cache: JudgementCache | None = None, pack: bool = False) -> RunReport:
     """Judge every candidate of one run, then the run-level rules.
 
     ``only`` (``ckptwatch verify``): judge that candidate with ``opts``, and of its siblings only what
@@ -439,11 +448,11 @@ def judge_run(run: RunFound, opts: CheckOptions, now: float, *, only: str | None
     The readers open nothing outside the run's directory (a symlink out of it is ``unsafe_path``).
     """
     with confined_to(run.root):
-        return _judge_run(run, opts, now, only=only, cache=cache)
+        return _judge_run(run, opts, now, only=only, cache=cache, pack=pack)
 
 
 def _judge_run(run: RunFound, opts: CheckOptions, now: float, *, only: str | None,
-               cache: JudgementCache | None, quick: bool = True) -> RunReport:
+               cache: JudgementCache | None, quick: bool = True, pack: bool = False) -> RunReport:
     cands = sorted(run.candidates, key=lambda c: c.sort_key())
     judged: list[tuple[Candidate, Judgement, TreeStat | None, Cached | None]]
     if cache is not None and only is None:
@@ -458,7 +467,7 @@ def _judge_run(run: RunFound, opts: CheckOptions, now: float, *, only: str | Non
     verdicts: list[Verdict] = []
     facts: list[CheckpointFacts] = []
     run_key = (widest, opts.expected_ranks, opts.settle_seconds, opts.stale_after)
-    pack = cache is not None and len(cache) > PACK_ABOVE
+    pack = pack or (cache is not None and len(cache) > PACK_ABOVE)
     for cand, j, stat, entry in judged:
         key = hash((*run_key, cand.step, cand.layout))
         kept = entry.kept(key, j) if entry is not None else None
@@ -472,7 +481,7 @@ def _judge_run(run: RunFound, opts: CheckOptions, now: float, *, only: str | Non
         if stat is None:
             # Re-checked by the quick digest only, and its kept verdict does not fit any more (the run's
             # inputs changed): judge the whole run again the ordinary way, every checkpoint walked.
-            return _judge_run(run, opts, now, only=only, cache=cache, quick=False)
+            return _judge_run(run, opts, now, only=only, cache=cache, quick=False, pack=pack)
         ranks, rank_problems = _rank_facts(cand, j, widest, opts)
         found = [*j.problems, *stat.problems, *_temp_files(stat), *rank_problems]
         problems = _apply_time_rules(cand, found, stat, opts, now)

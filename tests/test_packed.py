@@ -154,3 +154,24 @@ def test_a_small_cache_keeps_its_verdicts_as_objects_and_a_big_one_packs_them(ar
         check_root(str(run), opts, now, cache=cache)
         assert {type(e._kept) for e in cache.values()} == {kind}
         assert check_root(str(run), opts, now + 1, cache=cache).runs == fresh.runs
+
+
+def test_a_pass_over_more_than_pack_above_packs_from_its_first_checkpoint(artefact, monkeypatch) -> None:
+    """The whole-root pass knows how many checkpoints it will keep before judging the first: a catch-up of
+    a big root packs every one (not the first 20,000 as objects, which would stay in the heap). A cache
+    that grew past the limit through per-run passes is packed at the next whole-root pass."""
+    run = artefact("hf_full")
+    opts = CheckOptions(settle_seconds=0)
+    now = time.time() + 60
+    monkeypatch.setattr(engine, "PACK_ABOVE", 2)  # the run has 3 checkpoints
+    cache: dict = {}
+    check_root(str(run), opts, now, cache=cache)
+    assert len(cache) == 3 and {type(e._kept) for e in cache.values()} == {tuple}
+    monkeypatch.setattr(engine, "PACK_ABOVE", 1000)
+    small: dict = {}
+    check_root(str(run), opts, now, cache=small)
+    assert {type(e._kept) for e in small.values()} == {list}
+    monkeypatch.setattr(engine, "PACK_ABOVE", 2)
+    again = check_root(str(run), opts, now + 1, cache=small)
+    assert {type(e._kept) for e in small.values()} == {tuple}
+    assert again.runs == check_root(str(run), opts, now + 1).runs
