@@ -320,7 +320,8 @@ class Daemon:
                     self.forget_run(run_root)
         judged = _Taken(result.runs)
         for run in judged:
-            self.runs[run.root] = RunRecord(w.path)
+            if (record := self.runs.get(run.root)) is None or record.watch_root != w.path:
+                self.runs[run.root] = RunRecord(w.path)
             self.observers.judged(w.path, run)
             wake = [settled_at(run, self.config.service.settle_seconds, now)]
             for sink in self.row.sinks:

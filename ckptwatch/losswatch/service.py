@@ -106,9 +106,15 @@ class LossSink(Sink):
         old = self.runs.get(run.root)
         if old is not None and old.loss_root != where:
             self.forget(run.root)
-        self.runs[run.root] = LossRun(watch.path, where, watch.loss,
-                                      tuple((v.step, v.path) for v in run.checkpoints),
-                                      old.resume_ratio if old else None, old.written if old else {})
+        checkpoints = tuple((v.step, v.path) for v in run.checkpoints)
+        if old is not None and old.loss_root == where:  # the same record, updated: a rescan of 10,000 runs
+            # allocates no new long-lived records between its short-lived ones (the heap stays compact)
+            old.watch_root, old.settings = watch.path, watch.loss
+            if old.checkpoints != checkpoints:
+                old.checkpoints = checkpoints
+        else:
+            self.runs[run.root] = LossRun(watch.path, where, watch.loss, checkpoints,
+                                          old.resume_ratio if old else None, old.written if old else {})
         self._rewritten(watch.path, run)
         self.poll(run.root, now)
         return None
@@ -122,7 +128,8 @@ class LossSink(Sink):
             if v.status is not Status.COMPLETE:
                 continue
             before = written.pop(v.path, None)
-            written[v.path] = (v.newest_mtime, v.step)  # (re)inserted: the newest judged are kept
+            judged = (v.newest_mtime, v.step)
+            written[v.path] = before if before == judged else judged  # (re)inserted: the newest are kept
             # at the same step only: a pointer that moves on (Lightning's last.ckpt) is not a rewrite
             if before is None or v.newest_mtime <= before[0] or v.step is None or v.step != before[1]:
                 continue

@@ -55,8 +55,9 @@ class MetricsSink(Sink):
         from ckptwatch.metrics import snapshot
 
         taken = snapshot(run, self.resume_ratio(run.root))
-        with self._lock:
-            self.runs[run.root] = taken
+        if self.runs.get(run.root) != taken:  # unchanged (a rescan): the old record stays
+            with self._lock:
+                self.runs[run.root] = taken
         return None
 
     def forget(self, run_root: str) -> None:
