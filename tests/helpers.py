@@ -74,16 +74,22 @@ def make_daemon(state_dir: Path, root: Path, *, observer: str = "auto", alerts: 
                   clock=clock or time.time, **extra)
 
 
-def two_trainer_runs(artefact, tmp_path: Path) -> Path:
-    """A watched root holding two copies (run-a, run-b) of the real 3-checkpoint Trainer run."""
+def trainer_runs(artefact, tmp_path: Path, names) -> Path:
+    """A watched root (``tmp_path/root``) holding a copy of the real 3-checkpoint Trainer run under each of
+    ``names``."""
     import shutil
 
     root = tmp_path / "root"
     root.mkdir()
     built = artefact("hf_full")
-    for name in ("run-a", "run-b"):
+    for name in names:
         shutil.copytree(built, root / name, symlinks=True)
     return root
+
+
+def two_trainer_runs(artefact, tmp_path: Path) -> Path:
+    """A watched root holding two copies (run-a, run-b) of the real 3-checkpoint Trainer run."""
+    return trainer_runs(artefact, tmp_path, ("run-a", "run-b"))
 
 
 def cli_in_process(argv: list[str]) -> tuple[int, str, str]:

@@ -29,7 +29,7 @@ from ckptwatch.poller import (
     poll_every,
 )
 from ckptwatch.watch import DirtyScopes
-from tests.helpers import make_daemon
+from tests.helpers import make_daemon, trainer_runs
 from tests.servers import free_port
 
 pytestmark = pytest.mark.slow  # real Trainer runs are built
@@ -70,12 +70,7 @@ def test_token_bucket_spreads_calls_to_the_rate():
 
 
 def _root_with_runs(artefact, tmp_path: Path, runs: int = 2) -> Path:
-    root = tmp_path / "root"
-    root.mkdir()
-    built = artefact("hf_full")
-    for i in range(runs):
-        shutil.copytree(built, root / f"run-{i}", symlinks=True)
-    return root
+    return trainer_runs(artefact, tmp_path, [f"run-{i}" for i in range(runs)])
 
 
 def _told(poller: CheckpointPoller, root: Path) -> None:

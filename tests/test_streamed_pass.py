@@ -23,19 +23,14 @@ from ckptwatch import engine as engine_module
 from ckptwatch.engine import check_root
 from ckptwatch.layouts.base import CheckOptions
 from ckptwatch.passes import Engine
-from tests.helpers import make_daemon
+from tests.helpers import make_daemon, trainer_runs
 
 pytestmark = pytest.mark.slow
 
 
 def _root_of_runs(artefact, tmp_path: Path, runs: int) -> Path:
     """A watched root holding ``runs`` copies of the real 3-checkpoint Trainer run."""
-    root = tmp_path / "root"
-    root.mkdir()
-    built = artefact("hf_full")
-    for i in range(runs):
-        shutil.copytree(built, root / f"run-{i:03d}", symlinks=True)
-    return root
+    return trainer_runs(artefact, tmp_path, [f"run-{i:03d}" for i in range(runs)])
 
 
 def test_a_streamed_pass_gives_the_same_runs_and_prunes_the_cache_at_its_end(artefact, tmp_path) -> None:
