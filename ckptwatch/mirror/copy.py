@@ -385,8 +385,12 @@ def _mirror(v: Verdict, run_root: str, target: Target, config: MirrorConfig, pre
     except MirrorFailed as exc:
         return Outcome(v.path, where, "failed", str(exc))
     except (OSError, mf.ManifestError) as exc:
-        what = f"{display(str(exc.filename))}: {exc.strerror}" if isinstance(exc, OSError) and exc.filename \
-            else str(exc)
+        if isinstance(exc, OSError):
+            # a write through a descriptor (a file's bytes, the lock's lease) fails without a file name: the
+            # copy being written is where
+            what = f"{display(str(exc.filename or where))}: {exc.strerror or exc}"
+        else:
+            what = str(exc)
         return Outcome(v.path, where, "failed", what)
 
 
